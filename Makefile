@@ -1,0 +1,40 @@
+# SAG build and test entry points. `make test` is what CI runs (.ci/run).
+GO ?= go
+FUZZTIME ?= 10s
+
+.PHONY: all build vet unit test e2e e2e-direct bench fuzz clean distclean
+
+all: build
+
+build:
+	$(GO) build -o bin/sag ./cmd/sag
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+# vet, unit tests with the race detector, then the end-to-end suite.
+test: vet unit e2e
+
+# Conformance suite + Inspector CLI smoke test against `sag serve` (e2e/README.md).
+e2e:
+	bash e2e/run.sh
+
+# The same suite against the go-sdk everything-server directly (the baseline).
+e2e-direct:
+	E2E_DIRECT=1 bash e2e/run.sh
+
+bench:
+	$(GO) run ./cmd/sag bench
+
+# Runs every Fuzz target for $(FUZZTIME) each.
+fuzz:
+	FUZZTIME=$(FUZZTIME) GO=$(GO) bash .ci/fuzz.sh
+
+clean:
+	rm -rf bin e2e/out
+
+distclean: clean
+	rm -rf e2e/node_modules

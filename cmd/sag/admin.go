@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sag-gateway/sag/server"
+	"github.com/sag-gateway/sag/store"
+)
+
+// adminClient talks to a gateway's admin API.
+type adminClient struct {
+	base  string
+	token string
+}
+
+func adminFlags(fs *flag.FlagSet) func() (*adminClient, error) {
+	srv := fs.String("server", "http://127.0.0.1:8080", "gateway base `URL`")
+	tok := fs.String("admin-token", "", "admin `token` (default: $SAG_ADMIN_TOKEN, else DATA/admin.token)")
+	data := fs.String("data", "./sag-data", "gateway data `directory`, to read the generated admin token from")
+	return func() (*adminClient, error) {
+		t := *tok
+		if t == "" {
+			t = os.Getenv("SAG_ADMIN_TOKEN")
+		}
+		if t == "" {
+			b, err := os.ReadFile(filepath.Join(*data, server.AdminTokenFile))
+			if err != nil {
+				return nil, fmt.Errorf("no admin token: pass --admin-token, set SAG_ADMIN_TOKEN, or point --data at the gateway's data directory")
+			}
+			t = strings.TrimSpace(string(b))
+		}
+		return &adminClient{base: strings.TrimRight(*srv, "/"), token: t}, nil
+	}
+}
+
+// do sends one admin request and decodes a JSON answer into out (if non-nil).
+func (c *adminClient) do(method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Code string `json:"error"`
+			Desc string `json:"error_description"`
+		}
+		if json.Unmarshal(data, &e) == nil && e.Code != "" {
+			return fmt.Errorf("%s: %s (HTTP %d)", e.Code, e.Desc, resp.StatusCode)
+		}
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	if out != nil {
+		return json.Unmarshal(data, out)
+	}
+	return nil
+}
+
+func cmdUpstreams(args []string) error {
+	const use = "usage: sag upstreams add [flags] NAME URL | list [flags] | remove [flags] NAME"
+	if len(args) == 0 {
+		return errors.New(use)
+	}
+	fs := flag.NewFlagSet("sag upstreams "+args[0], flag.ContinueOnError)
+	client := adminFlags(fs)
+	switch args[0] {
+	case "add":
+		prefix := fs.String("prefix", "", "naming override: always, conditional or none")
+		timeout := fs.String("timeout", "", "per-call timeout (Go duration)")
+		var env repeated
+		fs.Var(&env, "env", "environment `VAR` passed to a stdio upstream (repeatable)")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 2 {
+			return errors.New("want NAME and URL\n" + use)
+		}
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		var out server.UpstreamResponse
+		req := server.UpstreamRequest{Name: fs.Arg(0), URL: fs.Arg(1), Prefix: *prefix, Env: env, Timeout: *timeout}
+		if err := c.do(http.MethodPost, "/admin/upstreams", req, &out); err != nil {
+			return err
+		}
+		fmt.Printf("registered %s (%s, connected: %v, %d tools)\n", out.Name, out.Transport, out.Connected, out.Tools)
+		if out.ConnectError != "" {
+			fmt.Printf("not reachable yet, retrying in the background: %s\n", out.ConnectError)
+		}
+		for _, c := range out.Conflicts {
+			fmt.Println("conflict:", c)
+		}
+		return nil
+	case "list":
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		var out []server.UpstreamResponse
+		if err := c.do(http.MethodGet, "/admin/upstreams", nil, &out); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tTRANSPORT\tCONNECTED\tTOOLS\tSESSIONS\tSOURCE\tURL")
+		for _, u := range out {
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%d\t%s\t%s\n", u.Name, u.Transport, u.Connected, u.Tools, u.Sessions, u.Source, u.URL)
+		}
+		return tw.Flush()
+	case "remove":
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New("want NAME\n" + use)
+		}
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		if err := c.do(http.MethodDelete, "/admin/upstreams/"+url.PathEscape(fs.Arg(0)), nil, nil); err != nil {
+			return err
+		}
+		fmt.Println("removed", fs.Arg(0))
+		return nil
+	}
+	return fmt.Errorf("unknown subcommand %q\n%s", args[0], use)
+}
+
+// cmdAudit prints audit records from the data directory, newest first.
+func cmdAudit(args []string) error {
+	fs := flag.NewFlagSet("sag audit", flag.ContinueOnError)
+	data := fs.String("data", "./sag-data", "gateway data `directory`")
+	session := fs.String("session", "", "only records of this session (USID, WSID, ASID or MSID)")
+	limit := fs.Int("limit", 50, "at most this many records")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(*data, "sag.db")); err != nil {
+		return fmt.Errorf("no SAG database in %s", *data)
+	}
+	ctx := context.Background()
+	st, err := store.Open(ctx, *data, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	recs, err := st.QueryAudit(ctx, store.AuditQuery{Session: *session, Limit: *limit})
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(os.Stdout)
+	for _, r := range recs {
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+const defaultURL = "http://127.0.0.1:8080/mcp"
+
+// connect opens an MCP client session to a gateway.
+func connect(ctx context.Context, url string) (*mcp.ClientSession, error) {
+	c := mcp.NewClient(&mcp.Implementation{Name: "sag-cli", Version: version}, nil)
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, DisableStandaloneSSE: true}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", url, err)
+	}
+	return cs, nil
+}
+
+func cmdTools(args []string) error {
+	fs := flag.NewFlagSet("sag tools", flag.ContinueOnError)
+	url := fs.String("url", defaultURL, "gateway MCP `URL`")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cs, err := connect(ctx, *url)
+	if err != nil {
+		return err
+	}
+	defer cs.Close()
+	for t, err := range cs.Tools(ctx, nil) {
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%-32s %s\n", t.Name, t.Description)
+	}
+	return nil
+}
+
+func cmdCall(args []string) error {
+	fs := flag.NewFlagSet("sag call", flag.ContinueOnError)
+	url := fs.String("url", defaultURL, "gateway MCP `URL`")
+	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: sag call [--url URL] TOOL ['{\"arg\": \"value\"}']")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() < 1 || fs.NArg() > 2 {
+		fs.Usage()
+		return errors.New("want a tool name and optional JSON arguments")
+	}
+	var arguments map[string]any
+	if fs.NArg() == 2 {
+		if err := json.Unmarshal([]byte(fs.Arg(1)), &arguments); err != nil {
+			return fmt.Errorf("arguments: %w", err)
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	cs, err := connect(ctx, *url)
+	if err != nil {
+		return err
+	}
+	defer cs.Close()
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: fs.Arg(0), Arguments: arguments})
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(res); err != nil {
+		return err
+	}
+	if res.IsError {
+		return errors.New("the tool reported an error")
+	}
+	return nil
+}

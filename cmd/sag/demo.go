@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/sag-gateway/sag/fixtures"
+	"github.com/sag-gateway/sag/server"
+	"github.com/sag-gateway/sag/server/config"
+)
+
+// cmdDemo starts two fixture upstreams (one session-based, one stateless)
+// and a gateway in front of them, and prints how to use it.
+func cmdDemo(args []string) error {
+	f := newServeFlags("sag demo")
+	if err := f.fs.Parse(args); err != nil {
+		return err
+	}
+	if len(f.upstreams) > 0 || f.config != "" {
+		return fmt.Errorf("demo brings its own upstreams and config; use 'sag serve' for yours")
+	}
+	if f.data == "" {
+		dir, err := os.MkdirTemp("", "sag-demo-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		f.data = dir
+	}
+
+	type upstream struct {
+		name      string
+		stateless bool
+	}
+	var list []string
+	for _, u := range []upstream{{"alpha", false}, {"beta", true}} {
+		url, stop, err := fixtures.NewServer(fixtures.Options{Name: u.name}).StartHTTP(u.stateless)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		f.upstreams = append(f.upstreams, u.name+"="+url)
+		kind := "session-based"
+		if u.stateless {
+			kind = "stateless"
+		}
+		list = append(list, fmt.Sprintf("  %-6s %s (Streamable HTTP, %s fixture)", u.name, url, kind))
+	}
+	cfg, err := f.load()
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return run(ctx, cfg, func(base string) { printDemo(cfg, base, list) })
+}
+
+func printDemo(cfg *config.Config, base string, upstreams []string) {
+	mcpURL := base + "/mcp"
+	urlFlag := ""
+	if mcpURL != defaultURL {
+		urlFlag = " --url " + mcpURL
+	}
+	fmt.Printf(`
+SAG demo is running.
+
+  gateway   %s
+upstreams:
+%s
+
+Try it from another terminal (in this repository):
+  go run ./cmd/sag tools%s
+  go run ./cmd/sag call%s alpha__echo '{"text":"hello through SAG"}'
+  go run ./cmd/sag call%s beta__add '{"a":2,"b":40}'
+Or with the MCP Inspector CLI (Node.js):
+  npx -y @modelcontextprotocol/inspector@0.21.1 --cli %s --transport http --method tools/list
+
+Admin API token: %s
+Press Ctrl-C to stop.
+`, mcpURL, strings.Join(upstreams, "\n"), urlFlag, urlFlag, urlFlag, mcpURL, adminTokenHint(cfg))
+}
+
+func adminTokenHint(cfg *config.Config) string {
+	if cfg.AdminToken != "" || cfg.AdminTokenFile != "" {
+		return "as configured"
+	}
+	return "in " + filepath.Join(cfg.DataDir, server.AdminTokenFile)
+}

@@ -1,0 +1,203 @@
+package server
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sag-gateway/sag/store"
+	"github.com/sag-gateway/sag/upstreams"
+)
+
+// adminRoutes mounts the admin API. Every route needs the admin token as a
+// bearer token (identity replaces this with authenticated principals).
+func (g *Gateway) adminRoutes(mux *http.ServeMux) {
+	h := func(route string, f func(http.ResponseWriter, *http.Request) error) http.Handler {
+		return g.metrics.instrument(route, g.requireAdmin(func(w http.ResponseWriter, r *http.Request) {
+			if err := f(w, r); err != nil {
+				writeAdminError(w, err)
+			}
+		}))
+	}
+	mux.Handle("GET /admin/upstreams", h("/admin/upstreams", g.listUpstreams))
+	mux.Handle("POST /admin/upstreams", h("/admin/upstreams", g.addUpstream))
+	mux.Handle("DELETE /admin/upstreams/{name}", h("/admin/upstreams/{name}", g.removeUpstream))
+	mux.Handle("GET /admin/audit", h("/admin/audit", g.queryAudit))
+	mux.Handle("GET /admin/sessions/{id}", h("/admin/sessions/{id}", g.getSession))
+}
+
+// adminError is the admin API's one error type: an HTTP status, a stable
+// code and a description safe to show.
+type adminError struct {
+	Status      int    `json:"-"`
+	Code        string `json:"error"`
+	Description string `json:"error_description"`
+}
+
+func (e *adminError) Error() string { return e.Code + ": " + e.Description }
+
+func badRequest(format string, args ...any) error {
+	return &adminError{Status: http.StatusBadRequest, Code: "invalid_request", Description: fmt.Sprintf(format, args...)}
+}
+
+func writeAdminError(w http.ResponseWriter, err error) {
+	var ae *adminError
+	if !errors.As(err, &ae) {
+		ae = &adminError{Status: http.StatusInternalServerError, Code: "server_error", Description: "internal error"}
+	}
+	writeJSON(w, ae.Status, ae)
+}
+
+func (g *Gateway) requireAdmin(next http.HandlerFunc) http.HandlerFunc {
+	want := []byte(g.admin)
+	return func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="sag-admin"`)
+			writeJSON(w, http.StatusUnauthorized, &adminError{Code: "invalid_token", Description: "admin token missing or wrong"})
+			return
+		}
+		next(w, r)
+	}
+}
+
+// UpstreamRequest is the body of POST /admin/upstreams.
+type UpstreamRequest struct {
+	Name    string   `json:"name"`
+	URL     string   `json:"url"`
+	Prefix  string   `json:"prefix,omitempty"`
+	Env     []string `json:"env,omitempty"`
+	Timeout string   `json:"timeout,omitempty"` // Go duration, e.g. "30s"
+}
+
+// UpstreamResponse describes a registered upstream.
+type UpstreamResponse struct {
+	upstreams.Status
+	Source string `json:"source"` // "config" or "api"
+	upstreams.Report
+}
+
+func (g *Gateway) listUpstreams(w http.ResponseWriter, r *http.Request) error {
+	out := []UpstreamResponse{}
+	for _, s := range g.upstreams.Statuses() {
+		out = append(out, UpstreamResponse{Status: s, Source: g.source(s.Name)})
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (g *Gateway) source(name string) string {
+	if g.configured[name] {
+		return "config"
+	}
+	return "api"
+}
+
+func (g *Gateway) addUpstream(w http.ResponseWriter, r *http.Request) error {
+	var req UpstreamRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return badRequest("body: %v", err)
+	}
+	naming, err := upstreams.ParseNaming(req.Prefix)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	spec := upstreams.Spec{Name: req.Name, URL: req.URL, Prefix: naming, Env: req.Env}
+	if req.Timeout != "" {
+		if spec.Timeout, err = time.ParseDuration(req.Timeout); err != nil || spec.Timeout <= 0 {
+			return badRequest("timeout %q: want a positive Go duration such as 30s", req.Timeout)
+		}
+	}
+	if err := spec.Validate(); err != nil {
+		return badRequest("%v", err)
+	}
+	if g.configured[spec.Name] {
+		return &adminError{Status: http.StatusConflict, Code: "conflict", Description: "upstream " + spec.Name + " is defined in the config file"}
+	}
+	opts, _ := json.Marshal(spec)
+	// Persist first: an upstream that is served is one that survives a restart.
+	if err := g.store.PutUpstream(r.Context(), store.Upstream{Name: spec.Name, URL: spec.URL, Prefix: string(spec.Prefix), Options: opts, Created: time.Now()}); err != nil {
+		return fmt.Errorf("persist upstream: %w", err)
+	}
+	rep, err := g.upstreams.Add(r.Context(), spec)
+	if errors.Is(err, upstreams.ErrExists) {
+		return &adminError{Status: http.StatusConflict, Code: "conflict", Description: "upstream " + spec.Name + " is already registered"}
+	}
+	if err != nil {
+		_ = g.store.DeleteUpstream(r.Context(), spec.Name)
+		return badRequest("%v", err)
+	}
+	g.logReport(spec.Name, rep)
+	g.log.Info("upstream registered", "upstream", spec.Name, "conflicts", len(rep.Conflicts))
+	for _, s := range g.upstreams.Statuses() {
+		if s.Name == spec.Name {
+			writeJSON(w, http.StatusCreated, UpstreamResponse{Status: s, Source: "api", Report: rep})
+			return nil
+		}
+	}
+	return &adminError{Status: http.StatusConflict, Code: "conflict", Description: "upstream " + spec.Name + " was removed while registering"}
+}
+
+func (g *Gateway) removeUpstream(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if g.configured[name] {
+		return &adminError{Status: http.StatusConflict, Code: "conflict", Description: "upstream " + name + " is defined in the config file; remove it there"}
+	}
+	if err := g.upstreams.Remove(name); errors.Is(err, upstreams.ErrUnknown) {
+		return &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no upstream named " + name}
+	}
+	if err := g.store.DeleteUpstream(r.Context(), name); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("unpersist upstream: %w", err)
+	}
+	g.log.Info("upstream removed", "upstream", name)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// queryAudit streams audit records as JSON lines, newest first.
+func (g *Gateway) queryAudit(w http.ResponseWriter, r *http.Request) error {
+	q := store.AuditQuery{Session: r.URL.Query().Get("session")}
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 || n > 10000 {
+			return badRequest("limit %q: want 1..10000", v)
+		}
+		q.Limit = n
+	}
+	if v := r.URL.Query().Get("before"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			return badRequest("before %q: want a record id", v)
+		}
+		q.BeforeID = n
+	}
+	recs, err := g.store.QueryAudit(r.Context(), q)
+	if err != nil {
+		return fmt.Errorf("query audit: %w", err)
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	for _, rec := range recs {
+		enc.Encode(rec)
+	}
+	return nil
+}
+
+func (g *Gateway) getSession(w http.ResponseWriter, r *http.Request) error {
+	s, err := g.store.GetSession(r.Context(), r.PathValue("id"))
+	if errors.Is(err, store.ErrNotFound) {
+		return &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no such session"}
+	}
+	if err != nil {
+		return fmt.Errorf("get session: %w", err)
+	}
+	writeJSON(w, http.StatusOK, s)
+	return nil
+}

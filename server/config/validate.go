@@ -1,0 +1,214 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// availableAuth lists the auth modes this build implements. The config schema
+// already accepts "bearer" and "dpop" so that files written for them parse,
+// but Validate refuses them until package identity implements them: this map
+// is the one place to change when it does.
+var availableAuth = map[string]bool{
+	AuthOpen: true,
+}
+
+var (
+	upstreamNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+	envNameRE      = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// Validate checks what the config schema cannot: that addresses and URLs
+// parse, that open auth stays on loopback, that upstream names are unique,
+// that at most one admin token source is set and that limits are positive.
+// It also repeats the schema's rules that a Config built in Go could break.
+// All problems are reported, joined, each naming its field; none contains the
+// admin token.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	host, port, err := net.SplitHostPort(c.Listen)
+	listenOK := err == nil
+	if err != nil {
+		add("listen: %q is not host:port", c.Listen)
+	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		listenOK = false
+		add("listen: port %q is not a number from 0 to 65535", port)
+	}
+
+	switch c.Auth {
+	case AuthOpen, AuthBearer, AuthDPoP:
+		if !availableAuth[c.Auth] {
+			add("auth %q is not available yet", c.Auth)
+		}
+	default:
+		add("auth: %q is not one of open, bearer, dpop", c.Auth)
+	}
+	if c.Auth == AuthOpen && listenOK && !isLoopbackHost(host) {
+		add("auth %q needs a loopback listen address, got %s", AuthOpen, c.Listen)
+	}
+
+	if c.PublicURL != "" {
+		if err := checkBaseURL(c.PublicURL); err != nil {
+			add("public_url: %v", err)
+		}
+	}
+	if c.DataDir == "" {
+		add("data_dir: must not be empty")
+	}
+	if c.AdminToken != "" && c.AdminTokenFile != "" {
+		add("admin_token and admin_token_file are mutually exclusive: set one")
+	}
+	if !slices.Contains([]string{PrefixAlways, PrefixConditional, PrefixNone}, c.Prefix) {
+		add("prefix: %q is not one of always, conditional, none", c.Prefix)
+	}
+	for i, o := range c.AllowedOrigins {
+		if err := checkOrigin(o); err != nil {
+			add("allowed_origins[%d]: %v", i, err)
+		}
+	}
+
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		add("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
+		add("log.format: %q is not one of text, json", c.Log.Format)
+	}
+
+	l := c.Limits
+	if l.MaxRequestBytes < 1024 {
+		add("limits.max_request_bytes: got %d, want at least 1024", l.MaxRequestBytes)
+	}
+	for _, d := range []struct {
+		field string
+		v     Duration
+	}{
+		{"limits.call_timeout", l.CallTimeout},
+		{"limits.session_idle_timeout", l.SessionIdleTimeout},
+		{"limits.upstream_idle_timeout", l.UpstreamIdleTimeout},
+	} {
+		if d.v <= 0 {
+			add("%s: got %s, want more than 0", d.field, d.v)
+		}
+	}
+	if l.MaxUpstreamSessions < 1 {
+		add("limits.max_upstream_sessions: got %d, want at least 1", l.MaxUpstreamSessions)
+	}
+
+	seen := make(map[string]int, len(c.Upstreams))
+	for i, u := range c.Upstreams {
+		field := fmt.Sprintf("upstreams[%d]", i)
+		if err := u.validate(); err != nil {
+			for _, e := range unjoin(err) {
+				add("%s.%w", field, e)
+			}
+		}
+		if j, dup := seen[u.Name]; dup {
+			add("%s.name: %q is already the name of upstreams[%d]", field, u.Name, j)
+		} else {
+			seen[u.Name] = i
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// validate checks one upstream; errors name fields relative to it ("url: …").
+func (u Upstream) validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if !upstreamNameRE.MatchString(u.Name) {
+		add("name: %q does not match %s", u.Name, upstreamNameRE)
+	}
+	stdio := false
+	switch {
+	case strings.HasPrefix(u.URL, "stdio:"):
+		stdio = true
+		if strings.TrimSpace(strings.TrimPrefix(u.URL, "stdio:")) == "" {
+			add("url: stdio: needs a command")
+		}
+	default:
+		if err := checkUpstreamURL(u.URL); err != nil {
+			add("url: %v", err)
+		}
+	}
+	if !slices.Contains([]string{"", PrefixAlways, PrefixConditional, PrefixNone}, u.Prefix) {
+		add("prefix: %q is not one of always, conditional, none or empty", u.Prefix)
+	}
+	if len(u.Env) > 0 && !stdio {
+		add("env: only stdio upstreams take env")
+	}
+	for i, name := range u.Env {
+		if !envNameRE.MatchString(name) {
+			add("env[%d]: %q is not an environment variable name", i, name)
+		}
+		if slices.Contains(u.Env[:i], name) {
+			add("env[%d]: %q is listed twice", i, name)
+		}
+	}
+	if u.Timeout < 0 {
+		add("timeout: got %s, want more than 0", u.Timeout)
+	}
+	return errors.Join(errs...)
+}
+
+// checkUpstreamURL accepts http(s)://host… and sse+http(s)://host….
+func checkUpstreamURL(raw string) error {
+	const want = "want http(s)://…, sse+http(s)://… or stdio:COMMAND"
+	u, err := url.Parse(strings.TrimPrefix(raw, "sse+"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+		return fmt.Errorf("%q: %s", raw, want)
+	}
+	if u.User != nil {
+		// Do not echo the URL: it holds the credentials.
+		return errors.New("must not carry credentials (user:password@)")
+	}
+	if u.Fragment != "" {
+		return fmt.Errorf("%q: must not have a fragment", raw)
+	}
+	return nil
+}
+
+// checkBaseURL accepts an absolute http(s) URL with no query, fragment or
+// credentials.
+func checkBaseURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || u.Opaque != "" {
+		return fmt.Errorf("%q is not an absolute http(s) URL", raw)
+	}
+	if u.User != nil {
+		return errors.New("must not carry credentials (user:password@)")
+	}
+	if u.RawQuery != "" || u.ForceQuery {
+		return fmt.Errorf("%q: must not have a query", raw)
+	}
+	if u.Fragment != "" || strings.Contains(raw, "#") {
+		return fmt.Errorf("%q: must not have a fragment", raw)
+	}
+	return nil
+}
+
+// checkOrigin accepts a browser origin: scheme://host[:port], nothing more.
+func checkOrigin(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || u.User != nil ||
+		u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(raw, "#") {
+		return fmt.Errorf("%q is not an origin (scheme://host[:port])", raw)
+	}
+	return nil
+}
+
+// unjoin returns the errors that errors.Join combined, or err itself.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}

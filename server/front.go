@@ -1,0 +1,303 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+	"sync/atomic"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/upstreams"
+)
+
+// front is the MCP server clients talk to: one go-sdk *mcp.Server whose tools,
+// prompts and resources mirror the upstream catalog, served over Streamable
+// HTTP for both protocol generations.
+type front struct {
+	srv *mcp.Server
+	gw  *Gateway
+
+	mu        sync.Mutex // serialises catalog syncs
+	tools     map[string][]byte
+	prompts   map[string][]byte
+	resources map[string][]byte
+	templates map[string][]byte
+
+	// updateMu and updateFor restrict one resource-update broadcast to the
+	// downstream session whose upstream connection sent it.
+	updateMu  sync.Mutex
+	updateFor atomic.Pointer[mcp.ServerSession]
+}
+
+func newFront(gw *Gateway, version string) *front {
+	f := &front{
+		gw:        gw,
+		tools:     map[string][]byte{},
+		prompts:   map[string][]byte{},
+		resources: map[string][]byte{},
+		templates: map[string][]byte{},
+	}
+	f.srv = mcp.NewServer(&mcp.Implementation{Name: "sag", Title: "SAG — Session-Aware Agent Gateway", Version: version}, &mcp.ServerOptions{
+		HasTools:           true,
+		HasPrompts:         true,
+		HasResources:       true,
+		InitializedHandler: f.initialized,
+		CompletionHandler:  f.complete,
+		SubscribeHandler:   f.subscribe,
+		UnsubscribeHandler: f.unsubscribe,
+		Capabilities: &mcp.ServerCapabilities{
+			Logging:     &mcp.LoggingCapabilities{},
+			Completions: &mcp.CompletionCapabilities{},
+		},
+	})
+	f.srv.AddReceivingMiddleware(f.receive)
+	f.srv.AddSendingMiddleware(f.send)
+	return f
+}
+
+// handler serves /mcp: requests of protocol 2026-07-28 and later go to a
+// stateless handler, everything else to the session-based one, both over the
+// same *mcp.Server.
+func (f *front) handler() http.Handler {
+	maxBody := f.gw.cfg.Limits.MaxRequestBytes
+	get := func(*http.Request) *mcp.Server { return f.srv }
+	stateful := mcp.NewStreamableHTTPHandler(get, &mcp.StreamableHTTPOptions{
+		EventStore:          mcp.NewMemoryEventStore(nil),
+		SessionTimeout:      time.Duration(f.gw.cfg.Limits.SessionIdleTimeout),
+		MaxRequestBodyBytes: maxBody,
+		Logger:              f.gw.log,
+	})
+	statelessH := mcp.NewStreamableHTTPHandler(get, &mcp.StreamableHTTPOptions{
+		Stateless:                    true,
+		MaxRequestBodyBytes:          maxBody,
+		PropagateRequestCancellation: true,
+		Logger:                       f.gw.log,
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v := r.Header.Get("Mcp-Protocol-Version"); v >= statelessVersion {
+			statelessH.ServeHTTP(w, r)
+			return
+		}
+		stateful.ServeHTTP(w, r)
+	})
+}
+
+const statelessVersion = "2026-07-28"
+
+// sync mirrors a catalog into the MCP server. Only changed entries are
+// re-added, so clients get list_changed only for real changes.
+func (f *front) sync(c *upstreams.Catalog) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	seen := map[string]bool{}
+	for i := range c.Tools {
+		t := &c.Tools[i]
+		seen[t.Name] = true
+		if changed(f.tools, t.Name, t.Def) {
+			name := t.Name
+			f.srv.AddTool(t.Def, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+				return f.gw.callTool(ctx, name, req)
+			})
+		}
+	}
+	f.srv.RemoveTools(gone(f.tools, seen)...)
+
+	seen = map[string]bool{}
+	for i := range c.Prompts {
+		p := &c.Prompts[i]
+		seen[p.Name] = true
+		if changed(f.prompts, p.Name, p.Def) {
+			name := p.Name
+			f.srv.AddPrompt(p.Def, func(ctx context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+				return f.gw.getPrompt(ctx, name, req)
+			})
+		}
+	}
+	f.srv.RemovePrompts(gone(f.prompts, seen)...)
+
+	seen = map[string]bool{}
+	for i := range c.Resources {
+		r := c.Resources[i]
+		seen[r.Def.URI] = true
+		if changed(f.resources, r.Def.URI, r.Def) {
+			f.srv.AddResource(r.Def, f.readResource)
+		}
+	}
+	f.srv.RemoveResources(gone(f.resources, seen)...)
+
+	seen = map[string]bool{}
+	for i := range c.Templates {
+		t := c.Templates[i]
+		seen[t.Def.URITemplate] = true
+		if changed(f.templates, t.Def.URITemplate, t.Def) {
+			f.srv.AddResourceTemplate(t.Def, f.readResource)
+		}
+	}
+	f.srv.RemoveResourceTemplates(gone(f.templates, seen)...)
+}
+
+// changed records def's encoding under key and reports whether it differs
+// from what was there.
+func changed(have map[string][]byte, key string, def any) bool {
+	b, err := json.Marshal(def)
+	if err != nil {
+		return true
+	}
+	if old, ok := have[key]; ok && string(old) == string(b) {
+		return false
+	}
+	have[key] = b
+	return true
+}
+
+// gone deletes and returns the keys of have that are not in seen.
+func gone(have map[string][]byte, seen map[string]bool) []string {
+	var out []string
+	for k := range have {
+		if !seen[k] {
+			out = append(out, k)
+			delete(have, k)
+		}
+	}
+	return out
+}
+
+// initialized runs once per session-based downstream session: it records the
+// session and releases its upstream connections when it ends.
+func (f *front) initialized(ctx context.Context, req *mcp.InitializedRequest) {
+	ss := req.Session
+	f.gw.sessionOpened(ctx, ss)
+	go func() {
+		_ = ss.Wait()
+		f.gw.sessionClosed(ss.ID())
+	}()
+}
+
+func (f *front) readResource(ctx context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+	up, ok := f.gw.upstreams.Catalog().ResourceUpstream(req.Params.URI)
+	if !ok {
+		return nil, mcp.ResourceNotFoundError(req.Params.URI)
+	}
+	res, err := f.gw.upstreams.ReadResource(ctx, req.Session, up, req.Params)
+	return res, protocolError(err)
+}
+
+func (f *front) complete(ctx context.Context, req *mcp.CompleteRequest) (*mcp.CompleteResult, error) {
+	ref := req.Params.Ref
+	if ref == nil {
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "completion/complete: missing ref"}
+	}
+	cat := f.gw.upstreams.Catalog()
+	params := *req.Params
+	var up string
+	switch ref.Type {
+	case "ref/prompt":
+		p, ok := cat.Prompt(ref.Name)
+		if !ok {
+			return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "unknown prompt " + ref.Name}
+		}
+		r := *ref
+		r.Name = p.Original
+		params.Ref, up = &r, p.Upstream
+	case "ref/resource":
+		u, ok := cat.ResourceUpstream(ref.URI)
+		if !ok {
+			return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "unknown resource " + ref.URI}
+		}
+		up = u
+	default:
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "unknown ref type " + ref.Type}
+	}
+	res, err := f.gw.upstreams.Complete(ctx, req.Session, up, &params)
+	return res, protocolError(err)
+}
+
+func (f *front) subscribe(ctx context.Context, req *mcp.SubscribeRequest) error {
+	up, ok := f.gw.upstreams.Catalog().ResourceUpstream(req.Params.URI)
+	if !ok {
+		return mcp.ResourceNotFoundError(req.Params.URI)
+	}
+	return protocolError(f.gw.upstreams.Subscribe(ctx, req.Session, up, req.Params.URI))
+}
+
+func (f *front) unsubscribe(ctx context.Context, req *mcp.UnsubscribeRequest) error {
+	up, ok := f.gw.upstreams.Catalog().ResourceUpstream(req.Params.URI)
+	if !ok {
+		return mcp.ResourceNotFoundError(req.Params.URI)
+	}
+	return protocolError(f.gw.upstreams.Unsubscribe(ctx, req.Session, up, req.Params.URI))
+}
+
+// resourceUpdated delivers an upstream's resource update to the downstream
+// session it belongs to (to every subscriber when down is nil).
+func (f *front) resourceUpdated(down *mcp.ServerSession, p *mcp.ResourceUpdatedNotificationParams) {
+	f.updateMu.Lock()
+	defer f.updateMu.Unlock()
+	f.updateFor.Store(down)
+	defer f.updateFor.Store(nil)
+	_ = f.srv.ResourceUpdated(context.Background(), p)
+}
+
+// receive sees every request before the SDK handles it: logging/setLevel is
+// forwarded to the upstreams (it has no hook of its own), and calls of
+// unknown tools are audited before the SDK refuses them.
+func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
+	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+		switch method {
+		case "logging/setLevel":
+			if p, ok := req.GetParams().(*mcp.SetLoggingLevelParams); ok {
+				ss, _ := req.GetSession().(*mcp.ServerSession)
+				f.gw.upstreams.SetLoggingLevel(ctx, ss, p.Level)
+			}
+		case "tools/call":
+			if p, ok := req.GetParams().(*mcp.CallToolParamsRaw); ok {
+				if _, known := f.gw.upstreams.Catalog().Tool(p.Name); !known {
+					ss, _ := req.GetSession().(*mcp.ServerSession)
+					f.gw.auditUnknownTool(ctx, ss, req.GetExtra(), p.Name)
+				}
+			}
+		}
+		return next(ctx, method, req)
+	}
+}
+
+// send drops resource updates meant for another downstream session.
+func (f *front) send(next mcp.MethodHandler) mcp.MethodHandler {
+	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+		if method == "notifications/resources/updated" && !f.allowUpdate(req.GetSession()) {
+			return nil, nil
+		}
+		return next(ctx, method, req)
+	}
+}
+
+func (f *front) allowUpdate(s mcp.Session) bool {
+	target := f.updateFor.Load()
+	return target == nil || s == mcp.Session(target)
+}
+
+// protocolError maps an upstream failure onto a JSON-RPC error for methods
+// that have no tool-error form; the upstream's own JSON-RPC errors pass as is.
+func protocolError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var rpc *jsonrpc.Error
+	if errors.As(err, &rpc) {
+		return rpc
+	}
+	var ue *upstreams.Error
+	if errors.As(err, &ue) {
+		return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: ue.Error()}
+	}
+	if errors.Is(err, context.Canceled) {
+		return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "request cancelled"}
+	}
+	return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "internal error"}
+}

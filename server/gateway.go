@@ -1,0 +1,241 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sag-gateway/sag/server/config"
+	"github.com/sag-gateway/sag/store"
+	"github.com/sag-gateway/sag/upstreams"
+)
+
+// Store is what the gateway keeps in its database. *store.SQLite implements it.
+type Store interface {
+	Append(ctx context.Context, rec store.AuditRecord) error
+	QueryAudit(ctx context.Context, q store.AuditQuery) ([]store.AuditRecord, error)
+	PutSession(ctx context.Context, s store.Session) error
+	GetSession(ctx context.Context, id string) (store.Session, error)
+	SetSessionState(ctx context.Context, id string, st store.SessionState) error
+	PutUpstream(ctx context.Context, u store.Upstream) error
+	DeleteUpstream(ctx context.Context, name string) error
+	ListUpstreams(ctx context.Context) ([]store.Upstream, error)
+	Close() error
+}
+
+var _ Store = (*store.SQLite)(nil)
+
+// Gateway is one running SAG: the MCP front, the upstreams, the store and the
+// HTTP routes, built from one config in New and torn down in Close.
+type Gateway struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	version   string
+	store     Store
+	upstreams *upstreams.Manager
+	front     *front
+	metrics   *metrics
+	sessions  sessionCache
+	admin     string // admin API token
+
+	configured map[string]bool // upstreams from the config file or flags (not removable at run time)
+	inflight   sync.WaitGroup  // tool calls being handled, drained at shutdown
+	handler    http.Handler
+	closeOnce  sync.Once
+	closeErr   error
+}
+
+// New builds a gateway from a validated config: it opens the store, registers
+// the configured and persisted upstreams and mounts the routes. It starts no
+// listener; call Serve.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (g *Gateway, err error) {
+	g = &Gateway{cfg: cfg, log: log, version: version, configured: map[string]bool{}}
+	defer func() {
+		if err != nil {
+			g.Close()
+		}
+	}()
+
+	st, err := store.Open(ctx, cfg.DataDir, store.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
+	}
+	g.store = st
+
+	if g.admin, err = adminToken(cfg); err != nil {
+		return nil, err
+	}
+
+	g.metrics = newMetrics()
+	g.front = newFront(g, version)
+	naming, err := upstreams.ParseNaming(cfg.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	g.upstreams = upstreams.New(upstreams.Options{
+		Naming:            naming,
+		CallTimeout:       time.Duration(cfg.Limits.CallTimeout),
+		IdleTimeout:       time.Duration(cfg.Limits.UpstreamIdleTimeout),
+		MaxSessions:       cfg.Limits.MaxUpstreamSessions,
+		Logger:            log,
+		OnChange:          g.front.sync,
+		OnResourceUpdated: g.front.resourceUpdated,
+		Version:           version,
+	})
+	g.metrics.watch(g.upstreams)
+
+	if err := g.registerUpstreams(ctx); err != nil {
+		return nil, err
+	}
+	g.handler = g.routes()
+	return g, nil
+}
+
+// registerUpstreams adds the config's upstreams, then those tool owners
+// registered through the admin API (the config wins a name clash). They
+// connect concurrently; startup waits for each first attempt, bounded.
+func (g *Gateway) registerUpstreams(ctx context.Context) error {
+	var specs []upstreams.Spec
+	for _, u := range g.cfg.Upstreams {
+		spec, err := specFromConfig(u)
+		if err != nil {
+			return err
+		}
+		g.configured[spec.Name] = true
+		specs = append(specs, spec)
+	}
+	stored, err := g.store.ListUpstreams(ctx)
+	if err != nil {
+		return fmt.Errorf("list registered upstreams: %w", err)
+	}
+	for _, su := range stored {
+		if g.configured[su.Name] {
+			g.log.Warn("registered upstream shadowed by the config file", "upstream", su.Name)
+			continue
+		}
+		var spec upstreams.Spec
+		if err := json.Unmarshal(su.Options, &spec); err != nil || spec.Name != su.Name {
+			g.log.Error("registered upstream unreadable; skipped", "upstream", su.Name)
+			continue
+		}
+		specs = append(specs, spec)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, spec := range specs {
+		rep, err := g.upstreams.Add(ctx, spec)
+		if err != nil {
+			return fmt.Errorf("upstream %s: %w", spec.Name, err)
+		}
+		g.logReport(spec.Name, rep)
+	}
+	return nil
+}
+
+func (g *Gateway) logReport(name string, rep upstreams.Report) {
+	if rep.ConnectError != "" {
+		g.log.Warn("upstream not reachable yet; retrying in the background", "upstream", name, "error", rep.ConnectError)
+	}
+	for _, c := range rep.Conflicts {
+		g.log.Warn("upstream conflict", "upstream", name, "detail", c)
+	}
+}
+
+func specFromConfig(u config.Upstream) (upstreams.Spec, error) {
+	naming, err := upstreams.ParseNaming(u.Prefix)
+	if err != nil {
+		return upstreams.Spec{}, fmt.Errorf("upstream %s: %w", u.Name, err)
+	}
+	spec := upstreams.Spec{Name: u.Name, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout)}
+	return spec, spec.Validate()
+}
+
+// adminToken returns the configured admin token, or the one kept in the data
+// directory, generating it on first start.
+func adminToken(cfg *config.Config) (string, error) {
+	tok, err := cfg.ResolvedAdminToken()
+	if err != nil || tok != "" {
+		return tok, err
+	}
+	path := filepath.Join(cfg.DataDir, AdminTokenFile)
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	buf := make([]byte, 32)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	tok = hex.EncodeToString(buf)
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write admin token: %w", err)
+	}
+	return tok, nil
+}
+
+// AdminTokenFile is the file in the data directory that holds the generated
+// admin token when the config names none.
+const AdminTokenFile = "admin.token"
+
+// Handler returns the gateway's HTTP handler (all routes).
+func (g *Gateway) Handler() http.Handler { return g.handler }
+
+// Serve serves HTTP on ln until ctx is cancelled, then shuts down in order:
+// stop accepting, drain in-flight tool calls (bounded by grace), close the
+// downstream sessions and upstream connections, flush and close the store.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
+	srv := &http.Server{
+		Handler:           g.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		g.Close()
+		return err
+	case <-ctx.Done():
+	}
+	g.log.Info("shutting down: draining in-flight calls")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	go srv.Shutdown(shutdownCtx) // stops accepting; long-lived streams end below
+	drained := make(chan struct{})
+	go func() { g.inflight.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-shutdownCtx.Done():
+		g.log.Warn("shutdown grace elapsed with calls in flight")
+	}
+	for ss := range g.front.srv.Sessions() {
+		ss.Close()
+	}
+	srv.Close()
+	return g.Close()
+}
+
+// Close releases everything New acquired. It is safe after a partial New.
+func (g *Gateway) Close() error {
+	g.closeOnce.Do(func() {
+		var errs []error
+		if g.upstreams != nil {
+			errs = append(errs, g.upstreams.Close())
+		}
+		if g.store != nil {
+			errs = append(errs, g.store.Close())
+		}
+		g.closeErr = errors.Join(errs...)
+	})
+	return g.closeErr
+}

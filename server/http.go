@@ -1,0 +1,98 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// routes mounts every endpoint. The order of the wrappers around /mcp is the
+// order checks run in: metrics, origin, then the MCP handler (which checks
+// Host on loopback, the body limit and the protocol version itself).
+func (g *Gateway) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/mcp", g.metrics.instrument("/mcp", g.checkOrigin(g.front.handler())))
+	mux.Handle("GET /healthz", g.metrics.instrument("/healthz", http.HandlerFunc(g.healthz)))
+	mux.Handle("GET /readyz", g.metrics.instrument("/readyz", http.HandlerFunc(g.readyz)))
+	mux.Handle("GET /metrics", g.metrics.handler())
+	g.adminRoutes(mux)
+	return mux
+}
+
+// checkOrigin refuses browser requests from foreign origins with 403 (MCP
+// Streamable HTTP: servers MUST validate Origin, against DNS rebinding and
+// cross-site use). Requests without Origin are not from a browser page.
+func (g *Gateway) checkOrigin(next http.Handler) http.Handler {
+	allowed := map[string]bool{}
+	for _, o := range g.cfg.AllowedOrigins {
+		allowed[strings.ToLower(strings.TrimRight(o, "/"))] = true
+	}
+	if u, err := url.Parse(g.cfg.ResolvedPublicURL()); err == nil {
+		allowed[strings.ToLower(u.Scheme+"://"+u.Host)] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		if origin != "" && !allowed[strings.ToLower(origin)] && !sameOrigin(origin, r) {
+			http.Error(w, "Forbidden: origin not allowed", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// sameOrigin reports whether origin names the host the request was sent to.
+func sameOrigin(origin string, r *http.Request) bool {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return strings.EqualFold(u.Scheme, scheme) && strings.EqualFold(u.Host, r.Host)
+}
+
+func (g *Gateway) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("ok\n"))
+}
+
+// readyz reports ready when the store answers; upstream health is listed but
+// a down upstream does not make the gateway unready (its tools answer with a
+// clear error instead).
+func (g *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	type upstreamHealth struct {
+		Name      string `json:"name"`
+		Connected bool   `json:"connected"`
+	}
+	body := struct {
+		Ready     bool             `json:"ready"`
+		Store     string           `json:"store"`
+		Upstreams []upstreamHealth `json:"upstreams"`
+	}{Ready: true, Store: "ok", Upstreams: []upstreamHealth{}}
+	if _, err := g.store.ListUpstreams(ctx); err != nil {
+		body.Ready, body.Store = false, "unavailable"
+	}
+	for _, s := range g.upstreams.Statuses() {
+		body.Upstreams = append(body.Upstreams, upstreamHealth{Name: s.Name, Connected: s.Connected})
+	}
+	code := http.StatusOK
+	if !body.Ready {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, body)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

@@ -1,0 +1,112 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// migrations is the ordered schema history. Entry i brings the database from
+// version i to version i+1. Entries are append-only: never edit one that has
+// shipped, add a new one instead.
+var migrations = []string{
+	// 1: sessions, upstream registry, audit log.
+	`
+CREATE TABLE sessions (
+	id       TEXT PRIMARY KEY,
+	kind     TEXT NOT NULL CHECK (kind IN ('user', 'workflow', 'agent', 'mcp')),
+	parent   TEXT REFERENCES sessions (id) CHECK (parent <> id),
+	subject  TEXT NOT NULL,
+	agent    TEXT NOT NULL,
+	state    TEXT NOT NULL CHECK (state IN ('active', 'closed', 'revoked')),
+	created  INTEGER NOT NULL, -- Unix nanoseconds
+	updated  INTEGER NOT NULL, -- Unix nanoseconds
+	risk     REAL NOT NULL,
+	counters TEXT NOT NULL     -- JSON object (or null)
+);
+CREATE INDEX sessions_parent ON sessions (parent);
+CREATE INDEX sessions_created ON sessions (created);
+
+CREATE TABLE upstreams (
+	name    TEXT PRIMARY KEY,
+	url     TEXT NOT NULL,
+	prefix  TEXT NOT NULL CHECK (prefix IN ('', 'always', 'conditional', 'none')),
+	options TEXT,              -- opaque JSON, NULL when absent
+	created INTEGER NOT NULL   -- Unix nanoseconds
+);
+
+CREATE TABLE audit (
+	id               INTEGER PRIMARY KEY,
+	time             INTEGER NOT NULL, -- Unix nanoseconds
+	method           TEXT NOT NULL,
+	usid             TEXT NOT NULL,
+	wsid             TEXT NOT NULL,
+	asid             TEXT NOT NULL,
+	msid             TEXT NOT NULL,
+	sub              TEXT NOT NULL,
+	spiffe_id        TEXT NOT NULL,
+	act              TEXT NOT NULL,
+	aud              TEXT NOT NULL,
+	dpop_jti         TEXT NOT NULL,
+	dpop_htu         TEXT NOT NULL,
+	dpop_htm         TEXT NOT NULL,
+	dpop_ath         TEXT NOT NULL,
+	mtls_thumbprint  TEXT NOT NULL,
+	tool             TEXT NOT NULL,
+	upstream         TEXT NOT NULL,
+	schema_version   TEXT NOT NULL,
+	allow_list_match TEXT NOT NULL,
+	dlp_actions      TEXT,             -- JSON array, NULL when empty
+	policy_id        TEXT NOT NULL,
+	decision         TEXT NOT NULL,
+	reason           TEXT NOT NULL,
+	latency_us       INTEGER NOT NULL,
+	consent_id       TEXT NOT NULL
+);
+CREATE INDEX audit_usid ON audit (usid);
+CREATE INDEX audit_wsid ON audit (wsid);
+CREATE INDEX audit_asid ON audit (asid);
+CREATE INDEX audit_msid ON audit (msid);
+`,
+}
+
+// migrate brings the database up to len(migrations) in one transaction and
+// records each applied version once in schema_migrations. It is idempotent and
+// refuses a database written by a newer binary.
+func migrate(ctx context.Context, db *sql.DB, now int64) (err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: migrate: begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+	version INTEGER PRIMARY KEY,
+	applied INTEGER NOT NULL -- Unix nanoseconds
+)`); err != nil {
+		return fmt.Errorf("store: migrate: create schema_migrations: %w", err)
+	}
+	var current int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("store: migrate: read version: %w", err)
+	}
+	if current > len(migrations) {
+		return fmt.Errorf("store: migrate: database schema version %d is newer than this binary's %d", current, len(migrations))
+	}
+	for v := current + 1; v <= len(migrations); v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+			return fmt.Errorf("store: migrate: version %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied) VALUES (?, ?)`, v, now); err != nil {
+			return fmt.Errorf("store: migrate: record version %d: %w", v, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: migrate: commit: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,191 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// ErrNotFound is returned (wrapped) when the session or upstream a call names
+// does not exist.
+var ErrNotFound = errors.New("store: not found")
+
+// ErrClosed is returned by every method called after Close.
+var ErrClosed = errors.New("store: closed")
+
+// ErrConflict is returned (wrapped) when a write would break an invariant of
+// the session graph: changing the kind, parent or subject a session is bound
+// to, or moving a revoked session out of the revoked state.
+var ErrConflict = errors.New("store: conflict")
+
+// dbFile is the name of the database inside the data directory.
+const dbFile = "sag.db"
+
+// defaultMaxBatch is Options.MaxBatch when it is not set.
+const defaultMaxBatch = 256
+
+// Options tunes a store. The zero value is ready to use.
+type Options struct {
+	// Now is the clock used for timestamps the caller leaves zero.
+	// Default time.Now.
+	Now func() time.Time
+	// MaxBatch caps how many writes share one transaction. Default 256.
+	MaxBatch int
+}
+
+// SQLite is the embedded store. It is safe for concurrent use. Writes are
+// group-committed by one writer goroutine; reads go to a read-only pool.
+type SQLite struct {
+	now      func() time.Time
+	maxBatch int
+
+	w *sql.DB // exactly one connection, used only by the writer goroutine (and migrations before it starts)
+	r *sql.DB // read-only pool
+
+	insertAudit *sql.Stmt // prepared on w
+
+	// mu orders calls against Close: readers hold it shared while they query
+	// and writers while they send on ops; Close takes it exclusively, so no
+	// call starts after Close and none is cut off by it.
+	mu      sync.RWMutex
+	closed  atomic.Bool // set under mu held exclusively
+	ops     chan op
+	stopped chan struct{} // closed when the writer goroutine has exited
+
+	commits atomic.Int64 // committed write transactions; read by tests
+}
+
+// Open creates dir (0700) and dir/sag.db if needed, applies pending schema
+// migrations and starts the writer. The caller must Close the store.
+func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = defaultMaxBatch
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	path, err := filepath.Abs(filepath.Join(dir, dbFile))
+	if err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+
+	// The writer: one connection, WAL, no fsync per commit, BEGIN IMMEDIATE so
+	// that a lock held by another process is waited for at BEGIN.
+	w, err := sql.Open("sqlite", dsn(path, "_txlock=immediate",
+		"_pragma=busy_timeout(5000)",
+		"_pragma=journal_mode(WAL)",
+		"_pragma=synchronous(NORMAL)",
+		"_pragma=foreign_keys(ON)"))
+	if err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+
+	s := &SQLite{now: opts.Now, maxBatch: opts.MaxBatch, w: w}
+	if err := migrate(ctx, w, s.now().UnixNano()); err != nil {
+		_ = w.Close()
+		return nil, err
+	}
+	if s.insertAudit, err = w.PrepareContext(ctx, insertAuditSQL); err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("store: open: prepare audit insert: %w", err)
+	}
+
+	// The readers: query_only makes a stray write fail instead of contending
+	// with the writer. The journal mode is already WAL (it is persistent).
+	r, err := sql.Open("sqlite", dsn(path,
+		"_pragma=busy_timeout(5000)",
+		"_pragma=foreign_keys(ON)",
+		"_pragma=query_only(1)"))
+	if err != nil {
+		_ = s.insertAudit.Close()
+		_ = w.Close()
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	readers := max(4, runtime.GOMAXPROCS(0))
+	r.SetMaxOpenConns(readers)
+	r.SetMaxIdleConns(readers)
+	if err := r.PingContext(ctx); err != nil {
+		_ = r.Close()
+		_ = s.insertAudit.Close()
+		_ = w.Close()
+		return nil, fmt.Errorf("store: open: readers: %w", err)
+	}
+	s.r = r
+
+	s.ops = make(chan op, s.maxBatch)
+	s.stopped = make(chan struct{})
+	go s.run()
+	return s, nil
+}
+
+// dsn builds a SQLite URI for path with the given query parameters.
+func dsn(path string, params ...string) string {
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(path)}
+	q := ""
+	for i, p := range params {
+		if i > 0 {
+			q += "&"
+		}
+		q += p
+	}
+	u.RawQuery = q
+	return u.String()
+}
+
+// Close stops accepting calls, waits until every queued write is committed
+// (or has failed), and closes the database. Calls after Close, including a
+// second Close, return ErrClosed.
+func (s *SQLite) Close() error {
+	s.mu.Lock()
+	if s.closed.Load() {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.closed.Store(true)
+	close(s.ops)
+	s.mu.Unlock()
+
+	<-s.stopped
+	err := errors.Join(s.insertAudit.Close(), s.r.Close(), s.w.Close())
+	if err != nil {
+		return fmt.Errorf("store: close: %w", err)
+	}
+	return nil
+}
+
+// acquire admits a call: it returns ErrClosed once Close has begun, and
+// otherwise holds Close off until the matching release.
+func (s *SQLite) acquire() error {
+	s.mu.RLock()
+	if s.closed.Load() {
+		s.mu.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+// release ends what acquire admitted.
+func (s *SQLite) release() { s.mu.RUnlock() }
+
+// nanos converts t to the stored representation, Unix nanoseconds.
+func nanos(t time.Time) int64 { return t.UnixNano() }
+
+// fromNanos converts a stored timestamp back to a UTC time.
+func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }

@@ -1,0 +1,319 @@
+package upstreams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// Error is a failure to get an answer from an upstream: not connected, timed
+// out, or the connection broke. The front turns it into a tool error; its
+// text is safe to show a client (no URLs, no credentials).
+type Error struct {
+	Upstream string
+	Msg      string
+}
+
+func (e *Error) Error() string { return "upstream " + e.Upstream + ": " + e.Msg }
+
+// progressRoute sends an upstream's progress for one forwarded request to the
+// downstream client that asked for it, under the client's own token.
+type progressRoute struct {
+	ctx   context.Context
+	down  *mcp.ServerSession
+	token any
+}
+
+// progressGrace keeps a route after its call returns: the last progress
+// notification can arrive after the result.
+const progressGrace = 2 * time.Second
+
+// forward runs one request against the upstream named by name on the
+// connection for down, with the upstream's timeout, progress re-mapping,
+// in-flight tracking and one reconnect when the upstream lost the session.
+func forward[R any](ctx context.Context, m *Manager, name string, down *mcp.ServerSession, meta mcp.Meta,
+	do func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (R, error)) (R, error) {
+	var zero R
+	u, ok := m.lookup(name)
+	if !ok {
+		return zero, &Error{Upstream: name, Msg: "not registered"}
+	}
+	ctx, cancel := context.WithTimeout(ctx, u.timeout())
+	defer cancel()
+
+	id := m.seq.Add(1)
+	if tok, ok := meta["progressToken"]; ok && down != nil {
+		upTok := "sag-" + strconv.FormatUint(id, 36)
+		m.progress.Store(upTok, &progressRoute{ctx: ctx, down: down, token: tok})
+		defer time.AfterFunc(progressGrace, func() { m.progress.Delete(upTok) })
+		meta = cloneMeta(meta)
+		meta["progressToken"] = upTok
+	}
+
+	for attempt := 0; ; attempt++ {
+		c, err := u.connFor(ctx, down)
+		if err != nil {
+			return zero, u.failure(ctx, err)
+		}
+		release := c.track(ctx, id)
+		res, err := do(ctx, c.cs, meta)
+		release()
+		if err == nil {
+			return res, nil
+		}
+		var rpcErr *jsonrpc.Error
+		if errors.As(err, &rpcErr) {
+			return zero, rpcErr // the upstream's own answer: pass it on
+		}
+		u.drop(c)
+		// A 404 means the upstream forgot the session before handling the
+		// request, so one retry on a fresh session cannot run it twice.
+		if attempt == 0 && errors.Is(err, mcp.ErrSessionMissing) && ctx.Err() == nil {
+			continue
+		}
+		return zero, u.failure(ctx, err)
+	}
+}
+
+// failure turns a transport-level error into an *Error with a clear message.
+func (u *upstream) failure(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return &Error{Upstream: u.spec.Name, Msg: fmt.Sprintf("no answer within %s", u.timeout())}
+	case errors.Is(ctx.Err(), context.Canceled):
+		return context.Canceled
+	}
+	return &Error{Upstream: u.spec.Name, Msg: "unavailable: " + safeError(err)}
+}
+
+// CallTool forwards a tools/call for a catalog tool.
+func (m *Manager) CallTool(ctx context.Context, down *mcp.ServerSession, t *Tool, p *mcp.CallToolParamsRaw) (*mcp.CallToolResult, error) {
+	res, err := forward(ctx, m, t.Upstream, down, p.Meta, func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (*mcp.CallToolResult, error) {
+		return cs.CallTool(ctx, &mcp.CallToolParams{
+			Meta:           meta,
+			Name:           t.Original,
+			Arguments:      p.Arguments,
+			InputResponses: p.InputResponses,
+			RequestState:   p.RequestState,
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	stripReserved(res.Meta)
+	return res, nil
+}
+
+// GetPrompt forwards a prompts/get for a catalog prompt.
+func (m *Manager) GetPrompt(ctx context.Context, down *mcp.ServerSession, p *Prompt, params *mcp.GetPromptParams) (*mcp.GetPromptResult, error) {
+	res, err := forward(ctx, m, p.Upstream, down, params.Meta, func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (*mcp.GetPromptResult, error) {
+		q := *params
+		q.Meta, q.Name = meta, p.Original
+		return cs.GetPrompt(ctx, &q)
+	})
+	if err != nil {
+		return nil, err
+	}
+	stripReserved(res.Meta)
+	return res, nil
+}
+
+// ReadResource forwards a resources/read to the upstream serving the URI.
+func (m *Manager) ReadResource(ctx context.Context, down *mcp.ServerSession, upstream string, params *mcp.ReadResourceParams) (*mcp.ReadResourceResult, error) {
+	res, err := forward(ctx, m, upstream, down, params.Meta, func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (*mcp.ReadResourceResult, error) {
+		q := *params
+		q.Meta = meta
+		return cs.ReadResource(ctx, &q)
+	})
+	if err != nil {
+		return nil, err
+	}
+	stripReserved(res.Meta)
+	return res, nil
+}
+
+// Complete forwards a completion/complete for a prompt or resource template.
+func (m *Manager) Complete(ctx context.Context, down *mcp.ServerSession, upstream string, params *mcp.CompleteParams) (*mcp.CompleteResult, error) {
+	return forward(ctx, m, upstream, down, params.Meta, func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (*mcp.CompleteResult, error) {
+		q := *params
+		q.Meta = meta
+		return cs.Complete(ctx, &q)
+	})
+}
+
+// Subscribe forwards resources/subscribe on down's connection.
+func (m *Manager) Subscribe(ctx context.Context, down *mcp.ServerSession, upstream, uri string) error {
+	_, err := forward(ctx, m, upstream, down, nil, func(ctx context.Context, cs *mcp.ClientSession, _ mcp.Meta) (struct{}, error) {
+		return struct{}{}, cs.Subscribe(ctx, &mcp.SubscribeParams{URI: uri})
+	})
+	return err
+}
+
+// Unsubscribe forwards resources/unsubscribe on down's connection.
+func (m *Manager) Unsubscribe(ctx context.Context, down *mcp.ServerSession, upstream, uri string) error {
+	_, err := forward(ctx, m, upstream, down, nil, func(ctx context.Context, cs *mcp.ClientSession, _ mcp.Meta) (struct{}, error) {
+		return struct{}{}, cs.Unsubscribe(ctx, &mcp.UnsubscribeParams{URI: uri})
+	})
+	return err
+}
+
+// SetLoggingLevel forwards logging/setLevel to every upstream that offers
+// logging, on down's connections (upstreams log nothing until asked).
+func (m *Manager) SetLoggingLevel(ctx context.Context, down *mcp.ServerSession, level mcp.LoggingLevel) {
+	for _, u := range m.snapshot() {
+		c, err := u.connFor(ctx, down)
+		if err != nil || c.cs.InitializeResult().Capabilities == nil || c.cs.InitializeResult().Capabilities.Logging == nil {
+			continue
+		}
+		if err := c.cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: level}); err != nil {
+			u.log.Debug("logging/setLevel failed", "error", safeError(err))
+		}
+	}
+}
+
+// forwardProgress delivers an upstream progress notification to the client
+// that made the call, under the client's token.
+func (m *Manager) forwardProgress(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
+	tok, ok := req.Params.ProgressToken.(string)
+	if !ok {
+		return
+	}
+	v, ok := m.progress.Load(tok)
+	if !ok {
+		return
+	}
+	r := v.(*progressRoute)
+	p := *req.Params
+	p.ProgressToken = r.token
+	ctx := r.ctx
+	if ctx.Err() != nil {
+		ctx = context.Background() // the call ended: use the session's own stream
+	}
+	_ = r.down.NotifyProgress(ctx, &p)
+}
+
+// bindHandlers routes a per-session connection's server-to-client traffic to
+// its downstream session. Requests are sent under the context of the latest
+// in-flight call, so they travel on that call's response stream, and are
+// cancelled when either side gives up.
+func (c *conn) bindHandlers(opts *mcp.ClientOptions) {
+	down := c.down
+	caps := &mcp.ClientCapabilities{}
+	if ip := down.InitializeParams(); ip != nil && ip.Capabilities != nil {
+		caps.Elicitation = ip.Capabilities.Elicitation
+		caps.Sampling = ip.Capabilities.Sampling
+	}
+	opts.Capabilities = caps
+	if caps.Sampling != nil {
+		opts.CreateMessageHandler = func(ctx context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+			ctx, cancel := c.downstreamContext(ctx)
+			defer cancel()
+			return down.CreateMessage(ctx, req.Params)
+		}
+	}
+	opts.LoggingMessageHandler = func(ctx context.Context, req *mcp.LoggingMessageRequest) {
+		ctx, cancel := c.downstreamContext(ctx)
+		defer cancel()
+		if err := down.Log(ctx, req.Params); err != nil && ctx.Err() == nil {
+			_ = down.Log(context.Background(), req.Params) // the call ended: the session's own stream
+		}
+	}
+}
+
+// elicitPassThrough forwards elicitation/create to the downstream client
+// untouched: the client that answers validates it, and the SDK's own check
+// refuses some valid 2025-11-25 schema forms.
+func (c *conn) elicitPassThrough(next mcp.MethodHandler) mcp.MethodHandler {
+	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+		p, ok := req.GetParams().(*mcp.ElicitParams)
+		if method != "elicitation/create" || !ok {
+			return next(ctx, method, req)
+		}
+		ctx, cancel := c.downstreamContext(ctx)
+		defer cancel()
+		return c.down.Elicit(ctx, p)
+	}
+}
+
+// downstreamContext derives a context for a request to the downstream client:
+// it carries the latest in-flight call (to reach its response stream) and is
+// cancelled when the upstream cancels its request or the call ends.
+func (c *conn) downstreamContext(upCtx context.Context) (context.Context, context.CancelFunc) {
+	base, ok := c.latestCall()
+	if !ok {
+		base = context.Background()
+	}
+	ctx, cancel := context.WithCancel(base)
+	stop := context.AfterFunc(upCtx, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+func cloneMeta(m mcp.Meta) mcp.Meta {
+	out := make(mcp.Meta, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// stripReserved removes the protocol's reserved _meta keys from an upstream
+// result: they describe the upstream's connection, not the gateway's.
+func stripReserved(m mcp.Meta) {
+	for k := range m {
+		if strings.HasPrefix(k, "io.modelcontextprotocol/") {
+			delete(m, k)
+		}
+	}
+}
+
+// safeError shortens an error for logs and clients: the first line, bounded.
+func safeError(err error) string {
+	s := err.Error()
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}
+
+// httpClient returns the HTTP client for one upstream: the shared transport
+// plus that upstream's credentials on every request.
+func (m *Manager) httpClient(upstream string) *http.Client {
+	if m.opts.Credentials == nil {
+		return m.opts.HTTPClient
+	}
+	c := *m.opts.HTTPClient
+	base := c.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	c.Transport = &credentialTransport{base: base, creds: m.opts.Credentials, upstream: upstream}
+	return &c
+}
+
+type credentialTransport struct {
+	base     http.RoundTripper
+	creds    Credentials
+	upstream string
+}
+
+func (t *credentialTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	h, err := t.creds.For(req.Context(), t.upstream)
+	if err != nil {
+		return nil, fmt.Errorf("credentials for upstream %s: %w", t.upstream, err)
+	}
+	req = req.Clone(req.Context())
+	for k, vs := range h {
+		req.Header[k] = vs
+	}
+	return t.base.RoundTrip(req)
+}

@@ -1,0 +1,170 @@
+package upstreams
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Transport is how SAG reaches an upstream MCP server.
+type Transport string
+
+// The transports an upstream URL can name.
+const (
+	// TransportHTTP is Streamable HTTP (http:// or https://), both protocol generations.
+	TransportHTTP Transport = "http"
+	// TransportSSE is the legacy HTTP+SSE transport (sse+http:// or sse+https://).
+	TransportSSE Transport = "sse"
+	// TransportStdio is a spawned command speaking MCP on stdin/stdout (stdio:COMMAND ARGS).
+	TransportStdio Transport = "stdio"
+)
+
+// Naming is how an upstream's tool and prompt names appear in the catalog.
+type Naming string
+
+// Naming modes.
+const (
+	// NamingAlways exposes every name as <upstream>__<name>.
+	NamingAlways Naming = "always"
+	// NamingConditional prefixes only names that more than one upstream offers.
+	NamingConditional Naming = "conditional"
+	// NamingNone exposes names as the upstream spells them; collisions are reported.
+	NamingNone Naming = "none"
+)
+
+// ParseNaming parses a naming mode; "" is returned as "" (inherit).
+func ParseNaming(s string) (Naming, error) {
+	switch n := Naming(s); n {
+	case "", NamingAlways, NamingConditional, NamingNone:
+		return n, nil
+	}
+	return "", fmt.Errorf("prefix %q: want always, conditional or none", s)
+}
+
+// Spec describes one upstream as a tool owner registers it.
+type Spec struct {
+	// Name is the upstream's unique name; it is the default tool-name prefix.
+	Name string `json:"name"`
+	// URL is http(s)://… (Streamable HTTP), sse+http(s)://… (legacy SSE) or
+	// stdio:COMMAND ARGS (a spawned server).
+	URL string `json:"url"`
+	// Prefix overrides the gateway's naming mode for this upstream ("" inherits).
+	Prefix Naming `json:"prefix,omitempty"`
+	// Env lists the environment variables a stdio upstream may see (PATH is always passed).
+	Env []string `json:"env,omitempty"`
+	// Timeout bounds each forwarded request; zero means the gateway's default.
+	Timeout time.Duration `json:"timeout,omitempty"`
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+
+// target is a parsed upstream URL.
+type target struct {
+	transport Transport
+	endpoint  string   // for HTTP and SSE
+	argv      []string // for stdio
+}
+
+// Validate checks the spec and returns the first problem, naming the field.
+func (s Spec) Validate() error {
+	if !nameRE.MatchString(s.Name) {
+		return fmt.Errorf("upstream name %q: want 1-64 letters, digits, '_' or '-', starting with a letter or digit", s.Name)
+	}
+	if strings.Contains(s.Name, "__") {
+		return fmt.Errorf("upstream name %q: must not contain \"__\" (it separates prefix and tool name)", s.Name)
+	}
+	if _, err := ParseNaming(string(s.Prefix)); err != nil {
+		return fmt.Errorf("upstream %s: %w", s.Name, err)
+	}
+	if s.Timeout < 0 {
+		return fmt.Errorf("upstream %s: timeout must not be negative", s.Name)
+	}
+	if _, err := parseTarget(s.URL); err != nil {
+		return fmt.Errorf("upstream %s: %w", s.Name, err)
+	}
+	return nil
+}
+
+// parseTarget turns an upstream URL into a transport and its endpoint or command.
+func parseTarget(raw string) (target, error) {
+	if cmd, ok := strings.CutPrefix(raw, "stdio:"); ok {
+		argv, err := splitCommand(cmd)
+		if err != nil {
+			return target{}, fmt.Errorf("url %q: %w", raw, err)
+		}
+		if len(argv) == 0 {
+			return target{}, fmt.Errorf("url %q: stdio: needs a command", raw)
+		}
+		return target{transport: TransportStdio, argv: argv}, nil
+	}
+	tr := TransportHTTP
+	endpoint := raw
+	if rest, ok := strings.CutPrefix(raw, "sse+"); ok {
+		tr, endpoint = TransportSSE, rest
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return target{}, fmt.Errorf("url %q: %v", raw, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return target{}, fmt.Errorf("url %q: want http(s)://HOST/…, sse+http(s)://HOST/… or stdio:COMMAND", raw)
+	}
+	if u.User != nil {
+		return target{}, errors.New("url: credentials in the URL are not allowed; SAG mints upstream credentials itself")
+	}
+	return target{transport: tr, endpoint: endpoint}, nil
+}
+
+// splitCommand splits a command line on spaces, honouring single and double
+// quotes and backslash escapes outside single quotes. It runs no shell.
+func splitCommand(s string) ([]string, error) {
+	var (
+		args  []string
+		cur   strings.Builder
+		inArg bool
+		quote rune
+	)
+	rs := []rune(s)
+	for i := 0; i < len(rs); i++ {
+		r := rs[i]
+		switch {
+		case quote == '\'':
+			if r == '\'' {
+				quote = 0
+			} else {
+				cur.WriteRune(r)
+			}
+		case r == '\\' && i+1 < len(rs):
+			i++
+			cur.WriteRune(rs[i])
+			inArg = true
+		case quote == '"':
+			if r == '"' {
+				quote = 0
+			} else {
+				cur.WriteRune(r)
+			}
+		case r == '\'' || r == '"':
+			quote, inArg = r, true
+		case r == ' ' || r == '\t':
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteRune(r)
+			inArg = true
+		}
+	}
+	if quote != 0 {
+		return nil, errors.New("unterminated quote")
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+	return args, nil
+}
