@@ -73,6 +73,8 @@ type UpstreamRequest struct {
 	Prefix  string   `json:"prefix,omitempty"`
 	Env     []string `json:"env,omitempty"`
 	Timeout string   `json:"timeout,omitempty"` // Go duration, e.g. "30s"
+	// ProtocolVersion pins the MCP revision spoken to the upstream.
+	ProtocolVersion string `json:"protocol_version,omitempty"`
 }
 
 // UpstreamResponse describes a registered upstream.
@@ -109,7 +111,7 @@ func (g *Gateway) addUpstream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return badRequest("%v", err)
 	}
-	spec := upstreams.Spec{Name: req.Name, URL: req.URL, Prefix: naming, Env: req.Env}
+	spec := upstreams.Spec{Name: req.Name, URL: req.URL, Prefix: naming, Env: req.Env, ProtocolVersion: req.ProtocolVersion}
 	if req.Timeout != "" {
 		if spec.Timeout, err = time.ParseDuration(req.Timeout); err != nil || spec.Timeout <= 0 {
 			return badRequest("timeout %q: want a positive Go duration such as 30s", req.Timeout)

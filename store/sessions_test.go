@@ -105,9 +105,13 @@ func TestPutSessionUpsert(t *testing.T) {
 		err    error
 	}{
 		{
-			name:   "mutable fields change, created kept",
-			update: func(s *Session) { s.Agent, s.Risk, s.Counters, s.State, s.Created, s.Updated = "agent-2", 0.9, map[string]int64{"n": 1}, StateClosed, t1, t1 },
-			want:   func(s *Session) { s.Agent, s.Risk, s.Counters, s.State, s.Updated = "agent-2", 0.9, map[string]int64{"n": 1}, StateClosed, t1 },
+			name: "mutable fields change, created kept",
+			update: func(s *Session) {
+				s.Agent, s.Risk, s.Counters, s.State, s.Created, s.Updated = "agent-2", 0.9, map[string]int64{"n": 1}, StateClosed, t1, t1
+			},
+			want: func(s *Session) {
+				s.Agent, s.Risk, s.Counters, s.State, s.Updated = "agent-2", 0.9, map[string]int64{"n": 1}, StateClosed, t1
+			},
 		},
 		{
 			name:   "revoked stays revoked",

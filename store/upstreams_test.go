@@ -35,7 +35,9 @@ func TestUpstreams(t *testing.T) {
 		},
 		{
 			name: "insert earlier, nil options",
-			do:   func() error { return s.PutUpstream(ctx, Upstream{Name: "jira", URL: "https://jira.example/mcp", Created: t0}) },
+			do: func() error {
+				return s.PutUpstream(ctx, Upstream{Name: "jira", URL: "https://jira.example/mcp", Created: t0})
+			},
 			want: []Upstream{
 				{Name: "jira", URL: "https://jira.example/mcp", Created: t0},
 				{Name: "github", URL: "https://gh.example/mcp", Prefix: "always", Options: json.RawMessage(`{"timeout":"5s"}`), Created: t0.Add(time.Hour)},
@@ -43,7 +45,9 @@ func TestUpstreams(t *testing.T) {
 		},
 		{
 			name: "same created time orders by name",
-			do:   func() error { return s.PutUpstream(ctx, Upstream{Name: "docs", URL: "stdio:docs", Prefix: "none", Created: t0}) },
+			do: func() error {
+				return s.PutUpstream(ctx, Upstream{Name: "docs", URL: "stdio:docs", Prefix: "none", Created: t0})
+			},
 			want: []Upstream{
 				{Name: "docs", URL: "stdio:docs", Prefix: "none", Created: t0},
 				{Name: "jira", URL: "https://jira.example/mcp", Created: t0},

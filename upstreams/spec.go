@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -57,7 +58,13 @@ type Spec struct {
 	Env []string `json:"env,omitempty"`
 	// Timeout bounds each forwarded request; zero means the gateway's default.
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// ProtocolVersion pins the MCP revision spoken to the upstream; empty
+	// negotiates the newest both sides support.
+	ProtocolVersion string `json:"protocol_version,omitempty"`
 }
+
+// ProtocolVersions are the MCP revisions SAG can speak to an upstream.
+var ProtocolVersions = []string{"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"}
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
 
@@ -81,6 +88,9 @@ func (s Spec) Validate() error {
 	}
 	if s.Timeout < 0 {
 		return fmt.Errorf("upstream %s: timeout must not be negative", s.Name)
+	}
+	if s.ProtocolVersion != "" && !slices.Contains(ProtocolVersions, s.ProtocolVersion) {
+		return fmt.Errorf("upstream %s: protocol_version %q: want one of %s", s.Name, s.ProtocolVersion, strings.Join(ProtocolVersions, ", "))
 	}
 	if _, err := parseTarget(s.URL); err != nil {
 		return fmt.Errorf("upstream %s: %w", s.Name, err)

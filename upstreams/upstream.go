@@ -181,9 +181,12 @@ func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession) (*conn, er
 		setChildAttrs(cmd)
 		tr = &mcp.CommandTransport{Command: cmd, TerminateDuration: 2 * time.Second}
 	}
-	u.mu.Lock()
-	version := u.version
-	u.mu.Unlock()
+	version := u.spec.ProtocolVersion
+	if version == "" {
+		u.mu.Lock()
+		version = u.version
+		u.mu.Unlock()
+	}
 	cs, err := client.Connect(ctx, tr, &mcp.ClientSessionOptions{ProtocolVersion: version})
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
