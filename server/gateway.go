@@ -157,7 +157,7 @@ func specFromConfig(u config.Upstream) (upstreams.Spec, error) {
 	if err != nil {
 		return upstreams.Spec{}, fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
-	spec := upstreams.Spec{Name: u.Name, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout)}
+	spec := upstreams.Spec{Name: u.Name, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout), ProtocolVersion: u.ProtocolVersion}
 	return spec, spec.Validate()
 }
 

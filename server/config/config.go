@@ -75,6 +75,9 @@ type Upstream struct {
 	Env []string `yaml:"env" json:"env"`
 	// Timeout overrides Limits.CallTimeout for this upstream; 0 inherits it.
 	Timeout Duration `yaml:"timeout" json:"timeout"`
+	// ProtocolVersion pins the MCP revision spoken to the upstream; ""
+	// negotiates the newest both sides support.
+	ProtocolVersion string `yaml:"protocol_version" json:"protocol_version,omitempty"`
 }
 
 // Duration is a time.Duration written in YAML and JSON as a Go duration
