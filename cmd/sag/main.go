@@ -48,6 +48,7 @@ func main() {
 		"call":      cmdCall,
 		"upstreams": cmdUpstreams,
 		"audit":     cmdAudit,
+		"bench":     cmdBench,
 
 		"version": func([]string) error {
 			fmt.Println("sag", version)
