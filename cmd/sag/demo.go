@@ -78,7 +78,7 @@ Try it from another terminal (in this repository):
   go run ./cmd/sag call%s alpha__echo '{"text":"hello through SAG"}'
   go run ./cmd/sag call%s beta__add '{"a":2,"b":40}'
 Or with the MCP Inspector CLI (Node.js):
-  npx -y @modelcontextprotocol/inspector@0.21.1 --cli %s --transport http --method tools/list
+  npx -y @modelcontextprotocol/inspector@2.12.0 --cli %s --transport http --method tools/list
 
 Admin API token: %s
 Press Ctrl-C to stop.
