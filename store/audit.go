@@ -56,13 +56,23 @@ type AuditQuery struct {
 	BeforeID int64
 }
 
-const auditCols = `time, method, usid, wsid, asid, msid, sub, spiffe_id, act, aud,
+// insertAuditSQL stores empty session ids as NULL (see the audit indexes).
+const insertAuditSQL = `INSERT INTO audit (time, method, usid, wsid, asid, msid, sub, spiffe_id, act, aud,
 	dpop_jti, dpop_htu, dpop_htm, dpop_ath, mtls_thumbprint,
 	tool, upstream, schema_version, allow_list_match, dlp_actions,
-	policy_id, decision, reason, latency_us, consent_id`
+	policy_id, decision, reason, latency_us, consent_id)
+VALUES (?, ?, NULLIF(?, ''), NULLIF(?, ''), NULLIF(?, ''), NULLIF(?, ''), ?, ?, ?, ?,
+	?, ?, ?, ?, ?,
+	?, ?, ?, ?, ?,
+	?, ?, ?, ?, ?)`
 
-const insertAuditSQL = `INSERT INTO audit (` + auditCols + `)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+// selectAudit is the column list QueryAudit scans.
+const selectAudit = `SELECT id, time, method,
+	COALESCE(usid, ''), COALESCE(wsid, ''), COALESCE(asid, ''), COALESCE(msid, ''), sub, spiffe_id, act, aud,
+	dpop_jti, dpop_htu, dpop_htm, dpop_ath, mtls_thumbprint,
+	tool, upstream, schema_version, allow_list_match, dlp_actions,
+	policy_id, decision, reason, latency_us, consent_id
+FROM audit`
 
 // Append stores rec and returns only once it is committed, so a caller may
 // acknowledge the decision it records; any error means the record may not be
@@ -113,10 +123,10 @@ func (s *SQLite) QueryAudit(ctx context.Context, q AuditQuery) ([]AuditRecord, e
 		err  error
 	)
 	if q.Session == "" {
-		rows, err = s.r.QueryContext(ctx, `SELECT id, `+auditCols+` FROM audit
+		rows, err = s.r.QueryContext(ctx, selectAudit+`
 			WHERE id < ?1 ORDER BY id DESC LIMIT ?2`, before, q.Limit)
 	} else {
-		rows, err = s.r.QueryContext(ctx, `SELECT id, `+auditCols+` FROM audit
+		rows, err = s.r.QueryContext(ctx, selectAudit+`
 			WHERE id < ?1 AND (usid = ?3 OR wsid = ?3 OR asid = ?3 OR msid = ?3)
 			ORDER BY id DESC LIMIT ?2`, before, q.Limit, q.Session)
 	}

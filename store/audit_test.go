@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -201,5 +202,35 @@ func BenchmarkAppendParallel(b *testing.B) {
 	})
 	if commits := s.commits.Load() - start; commits > 0 {
 		b.ReportMetric(float64(b.N)/float64(commits), "records/commit")
+	}
+}
+
+// TestQueryAuditUsesIndexes guards the audit indexes: a query by session
+// must search each session column's partial index, never scan the table.
+func TestQueryAuditUsesIndexes(t *testing.T) {
+	s := openTest(t, Options{})
+	rows, err := s.r.Query(`EXPLAIN QUERY PLAN `+selectAudit+`
+		WHERE id < ?1 AND (usid = ?3 OR wsid = ?3 OR asid = ?3 OR msid = ?3) ORDER BY id DESC LIMIT ?2`, 1, 1, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	joined := strings.Join(plan, "\n")
+	for _, idx := range []string{"audit_usid", "audit_wsid", "audit_asid", "audit_msid"} {
+		if !strings.Contains(joined, "USING INDEX "+idx) {
+			t.Errorf("query plan does not use %s:\n%s", idx, joined)
+		}
+	}
+	if strings.Contains(joined, "SCAN audit") {
+		t.Errorf("query plan scans the audit table:\n%s", joined)
 	}
 }

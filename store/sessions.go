@@ -94,7 +94,7 @@ func (s *SQLite) PutSession(ctx context.Context, sess Session) error {
 	}
 	err = s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(putSessionSQL, sess.ID, string(sess.Kind), sess.Parent, sess.Subject, sess.Agent,
-			string(sess.State), nanos(sess.Created), nanos(sess.Updated), sess.Risk, counters)
+			string(sess.State), nanos(sess.Created), nanos(sess.Updated), sess.Risk, string(counters))
 		var serr *sqlite.Error
 		if errors.As(err, &serr) && serr.Code() == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY {
 			return fmt.Errorf("parent: %w", ErrNotFound)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,6 +82,15 @@ func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
+	// Create the file private: SQLite gives the -wal and -shm files the
+	// database file's mode, and dir may already exist with a looser one.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
 
 	// The writer: one connection, WAL, no fsync per commit, BEGIN IMMEDIATE so
 	// that a lock held by another process is waited for at BEGIN.
@@ -88,6 +98,7 @@ func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
 		"_pragma=busy_timeout(5000)",
 		"_pragma=journal_mode(WAL)",
 		"_pragma=synchronous(NORMAL)",
+		"_pragma=temp_store(MEMORY)", // savepoint journals stay off the disk
 		"_pragma=foreign_keys(ON)"))
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
@@ -111,7 +122,6 @@ func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
 	// with the writer. The journal mode is already WAL (it is persistent).
 	r, err := sql.Open("sqlite", dsn(path,
 		"_pragma=busy_timeout(5000)",
-		"_pragma=foreign_keys(ON)",
 		"_pragma=query_only(1)"))
 	if err != nil {
 		_ = s.insertAudit.Close()
@@ -137,15 +147,7 @@ func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
 
 // dsn builds a SQLite URI for path with the given query parameters.
 func dsn(path string, params ...string) string {
-	u := url.URL{Scheme: "file", Path: filepath.ToSlash(path)}
-	q := ""
-	for i, p := range params {
-		if i > 0 {
-			q += "&"
-		}
-		q += p
-	}
-	u.RawQuery = q
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(path), RawQuery: strings.Join(params, "&")}
 	return u.String()
 }
 

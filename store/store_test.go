@@ -49,8 +49,15 @@ func TestOpenCreatesPrivateDir(t *testing.T) {
 	if perm := fi.Mode().Perm(); perm != 0o700 {
 		t.Errorf("dir mode = %v, want 0700", perm)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "sag.db")); err != nil {
-		t.Errorf("database file: %v", err)
+	for _, name := range []string{"sag.db", "sag.db-wal"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if perm := fi.Mode().Perm(); perm != 0o600 {
+			t.Errorf("%s mode = %v, want 0600", name, perm)
+		}
 	}
 }
 

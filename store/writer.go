@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 )
 
@@ -20,7 +21,8 @@ type op struct {
 // has committed. It returns fn's error, the commit's error, ErrClosed after
 // Close, or ctx.Err() if ctx ends first; in that last case the write may still
 // be committed later. fn must do nothing but use the transaction: it runs on
-// the writer goroutine, between other callers' writes.
+// the writer goroutine, between other callers' writes, and it may run twice
+// (see commit), so it must set, not accumulate, anything it reports.
 func (s *SQLite) submit(ctx context.Context, fn func(*sql.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -71,64 +73,66 @@ func (s *SQLite) run() {
 }
 
 // commit runs batch in one transaction and reports each op's result. An op
-// that fails does not fail the others: a lone op is rolled back with its
-// transaction; in a larger batch each op runs inside its own SAVEPOINT, which
-// is rolled back when the op fails. Only a failure of the transaction itself
-// (BEGIN, SAVEPOINT, COMMIT) fails every op in the batch.
+// that fails does not fail the others. The batch first runs without
+// savepoints, the fast path; if an op fails there, the transaction is rolled
+// back and, when the batch holds other ops, run again with each op inside its
+// own SAVEPOINT, rolled back alone if it fails again. Only a failure of the
+// transaction itself (BEGIN, SAVEPOINT, COMMIT) fails every op in the batch.
 func (s *SQLite) commit(batch []op) {
-	finish := func(txErr error) {
-		for _, o := range batch {
-			if txErr != nil {
-				o.done <- txErr
-			} else {
-				o.done <- o.err
-			}
+	err := s.runBatch(batch, false)
+	if errors.Is(err, errOpFailed) && len(batch) > 1 {
+		err = s.runBatch(batch, true)
+	}
+	txFailed := err != nil && !errors.Is(err, errOpFailed) // errOpFailed: a lone op failed, o.err says why
+	for _, o := range batch {
+		if txFailed {
+			o.done <- err
+		} else {
+			o.done <- o.err
 		}
 	}
-
-	tx, err := s.w.Begin()
-	if err != nil {
-		finish(fmt.Errorf("store: begin write: %w", err))
-		return
-	}
-	if len(batch) == 1 {
-		// No savepoint needed: the transaction holds this op alone. This is
-		// the path every write takes when there is no concurrency.
-		if batch[0].err = batch[0].fn(tx); batch[0].err != nil {
-			_ = tx.Rollback()
-			finish(nil)
-			return
-		}
-	} else if err := runSavepoints(tx, batch); err != nil {
-		_ = tx.Rollback()
-		finish(err)
-		return
-	}
-	if err := tx.Commit(); err != nil {
-		finish(fmt.Errorf("store: commit: %w", err))
-		return
-	}
-	s.commits.Add(1)
-	finish(nil)
 }
 
-// runSavepoints runs each op of batch inside its own savepoint, recording the
-// op's error in it and undoing the op's changes when it fails. The returned
-// error means the transaction itself is broken.
-func runSavepoints(tx *sql.Tx, batch []op) error {
+// errOpFailed reports that runBatch stopped because an op failed.
+var errOpFailed = errors.New("op failed")
+
+// runBatch runs batch in one transaction, recording each op's result in it,
+// and commits. Without isolate it stops at the first failing op, rolls back
+// and returns errOpFailed. With isolate each op runs inside a savepoint that
+// is rolled back if the op fails, and the others are committed.
+func (s *SQLite) runBatch(batch []op, isolate bool) (err error) {
+	tx, err := s.w.Begin()
+	if err != nil {
+		return fmt.Errorf("begin write: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
 	for i := range batch {
 		o := &batch[i]
+		if !isolate {
+			if o.err = o.fn(tx); o.err != nil {
+				return errOpFailed
+			}
+			continue
+		}
 		if _, err := tx.Exec("SAVEPOINT op"); err != nil {
-			return fmt.Errorf("store: savepoint: %w", err)
+			return fmt.Errorf("savepoint: %w", err)
 		}
 		if o.err = o.fn(tx); o.err != nil {
 			if _, err := tx.Exec("ROLLBACK TO op"); err != nil {
-				return fmt.Errorf("store: rollback to savepoint: %w", err)
+				return fmt.Errorf("rollback to savepoint: %w", err)
 			}
 		}
 		if _, err := tx.Exec("RELEASE op"); err != nil {
-			return fmt.Errorf("store: release savepoint: %w", err)
+			return fmt.Errorf("release savepoint: %w", err)
 		}
 	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	s.commits.Add(1)
 	return nil
 }

@@ -271,3 +271,67 @@ func TestCloseWaitsForQueuedOps(t *testing.T) {
 		t.Errorf("%d records after reopen, want %d", got, n)
 	}
 }
+
+func TestAppendFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	// Break the store underneath the writer.
+	if err := s.submit(ctx, func(tx *sql.Tx) error {
+		_, err := tx.Exec(`DROP TABLE audit`)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(ctx, AuditRecord{Decision: "allow"}); err == nil {
+		t.Fatal("Append on a broken store returned nil, want an error")
+	}
+}
+
+func TestCloseDuringAppends(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(ctx, dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	acked := 0
+	for range 8 {
+		wg.Go(func() {
+			for {
+				err := s.Append(ctx, AuditRecord{})
+				if errors.Is(err, ErrClosed) {
+					return
+				}
+				if err != nil {
+					t.Errorf("Append: %v", err)
+					return
+				}
+				mu.Lock()
+				acked++
+				mu.Unlock()
+				if _, err := s.QueryAudit(ctx, AuditQuery{Limit: 1}); err != nil && !errors.Is(err, ErrClosed) {
+					t.Errorf("QueryAudit: %v", err)
+					return
+				}
+			}
+		})
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	wg.Wait()
+	if acked == 0 {
+		t.Fatal("no Append succeeded before Close")
+	}
+	s, err = Open(ctx, dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := countAudit(t, s); got < acked {
+		t.Errorf("%d records after reopen, but %d were acknowledged", got, acked)
+	}
+}
