@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -31,9 +32,88 @@ type progressRoute struct {
 	token any
 }
 
+// codeRejectedByTransport is the code of the go-sdk's jsonrpc2.ErrRejected,
+// which its client transports wrap around failures to deliver a request
+// (connection refused or reset, an HTTP error status): no answer from the
+// upstream, not one to pass on.
+const codeRejectedByTransport = -32005
+
 // progressGrace keeps a route after its call returns: the last progress
 // notification can arrive after the result.
 const progressGrace = 2 * time.Second
+
+// request is the plumbing of one forwarded request.
+type request struct {
+	id uint64
+	// down is the downstream request's context (bounded by the upstream's
+	// timeout): notifications and server-to-client requests sent under it
+	// travel back on the client's own response stream.
+	down context.Context
+	// up carries the same deadline and cancellation but none of down's
+	// values: the go-sdk keys the protocol version by context value, so a
+	// downstream request's version would otherwise leak into the upstream's.
+	up    context.Context
+	meta  mcp.Meta
+	level mcp.LoggingLevel // the client's log level, "" if none
+	end   func()
+}
+
+// begin prepares a request to u on behalf of down: timeout, progress token
+// re-mapping, the session's log level for stateless upstreams.
+func (m *Manager) begin(ctx context.Context, u *upstream, down *mcp.ServerSession, meta mcp.Meta) *request {
+	downCtx, cancel := context.WithTimeout(ctx, u.timeout())
+	up, stop := isolate(downCtx)
+	r := &request{id: m.seq.Add(1), down: downCtx, up: up, meta: upstreamMeta(meta)}
+	var upTok string
+	if tok, ok := meta["progressToken"]; ok && down != nil {
+		upTok = "sag-" + strconv.FormatUint(r.id, 36)
+		m.progress.Store(upTok, &progressRoute{ctx: downCtx, down: down, token: tok})
+		r.meta["progressToken"] = upTok
+	}
+	// The log level the client asked for: per request (stateless clients)
+	// or per session (logging/setLevel). Stateless upstreams take it per
+	// request; session-based ones per session (applyLevel).
+	if l, ok := m.levels.Load(sessionID(down)); ok {
+		r.level = l.(mcp.LoggingLevel)
+	} else if l, ok := meta[mcp.MetaKeyLogLevel].(string); ok {
+		r.level = mcp.LoggingLevel(l)
+	}
+	delete(r.meta, mcp.MetaKeyLogLevel)
+	if r.level != "" && u.stateless() {
+		r.meta[mcp.MetaKeyLogLevel] = r.level
+	}
+	r.end = func() {
+		stop()
+		cancel()
+		if upTok != "" {
+			time.AfterFunc(progressGrace, func() { m.progress.Delete(upTok) })
+		}
+	}
+	return r
+}
+
+// isolate returns a context with ctx's deadline and cancellation and none of
+// its values.
+func isolate(ctx context.Context) (context.Context, context.CancelFunc) {
+	var (
+		up     context.Context
+		cancel context.CancelFunc
+	)
+	if d, ok := ctx.Deadline(); ok {
+		up, cancel = context.WithDeadline(context.Background(), d)
+	} else {
+		up, cancel = context.WithCancel(context.Background())
+	}
+	stop := context.AfterFunc(ctx, cancel)
+	return up, func() { stop(); cancel() }
+}
+
+func sessionID(down *mcp.ServerSession) string {
+	if down == nil {
+		return ""
+	}
+	return down.ID()
+}
 
 // forward runs one request against the upstream named by name on the
 // connection for down, with the upstream's timeout, progress re-mapping,
@@ -45,40 +125,37 @@ func forward[R any](ctx context.Context, m *Manager, name string, down *mcp.Serv
 	if !ok {
 		return zero, &Error{Upstream: name, Msg: "not registered"}
 	}
-	ctx, cancel := context.WithTimeout(ctx, u.timeout())
-	defer cancel()
-
-	id := m.seq.Add(1)
-	if tok, ok := meta["progressToken"]; ok && down != nil {
-		upTok := "sag-" + strconv.FormatUint(id, 36)
-		m.progress.Store(upTok, &progressRoute{ctx: ctx, down: down, token: tok})
-		defer time.AfterFunc(progressGrace, func() { m.progress.Delete(upTok) })
-		meta = cloneMeta(meta)
-		meta["progressToken"] = upTok
-	}
+	r := m.begin(ctx, u, down, meta)
+	defer r.end()
 
 	for attempt := 0; ; attempt++ {
-		c, err := u.connFor(ctx, down)
+		c, done, err := u.acquire(r, down)
 		if err != nil {
-			return zero, u.failure(ctx, err)
+			return zero, u.failure(r.down, err)
 		}
-		release := c.track(ctx, id)
-		res, err := do(ctx, c.cs, meta)
-		release()
+		res, err := do(r.up, c.cs, r.meta)
 		if err == nil {
+			done(true)
 			return res, nil
 		}
 		var rpcErr *jsonrpc.Error
-		if errors.As(err, &rpcErr) {
+		if errors.As(err, &rpcErr) && rpcErr.Code != codeRejectedByTransport {
+			done(true)
 			return zero, rpcErr // the upstream's own answer: pass it on
 		}
-		u.drop(c)
+		if r.down.Err() != nil {
+			// The caller gave up or the call timed out: the connection is
+			// not at fault, and it may be shared with other sessions.
+			done(true)
+			return zero, u.failure(r.down, err)
+		}
+		done(false)
 		// A 404 means the upstream forgot the session before handling the
 		// request, so one retry on a fresh session cannot run it twice.
-		if attempt == 0 && errors.Is(err, mcp.ErrSessionMissing) && ctx.Err() == nil {
+		if attempt == 0 && errors.Is(err, mcp.ErrSessionMissing) {
 			continue
 		}
-		return zero, u.failure(ctx, err)
+		return zero, u.failure(r.down, err)
 	}
 }
 
@@ -95,6 +172,14 @@ func (u *upstream) failure(ctx context.Context, err error) error {
 
 // CallTool forwards a tools/call for a catalog tool.
 func (m *Manager) CallTool(ctx context.Context, down *mcp.ServerSession, t *Tool, p *mcp.CallToolParamsRaw) (*mcp.CallToolResult, error) {
+	if p.RequestState != "" {
+		if _, ok := m.parked.Load(p.RequestState); ok {
+			return m.resumeBridged(ctx, p)
+		}
+	}
+	if u, ok := m.lookup(t.Upstream); ok && u.bridges(down) {
+		return m.callBridged(ctx, u, down, t, p)
+	}
 	res, err := forward(ctx, m, t.Upstream, down, p.Meta, func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (*mcp.CallToolResult, error) {
 		return cs.CallTool(ctx, &mcp.CallToolParams{
 			Meta:           meta,
@@ -164,10 +249,21 @@ func (m *Manager) Unsubscribe(ctx context.Context, down *mcp.ServerSession, upst
 	return err
 }
 
-// SetLoggingLevel forwards logging/setLevel to every upstream that offers
-// logging, on down's connections (upstreams log nothing until asked).
+// SetLoggingLevel forwards logging/setLevel for down: session-based
+// upstreams get it on down's connections; stateless ones get the level in
+// the _meta of each later request (they have no logging/setLevel).
 func (m *Manager) SetLoggingLevel(ctx context.Context, down *mcp.ServerSession, level mcp.LoggingLevel) {
+	id := sessionID(down)
+	if id == "" {
+		return // a stateless client sends its level with each request
+	}
+	m.levels.Store(id, level)
+	ctx, cancel := isolate(ctx)
+	defer cancel()
 	for _, u := range m.snapshot() {
+		if u.stateless() {
+			continue
+		}
 		c, err := u.connFor(ctx, down)
 		if err != nil || c.cs.InitializeResult().Capabilities == nil || c.cs.InitializeResult().Capabilities.Logging == nil {
 			continue
@@ -227,6 +323,29 @@ func (c *conn) bindHandlers(opts *mcp.ClientOptions) {
 	}
 }
 
+// bindPooled installs the handlers of a pooled connection, which serves one
+// stateless client's request at a time: logging goes to that request, input
+// requests to its parked call (bridge.go).
+func (c *conn) bindPooled(opts *mcp.ClientOptions) {
+	opts.Capabilities = &mcp.ClientCapabilities{Elicitation: &mcp.ElicitationCapabilities{}, Sampling: &mcp.SamplingCapabilities{}}
+	opts.LoggingMessageHandler = func(_ context.Context, req *mcp.LoggingMessageRequest) {
+		if h := c.holder.Load(); h != nil && h.ctx.Err() == nil {
+			_ = h.down.Log(h.ctx, req.Params)
+		}
+	}
+	opts.CreateMessageHandler = func(ctx context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+		b, err := c.parkable(func(caps *mcp.ClientCapabilities) bool { return caps.Sampling != nil }, "sampling")
+		if err != nil {
+			return nil, err
+		}
+		r, err := b.ask(ctx, req.Params)
+		if err != nil {
+			return nil, err
+		}
+		return samplingResult(r)
+	}
+}
+
 // elicitPassThrough forwards elicitation/create to the downstream client
 // untouched: the client that answers validates it, and the SDK's own check
 // refuses some valid 2025-11-25 schema forms.
@@ -255,27 +374,61 @@ func (c *conn) downstreamContext(upCtx context.Context) (context.Context, contex
 	return ctx, func() { stop(); cancel() }
 }
 
-func cloneMeta(m mcp.Meta) mcp.Meta {
+// applyLevel sets a pooled session-based connection's log level to the
+// current request's, when it differs from the last one set.
+func (u *upstream) applyLevel(r *request, c *conn) {
+	if r.level == "" || u.stateless() {
+		return
+	}
+	c.mu.Lock()
+	same := c.level == r.level
+	c.level = r.level
+	c.mu.Unlock()
+	if same {
+		return
+	}
+	if caps := c.cs.InitializeResult().Capabilities; caps == nil || caps.Logging == nil {
+		return
+	}
+	if err := c.cs.SetLoggingLevel(r.up, &mcp.SetLoggingLevelParams{Level: r.level}); err != nil {
+		u.log.Debug("logging/setLevel failed", "error", safeError(err))
+	}
+}
+
+// upstreamMeta copies a downstream request's _meta for the upstream, without
+// the protocol's reserved keys: they describe the client's connection (its
+// protocol version, its capabilities), not the gateway's. The log level is
+// kept; begin decides whether the upstream gets it.
+func upstreamMeta(m mcp.Meta) mcp.Meta {
 	out := make(mcp.Meta, len(m))
 	for k, v := range m {
-		out[k] = v
+		if !strings.HasPrefix(k, reservedMeta) || k == mcp.MetaKeyLogLevel {
+			out[k] = v
+		}
 	}
 	return out
 }
+
+// reservedMeta prefixes the _meta keys the MCP specification reserves.
+const reservedMeta = "io.modelcontextprotocol/"
 
 // stripReserved removes the protocol's reserved _meta keys from an upstream
 // result: they describe the upstream's connection, not the gateway's.
 func stripReserved(m mcp.Meta) {
 	for k := range m {
-		if strings.HasPrefix(k, "io.modelcontextprotocol/") {
+		if strings.HasPrefix(k, reservedMeta) {
 			delete(m, k)
 		}
 	}
 }
 
-// safeError shortens an error for logs and clients: the first line, bounded.
+// urlRE matches URLs, which may carry credentials in their query.
+var urlRE = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.-]*://[^\s"'<>]+`)
+
+// safeError shortens an error for logs and clients: the first line, URLs
+// redacted, bounded.
 func safeError(err error) string {
-	s := err.Error()
+	s := urlRE.ReplaceAllString(err.Error(), "<url>")
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		s = s[:i]
 	}

@@ -60,6 +60,8 @@ type Manager struct {
 
 	catalog  atomic.Pointer[Catalog]
 	progress sync.Map // upstream-facing token (string) → *progressRoute
+	parked   sync.Map // requestState (string) → *bridged
+	levels   sync.Map // downstream session id → mcp.LoggingLevel
 	seq      atomic.Uint64
 
 	closing chan struct{}
@@ -222,6 +224,7 @@ func (m *Manager) Release(downID string) {
 	if downID == "" {
 		return
 	}
+	m.levels.Delete(downID)
 	for _, u := range m.snapshot() {
 		u.release(downID)
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,8 @@ type upstream struct {
 	control  *conn
 	version  string // negotiated with the control session; pins later connects
 	sessions map[string]*conn
+	pool     []*conn // idle bridge connections (bridge.go)
+	busy     int     // bridge connections checked out
 	listing  listing
 	lastErr  string
 	closed   bool
@@ -50,6 +53,16 @@ type conn struct {
 	mu       sync.Mutex
 	calls    map[uint64]context.Context // in-flight forwarded requests, by sequence
 	lastUsed time.Time
+	level    mcp.LoggingLevel // last level set on a pooled connection
+
+	holder atomic.Pointer[holder] // the request holding a pooled connection
+}
+
+// holder is the stateless client's request that holds a pooled connection.
+type holder struct {
+	down *mcp.ServerSession
+	ctx  context.Context // the downstream request's: routes logging back
+	b    *bridged        // set when the call may park for input
 }
 
 func newUpstream(m *Manager, spec Spec, tgt target) *upstream {
@@ -84,7 +97,7 @@ func (u *upstream) supervise() {
 	backoff := 100 * time.Millisecond
 	for {
 		ctx, cancel := context.WithTimeout(base, u.timeout())
-		c, err := u.dial(ctx, nil)
+		c, err := u.dial(ctx, nil, false)
 		if err == nil {
 			if err = u.refresh(ctx, c); err != nil {
 				c.cs.Close()
@@ -133,8 +146,9 @@ func (u *upstream) supervise() {
 
 // dial opens a client session to the upstream. With down set, the session
 // serves that downstream session: its server-to-client requests and
-// notifications are forwarded there.
-func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession) (*conn, error) {
+// notifications are forwarded there. A pooled session serves one stateless
+// client's request at a time.
+func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession, pooled bool) (*conn, error) {
 	c := &conn{down: down, calls: map[uint64]context.Context{}, lastUsed: time.Now()}
 	opts := &mcp.ClientOptions{
 		Capabilities:                &mcp.ClientCapabilities{},
@@ -142,13 +156,18 @@ func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession) (*conn, er
 		// Input requests of stateless upstreams pass through to the front,
 		// which fulfils them for each client generation itself.
 		MultiRoundTrip: &mcp.MultiRoundTripOptions{Disabled: true},
+		// A change seen on any connection re-lists the upstream through the
+		// control session, which defines the catalog.
+		ToolListChangedHandler:     func(context.Context, *mcp.ToolListChangedRequest) { u.scheduleRefresh() },
+		PromptListChangedHandler:   func(context.Context, *mcp.PromptListChangedRequest) { u.scheduleRefresh() },
+		ResourceListChangedHandler: func(context.Context, *mcp.ResourceListChangedRequest) { u.scheduleRefresh() },
 	}
-	if down == nil {
-		opts.ToolListChangedHandler = func(context.Context, *mcp.ToolListChangedRequest) { u.scheduleRefresh() }
-		opts.PromptListChangedHandler = func(context.Context, *mcp.PromptListChangedRequest) { u.scheduleRefresh() }
-		opts.ResourceListChangedHandler = func(context.Context, *mcp.ResourceListChangedRequest) { u.scheduleRefresh() }
+	switch {
+	case pooled:
+		c.bindPooled(opts)
+	case down == nil:
 		opts.KeepAlive = 15 * time.Second
-	} else {
+	default:
 		c.bindHandlers(opts)
 	}
 	opts.ResourceUpdatedHandler = func(_ context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
@@ -157,7 +176,10 @@ func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession) (*conn, er
 		}
 	}
 	client := mcp.NewClient(&mcp.Implementation{Name: "sag", Version: u.m.opts.Version}, opts)
-	if down != nil && opts.Capabilities.Elicitation != nil {
+	switch {
+	case pooled:
+		client.AddReceivingMiddleware(c.pooledElicit)
+	case down != nil && opts.Capabilities.Elicitation != nil:
 		client.AddReceivingMiddleware(c.elicitPassThrough)
 	}
 
@@ -167,10 +189,12 @@ func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession) (*conn, er
 		tr = &mcp.StreamableClientTransport{
 			Endpoint:   u.tgt.endpoint,
 			HTTPClient: u.m.httpClient(u.spec.Name),
-			// Per-session connections receive everything on their call
-			// streams; a standing GET stream each would cost memory.
-			DisableStandaloneSSE: down != nil,
-			MaxRetries:           1,
+			// Every connection keeps the standalone GET stream: upstreams
+			// may send server-to-client requests and notifications there
+			// rather than on a call's stream (mcp-go sends sampling and
+			// logging only there), and a per-session connection without it
+			// never sees them.
+			MaxRetries: 1,
 		}
 	case TransportSSE:
 		tr = &mcp.SSEClientTransport{Endpoint: u.tgt.endpoint, HTTPClient: u.m.httpClient(u.spec.Name)}
@@ -187,9 +211,26 @@ func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession) (*conn, er
 		version = u.version
 		u.mu.Unlock()
 	}
-	cs, err := client.Connect(ctx, tr, &mcp.ClientSessionOptions{ProtocolVersion: version})
+	// The legacy SSE transport reads its event stream under the context it
+	// connects with, so that context must outlive this call (ctx bounds only
+	// the handshake); the stream ends with the session.
+	connectCtx, endStream := ctx, context.CancelFunc(func() {})
+	unbound := func() bool { return true }
+	if u.tgt.transport == TransportSSE {
+		connectCtx, endStream = context.WithCancel(context.WithoutCancel(ctx))
+		unbound = context.AfterFunc(ctx, endStream)
+	}
+	cs, err := client.Connect(connectCtx, tr, &mcp.ClientSessionOptions{ProtocolVersion: version})
+	if err == nil && !unbound() {
+		cs.Close()
+		err = ctx.Err()
+	}
 	if err != nil {
+		endStream()
 		return nil, fmt.Errorf("connect: %w", err)
+	}
+	if u.tgt.transport == TransportSSE {
+		go func() { _ = cs.Wait(); endStream() }()
 	}
 	c.cs = cs
 	return c, nil
@@ -276,6 +317,13 @@ func (u *upstream) scheduleRefresh() {
 	}()
 }
 
+// stateless reports whether the upstream speaks a sessionless revision.
+func (u *upstream) stateless() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.version >= stateless
+}
+
 func (u *upstream) currentListing() listing {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -296,23 +344,48 @@ func (u *upstream) status() Status {
 	}
 }
 
-// connFor returns the connection a request from down should use: the
-// downstream session's own upstream session when both sides keep sessions,
-// else the shared control session.
+// acquire returns the connection a request from down uses and a func to
+// call when the request is over (healthy false drops the connection). A
+// downstream session has its own upstream session; a stateless client's
+// request holds a pooled connection for its duration.
+func (u *upstream) acquire(r *request, down *mcp.ServerSession) (*conn, func(healthy bool), error) {
+	if sessionID(down) == "" {
+		c, err := u.checkout(r.up)
+		if err != nil {
+			return nil, nil, err
+		}
+		c.holder.Store(&holder{down: down, ctx: r.down})
+		u.applyLevel(r, c)
+		release := c.track(r.down, r.id)
+		return c, func(healthy bool) {
+			release()
+			c.holder.Store(nil)
+			u.checkin(c, healthy)
+		}, nil
+	}
+	c, err := u.connFor(r.up, down)
+	if err != nil {
+		return nil, nil, err
+	}
+	release := c.track(r.down, r.id)
+	return c, func(healthy bool) {
+		release()
+		if !healthy {
+			u.drop(c)
+		}
+	}, nil
+}
+
+// connFor returns down's own upstream session, opening it on first use. Past
+// the cap, when no idle session can be closed, the request shares the
+// control session.
 func (u *upstream) connFor(ctx context.Context, down *mcp.ServerSession) (*conn, error) {
 	u.mu.Lock()
 	if u.closed {
 		u.mu.Unlock()
 		return nil, errors.New("upstream removed")
 	}
-	control, version := u.control, u.version
-	if down == nil || down.ID() == "" || version >= stateless {
-		u.mu.Unlock()
-		if control == nil {
-			return nil, u.unavailable()
-		}
-		return control, nil
-	}
+	control := u.control
 	if c, ok := u.sessions[down.ID()]; ok {
 		u.mu.Unlock()
 		return c, nil
@@ -327,7 +400,7 @@ func (u *upstream) connFor(ctx context.Context, down *mcp.ServerSession) (*conn,
 	}
 	u.mu.Unlock()
 
-	c, err := u.dial(ctx, down)
+	c, err := u.dial(ctx, down, false)
 	if err != nil {
 		return nil, err
 	}
@@ -388,6 +461,13 @@ func (u *upstream) evictIdle(cutoff time.Time) {
 			idle = append(idle, c)
 		}
 	}
+	u.pool = slices.DeleteFunc(u.pool, func(c *conn) bool {
+		if c.idleSince(cutoff) {
+			idle = append(idle, c)
+			return true
+		}
+		return false
+	})
 	u.mu.Unlock()
 	for _, c := range idle {
 		c.cs.Close()
@@ -425,7 +505,8 @@ func (u *upstream) shutdown() {
 	for _, c := range u.sessions {
 		conns = append(conns, c)
 	}
-	u.sessions = map[string]*conn{}
+	conns = append(conns, u.pool...)
+	u.sessions, u.pool = map[string]*conn{}, nil
 	u.mu.Unlock()
 	close(u.stop)
 	<-u.done
