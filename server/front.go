@@ -1,9 +1,11 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -79,12 +81,85 @@ func (f *front) handler() http.Handler {
 		Logger:                       f.gw.log,
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodPost:
+			// A POST is in flight until its response is written: shutdown
+			// waits for it. subscriptions/listen stays open for the
+			// session's lifetime and is not waited for.
+			if r.Header.Get("Mcp-Method") != "subscriptions/listen" {
+				defer f.gw.inflight.request()()
+			}
+			if !checkJSONRPC(w, r, maxBody) {
+				return
+			}
+		case http.MethodDelete:
+			// The SDK closes a session only once its handlers return.
+			if id := r.Header.Get("Mcp-Session-Id"); id != "" {
+				f.gw.inflight.cancel(id, errSessionClosed)
+			}
+		}
 		if v := r.Header.Get("Mcp-Protocol-Version"); v >= statelessVersion {
 			statelessH.ServeHTTP(w, r)
 			return
 		}
 		stateful.ServeHTTP(w, r)
 	})
+}
+
+// methods are the JSON-RPC requests SAG serves; anything else is refused with
+// -32601 before it reaches the SDK (which would answer a bare 400).
+var methods = map[string]bool{
+	"initialize": true, "ping": true, "server/discover": true, "subscriptions/listen": true,
+	"tools/list": true, "tools/call": true, "prompts/list": true, "prompts/get": true,
+	"resources/list": true, "resources/templates/list": true, "resources/read": true,
+	"resources/subscribe": true, "resources/unsubscribe": true,
+	"completion/complete": true, "logging/setLevel": true,
+}
+
+// checkJSONRPC reads a POST body and answers a malformed one with -32700 and
+// an unknown method with -32601, as JSON-RPC errors. It restores the body for
+// the SDK and reports whether the request goes on.
+func checkJSONRPC(w http.ResponseWriter, r *http.Request, maxBody int64) bool {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+		} else {
+			http.Error(w, "cannot read request body", http.StatusBadRequest)
+		}
+		return false
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	if !json.Valid(body) {
+		writeRPCError(w, http.StatusBadRequest, nil, jsonrpc.CodeParseError, "parse error: the body is not valid JSON")
+		return false
+	}
+	var msg struct {
+		ID     json.RawMessage `json:"id"`
+		Method *string         `json:"method"`
+	}
+	if json.Unmarshal(body, &msg) != nil || msg.Method == nil || len(msg.ID) == 0 {
+		return true // a batch, a notification or a response: the SDK decides
+	}
+	if !methods[*msg.Method] {
+		writeRPCError(w, http.StatusNotFound, msg.ID, jsonrpc.CodeMethodNotFound, "method not found: "+*msg.Method)
+		return false
+	}
+	return true
+}
+
+func writeRPCError(w http.ResponseWriter, status int, id json.RawMessage, code int64, msg string) {
+	if id == nil {
+		id = json.RawMessage("null")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(struct {
+		JSONRPC string          `json:"jsonrpc"`
+		ID      json.RawMessage `json:"id"`
+		Error   jsonrpc.Error   `json:"error"`
+	}{"2.0", id, jsonrpc.Error{Code: code, Message: msg}})
 }
 
 const statelessVersion = "2026-07-28"

@@ -50,7 +50,7 @@ type Gateway struct {
 	admin     string // admin API token
 
 	configured map[string]bool // upstreams from the config file or flags (not removable at run time)
-	inflight   sync.WaitGroup  // tool calls being handled, drained at shutdown
+	inflight   *tracker        // requests and calls in flight
 	handler    http.Handler
 	closeOnce  sync.Once
 	closeErr   error
@@ -60,7 +60,7 @@ type Gateway struct {
 // the configured and persisted upstreams and mounts the routes. It starts no
 // listener; call Serve.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (g *Gateway, err error) {
-	g = &Gateway{cfg: cfg, log: log, version: version, configured: map[string]bool{}}
+	g = &Gateway{cfg: cfg, log: log, version: version, configured: map[string]bool{}, inflight: newTracker()}
 	defer func() {
 		if err != nil {
 			g.Close()
@@ -211,12 +211,14 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener, grace time.Duratio
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	go srv.Shutdown(shutdownCtx) // stops accepting; long-lived streams end below
-	drained := make(chan struct{})
-	go func() { g.inflight.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-shutdownCtx.Done():
-		g.log.Warn("shutdown grace elapsed with calls in flight")
+	if g.inflight.wait(shutdownCtx) != nil {
+		g.log.Warn("shutdown grace elapsed with calls in flight; cancelling them")
+		// Closing a downstream session waits for its handlers, and closing
+		// an upstream for its calls: cancel what is left, let it answer.
+		g.inflight.cancel("", errShuttingDown)
+		answered, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = g.inflight.wait(answered)
 	}
 	for ss := range g.front.srv.Sessions() {
 		ss.Close()

@@ -26,8 +26,8 @@ const (
 // (policy, validation, consent, per-upstream credentials) slot in where
 // their comments stand.
 func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
-	g.inflight.Add(1)
-	defer g.inflight.Done()
+	ctx, done := g.inflight.call(ctx, req.Session.ID())
+	defer done()
 	start := time.Now()
 	rec := store.AuditRecord{Method: "tools/call", Tool: name}
 
@@ -63,6 +63,8 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	case errors.As(err, &ue):
 		rec.Decision, rec.Reason = decisionError, ue.Msg
 		res, err = toolError(ue.Error()), nil
+	case context.Cause(ctx) == errShuttingDown || context.Cause(ctx) == errSessionClosed:
+		rec.Decision, rec.Reason = decisionError, context.Cause(ctx).Error()
 	default:
 		rec.Decision, rec.Reason = decisionError, errorReason(err)
 	}
@@ -78,8 +80,8 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 
 // getPrompt runs prompts/get through the same first steps as a tool call.
 func (g *Gateway) getPrompt(ctx context.Context, name string, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
-	g.inflight.Add(1)
-	defer g.inflight.Done()
+	ctx, done := g.inflight.call(ctx, req.Session.ID())
+	defer done()
 	start := time.Now()
 	rec := store.AuditRecord{Method: "prompts/get", Tool: name, PolicyID: "open"}
 	p := g.authenticate(req.Extra)

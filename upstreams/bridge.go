@@ -140,8 +140,7 @@ func (b *bridged) await(ctx context.Context) (*mcp.CallToolResult, error) {
 			if ev.err != nil {
 				return nil, ev.err
 			}
-			stripReserved(ev.res.Meta)
-			return ev.res, nil
+			return cleanResult(ev.res), nil
 		}
 		b.pending = ev.input
 		b.stateID = randomID()
@@ -289,7 +288,7 @@ func (u *upstream) checkin(c *conn, healthy bool) {
 	u.busy--
 	if u.closed || !healthy {
 		u.mu.Unlock()
-		c.cs.Close()
+		u.drop(c)
 		return
 	}
 	u.pool = append(u.pool, c)

@@ -92,18 +92,11 @@ func (m *Manager) begin(ctx context.Context, u *upstream, down *mcp.ServerSessio
 	return r
 }
 
-// isolate returns a context with ctx's deadline and cancellation and none of
-// its values.
+// isolate returns a context that is cancelled when ctx ends and carries
+// none of its values. It has no deadline of its own, so that a timeout is
+// always seen first on ctx, which classifies errors.
 func isolate(ctx context.Context) (context.Context, context.CancelFunc) {
-	var (
-		up     context.Context
-		cancel context.CancelFunc
-	)
-	if d, ok := ctx.Deadline(); ok {
-		up, cancel = context.WithDeadline(context.Background(), d)
-	} else {
-		up, cancel = context.WithCancel(context.Background())
-	}
+	up, cancel := context.WithCancel(context.Background())
 	stop := context.AfterFunc(ctx, cancel)
 	return up, func() { stop(); cancel() }
 }
@@ -192,8 +185,18 @@ func (m *Manager) CallTool(ctx context.Context, down *mcp.ServerSession, t *Tool
 	if err != nil {
 		return nil, err
 	}
+	return cleanResult(res), nil
+}
+
+// cleanResult copies an upstream's tool result without what belongs to the
+// upstream's connection: reserved _meta keys and the result type, which the
+// front sets for each client's protocol generation.
+func cleanResult(res *mcp.CallToolResult) *mcp.CallToolResult {
 	stripReserved(res.Meta)
-	return res, nil
+	return &mcp.CallToolResult{
+		Meta: res.Meta, Content: res.Content, StructuredContent: res.StructuredContent, IsError: res.IsError,
+		InputRequests: res.InputRequests, RequestState: res.RequestState,
+	}
 }
 
 // GetPrompt forwards a prompts/get for a catalog prompt.

@@ -199,11 +199,11 @@ type Status struct {
 	Spec
 	Transport Transport `json:"transport"`
 	Connected bool      `json:"connected"`
-	// ProtocolVersion is the version negotiated with the upstream.
-	ProtocolVersion string `json:"protocol_version,omitempty"`
-	LastError       string `json:"last_error,omitempty"`
-	Tools           int    `json:"tools"`
-	Sessions        int    `json:"sessions"`
+	// Negotiated is the protocol version negotiated with the upstream.
+	Negotiated string `json:"negotiated_protocol_version,omitempty"`
+	LastError  string `json:"last_error,omitempty"`
+	Tools      int    `json:"tools"`
+	Sessions   int    `json:"sessions"`
 }
 
 // Statuses returns each upstream's status in registration order.

@@ -38,6 +38,7 @@ type upstream struct {
 	closed   bool
 
 	refreshing atomic.Bool
+	recheck    chan struct{} // a connection failed: check the upstream now
 	firstTry   chan struct{} // closed after the first connection attempt
 	firstOnce  sync.Once
 	stop       chan struct{}
@@ -72,6 +73,7 @@ func newUpstream(m *Manager, spec Spec, tgt target) *upstream {
 		sessions: map[string]*conn{},
 		listing:  listing{upstream: spec.Name, naming: spec.Prefix},
 		firstTry: make(chan struct{}),
+		recheck:  make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
@@ -114,12 +116,8 @@ func (u *upstream) supervise() {
 			backoff = 100 * time.Millisecond
 			ended := make(chan struct{})
 			go func() { c.cs.Wait(); close(ended) }()
-			select {
-			case <-u.stop:
-				c.cs.Close()
-				<-ended
+			if !u.watch(c, ended) {
 				return
-			case <-ended:
 			}
 			u.mu.Lock()
 			if u.control == c {
@@ -141,6 +139,40 @@ func (u *upstream) supervise() {
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// probeEvery is how often the control session of a stateless upstream is
+// pinged: with no stream open, nothing else would notice the upstream die.
+const probeEvery = 15 * time.Second
+
+// watch waits for the control session to end. Stateless upstreams are
+// pinged now and then, and at once when a connection to them failed. It
+// returns false when the upstream is being shut down.
+func (u *upstream) watch(c *conn, ended <-chan struct{}) bool {
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-u.stop:
+			c.cs.Close()
+			<-ended
+			return false
+		case <-ended:
+			return true
+		case <-t.C:
+		case <-u.recheck:
+		}
+		if !u.stateless() {
+			continue // session-based control sessions keep alive by themselves
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := c.cs.Ping(ctx, nil)
+		cancel()
+		if err != nil {
+			u.log.Warn("upstream does not answer ping", "error", safeError(err))
+			c.cs.Close()
+		}
 	}
 }
 
@@ -334,13 +366,13 @@ func (u *upstream) status() Status {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return Status{
-		Spec:            u.spec,
-		Transport:       u.tgt.transport,
-		Connected:       u.control != nil,
-		ProtocolVersion: u.version,
-		LastError:       u.lastErr,
-		Tools:           len(u.listing.tools),
-		Sessions:        len(u.sessions),
+		Spec:       u.spec,
+		Transport:  u.tgt.transport,
+		Connected:  u.control != nil,
+		Negotiated: u.version,
+		LastError:  u.lastErr,
+		Tools:      len(u.listing.tools),
+		Sessions:   len(u.sessions),
 	}
 }
 
@@ -438,6 +470,10 @@ func (u *upstream) drop(c *conn) {
 	c.cs.Close() // for the control session this wakes the supervisor
 	if isControl {
 		u.log.Warn("upstream control session failed; reconnecting")
+	}
+	select {
+	case u.recheck <- struct{}{}:
+	default:
 	}
 }
 
