@@ -92,7 +92,7 @@ func (m *Manager) callBridged(ctx context.Context, u *upstream, down *mcp.Server
 		events: make(chan bridgeEvent), cancel: cancel, done: make(chan struct{}),
 	}
 	c.holder.Store(&holder{down: down, ctx: r.down, b: b})
-	u.applyLevel(r, c)
+	u.setLevel(r.up, c, r.level)
 	go func() {
 		defer r.end()
 		release := c.track(r.down, r.id)

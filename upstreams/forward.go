@@ -27,9 +27,10 @@ func (e *Error) Error() string { return "upstream " + e.Upstream + ": " + e.Msg 
 // progressRoute sends an upstream's progress for one forwarded request to the
 // downstream client that asked for it, under the client's own token.
 type progressRoute struct {
-	ctx   context.Context
-	down  *mcp.ServerSession
-	token any
+	upstream *upstream
+	ctx      context.Context
+	down     *mcp.ServerSession
+	token    any
 }
 
 // codeRejectedByTransport is the code of the go-sdk's jsonrpc2.ErrRejected,
@@ -67,7 +68,7 @@ func (m *Manager) begin(ctx context.Context, u *upstream, down *mcp.ServerSessio
 	var upTok string
 	if tok, ok := meta["progressToken"]; ok && down != nil {
 		upTok = "sag-" + strconv.FormatUint(r.id, 36)
-		m.progress.Store(upTok, &progressRoute{ctx: downCtx, down: down, token: tok})
+		m.progress.Store(upTok, &progressRoute{upstream: u, ctx: downCtx, down: down, token: tok})
 		r.meta["progressToken"] = upTok
 	}
 	// The log level the client asked for: per request (stateless clients)
@@ -253,8 +254,8 @@ func (m *Manager) Unsubscribe(ctx context.Context, down *mcp.ServerSession, upst
 }
 
 // SetLoggingLevel forwards logging/setLevel for down: session-based
-// upstreams get it on down's connections; stateless ones get the level in
-// the _meta of each later request (they have no logging/setLevel).
+// upstreams get it on down's connections (now, or when one opens); stateless
+// ones get the level in the _meta of each later request.
 func (m *Manager) SetLoggingLevel(ctx context.Context, down *mcp.ServerSession, level mcp.LoggingLevel) {
 	id := sessionID(down)
 	if id == "" {
@@ -264,38 +265,38 @@ func (m *Manager) SetLoggingLevel(ctx context.Context, down *mcp.ServerSession, 
 	ctx, cancel := isolate(ctx)
 	defer cancel()
 	for _, u := range m.snapshot() {
-		if u.stateless() {
-			continue
-		}
-		c, err := u.connFor(ctx, down)
-		if err != nil || c.cs.InitializeResult().Capabilities == nil || c.cs.InitializeResult().Capabilities.Logging == nil {
-			continue
-		}
-		if err := c.cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: level}); err != nil {
-			u.log.Debug("logging/setLevel failed", "error", safeError(err))
+		u.mu.Lock()
+		c, ok := u.sessions[id]
+		u.mu.Unlock()
+		if ok {
+			u.setLevel(ctx, c, level)
 		}
 	}
 }
 
-// forwardProgress delivers an upstream progress notification to the client
-// that made the call, under the client's token.
-func (m *Manager) forwardProgress(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
-	tok, ok := req.Params.ProgressToken.(string)
-	if !ok {
-		return
+// forwardProgress returns the progress handler of a connection to u: it
+// delivers a notification to the client that made the call, under the
+// client's token. Routes are per upstream, so no upstream can send progress
+// into another's calls.
+func (m *Manager) forwardProgress(u *upstream) func(context.Context, *mcp.ProgressNotificationClientRequest) {
+	return func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
+		tok, ok := req.Params.ProgressToken.(string)
+		if !ok {
+			return
+		}
+		v, ok := m.progress.Load(tok)
+		if !ok || v.(*progressRoute).upstream != u {
+			return
+		}
+		r := v.(*progressRoute)
+		p := *req.Params
+		p.ProgressToken = r.token
+		ctx := r.ctx
+		if ctx.Err() != nil {
+			ctx = context.Background() // the call ended: use the session's own stream
+		}
+		_ = r.down.NotifyProgress(ctx, &p)
 	}
-	v, ok := m.progress.Load(tok)
-	if !ok {
-		return
-	}
-	r := v.(*progressRoute)
-	p := *req.Params
-	p.ProgressToken = r.token
-	ctx := r.ctx
-	if ctx.Err() != nil {
-		ctx = context.Background() // the call ended: use the session's own stream
-	}
-	_ = r.down.NotifyProgress(ctx, &p)
 }
 
 // bindHandlers routes a per-session connection's server-to-client traffic to
@@ -377,15 +378,15 @@ func (c *conn) downstreamContext(upCtx context.Context) (context.Context, contex
 	return ctx, func() { stop(); cancel() }
 }
 
-// applyLevel sets a pooled session-based connection's log level to the
-// current request's, when it differs from the last one set.
-func (u *upstream) applyLevel(r *request, c *conn) {
-	if r.level == "" || u.stateless() {
+// setLevel sets a session-based upstream connection's log level, unless it
+// is already that level.
+func (u *upstream) setLevel(ctx context.Context, c *conn, level mcp.LoggingLevel) {
+	if level == "" || u.stateless() {
 		return
 	}
 	c.mu.Lock()
-	same := c.level == r.level
-	c.level = r.level
+	same := c.level == level
+	c.level = level
 	c.mu.Unlock()
 	if same {
 		return
@@ -393,7 +394,7 @@ func (u *upstream) applyLevel(r *request, c *conn) {
 	if caps := c.cs.InitializeResult().Capabilities; caps == nil || caps.Logging == nil {
 		return
 	}
-	if err := c.cs.SetLoggingLevel(r.up, &mcp.SetLoggingLevelParams{Level: r.level}); err != nil {
+	if err := c.cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: level}); err != nil {
 		u.log.Debug("logging/setLevel failed", "error", safeError(err))
 	}
 }

@@ -184,7 +184,7 @@ func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession, pooled boo
 	c := &conn{down: down, calls: map[uint64]context.Context{}, lastUsed: time.Now()}
 	opts := &mcp.ClientOptions{
 		Capabilities:                &mcp.ClientCapabilities{},
-		ProgressNotificationHandler: u.m.forwardProgress,
+		ProgressNotificationHandler: u.m.forwardProgress(u),
 		// Input requests of stateless upstreams pass through to the front,
 		// which fulfils them for each client generation itself.
 		MultiRoundTrip: &mcp.MultiRoundTripOptions{Disabled: true},
@@ -387,7 +387,7 @@ func (u *upstream) acquire(r *request, down *mcp.ServerSession) (*conn, func(hea
 			return nil, nil, err
 		}
 		c.holder.Store(&holder{down: down, ctx: r.down})
-		u.applyLevel(r, c)
+		u.setLevel(r.up, c, r.level)
 		release := c.track(r.down, r.id)
 		return c, func(healthy bool) {
 			release()
@@ -447,6 +447,9 @@ func (u *upstream) connFor(ctx context.Context, down *mcp.ServerSession) (*conn,
 	}
 	u.sessions[down.ID()] = c
 	u.mu.Unlock()
+	if l, ok := u.m.levels.Load(down.ID()); ok {
+		u.setLevel(ctx, c, l.(mcp.LoggingLevel))
+	}
 	return c, nil
 }
 
