@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sag-gateway/sag/store"
+)
+
+// sag runs the built binary with args and returns its stdout, stderr and
+// whether it exited 0.
+func sag(t *testing.T, args ...string) (stdout, stderr string, ok bool) {
+	t.Helper()
+	cmd := exec.Command(sagBinary(t), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.String(), errb.String(), err == nil
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("sag %v did not finish in 60s", args)
+		return "", "", false
+	}
+}
+
+// TestUpstreamsCLI registers, lists and removes an upstream through the admin
+// API with the CLI, and uses the tools, call and audit commands.
+func TestUpstreamsCLI(t *testing.T) {
+	p := startSag(t, startFixture(t))
+	admin := []string{"--server", p.base, "--data", p.data}
+
+	second := startFixture(t)
+	out, errOut, ok := sag(t, append(append([]string{"upstreams", "add"}, admin...), "--prefix", "always", "second", second)...)
+	if !ok || !strings.Contains(out, "registered second") || !strings.Contains(out, "connected: true") {
+		t.Fatalf("upstreams add: ok=%v\n%s%s", ok, out, errOut)
+	}
+	out, errOut, ok = sag(t, append([]string{"upstreams", "add"}, append(admin, "second", second)...)...)
+	if ok || !strings.Contains(errOut, "conflict") {
+		t.Errorf("adding a taken name: ok=%v, want a conflict error\n%s%s", ok, out, errOut)
+	}
+	out, _, ok = sag(t, append([]string{"upstreams", "list"}, admin...)...)
+	if !ok || !strings.Contains(out, "second") || !strings.Contains(out, "fx") || !strings.Contains(out, "config") {
+		t.Errorf("upstreams list:\n%s", out)
+	}
+
+	mcpURL := p.base + "/mcp"
+	out, errOut, ok = sag(t, "tools", "--url", mcpURL)
+	if !ok || !strings.Contains(out, "second__echo") || !strings.Contains(out, "fx__echo") {
+		t.Errorf("tools:\n%s%s", out, errOut)
+	}
+	out, errOut, ok = sag(t, "call", "--url", mcpURL, "second__echo", `{"text":"via the CLI"}`)
+	if !ok || !strings.Contains(out, "via the CLI") {
+		t.Errorf("call:\n%s%s", out, errOut)
+	}
+	_, errOut, ok = sag(t, "call", "--url", mcpURL, "second__fail")
+	if ok || !strings.Contains(errOut, "the tool reported an error") {
+		t.Errorf("call of a failing tool: ok=%v\n%s", ok, errOut)
+	}
+
+	out, errOut, ok = sag(t, append([]string{"upstreams", "remove"}, append(admin, "second")...)...)
+	if !ok || !strings.Contains(out, "removed second") {
+		t.Errorf("upstreams remove: ok=%v\n%s%s", ok, out, errOut)
+	}
+	_, errOut, ok = sag(t, append([]string{"upstreams", "remove"}, append(admin, "second")...)...)
+	if ok || !strings.Contains(errOut, "not_found") {
+		t.Errorf("removing an unknown upstream: ok=%v\n%s", ok, errOut)
+	}
+	_, errOut, ok = sag(t, "upstreams", "list", "--server", p.base, "--admin-token", "wrong")
+	if ok || !strings.Contains(errOut, "invalid_token") {
+		t.Errorf("a wrong admin token: ok=%v\n%s", ok, errOut)
+	}
+
+	out, errOut, ok = sag(t, "audit", "--data", p.data, "--limit", "10")
+	if !ok {
+		t.Fatalf("audit: %s", errOut)
+	}
+	var sawCall bool
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var rec store.AuditRecord
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		if rec.Tool == "second__echo" && rec.Upstream == "second" && rec.Decision == "allow" {
+			sawCall = true
+		}
+	}
+	if !sawCall {
+		t.Errorf("audit has no record of the CLI's call:\n%s", out)
+	}
+}
+
+// TestServeRefusesBadConfig checks that a bad start fails naming the problem.
+func TestServeRefusesBadConfig(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "sag.yaml")
+	if err := os.WriteFile(bad, []byte("listen: 127.0.0.1:0\nlimits:\n  call_timeout: soon\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", "--config", bad}, "limits.call_timeout"},
+		{[]string{"serve", "--listen", "0.0.0.0:0", "--auth", "open", "--data", t.TempDir()}, "loopback"},
+		{[]string{"serve", "--upstream", "no-url"}, "NAME=URL"},
+		{[]string{"serve", "--upstream", "x=ftp://example.com", "--data", t.TempDir()}, "url"},
+		{[]string{"serve", "--prefix", "sometimes"}, "prefix"},
+	}
+	for _, tc := range cases {
+		_, errOut, ok := sag(t, tc.args...)
+		if ok || !strings.Contains(errOut, tc.want) {
+			t.Errorf("sag %v: ok=%v, want an error naming %q; got:\n%s", tc.args, ok, tc.want, errOut)
+		}
+	}
+}
+
+// TestDemoWorksAsPrinted starts `sag demo` and runs the commands it prints.
+func TestDemoWorksAsPrinted(t *testing.T) {
+	addr := freeAddr(t)
+	cmd := exec.Command(sagBinary(t), "demo", "--listen", addr, "--log-level", "warn")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var printed []string
+	deadline := time.After(30 * time.Second)
+	for ready := false; !ready; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("demo exited; printed:\n%s", strings.Join(printed, "\n"))
+			}
+			printed = append(printed, l)
+			ready = strings.Contains(l, "Press Ctrl-C to stop")
+		case <-deadline:
+			t.Fatalf("demo not ready after 30s; printed:\n%s", strings.Join(printed, "\n"))
+		}
+	}
+	go func() {
+		for range lines { // keep the pipe drained
+		}
+	}()
+
+	var ran int
+	for _, l := range printed {
+		l = strings.TrimSpace(l)
+		args, isGoRun := strings.CutPrefix(l, "go run ./cmd/sag ")
+		if !isGoRun {
+			continue
+		}
+		argv, err := splitShellWords(args)
+		if err != nil {
+			t.Fatalf("printed command %q: %v", l, err)
+		}
+		out, errOut, ok := sag(t, argv...)
+		if !ok {
+			t.Errorf("printed command %q failed:\n%s%s", l, out, errOut)
+		}
+		ran++
+	}
+	if ran < 3 {
+		t.Errorf("demo printed %d runnable commands, want at least 3:\n%s", ran, strings.Join(printed, "\n"))
+	}
+}
+
+// splitShellWords splits a printed command line the way a POSIX shell would
+// for the simple forms the demo prints: words and single-quoted strings.
+func splitShellWords(s string) ([]string, error) {
+	var out []string
+	for s = strings.TrimSpace(s); s != ""; s = strings.TrimSpace(s) {
+		if s[0] == '\'' {
+			end := strings.IndexByte(s[1:], '\'')
+			if end < 0 {
+				return nil, os.ErrInvalid
+			}
+			out = append(out, s[1:end+1])
+			s = s[end+2:]
+			continue
+		}
+		word, rest, _ := strings.Cut(s, " ")
+		out = append(out, word)
+		s = rest
+	}
+	return out, nil
+}
