@@ -2,12 +2,15 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
 
+	mcpgo "github.com/mark3labs/mcp-go/mcp"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/fixtures"
 	"github.com/sag-gateway/sag/server"
 	"github.com/sag-gateway/sag/server/config"
 )
@@ -116,5 +119,43 @@ func TestNaming(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestHostileDefinitions registers an upstream whose tools the gateway cannot
+// serve as they are: a non-object input schema (the SDK would panic) and a
+// name outside the MCP alphabet. The gateway stays up, leaves exactly those out and
+// reports them; the upstream's good tools work.
+func TestHostileDefinitions(t *testing.T) {
+	t.Parallel()
+	f := fixtures.NewServer(fixtures.Options{Name: "bad"})
+	for name, schema := range map[string]string{
+		"array_schema": `{"type":"array"}`,
+		"bad name!":    `{"type":"object"}`,
+	} {
+		f.MCPServer().AddTool(mcpgo.NewToolWithRawSchema(name, "hostile", json.RawMessage(schema)),
+			func(context.Context, mcpgo.CallToolRequest) (*mcpgo.CallToolResult, error) {
+				return mcpgo.NewToolResultText("should not be reachable"), nil
+			})
+	}
+	url, stop, err := f.StartHTTP(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	tg := startGateway(t, nil)
+	rep := tg.addUpstream(t, server.UpstreamRequest{Name: "bad", URL: url})
+	if len(rep.Conflicts) < 2 {
+		t.Errorf("conflicts %q, want the array schema and the bad name reported", rep.Conflicts)
+	}
+	cs := connect(t, tg.MCP, legacy, nil)
+	tools := toolNames(t, cs)
+	for _, name := range []string{"bad__array_schema", "bad__bad name!"} {
+		if _, ok := tools[name]; ok {
+			t.Errorf("%s is listed", name)
+		}
+	}
+	if res := callTool(t, cs, "bad__echo", map[string]any{"text": "still up"}); toolText(res) != "still up" {
+		t.Errorf("echo = %q after hostile definitions", toolText(res))
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"sync"
@@ -176,8 +177,10 @@ func (f *front) sync(c *upstreams.Catalog) {
 		seen[t.Name] = true
 		if changed(f.tools, t.Name, t.Def) {
 			name := t.Name
-			f.srv.AddTool(t.Def, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
-				return f.gw.callTool(ctx, name, req)
+			f.add("tool", name, f.tools, func() {
+				f.srv.AddTool(t.Def, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+					return f.gw.callTool(ctx, name, req)
+				})
 			})
 		}
 	}
@@ -189,8 +192,10 @@ func (f *front) sync(c *upstreams.Catalog) {
 		seen[p.Name] = true
 		if changed(f.prompts, p.Name, p.Def) {
 			name := p.Name
-			f.srv.AddPrompt(p.Def, func(ctx context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
-				return f.gw.getPrompt(ctx, name, req)
+			f.add("prompt", name, f.prompts, func() {
+				f.srv.AddPrompt(p.Def, func(ctx context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+					return f.gw.getPrompt(ctx, name, req)
+				})
 			})
 		}
 	}
@@ -201,7 +206,7 @@ func (f *front) sync(c *upstreams.Catalog) {
 		r := c.Resources[i]
 		seen[r.Def.URI] = true
 		if changed(f.resources, r.Def.URI, r.Def) {
-			f.srv.AddResource(r.Def, f.readResource)
+			f.add("resource", r.Def.URI, f.resources, func() { f.srv.AddResource(r.Def, f.readResource) })
 		}
 	}
 	f.srv.RemoveResources(gone(f.resources, seen)...)
@@ -211,10 +216,25 @@ func (f *front) sync(c *upstreams.Catalog) {
 		t := c.Templates[i]
 		seen[t.Def.URITemplate] = true
 		if changed(f.templates, t.Def.URITemplate, t.Def) {
-			f.srv.AddResourceTemplate(t.Def, f.readResource)
+			f.add("resource template", t.Def.URITemplate, f.templates, func() { f.srv.AddResourceTemplate(t.Def, f.readResource) })
 		}
 	}
 	f.srv.RemoveResourceTemplates(gone(f.templates, seen)...)
+}
+
+// add runs one of the SDK's Add calls for a catalog entry. The SDK panics on
+// definitions it cannot serve (for example invalid x-mcp-header annotations
+// in an input schema); an upstream's definition must never take the gateway
+// down, so such an entry is left out, logged, and tried again at the next
+// sync.
+func (f *front) add(kind, name string, have map[string][]byte, add func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			delete(have, name)
+			f.gw.log.Warn("catalog entry left out: the MCP server refused its definition", "kind", kind, "name", name, "error", fmt.Sprint(r))
+		}
+	}()
+	add()
 }
 
 // changed records def's encoding under key and reports whether it differs
