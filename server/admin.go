@@ -75,6 +75,9 @@ type UpstreamRequest struct {
 	Timeout string   `json:"timeout,omitempty"` // Go duration, e.g. "30s"
 	// ProtocolVersion pins the MCP revision spoken to the upstream.
 	ProtocolVersion string `json:"protocol_version,omitempty"`
+	// WithdrawWhenDown takes the upstream's entries out of the catalog while
+	// it is unreachable.
+	WithdrawWhenDown bool `json:"withdraw_when_down,omitempty"`
 }
 
 // UpstreamResponse describes a registered upstream.
@@ -111,7 +114,7 @@ func (g *Gateway) addUpstream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return badRequest("%v", err)
 	}
-	spec := upstreams.Spec{Name: req.Name, URL: req.URL, Prefix: naming, Env: req.Env, ProtocolVersion: req.ProtocolVersion}
+	spec := upstreams.Spec{Name: req.Name, URL: req.URL, Prefix: naming, Env: req.Env, ProtocolVersion: req.ProtocolVersion, WithdrawWhenDown: req.WithdrawWhenDown}
 	if req.Timeout != "" {
 		if spec.Timeout, err = time.ParseDuration(req.Timeout); err != nil || spec.Timeout <= 0 {
 			return badRequest("timeout %q: want a positive Go duration such as 30s", req.Timeout)

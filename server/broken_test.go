@@ -205,3 +205,45 @@ func TestUpstreamDownAtStart(t *testing.T) {
 		t.Errorf("down2: connected=%v connect_error=%q", rep.Connected, rep.ConnectError)
 	}
 }
+
+// TestWithdrawWhenDown checks both behaviours for an upstream that goes
+// away: by default its tools stay listed and calls get a tool error; with
+// withdraw_when_down they leave the catalog and clients are told.
+func TestWithdrawWhenDown(t *testing.T) {
+	t.Parallel()
+	f := fixtures.NewServer(fixtures.Options{Name: "w"})
+	url, stop, err := f.StartHTTP(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keepURL, stopKeep, err := fixtures.NewServer(fixtures.Options{Name: "k"}).StartHTTP(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := startGateway(t, nil)
+	tg.addUpstream(t, server.UpstreamRequest{Name: "w", URL: url, WithdrawWhenDown: true})
+	tg.addUpstream(t, server.UpstreamRequest{Name: "k", URL: keepURL})
+	ev := newClientEvents()
+	cs := connect(t, tg.MCP, legacy, clientOptions(ev, "x"))
+	drain(ev.toolsChanged)
+
+	stop()
+	stopKeep()
+	for _, name := range []string{"w__echo", "k__echo"} {
+		if res := callTool(t, cs, name, map[string]any{"text": "gone"}); !res.IsError {
+			t.Errorf("%s on a stopped upstream: %q, want a tool error", name, toolText(res))
+		}
+	}
+	eventually(t, "w__echo withdrawn", func() bool {
+		_, listed := toolNames(t, cs)["w__echo"]
+		return !listed
+	})
+	if _, listed := toolNames(t, cs)["k__echo"]; !listed {
+		t.Error("k__echo withdrawn; by default tools stay listed while their upstream is down")
+	}
+	select {
+	case <-ev.toolsChanged:
+	case <-time.After(waitFor):
+		t.Error("no tools/list_changed when w's tools were withdrawn")
+	}
+}

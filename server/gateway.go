@@ -157,7 +157,7 @@ func specFromConfig(u config.Upstream) (upstreams.Spec, error) {
 	if err != nil {
 		return upstreams.Spec{}, fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
-	spec := upstreams.Spec{Name: u.Name, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout), ProtocolVersion: u.ProtocolVersion}
+	spec := upstreams.Spec{Name: u.Name, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout), ProtocolVersion: u.ProtocolVersion, WithdrawWhenDown: u.WithdrawWhenDown}
 	return spec, spec.Validate()
 }
 
@@ -230,6 +230,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener, grace time.Duratio
 // Close releases everything New acquired. It is safe after a partial New.
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
+		stageDump()
 		var errs []error
 		if g.upstreams != nil {
 			errs = append(errs, g.upstreams.Close())

@@ -125,6 +125,7 @@ func forward[R any](ctx context.Context, m *Manager, name string, down *mcp.Serv
 	for attempt := 0; ; attempt++ {
 		c, done, err := u.acquire(r, down)
 		if err != nil {
+			u.recheckSoon()
 			return zero, u.failure(r.down, err)
 		}
 		res, err := do(r.up, c.cs, r.meta)

@@ -61,6 +61,10 @@ type Spec struct {
 	// ProtocolVersion pins the MCP revision spoken to the upstream; empty
 	// negotiates the newest both sides support.
 	ProtocolVersion string `json:"protocol_version,omitempty"`
+	// WithdrawWhenDown removes the upstream's tools, prompts and resources
+	// from the catalog (with list_changed) while it is unreachable; by
+	// default they stay listed and calls get a clear tool error.
+	WithdrawWhenDown bool `json:"withdraw_when_down,omitempty"`
 }
 
 // ProtocolVersions are the MCP revisions SAG can speak to an upstream.

@@ -126,6 +126,9 @@ func (u *upstream) supervise() {
 			u.lastErr = "control session ended"
 			u.mu.Unlock()
 			u.log.Warn("upstream session ended; reconnecting")
+			if u.spec.WithdrawWhenDown {
+				u.m.rebuild() // its tools leave the catalog until it is back
+			}
 		} else {
 			u.mu.Lock()
 			u.lastErr = safeError(err)
@@ -147,7 +150,8 @@ func (u *upstream) supervise() {
 const probeEvery = 15 * time.Second
 
 // watch waits for the control session to end. Stateless upstreams are
-// pinged now and then, and at once when a connection to them failed. It
+// pinged now and then; any upstream is pinged at once when a connection to
+// it failed. It
 // returns false when the upstream is being shut down.
 func (u *upstream) watch(c *conn, ended <-chan struct{}) bool {
 	t := time.NewTicker(probeEvery)
@@ -161,10 +165,10 @@ func (u *upstream) watch(c *conn, ended <-chan struct{}) bool {
 		case <-ended:
 			return true
 		case <-t.C:
+			if !u.stateless() {
+				continue // session-based control sessions keep alive by themselves
+			}
 		case <-u.recheck:
-		}
-		if !u.stateless() {
-			continue // session-based control sessions keep alive by themselves
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := c.cs.Ping(ctx, nil)
@@ -356,9 +360,14 @@ func (u *upstream) stateless() bool {
 	return u.version >= stateless
 }
 
+// currentListing is what the upstream contributes to the catalog: its last
+// listing, or nothing while it is down if its spec says to withdraw.
 func (u *upstream) currentListing() listing {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.spec.WithdrawWhenDown && u.control == nil {
+		return listing{upstream: u.spec.Name, naming: u.spec.Prefix}
+	}
 	return u.listing
 }
 
@@ -474,6 +483,12 @@ func (u *upstream) drop(c *conn) {
 	if isControl {
 		u.log.Warn("upstream control session failed; reconnecting")
 	}
+	u.recheckSoon()
+}
+
+// recheckSoon asks the supervisor to check the upstream now: a connection to
+// it failed.
+func (u *upstream) recheckSoon() {
 	select {
 	case u.recheck <- struct{}{}:
 	default:

@@ -78,6 +78,9 @@ type Upstream struct {
 	// ProtocolVersion pins the MCP revision spoken to the upstream; ""
 	// negotiates the newest both sides support.
 	ProtocolVersion string `yaml:"protocol_version" json:"protocol_version,omitempty"`
+	// WithdrawWhenDown takes the upstream's entries out of the catalog while
+	// it is unreachable; by default they stay and calls get a tool error.
+	WithdrawWhenDown bool `yaml:"withdraw_when_down" json:"withdraw_when_down,omitempty"`
 }
 
 // Duration is a time.Duration written in YAML and JSON as a Go duration
