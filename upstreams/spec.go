@@ -109,7 +109,7 @@ func parseTarget(raw string) (target, error) {
 		if err != nil {
 			return target{}, fmt.Errorf("url %q: %w", raw, err)
 		}
-		if len(argv) == 0 {
+		if len(argv) == 0 || argv[0] == "" {
 			return target{}, fmt.Errorf("url %q: stdio: needs a command", raw)
 		}
 		return target{transport: TransportStdio, argv: argv}, nil

@@ -1,0 +1,128 @@
+package upstreams
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+func TestParseTarget(t *testing.T) {
+	cases := []struct {
+		url       string
+		transport Transport
+		endpoint  string
+		argv      []string
+		err       string
+	}{
+		{url: "http://127.0.0.1:9000/mcp", transport: TransportHTTP, endpoint: "http://127.0.0.1:9000/mcp"},
+		{url: "https://tools.example/mcp", transport: TransportHTTP, endpoint: "https://tools.example/mcp"},
+		{url: "sse+http://127.0.0.1:9100/sse", transport: TransportSSE, endpoint: "http://127.0.0.1:9100/sse"},
+		{url: "stdio:/bin/server --root /srv", transport: TransportStdio, argv: []string{"/bin/server", "--root", "/srv"}},
+		{url: `stdio:npx -y "@scope/server name" 'a b' c\ d`, transport: TransportStdio, argv: []string{"npx", "-y", "@scope/server name", "a b", "c d"}},
+		{url: "stdio:", err: "needs a command"},
+		{url: `stdio:"" arg`, err: "needs a command"},
+		{url: `stdio:server "unterminated`, err: "unterminated quote"},
+		{url: "ftp://example.com/mcp", err: "want http(s)://"},
+		{url: "http:///mcp", err: "want http(s)://"},
+		{url: "sse+ftp://x/y", err: "want http(s)://"},
+		{url: "http://user:secret@example.com/mcp", err: "credentials in the URL"},
+	}
+	for _, tc := range cases {
+		got, err := parseTarget(tc.url)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("parseTarget(%q) error %v, want %q", tc.url, err, tc.err)
+			}
+			if err != nil && strings.Contains(err.Error(), "secret") {
+				t.Errorf("parseTarget(%q) error leaks the password: %v", tc.url, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("parseTarget(%q): %v", tc.url, err)
+			continue
+		}
+		if got.transport != tc.transport || got.endpoint != tc.endpoint || !slices.Equal(got.argv, tc.argv) {
+			t.Errorf("parseTarget(%q) = %+v, want %s %q %q", tc.url, got, tc.transport, tc.endpoint, tc.argv)
+		}
+	}
+}
+
+func TestSpecValidate(t *testing.T) {
+	ok := Spec{Name: "files", URL: "http://127.0.0.1:1/mcp"}
+	cases := []struct {
+		mutate func(*Spec)
+		err    string
+	}{
+		{func(*Spec) {}, ""},
+		{func(s *Spec) { s.Name = "" }, "upstream name"},
+		{func(s *Spec) { s.Name = "a__b" }, `must not contain "__"`},
+		{func(s *Spec) { s.Name = "-x" }, "upstream name"},
+		{func(s *Spec) { s.Prefix = "sometimes" }, "prefix"},
+		{func(s *Spec) { s.ProtocolVersion = "2024-01-01" }, "protocol_version"},
+		{func(s *Spec) { s.Timeout = -1 }, "timeout"},
+		{func(s *Spec) { s.URL = "mailto:x" }, "url"},
+	}
+	for _, tc := range cases {
+		s := ok
+		tc.mutate(&s)
+		err := s.Validate()
+		if (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("Validate(%+v) = %v, want %q", s, err, tc.err)
+		}
+	}
+}
+
+// TestCatalogNaming checks naming and collision reports without servers.
+func TestCatalogNaming(t *testing.T) {
+	tool := func(name string) *mcp.Tool {
+		return &mcp.Tool{Name: name, InputSchema: map[string]any{"type": "object"}}
+	}
+	ls := []listing{
+		{upstream: "a", tools: []*mcp.Tool{tool("echo"), tool("only_a")}},
+		{upstream: "b", tools: []*mcp.Tool{tool("echo"), tool("only_b"), {Name: "arr", InputSchema: map[string]any{"type": "array"}}}},
+	}
+	cases := []struct {
+		naming    Naming
+		want      []string
+		conflicts int
+	}{
+		{NamingAlways, []string{"a__echo", "a__only_a", "b__echo", "b__only_b"}, 1},
+		{NamingConditional, []string{"a__echo", "only_a", "b__echo", "only_b"}, 1},
+		{NamingNone, []string{"echo", "only_a", "only_b"}, 2},
+	}
+	for _, tc := range cases {
+		c := buildCatalog(ls, tc.naming)
+		var got []string
+		for _, t := range c.Tools {
+			got = append(got, t.Name)
+		}
+		if !slices.Equal(got, tc.want) || len(c.Conflicts) != tc.conflicts {
+			t.Errorf("%s: tools %q conflicts %q; want %q and %d conflicts", tc.naming, got, c.Conflicts, tc.want, tc.conflicts)
+		}
+		if tc.naming == NamingNone {
+			if e, _ := c.Tool("echo"); e == nil || e.Upstream != "a" || e.Original != "echo" {
+				t.Errorf("none: echo served by %+v, want the earlier upstream a", e)
+			}
+		}
+		if e, ok := c.Tool(tc.want[0]); !ok || e.Def.Name != tc.want[0] || ls[0].tools[0].Name != "echo" {
+			t.Errorf("%s: the catalog's definition must carry the exposed name and leave the upstream's untouched", tc.naming)
+		}
+	}
+}
+
+// FuzzParseTarget checks that no upstream URL makes the parser panic and
+// that a stdio command line never yields an empty program.
+func FuzzParseTarget(f *testing.F) {
+	for _, s := range []string{"http://h/mcp", "sse+https://h:1/sse", `stdio:a "b c" 'd' e\ f`, "stdio:", `stdio:"`, "http://u:p@h/"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		tgt, err := parseTarget(s)
+		if err == nil && tgt.transport == TransportStdio && (len(tgt.argv) == 0 || tgt.argv[0] == "") {
+			t.Errorf("parseTarget(%q) = empty program %q", s, tgt.argv)
+		}
+	})
+}
