@@ -31,6 +31,8 @@ type front struct {
 	resources map[string][]byte
 	templates map[string][]byte
 
+	watched sync.Map // ids of the downstream sessions being watched (watch)
+
 	// updateMu and updateFor restrict one resource-update broadcast to the
 	// downstream session whose upstream connection sent it.
 	updateMu  sync.Mutex
@@ -49,7 +51,6 @@ func newFront(gw *Gateway, version string) *front {
 		HasTools:           true,
 		HasPrompts:         true,
 		HasResources:       true,
-		InitializedHandler: f.initialized,
 		CompletionHandler:  f.complete,
 		SubscribeHandler:   f.subscribe,
 		UnsubscribeHandler: f.unsubscribe,
@@ -263,13 +264,22 @@ func gone(have map[string][]byte, seen map[string]bool) []string {
 	return out
 }
 
-// initialized runs once per session-based downstream session: it records the
-// session and releases its upstream connections when it ends.
-func (f *front) initialized(ctx context.Context, req *mcp.InitializedRequest) {
-	ss := req.Session
+// watch runs on every request: the first request of a session-based
+// downstream session (usually initialize) records the session, and its end
+// releases the session's upstream connections. The SDK serves a session
+// from initialize on, with or without notifications/initialized, so this
+// cannot wait for that notification.
+func (f *front) watch(ctx context.Context, ss *mcp.ServerSession) {
+	if ss == nil || ss.ID() == "" {
+		return
+	}
+	if _, seen := f.watched.LoadOrStore(ss.ID(), struct{}{}); seen {
+		return
+	}
 	f.gw.sessionOpened(ctx, ss)
 	go func() {
 		_ = ss.Wait()
+		f.watched.Delete(ss.ID())
 		f.gw.sessionClosed(ss.ID())
 	}()
 }
@@ -344,16 +354,16 @@ func (f *front) resourceUpdated(down *mcp.ServerSession, p *mcp.ResourceUpdatedN
 // unknown tools are audited before the SDK refuses them.
 func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+		ss, _ := req.GetSession().(*mcp.ServerSession)
+		f.watch(ctx, ss)
 		switch method {
 		case "logging/setLevel":
 			if p, ok := req.GetParams().(*mcp.SetLoggingLevelParams); ok {
-				ss, _ := req.GetSession().(*mcp.ServerSession)
 				f.gw.upstreams.SetLoggingLevel(ctx, ss, p.Level)
 			}
 		case "tools/call":
 			if p, ok := req.GetParams().(*mcp.CallToolParamsRaw); ok {
 				if _, known := f.gw.upstreams.Catalog().Tool(p.Name); !known {
-					ss, _ := req.GetSession().(*mcp.ServerSession)
 					f.gw.auditUnknownTool(ctx, ss, req.GetExtra(), p.Name)
 				}
 			}

@@ -294,6 +294,25 @@ func TestSessionRelease(t *testing.T) {
 		released("DELETE")
 	})
 
+	t.Run("DELETE without notifications/initialized", func(t *testing.T) {
+		// The SDK serves a session from initialize on; its release must not
+		// depend on the client sending notifications/initialized.
+		init := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + legacy + `","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`
+		sid := rawPost(t, tg.MCP, init, nil).Header.Get("Mcp-Session-Id")
+		if sid == "" {
+			t.Fatal("no session id")
+		}
+		use(sid)
+		req, _ := http.NewRequest(http.MethodDelete, tg.MCP, nil)
+		for k, v := range sessionHeader(sid) {
+			req.Header[k] = v
+		}
+		if r := rawDo(t, req); r.Status/100 != 2 {
+			t.Fatalf("DELETE: %d %s", r.Status, r.Body)
+		}
+		released("DELETE of a session never initialized")
+	})
+
 	t.Run("client Close", func(t *testing.T) {
 		cs := connect(t, tg.MCP, legacy, nil)
 		for _, up := range ups {

@@ -263,14 +263,16 @@ func (m *Manager) SetLoggingLevel(ctx context.Context, down *mcp.ServerSession, 
 		return // a stateless client sends its level with each request
 	}
 	m.levels.Store(id, level)
-	ctx, cancel := isolate(ctx)
-	defer cancel()
 	for _, u := range m.snapshot() {
 		u.mu.Lock()
 		c, ok := u.sessions[id]
 		u.mu.Unlock()
 		if ok {
-			u.setLevel(ctx, c, level)
+			r := m.begin(ctx, u, down, nil)
+			release := c.track(r.down, r.id)
+			u.setLevel(r.up, c, level)
+			release()
+			r.end()
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -173,11 +174,21 @@ func (u *upstream) watch(c *conn, ended <-chan struct{}) bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := c.cs.Ping(ctx, nil)
 		cancel()
-		if err != nil {
-			u.log.Warn("upstream does not answer ping", "error", safeError(err))
+		if unreachable(err) {
+			u.log.Warn("upstream unreachable", "error", safeError(err))
 			c.cs.Close()
 		}
 	}
+}
+
+// unreachable reports whether a probe's error means that nothing answered:
+// a network error, a timeout, a closed connection. Any HTTP answer counts as
+// alive; 2026-07-28 upstreams, for one, answer ping with an error (the
+// revision removed it).
+func unreachable(err error) bool {
+	var netErr net.Error
+	return err != nil && (errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, mcp.ErrConnectionClosed) || errors.Is(err, mcp.ErrSessionMissing))
 }
 
 // dial opens a client session to the upstream. With down set, the session
@@ -524,7 +535,7 @@ func (u *upstream) evictIdle(cutoff time.Time) {
 	})
 	u.mu.Unlock()
 	for _, c := range idle {
-		c.cs.Close()
+		go c.cs.Close() // a stuck upstream must not stall the janitor
 	}
 }
 
