@@ -145,7 +145,13 @@ func checkJSONRPC(w http.ResponseWriter, r *http.Request, maxBody int64) bool {
 		return true // a batch, a notification or a response: the SDK decides
 	}
 	if !methods[*msg.Method] {
-		writeRPCError(w, http.StatusNotFound, msg.ID, jsonrpc.CodeMethodNotFound, "method not found: "+*msg.Method)
+		// 2026-07-28 answers an unknown method with 404; before it, 404
+		// means "session gone" and would make clients drop the session.
+		status := http.StatusBadRequest
+		if r.Header.Get("Mcp-Protocol-Version") >= statelessVersion {
+			status = http.StatusNotFound
+		}
+		writeRPCError(w, status, msg.ID, jsonrpc.CodeMethodNotFound, "method not found: "+*msg.Method)
 		return false
 	}
 	return true
@@ -166,11 +172,15 @@ func writeRPCError(w http.ResponseWriter, status int, id json.RawMessage, code i
 
 const statelessVersion = "2026-07-28"
 
-// sync mirrors a catalog into the MCP server. Only changed entries are
-// re-added, so clients get list_changed only for real changes.
-func (f *front) sync(c *upstreams.Catalog) {
+// sync mirrors the current catalog into the MCP server. Only changed
+// entries are re-added, so clients get list_changed only for real changes.
+// It reads the catalog under its own lock rather than taking the one that
+// triggered it, so that concurrent changes can never apply an older catalog
+// last.
+func (f *front) sync(*upstreams.Catalog) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	c := f.gw.upstreams.Catalog()
 
 	seen := map[string]bool{}
 	for i := range c.Tools {
@@ -182,7 +192,7 @@ func (f *front) sync(c *upstreams.Catalog) {
 				f.srv.AddTool(t.Def, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 					return f.gw.callTool(ctx, name, req)
 				})
-			})
+			}, func() { f.srv.RemoveTools(name) })
 		}
 	}
 	f.srv.RemoveTools(gone(f.tools, seen)...)
@@ -197,7 +207,7 @@ func (f *front) sync(c *upstreams.Catalog) {
 				f.srv.AddPrompt(p.Def, func(ctx context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
 					return f.gw.getPrompt(ctx, name, req)
 				})
-			})
+			}, func() { f.srv.RemovePrompts(name) })
 		}
 	}
 	f.srv.RemovePrompts(gone(f.prompts, seen)...)
@@ -207,7 +217,8 @@ func (f *front) sync(c *upstreams.Catalog) {
 		r := c.Resources[i]
 		seen[r.Def.URI] = true
 		if changed(f.resources, r.Def.URI, r.Def) {
-			f.add("resource", r.Def.URI, f.resources, func() { f.srv.AddResource(r.Def, f.readResource) })
+			f.add("resource", r.Def.URI, f.resources, func() { f.srv.AddResource(r.Def, f.readResource) },
+				func() { f.srv.RemoveResources(r.Def.URI) })
 		}
 	}
 	f.srv.RemoveResources(gone(f.resources, seen)...)
@@ -217,7 +228,8 @@ func (f *front) sync(c *upstreams.Catalog) {
 		t := c.Templates[i]
 		seen[t.Def.URITemplate] = true
 		if changed(f.templates, t.Def.URITemplate, t.Def) {
-			f.add("resource template", t.Def.URITemplate, f.templates, func() { f.srv.AddResourceTemplate(t.Def, f.readResource) })
+			f.add("resource template", t.Def.URITemplate, f.templates, func() { f.srv.AddResourceTemplate(t.Def, f.readResource) },
+				func() { f.srv.RemoveResourceTemplates(t.Def.URITemplate) })
 		}
 	}
 	f.srv.RemoveResourceTemplates(gone(f.templates, seen)...)
@@ -226,12 +238,13 @@ func (f *front) sync(c *upstreams.Catalog) {
 // add runs one of the SDK's Add calls for a catalog entry. The SDK panics on
 // definitions it cannot serve (for example invalid x-mcp-header annotations
 // in an input schema); an upstream's definition must never take the gateway
-// down, so such an entry is left out, logged, and tried again at the next
-// sync.
-func (f *front) add(kind, name string, have map[string][]byte, add func()) {
+// down, so such an entry is left out (an earlier definition of it is
+// removed), logged, and tried again at the next sync.
+func (f *front) add(kind, name string, have map[string][]byte, add, remove func()) {
 	defer func() {
 		if r := recover(); r != nil {
 			delete(have, name)
+			remove()
 			f.gw.log.Warn("catalog entry left out: the MCP server refused its definition", "kind", kind, "name", name, "error", fmt.Sprint(r))
 		}
 	}()

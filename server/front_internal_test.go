@@ -10,18 +10,43 @@ import (
 
 // TestAddContainsSDKPanics checks that a definition the SDK refuses with a
 // panic (here an x-mcp-header on an object property, which mcp-go upstreams
-// cannot even serve) is left out instead of taking the gateway down.
+// cannot even serve) is left out instead of taking the gateway down, and
+// that the earlier, valid definition of the same tool is withdrawn rather
+// than served stale.
 func TestAddContainsSDKPanics(t *testing.T) {
 	f := &front{gw: &Gateway{log: slog.New(slog.DiscardHandler)}}
 	srv := mcp.NewServer(&mcp.Implementation{Name: "t"}, nil)
+	handler := func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) { return nil, nil }
+	srv.AddTool(&mcp.Tool{Name: "x", InputSchema: map[string]any{"type": "object"}}, handler)
 	have := map[string][]byte{"x": []byte("{}")}
+
 	f.add("tool", "x", have, func() {
 		srv.AddTool(&mcp.Tool{Name: "x", InputSchema: map[string]any{
 			"type":       "object",
 			"properties": map[string]any{"o": map[string]any{"type": "object", "x-mcp-header": "X-Object"}},
-		}}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) { return nil, nil })
-	})
+		}}, handler)
+	}, func() { srv.RemoveTools("x") })
+
 	if _, ok := have["x"]; ok {
 		t.Error("a refused definition stays recorded as served; it would never be retried")
+	}
+	ct, st := mcp.NewInMemoryTransports()
+	ctx := context.Background()
+	ss, err := srv.Connect(ctx, st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "c"}, nil).Connect(ctx, ct, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	res, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Tools) != 0 {
+		t.Errorf("tools %v: the earlier definition of x is still served", res.Tools)
 	}
 }

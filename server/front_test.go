@@ -79,7 +79,8 @@ func TestHTTPFront(t *testing.T) {
 		{name: "body too large", body: `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"up__echo","arguments":{"text":"` + strings.Repeat("x", 2*maxRequestBytes) + `"}}}`,
 			header: sh, status: http.StatusRequestEntityTooLarge},
 		{name: "malformed JSON", body: `{"jsonrpc":"2.0","id":2,"method":`, header: sh, rpcCode: jsonrpc.CodeParseError},
-		{name: "unknown method", body: `{"jsonrpc":"2.0","id":2,"method":"no/such/method"}`, header: sh, rpcCode: jsonrpc.CodeMethodNotFound},
+		{name: "unknown method", body: `{"jsonrpc":"2.0","id":2,"method":"no/such/method"}`, header: sh, status: http.StatusBadRequest, rpcCode: jsonrpc.CodeMethodNotFound},
+		{name: "non-loopback Host comes before body checks", body: `{"jsonrpc":`, header: http.Header{"Host": {"evil.example"}}, status: http.StatusForbidden},
 		{name: "unsupported protocol version", body: `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`,
 			header: merge(sh, http.Header{"Mcp-Protocol-Version": {"1999-01-01"}}), status: http.StatusBadRequest},
 		{name: "unknown tool", body: `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"up__nope","arguments":{}}}`,
@@ -91,7 +92,7 @@ func TestHTTPFront(t *testing.T) {
 		{name: "invalid cursor (2026-07-28)", body: modernBody("tools/list", `"cursor":"not-a-cursor"`),
 			header: modernHeader("tools/list", ""), rpcCode: jsonrpc.CodeInvalidParams},
 		{name: "malformed JSON (2026-07-28)", body: `{"jsonrpc":"2.0","id":2,"method":`, header: modernHeader("tools/list", ""), rpcCode: jsonrpc.CodeParseError},
-		{name: "unknown method (2026-07-28)", body: modernBody("no/such/method", ""), header: modernHeader("no/such/method", ""), rpcCode: jsonrpc.CodeMethodNotFound},
+		{name: "unknown method (2026-07-28)", body: modernBody("no/such/method", ""), header: modernHeader("no/such/method", ""), status: http.StatusNotFound, rpcCode: jsonrpc.CodeMethodNotFound},
 		{name: "known tool (2026-07-28)", body: modernBody("tools/call", `"name":"up__echo","arguments":{"text":"raw"}`),
 			header: modernHeader("tools/call", "up__echo"), status: http.StatusOK},
 	}

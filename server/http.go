@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -22,9 +23,12 @@ func (g *Gateway) routes() http.Handler {
 	return mux
 }
 
-// checkOrigin refuses browser requests from foreign origins with 403 (MCP
-// Streamable HTTP: servers MUST validate Origin, against DNS rebinding and
-// cross-site use). Requests without Origin are not from a browser page.
+// checkOrigin refuses, with 403, browser requests from foreign origins and,
+// on a loopback listener, requests whose Host is not loopback (MCP Streamable
+// HTTP: servers MUST validate Origin, against DNS rebinding and cross-site
+// use). Requests without Origin are not from a browser page. The SDK repeats
+// the Host check; it is done here too so that it comes before anything
+// reads the body.
 func (g *Gateway) checkOrigin(next http.Handler) http.Handler {
 	allowed := map[string]bool{}
 	for _, o := range g.cfg.AllowedOrigins {
@@ -39,8 +43,26 @@ func (g *Gateway) checkOrigin(next http.Handler) http.Handler {
 			http.Error(w, "Forbidden: origin not allowed", http.StatusForbidden)
 			return
 		}
+		if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && isLoopback(local.String()) && !isLoopback(r.Host) {
+			http.Error(w, "Forbidden: Host is not a loopback name", http.StatusForbidden)
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// isLoopback reports whether a host or host:port names the loopback
+// interface.
+func isLoopback(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
 }
 
 // sameOrigin reports whether origin names the host the request was sent to.

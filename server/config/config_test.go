@@ -300,6 +300,8 @@ func TestValidate(t *testing.T) {
 			want: "upstreams[0].url: stdio: needs a command"},
 		{name: "bad upstream name", mutate: func(c *Config) { c.Upstreams = []Upstream{{Name: "a b", URL: "stdio:x"}} },
 			want: `upstreams[0].name: "a b" does not match`},
+		{name: "upstream name with the separator", mutate: func(c *Config) { c.Upstreams = []Upstream{{Name: "a__b", URL: "stdio:x"}} },
+			want: `upstreams[0].name: "a__b" must not contain "__"`},
 		{name: "duplicate env", mutate: func(c *Config) { c.Upstreams = []Upstream{{Name: "a", URL: "stdio:x", Env: []string{"HOME", "HOME"}}} },
 			want: `upstreams[0].env[1]: "HOME" is listed twice`},
 		{name: "upstream fragment", mutate: func(c *Config) { c.Upstreams = []Upstream{{Name: "a", URL: "https://x.example.com/mcp#f"}} },

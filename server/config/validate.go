@@ -126,6 +126,8 @@ func (u Upstream) validate() error {
 
 	if !upstreamNameRE.MatchString(u.Name) {
 		add("name: %q does not match %s", u.Name, upstreamNameRE)
+	} else if strings.Contains(u.Name, "__") {
+		add("name: %q must not contain \"__\" (it separates an upstream's name from its tool names)", u.Name)
 	}
 	stdio := false
 	switch {
