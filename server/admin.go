@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -126,6 +127,13 @@ func (g *Gateway) addUpstream(w http.ResponseWriter, r *http.Request) error {
 	if g.configured[spec.Name] {
 		return &adminError{Status: http.StatusConflict, Code: "conflict", Description: "upstream " + spec.Name + " is defined in the config file"}
 	}
+	// Registry changes are serialised, so that the name check, the stored
+	// record and the live registry agree.
+	g.registry.Lock()
+	defer g.registry.Unlock()
+	if slices.ContainsFunc(g.upstreams.Specs(), func(s upstreams.Spec) bool { return s.Name == spec.Name }) {
+		return &adminError{Status: http.StatusConflict, Code: "conflict", Description: "upstream " + spec.Name + " is already registered"}
+	}
 	opts, _ := json.Marshal(spec)
 	// Persist first: an upstream that is served is one that survives a restart.
 	if err := g.store.PutUpstream(r.Context(), store.Upstream{Name: spec.Name, URL: spec.URL, Prefix: string(spec.Prefix), Options: opts, Created: time.Now()}); err != nil {
@@ -155,6 +163,8 @@ func (g *Gateway) removeUpstream(w http.ResponseWriter, r *http.Request) error {
 	if g.configured[name] {
 		return &adminError{Status: http.StatusConflict, Code: "conflict", Description: "upstream " + name + " is defined in the config file; remove it there"}
 	}
+	g.registry.Lock()
+	defer g.registry.Unlock()
 	if err := g.upstreams.Remove(name); errors.Is(err, upstreams.ErrUnknown) {
 		return &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no upstream named " + name}
 	}

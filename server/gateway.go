@@ -50,6 +50,7 @@ type Gateway struct {
 	admin     string // admin API token
 
 	configured map[string]bool // upstreams from the config file or flags (not removable at run time)
+	registry   sync.Mutex      // serialises admin changes to the upstream registry
 	inflight   *tracker        // requests and calls in flight
 	handler    http.Handler
 	closeOnce  sync.Once
@@ -230,7 +231,6 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener, grace time.Duratio
 // Close releases everything New acquired. It is safe after a partial New.
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
-		stageDump()
 		var errs []error
 		if g.upstreams != nil {
 			errs = append(errs, g.upstreams.Close())
