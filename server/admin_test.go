@@ -185,6 +185,11 @@ func TestAdminPersistence(t *testing.T) {
 	first := startGateway(t, mutate)
 	first.addUpstream(t, server.UpstreamRequest{Name: "keep", URL: keepURL, Prefix: "always", Timeout: "7s", ProtocolVersion: legacy})
 	first.addUpstream(t, server.UpstreamRequest{Name: "drop", URL: dropURL})
+	// A refused re-registration of a taken name must not replace what is
+	// stored: after the restart, keep still has its own URL and settings.
+	if code, body := first.adminDo(t, http.MethodPost, "/admin/upstreams", server.UpstreamRequest{Name: "keep", URL: dropURL}); code != http.StatusConflict {
+		t.Fatalf("POST of a taken name: %d %s, want 409", code, body)
+	}
 	if code, body := first.adminDo(t, http.MethodDelete, "/admin/upstreams/drop", nil); code != http.StatusNoContent {
 		t.Fatalf("DELETE drop: %d %s", code, body)
 	}
