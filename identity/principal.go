@@ -21,3 +21,7 @@ type Principal struct {
 // authentication, loopback only. It is one user, so all such requests share
 // one user session.
 func Anonymous() Principal { return Principal{Issuer: "open", User: "anonymous"} }
+
+// Key identifies the principal for binding state to it (parked calls,
+// sessions): issuer, user and agent.
+func (p Principal) Key() string { return p.Issuer + "\x00" + p.User + "\x00" + p.Agent }

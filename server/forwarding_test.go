@@ -3,12 +3,14 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/server"
@@ -371,5 +373,46 @@ func TestPerSessionRouting(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// TestParkedCallBinding drives the multi-round-trip bridge by hand: a
+// stateless client's call to a session-based upstream that elicits comes
+// back input_required; its requestState does not resume the call under
+// another tool's name, and does resume it under its own.
+func TestParkedCallBinding(t *testing.T) {
+	t.Parallel()
+	url, _ := httpFixture(t, "up", false)
+	tg := startGateway(t, nil)
+	tg.addUpstream(t, server.UpstreamRequest{Name: "up", URL: url, ProtocolVersion: legacy})
+	c := mcp.NewClient(&mcp.Implementation{Name: "manual-mrtr", Version: "1"}, &mcp.ClientOptions{
+		MultiRoundTrip: &mcp.MultiRoundTripOptions{Disabled: true},
+		ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+			return nil, fmt.Errorf("not used: the test answers by hand")
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: tg.MCP}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "up__ask", Arguments: map[string]any{"question": "q?"}})
+	if err != nil || !res.NeedsInput() || res.RequestState == "" || len(res.InputRequests) != 1 {
+		t.Fatalf("up__ask: %v %+v, want input_required with a requestState", err, res)
+	}
+	answers := mcp.InputResponseMap{}
+	for key := range res.InputRequests {
+		answers[key] = &mcp.ElicitResult{Action: "accept", Content: map[string]any{"answer": "by hand"}}
+	}
+	_, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "up__echo", Arguments: map[string]any{"text": "x"}, RequestState: res.RequestState, InputResponses: answers})
+	var rpc *jsonrpc.Error
+	if !errors.As(err, &rpc) || rpc.Code != jsonrpc.CodeInvalidParams {
+		t.Errorf("resuming under another tool: %v, want JSON-RPC %d", err, jsonrpc.CodeInvalidParams)
+	}
+	res, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "up__ask", Arguments: map[string]any{"question": "q?"}, RequestState: res.RequestState, InputResponses: answers})
+	if err != nil || toolText(res) != "answer: by hand" {
+		t.Errorf("resuming under its own tool: %v %q, want %q", err, toolText(res), "answer: by hand")
 	}
 }

@@ -31,8 +31,10 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	start := time.Now()
 	rec := store.AuditRecord{Method: "tools/call", Tool: name}
 
-	// 1. authenticate: who is calling.
+	// 1. authenticate: who is calling. State the call leaves upstream (a
+	// parked call awaiting input) is bound to this principal.
 	p := g.authenticate(req.Extra)
+	ctx = upstreams.WithCaller(ctx, p.Key())
 	// 2. session: place the call in the session graph; revoked sessions stop here.
 	ids, err := g.session(ctx, p, req.Session, req.Extra)
 	ids.fill(&rec, p)

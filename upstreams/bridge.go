@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -43,7 +44,8 @@ type bridged struct {
 	m      *Manager
 	u      *upstream
 	c      *conn
-	caller string
+	caller string // only this caller may resume the call
+	tool   string // and only for this tool
 	caps   *mcp.ClientCapabilities // what the client can answer
 
 	events  chan bridgeEvent // input requests from the upstream, then the result
@@ -53,6 +55,7 @@ type bridged struct {
 	cancel  context.CancelFunc // cancels the upstream call
 	done    chan struct{}      // closed when the call is over, either way
 	once    sync.Once
+	broken  atomic.Bool // the connection failed: close it instead of pooling it
 }
 
 type bridgeEvent struct {
@@ -70,9 +73,6 @@ type inputRequest struct {
 // callBridged runs or resumes a stateless client's call to a session-based
 // upstream.
 func (m *Manager) callBridged(ctx context.Context, u *upstream, down *mcp.ServerSession, t *Tool, p *mcp.CallToolParamsRaw) (*mcp.CallToolResult, error) {
-	if p.RequestState != "" {
-		return m.resumeBridged(ctx, p)
-	}
 	r := m.begin(ctx, u, down, p.Meta)
 	c, err := u.checkout(r.up)
 	if err != nil {
@@ -88,7 +88,7 @@ func (m *Manager) callBridged(ctx context.Context, u *upstream, down *mcp.Server
 	// it runs under its own timeout.
 	upCtx, cancel := context.WithTimeout(context.Background(), u.timeout())
 	b := &bridged{
-		m: m, u: u, c: c, caller: callerOf(ctx), caps: clientCaps(down),
+		m: m, u: u, c: c, caller: callerOf(ctx), tool: t.Name, caps: clientCaps(down),
 		events: make(chan bridgeEvent), cancel: cancel, done: make(chan struct{}),
 	}
 	c.holder.Store(&holder{down: down, ctx: r.down, b: b})
@@ -98,7 +98,9 @@ func (m *Manager) callBridged(ctx context.Context, u *upstream, down *mcp.Server
 		release := c.track(r.down, r.id)
 		res, err := c.cs.CallTool(upCtx, &mcp.CallToolParams{Meta: r.meta, Name: t.Original, Arguments: p.Arguments})
 		release()
-		if err != nil {
+		var rpcErr *jsonrpc.Error
+		if err != nil && !(errors.As(err, &rpcErr) && rpcErr.Code != codeRejectedByTransport) {
+			b.broken.Store(upCtx.Err() == nil)
 			err = u.failure(upCtx, err)
 		}
 		select {
@@ -109,13 +111,16 @@ func (m *Manager) callBridged(ctx context.Context, u *upstream, down *mcp.Server
 	return b.await(ctx)
 }
 
-func (m *Manager) resumeBridged(ctx context.Context, p *mcp.CallToolParamsRaw) (*mcp.CallToolResult, error) {
+// resumeBridged resumes a parked call with the client's answer. The
+// requestState is an unguessable id, and it resumes only for the caller and
+// the tool it was issued to.
+func (m *Manager) resumeBridged(ctx context.Context, t *Tool, p *mcp.CallToolParamsRaw) (*mcp.CallToolResult, error) {
 	v, ok := m.parked.LoadAndDelete(p.RequestState)
 	if !ok {
 		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "requestState is unknown or expired; call the tool again without it"}
 	}
 	b := v.(*bridged)
-	if b.caller != callerOf(ctx) {
+	if b.caller != callerOf(ctx) || b.tool != t.Name {
 		m.parked.Store(p.RequestState, b) // not theirs: leave it for its owner
 		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "requestState is unknown or expired; call the tool again without it"}
 	}
@@ -186,7 +191,7 @@ func (b *bridged) finish() {
 		close(b.done)
 		b.cancel()
 		b.c.holder.Store(nil)
-		b.u.checkin(b.c, true)
+		b.u.checkin(b.c, !b.broken.Load())
 	})
 }
 

@@ -136,7 +136,7 @@ func forward[R any](ctx context.Context, m *Manager, name string, down *mcp.Serv
 		var rpcErr *jsonrpc.Error
 		if errors.As(err, &rpcErr) && rpcErr.Code != codeRejectedByTransport {
 			done(true)
-			return zero, rpcErr // the upstream's own answer: pass it on
+			return zero, boundedRPCError(rpcErr) // the upstream's own answer: pass it on
 		}
 		if r.down.Err() != nil {
 			// The caller gave up or the call timed out: the connection is
@@ -154,6 +154,21 @@ func forward[R any](ctx context.Context, m *Manager, name string, down *mcp.Serv
 	}
 }
 
+// maxErrorData bounds the data of an upstream's JSON-RPC error passed on to
+// a client; larger data is dropped.
+const maxErrorData = 8 << 10
+
+// boundedRPCError copies an upstream's JSON-RPC error for the client: its
+// code, its message cut to one short line with URLs redacted (it also goes
+// into the audit log), and its data when small.
+func boundedRPCError(e *jsonrpc.Error) *jsonrpc.Error {
+	out := &jsonrpc.Error{Code: e.Code, Message: safeError(errors.New(e.Message))}
+	if len(e.Data) <= maxErrorData {
+		out.Data = e.Data
+	}
+	return out
+}
+
 // failure turns a transport-level error into an *Error with a clear message.
 func (u *upstream) failure(ctx context.Context, err error) error {
 	switch {
@@ -169,7 +184,7 @@ func (u *upstream) failure(ctx context.Context, err error) error {
 func (m *Manager) CallTool(ctx context.Context, down *mcp.ServerSession, t *Tool, p *mcp.CallToolParamsRaw) (*mcp.CallToolResult, error) {
 	if p.RequestState != "" {
 		if _, ok := m.parked.Load(p.RequestState); ok {
-			return m.resumeBridged(ctx, p)
+			return m.resumeBridged(ctx, t, p)
 		}
 	}
 	if u, ok := m.lookup(t.Upstream); ok && u.bridges(down) {
