@@ -44,8 +44,8 @@ type bridged struct {
 	m      *Manager
 	u      *upstream
 	c      *conn
-	caller string // only this caller may resume the call
-	tool   string // and only for this tool
+	caller string                  // only this caller may resume the call
+	tool   string                  // and only for this tool
 	caps   *mcp.ClientCapabilities // what the client can answer
 
 	events  chan bridgeEvent // input requests from the upstream, then the result
