@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/identity"
@@ -33,9 +35,43 @@ func (s sessionIDs) fill(rec *store.AuditRecord, p identity.Principal) {
 }
 
 // sessionCache remembers the graph nodes already written, so the store is
-// touched once per node, not once per call.
+// touched once per node, not once per call. It is only a cache: past
+// maxCachedSessions entries it starts over, and the store answers again.
 type sessionCache struct {
 	known sync.Map // id → store.SessionState
+	size  atomic.Int64
+}
+
+const maxCachedSessions = 100_000
+
+func (c *sessionCache) remember(id string, st store.SessionState) {
+	if _, loaded := c.known.Swap(id, st); loaded {
+		return
+	}
+	if c.size.Add(1) > maxCachedSessions {
+		c.known.Clear()
+		c.size.Store(0)
+	}
+}
+
+func (c *sessionCache) forget(id string) {
+	if _, loaded := c.known.LoadAndDelete(id); loaded {
+		c.size.Add(-1)
+	}
+}
+
+// validWorkflowID accepts 1-128 visible ASCII characters: the header names
+// a node that is stored, so it is bounded.
+func validWorkflowID(s string) bool {
+	if len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // derive returns a stable node id from its kind and parts.
@@ -63,6 +99,9 @@ func (g *Gateway) session(ctx context.Context, p identity.Principal, ss *mcp.Ser
 	// WSID: the workflow header, scoped to the user so that another user's
 	// workflow id never joins their graph.
 	if wf := header(extra).Get(WorkflowHeader); wf != "" {
+		if !validWorkflowID(wf) {
+			return ids, &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: WorkflowHeader + " must be 1-128 visible ASCII characters"}
+		}
 		ids.WSID = derive("w_", ids.USID, wf)
 	}
 	// MSID: the MCP session; stateless requests use the ASID.
@@ -101,7 +140,7 @@ func (g *Gateway) ensureSession(ctx context.Context, n store.Session) error {
 	switch {
 	case err == nil:
 		if existing.State == store.StateRevoked {
-			g.sessions.known.Store(n.ID, existing.State)
+			g.sessions.remember(n.ID, existing.State)
 			return fmt.Errorf("%w: %s", errSessionRevoked, n.ID)
 		}
 		if existing.State != store.StateActive {
@@ -119,7 +158,7 @@ func (g *Gateway) ensureSession(ctx context.Context, n store.Session) error {
 	default:
 		return fmt.Errorf("load session: %w", err)
 	}
-	g.sessions.known.Store(n.ID, store.StateActive)
+	g.sessions.remember(n.ID, store.StateActive)
 	return nil
 }
 
@@ -139,7 +178,7 @@ func (g *Gateway) sessionClosed(id string) {
 	if id == "" {
 		return
 	}
-	g.sessions.known.Delete(id)
+	g.sessions.forget(id)
 	if err := g.store.SetSessionState(context.Background(), id, store.StateClosed); err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrClosed) {
 		g.log.Warn("session close not recorded", "msid", id, "error", err)
 	}
