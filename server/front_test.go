@@ -14,6 +14,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/server/config"
+	"github.com/sag-gateway/sag/store"
 )
 
 const maxRequestBytes = 64 << 10
@@ -260,5 +261,34 @@ func TestResumability(t *testing.T) {
 	}
 	if strings.Contains(got, `"progress":1,`) || strings.Contains(got, "id: "+resumeAfter+"\n") {
 		t.Errorf("replay after %s repeats it:\n%s", resumeAfter, got)
+	}
+}
+
+// TestWorkflowSession checks that Sag-Workflow-Id places calls in a
+// workflow node of the session graph, under the caller's user session.
+func TestWorkflowSession(t *testing.T) {
+	t.Parallel()
+	tg := frontGateway(t)
+	sid := legacySession(t, tg.MCP)
+	call := `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"up__echo","arguments":{"text":"wf"}}}`
+	if r := rawPost(t, tg.MCP, call, merge(sessionHeader(sid), http.Header{"Sag-Workflow-Id": {"release-42"}})); r.RPC.Error != nil {
+		t.Fatalf("call with a workflow id: %s", r.Body)
+	}
+	var wsid, usid string
+	for _, rec := range tg.audit(t, sid) {
+		if rec.Tool == "up__echo" && rec.WSID != "" {
+			wsid, usid = rec.WSID, rec.USID
+		}
+	}
+	if wsid == "" {
+		t.Fatal("no audit record with a WSID")
+	}
+	if recs := tg.audit(t, wsid); len(recs) != 1 || recs[0].MSID != sid {
+		t.Errorf("audit by WSID: %+v, want the one call of session %s", recs, sid)
+	}
+	code, body := tg.adminDo(t, http.MethodGet, "/admin/sessions/"+wsid, nil)
+	var node store.Session
+	if code != http.StatusOK || json.Unmarshal(body, &node) != nil || node.Kind != store.KindWorkflow || node.Parent != usid {
+		t.Errorf("GET /admin/sessions/%s: %d %s, want a workflow node under %s", wsid, code, body, usid)
 	}
 }
