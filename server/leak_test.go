@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -344,5 +345,34 @@ func TestSessionRelease(t *testing.T) {
 		if v := metricValue(m, "sag_mcp_sessions"); v != "0" {
 			t.Errorf("sag_mcp_sessions = %q, want 0", v)
 		}
+	})
+}
+
+// TestStdioProcessGroup registers a stdio upstream that starts a process of
+// its own (as `npx` or a shell wrapper does) and checks that nothing of it
+// outlives the gateway.
+func TestStdioProcessGroup(t *testing.T) {
+	bin := privateFixtureBinary(t)
+	marker := fmt.Sprintf("%d", 900000+time.Now().UnixNano()%99999)
+	script := filepath.Join(t.TempDir(), "wrapper.sh")
+	body := "#!/bin/sh\nsleep " + marker + " &\nexec " + bin + " -stdio\n"
+	if err := os.WriteFile(script, []byte(body), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tg := startGateway(t, func(c *config.Config) {
+		c.Upstreams = []config.Upstream{{Name: "wrapped", URL: "stdio:" + script}}
+	})
+	cs := connect(t, tg.MCP, legacy, nil)
+	if res := callTool(t, cs, "wrapped__echo", map[string]any{"text": "x"}); toolText(res) != "x" {
+		t.Fatalf("wrapped__echo = %q", toolText(res))
+	}
+	if n := len(processesRunning(t, marker)); n < 2 {
+		t.Fatalf("%d grandchildren running, want one per stdio session (control and this session)", n)
+	}
+	if err := tg.stop(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the stdio upstreams' own children to be gone", func() bool {
+		return len(processesRunning(t, marker)) == 0
 	})
 }

@@ -230,7 +230,10 @@ func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession, pooled boo
 		client.AddReceivingMiddleware(c.elicitPassThrough)
 	}
 
-	var tr mcp.Transport
+	var (
+		tr    mcp.Transport
+		child *exec.Cmd
+	)
 	switch u.tgt.transport {
 	case TransportHTTP:
 		tr = &mcp.StreamableClientTransport{
@@ -251,6 +254,7 @@ func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession, pooled boo
 		cmd.Stderr = &logWriter{log: u.log}
 		setChildAttrs(cmd)
 		tr = &mcp.CommandTransport{Command: cmd, TerminateDuration: 2 * time.Second}
+		child = cmd
 	}
 	version := u.spec.ProtocolVersion
 	if version == "" {
@@ -274,10 +278,18 @@ func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession, pooled boo
 	}
 	if err != nil {
 		endStream()
+		killGroup(child)
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	if u.tgt.transport == TransportSSE {
-		go func() { _ = cs.Wait(); endStream() }()
+	if u.tgt.transport != TransportHTTP {
+		// When the session ends, so does what it started: the SSE event
+		// stream, or whatever a stdio upstream left running in its process
+		// group (the transport stops only the child itself).
+		go func() {
+			_ = cs.Wait()
+			endStream()
+			killGroup(child)
+		}()
 	}
 	c.cs = cs
 	return c, nil
