@@ -221,11 +221,26 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener, grace time.Duratio
 		defer cancel()
 		_ = g.inflight.wait(answered)
 	}
-	for ss := range g.front.srv.Sessions() {
-		ss.Close()
-	}
+	g.closeSessions(5 * time.Second)
 	srv.Close()
 	return g.Close()
+}
+
+// closeSessions closes every downstream session, concurrently: the SDK waits
+// for a session's handlers, and one stuck upstream must not hold the others
+// (or the exit) forever. After limit it gives up on the rest.
+func (g *Gateway) closeSessions(limit time.Duration) {
+	var wg sync.WaitGroup
+	for ss := range g.front.srv.Sessions() {
+		wg.Go(func() { ss.Close() })
+	}
+	closed := make(chan struct{})
+	go func() { wg.Wait(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(limit):
+		g.log.Warn("some sessions did not close in time; stopping anyway")
+	}
 }
 
 // Close releases everything New acquired. It is safe after a partial New.
