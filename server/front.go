@@ -31,7 +31,8 @@ type front struct {
 	resources map[string][]byte
 	templates map[string][]byte
 
-	watched sync.Map // ids of the downstream sessions being watched (watch)
+	watched sync.Map     // ids of the downstream sessions being watched (watch)
+	open    atomic.Int64 // how many (limits.max_sessions caps new ones)
 
 	// updateMu and updateFor restrict one resource-update broadcast to the
 	// downstream session whose upstream connection sent it.
@@ -92,6 +93,12 @@ func (f *front) handler() http.Handler {
 				defer f.gw.inflight.request()()
 			}
 			if !checkJSONRPC(w, r, maxBody) {
+				return
+			}
+			if r.Header.Get("Mcp-Session-Id") == "" && r.Header.Get("Mcp-Protocol-Version") < statelessVersion &&
+				f.open.Load() >= int64(f.gw.cfg.Limits.MaxSessions) {
+				w.Header().Set("Retry-After", "10")
+				http.Error(w, "too many open MCP sessions; try again later", http.StatusServiceUnavailable)
 				return
 			}
 		case http.MethodDelete:
@@ -289,10 +296,12 @@ func (f *front) watch(ctx context.Context, ss *mcp.ServerSession) {
 	if _, seen := f.watched.LoadOrStore(ss.ID(), struct{}{}); seen {
 		return
 	}
+	f.open.Add(1)
 	f.gw.sessionOpened(ctx, ss)
 	go func() {
 		_ = ss.Wait()
 		f.watched.Delete(ss.ID())
+		f.open.Add(-1)
 		f.gw.sessionClosed(ss.ID())
 	}()
 }

@@ -292,3 +292,31 @@ func TestWorkflowSession(t *testing.T) {
 		t.Errorf("GET /admin/sessions/%s: %d %s, want a workflow node under %s", wsid, code, body, usid)
 	}
 }
+
+// TestMaxSessions checks that limits.max_sessions refuses new sessions with
+// 503 once reached, and accepts them again when one ends.
+func TestMaxSessions(t *testing.T) {
+	t.Parallel()
+	url, _ := httpFixture(t, "up", true)
+	tg := startGateway(t, func(c *config.Config) {
+		c.Upstreams = []config.Upstream{{Name: "up", URL: url}}
+		c.Limits.MaxSessions = 2
+	})
+	first := legacySession(t, tg.MCP)
+	legacySession(t, tg.MCP)
+	init := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + legacy + `","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`
+	if r := rawPost(t, tg.MCP, init, nil); r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("third session: %d %s, want 503 with Retry-After", r.Status, r.Body)
+	}
+	if r := rawPost(t, tg.MCP, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, sessionHeader(first)); r.Status != http.StatusOK {
+		t.Errorf("an open session refused at the cap: %d %s", r.Status, r.Body)
+	}
+	req, _ := http.NewRequest(http.MethodDelete, tg.MCP, nil)
+	for k, v := range sessionHeader(first) {
+		req.Header[k] = v
+	}
+	rawDo(t, req)
+	eventually(t, "a new session after one ended", func() bool {
+		return rawPost(t, tg.MCP, init, nil).Status == http.StatusOK
+	})
+}

@@ -59,6 +59,9 @@ type Limits struct {
 	UpstreamIdleTimeout Duration `yaml:"upstream_idle_timeout" json:"upstream_idle_timeout"`
 	// MaxUpstreamSessions caps concurrent sessions per upstream.
 	MaxUpstreamSessions int `yaml:"max_upstream_sessions" json:"max_upstream_sessions"`
+	// MaxSessions caps open downstream MCP sessions; past it new sessions
+	// are refused with 503.
+	MaxSessions int `yaml:"max_sessions" json:"max_sessions"`
 }
 
 // Upstream is one MCP server behind the gateway.
@@ -120,6 +123,7 @@ func Default() *Config {
 			SessionIdleTimeout:  Duration(10 * time.Minute),
 			UpstreamIdleTimeout: Duration(5 * time.Minute),
 			MaxUpstreamSessions: 256,
+			MaxSessions:         10000,
 		},
 	}
 }

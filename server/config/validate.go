@@ -98,6 +98,9 @@ func (c *Config) Validate() error {
 			add("%s: got %s, want more than 0", d.field, d.v)
 		}
 	}
+	if l.MaxSessions < 1 {
+		add("limits.max_sessions: got %d, want at least 1", l.MaxSessions)
+	}
 	if l.MaxUpstreamSessions < 1 {
 		add("limits.max_upstream_sessions: got %d, want at least 1", l.MaxUpstreamSessions)
 	}
