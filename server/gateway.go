@@ -99,6 +99,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if err := g.registerUpstreams(ctx); err != nil {
 		return nil, err
 	}
+	if len(g.upstreams.Specs()) == 0 {
+		log.Warn("no upstreams yet: add one with --upstream NAME=URL, the config file, or 'sag upstreams add'")
+	}
 	g.handler = g.routes()
 	return g, nil
 }
