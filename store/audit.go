@@ -56,15 +56,22 @@ type AuditQuery struct {
 	BeforeID int64
 }
 
-// insertAuditSQL stores empty session ids as NULL (see the audit indexes).
+// insertAuditSessionsSQL makes sure audit_sessions has the row of a
+// record's session ids (?1-?4: usid, wsid, asid, msid; empty when absent).
+const insertAuditSessionsSQL = `INSERT INTO audit_sessions (usid, wsid, asid, msid) VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT DO NOTHING`
+
+// insertAuditSQL stores a record, pointing it to its audit_sessions row.
+// Empty session ids are stored as NULL, as schema version 1 did.
 const insertAuditSQL = `INSERT INTO audit (time, method, usid, wsid, asid, msid, sub, spiffe_id, act, aud,
 	dpop_jti, dpop_htu, dpop_htm, dpop_ath, mtls_thumbprint,
 	tool, upstream, schema_version, allow_list_match, dlp_actions,
-	policy_id, decision, reason, latency_us, consent_id)
-VALUES (?, ?, NULLIF(?, ''), NULLIF(?, ''), NULLIF(?, ''), NULLIF(?, ''), ?, ?, ?, ?,
-	?, ?, ?, ?, ?,
-	?, ?, ?, ?, ?,
-	?, ?, ?, ?, ?)`
+	policy_id, decision, reason, latency_us, consent_id, sessions)
+VALUES (?1, ?2, NULLIF(?3, ''), NULLIF(?4, ''), NULLIF(?5, ''), NULLIF(?6, ''), ?7, ?8, ?9, ?10,
+	?11, ?12, ?13, ?14, ?15,
+	?16, ?17, ?18, ?19, ?20,
+	?21, ?22, ?23, ?24, ?25,
+	(SELECT id FROM audit_sessions WHERE usid = ?3 AND wsid = ?4 AND asid = ?5 AND msid = ?6))`
 
 // selectAudit is the column list QueryAudit scans.
 const selectAudit = `SELECT id, time, method,
@@ -91,6 +98,9 @@ func (s *SQLite) Append(ctx context.Context, rec AuditRecord) error {
 		dlp = string(b)
 	}
 	err := s.submit(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Stmt(s.insertAuditSessions).Exec(rec.USID, rec.WSID, rec.ASID, rec.MSID); err != nil {
+			return err
+		}
 		_, err := tx.Stmt(s.insertAudit).Exec(nanos(rec.Time), rec.Method,
 			rec.USID, rec.WSID, rec.ASID, rec.MSID, rec.Sub, rec.SpiffeID, rec.Act, rec.Aud,
 			rec.DPoPJTI, rec.DPoPHTU, rec.DPoPHTM, rec.DPoPATH, rec.MTLSThumbprint,
@@ -127,7 +137,8 @@ func (s *SQLite) QueryAudit(ctx context.Context, q AuditQuery) ([]AuditRecord, e
 			WHERE id < ?1 ORDER BY id DESC LIMIT ?2`, before, q.Limit)
 	} else {
 		rows, err = s.r.QueryContext(ctx, selectAudit+`
-			WHERE id < ?1 AND (usid = ?3 OR wsid = ?3 OR asid = ?3 OR msid = ?3)
+			WHERE id < ?1 AND sessions IN (SELECT id FROM audit_sessions
+				WHERE usid = ?3 OR wsid = ?3 OR asid = ?3 OR msid = ?3)
 			ORDER BY id DESC LIMIT ?2`, before, q.Limit, q.Session)
 	}
 	if err != nil {

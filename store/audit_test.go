@@ -2,8 +2,10 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -206,11 +208,14 @@ func BenchmarkAppendParallel(b *testing.B) {
 }
 
 // TestQueryAuditUsesIndexes guards the audit indexes: a query by session
-// must search each session column's partial index, never scan the table.
+// must search audit_sessions by each session column, then the records by
+// their audit_sessions row, never scan either table.
 func TestQueryAuditUsesIndexes(t *testing.T) {
 	s := openTest(t, Options{})
 	rows, err := s.r.Query(`EXPLAIN QUERY PLAN `+selectAudit+`
-		WHERE id < ?1 AND (usid = ?3 OR wsid = ?3 OR asid = ?3 OR msid = ?3) ORDER BY id DESC LIMIT ?2`, 1, 1, "s")
+		WHERE id < ?1 AND sessions IN (SELECT id FROM audit_sessions
+			WHERE usid = ?3 OR wsid = ?3 OR asid = ?3 OR msid = ?3)
+		ORDER BY id DESC LIMIT ?2`, 1, 1, "s")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,12 +230,80 @@ func TestQueryAuditUsesIndexes(t *testing.T) {
 		plan = append(plan, detail)
 	}
 	joined := strings.Join(plan, "\n")
-	for _, idx := range []string{"audit_usid", "audit_wsid", "audit_asid", "audit_msid"} {
-		if !strings.Contains(joined, "USING INDEX "+idx) {
+	for _, idx := range []string{"sqlite_autoindex_audit_sessions_1 (usid=?)", "audit_sessions_wsid", "audit_sessions_asid", "audit_sessions_msid", "audit_by_sessions"} {
+		if !strings.Contains(joined, "INDEX "+idx) {
 			t.Errorf("query plan does not use %s:\n%s", idx, joined)
 		}
 	}
 	if strings.Contains(joined, "SCAN audit") {
-		t.Errorf("query plan scans the audit table:\n%s", joined)
+		t.Errorf("query plan scans a table:\n%s", joined)
+	}
+}
+
+// TestAuditSessionsMigration upgrades a database holding records written
+// under schema version 1 (session ids in indexed audit columns): queries by
+// session must find them, and records appended afterwards, alike.
+func TestAuditSessionsMigration(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := sql.Open("sqlite", dsn(filepath.Join(dir, dbFile)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := []string{
+		migrations[0],
+		`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL)`,
+		`INSERT INTO schema_migrations VALUES (1, 0)`,
+		`INSERT INTO audit (time, method, usid, wsid, asid, msid, sub, spiffe_id, act, aud, dpop_jti, dpop_htu, dpop_htm, dpop_ath,
+			mtls_thumbprint, tool, upstream, schema_version, allow_list_match, policy_id, decision, reason, latency_us, consent_id)
+		VALUES (1, 'tools/call', 'u1', 'w1', 'a1', 'm1', '', '', '', '', '', '', '', '', '', '', '', '', '', '', '', 'old1', 0, ''),
+			(2, 'tools/call', 'u1', NULL, 'a2', NULL, '', '', '', '', '', '', '', '', '', '', '', '', '', '', '', 'old2', 0, ''),
+			(3, 'tools/call', NULL, NULL, NULL, NULL, '', '', '', '', '', '', '', '', '', '', '', '', '', '', '', 'old3', 0, '')`,
+	}
+	for _, q := range v1 {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("schema version 1: %v", err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := Open(ctx, dir, Options{})
+	if err != nil {
+		t.Fatalf("Open (migrate): %v", err)
+	}
+	defer s.Close()
+	if err := s.Append(ctx, AuditRecord{USID: "u1", ASID: "a1", MSID: "m3", Reason: "new1"}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		session string
+		want    []string
+	}{
+		{"u1", []string{"new1", "old2", "old1"}},
+		{"w1", []string{"old1"}},
+		{"a1", []string{"new1", "old1"}},
+		{"a2", []string{"old2"}},
+		{"m1", []string{"old1"}},
+		{"m3", []string{"new1"}},
+		{"", []string{"new1", "old3", "old2", "old1"}},
+	}
+	for _, tc := range tests {
+		recs, err := s.QueryAudit(ctx, AuditQuery{Session: tc.session})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, r := range recs {
+			got = append(got, r.Reason)
+		}
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("session %q: %v, want %v", tc.session, got, tc.want)
+		}
+	}
+	old, err := s.QueryAudit(ctx, AuditQuery{Session: "a2"})
+	if err != nil || len(old) != 1 || old[0].USID != "u1" || old[0].WSID != "" || old[0].MSID != "" {
+		t.Errorf("migrated record read back as %+v (%v)", old, err)
 	}
 }

@@ -70,6 +70,35 @@ CREATE INDEX audit_wsid ON audit (wsid) WHERE wsid IS NOT NULL;
 CREATE INDEX audit_asid ON audit (asid) WHERE asid IS NOT NULL;
 CREATE INDEX audit_msid ON audit (msid) WHERE msid IS NOT NULL;
 `,
+	// 2: audit records find their session ids through audit_sessions, one
+	// row per distinct (usid, wsid, asid, msid): a record costs the writer
+	// one index entry instead of up to four (the calls of one MCP session
+	// share a row), and a query by session id searches the small table.
+	// The record keeps its own copy of the ids, for reading.
+	`
+CREATE TABLE audit_sessions (
+	id   INTEGER PRIMARY KEY,
+	usid TEXT NOT NULL, -- '' when absent
+	wsid TEXT NOT NULL,
+	asid TEXT NOT NULL,
+	msid TEXT NOT NULL,
+	UNIQUE (usid, wsid, asid, msid) -- also the index on usid
+);
+CREATE INDEX audit_sessions_wsid ON audit_sessions (wsid);
+CREATE INDEX audit_sessions_asid ON audit_sessions (asid);
+CREATE INDEX audit_sessions_msid ON audit_sessions (msid);
+INSERT INTO audit_sessions (usid, wsid, asid, msid)
+	SELECT DISTINCT COALESCE(usid, ''), COALESCE(wsid, ''), COALESCE(asid, ''), COALESCE(msid, '') FROM audit;
+ALTER TABLE audit ADD COLUMN sessions INTEGER; -- audit_sessions.id
+UPDATE audit SET sessions = (SELECT s.id FROM audit_sessions s
+	WHERE s.usid = COALESCE(audit.usid, '') AND s.wsid = COALESCE(audit.wsid, '')
+	AND s.asid = COALESCE(audit.asid, '') AND s.msid = COALESCE(audit.msid, ''));
+DROP INDEX audit_usid;
+DROP INDEX audit_wsid;
+DROP INDEX audit_asid;
+DROP INDEX audit_msid;
+CREATE INDEX audit_by_sessions ON audit (sessions);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

@@ -53,7 +53,8 @@ type SQLite struct {
 	w *sql.DB // exactly one connection, used only by the writer goroutine (and migrations before it starts)
 	r *sql.DB // read-only pool
 
-	insertAudit *sql.Stmt // prepared on w
+	insertAudit         *sql.Stmt // prepared on w
+	insertAuditSessions *sql.Stmt // prepared on w
 
 	// mu orders calls against Close: readers hold it shared while they query
 	// and writers while they send on ops; Close takes it exclusively, so no
@@ -117,6 +118,11 @@ func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
 		_ = w.Close()
 		return nil, fmt.Errorf("store: open: prepare audit insert: %w", err)
 	}
+	if s.insertAuditSessions, err = w.PrepareContext(ctx, insertAuditSessionsSQL); err != nil {
+		_ = s.insertAudit.Close()
+		_ = w.Close()
+		return nil, fmt.Errorf("store: open: prepare audit sessions insert: %w", err)
+	}
 
 	// The readers: query_only makes a stray write fail instead of contending
 	// with the writer. The journal mode is already WAL (it is persistent).
@@ -125,6 +131,7 @@ func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
 		"_pragma=query_only(1)"))
 	if err != nil {
 		_ = s.insertAudit.Close()
+		_ = s.insertAuditSessions.Close()
 		_ = w.Close()
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
@@ -134,6 +141,7 @@ func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
 	if err := r.PingContext(ctx); err != nil {
 		_ = r.Close()
 		_ = s.insertAudit.Close()
+		_ = s.insertAuditSessions.Close()
 		_ = w.Close()
 		return nil, fmt.Errorf("store: open: readers: %w", err)
 	}
@@ -165,7 +173,7 @@ func (s *SQLite) Close() error {
 	s.mu.Unlock()
 
 	<-s.stopped
-	err := errors.Join(s.insertAudit.Close(), s.r.Close(), s.w.Close())
+	err := errors.Join(s.insertAudit.Close(), s.insertAuditSessions.Close(), s.r.Close(), s.w.Close())
 	if err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}

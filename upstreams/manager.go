@@ -83,7 +83,7 @@ func New(opts Options) *Manager {
 		opts.MaxSessions = 256
 	}
 	if opts.HTTPClient == nil {
-		opts.HTTPClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+		opts.HTTPClient = &http.Client{Transport: newTransport(opts.MaxSessions)}
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -96,6 +96,19 @@ func New(opts Options) *Manager {
 	m.wg.Add(1)
 	go m.janitor()
 	return m
+}
+
+// newTransport returns the default upstream transport. Every per-session
+// connection to an upstream has its own requests in flight, all to the same
+// host: the pool keeps an idle keep-alive connection for each of them
+// (net/http keeps only 2 per host by default), so that concurrent calls reuse
+// connections instead of dialing one per call. Idle ones close after
+// IdleConnTimeout (90 s) as usual.
+func newTransport(maxSessions int) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = maxSessions
+	t.MaxIdleConns = 0 // no limit across upstreams; each host's is above
+	return t
 }
 
 // Catalog returns the current catalog snapshot.

@@ -1,0 +1,133 @@
+package server_test
+
+import (
+	"context"
+	"net"
+	"runtime"
+	"testing"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/fixtures"
+	"github.com/sag-gateway/sag/server"
+	"github.com/sag-gateway/sag/server/config"
+)
+
+// The pipeline benchmarks drive tools/call through a real go-sdk client, a
+// gateway and a fixture upstream, all in this process over loopback (so
+// B/op and allocs/op count all three; compare with the Direct variants,
+// which skip the gateway). "sag bench" measures the same across processes.
+
+// benchUpstream serves the fixture upstream until the benchmark ends.
+func benchUpstream(b *testing.B) string {
+	url, stop, err := fixtures.NewServer(fixtures.Options{Name: "up"}).StartHTTP(false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(stop)
+	return url
+}
+
+// benchGateway serves a gateway (SQLite store in a temporary directory) in
+// front of upstreamURL and returns its MCP endpoint.
+func benchGateway(b *testing.B, upstreamURL string) string {
+	cfg := config.Default()
+	cfg.DataDir = b.TempDir()
+	cfg.AdminToken = adminToken
+	cfg.Upstreams = []config.Upstream{{Name: "up", URL: upstreamURL}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.Listen = ln.Addr().String()
+	if err := cfg.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gw, err := server.New(ctx, cfg, testLogger(), "bench")
+	if err != nil {
+		cancel()
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx, ln, waitFor) }()
+	b.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Errorf("gateway shutdown: %v", err)
+		}
+	})
+	return "http://" + ln.Addr().String() + "/mcp"
+}
+
+// benchSession opens a session-based client session, as "sag bench" does.
+func benchSession(b *testing.B, url string) *mcp.ClientSession {
+	c := mcp.NewClient(&mcp.Implementation{Name: "bench", Version: "1"}, nil)
+	cs, err := c.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: url, DisableStandaloneSSE: true}, &mcp.ClientSessionOptions{ProtocolVersion: legacy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cs.Close() })
+	return cs
+}
+
+func benchCall(b *testing.B, cs *mcp.ClientSession, tool string) {
+	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: tool, Arguments: map[string]any{"text": "bench"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if res.IsError {
+		b.Fatal("tool error")
+	}
+}
+
+// runBench calls tool at url from one session, call after call, or (parallel)
+// from 4 × GOMAXPROCS sessions at once.
+func runBench(b *testing.B, url, tool string, parallel bool) {
+	if !parallel {
+		cs := benchSession(b, url)
+		for range 100 {
+			benchCall(b, cs, tool)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			benchCall(b, cs, tool)
+		}
+		return
+	}
+	const parallelism = 4 // 4 × GOMAXPROCS callers: 8 on the 2-core reference machine
+	sessions := make(chan *mcp.ClientSession, parallelism*runtime.GOMAXPROCS(0))
+	for range cap(sessions) {
+		sessions <- benchSession(b, url)
+	}
+	b.ReportAllocs()
+	b.SetParallelism(parallelism)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		cs := <-sessions
+		for pb.Next() {
+			benchCall(b, cs, tool)
+		}
+	})
+}
+
+// BenchmarkPipeline is one client calling the echo tool through the gateway,
+// call after call: the latency of the whole chain.
+func BenchmarkPipeline(b *testing.B) {
+	runBench(b, benchGateway(b, benchUpstream(b)), "up__echo", false)
+}
+
+// BenchmarkPipelineParallel is concurrent clients, each with its own session.
+func BenchmarkPipelineParallel(b *testing.B) {
+	runBench(b, benchGateway(b, benchUpstream(b)), "up__echo", true)
+}
+
+// BenchmarkDirect is BenchmarkPipeline without the gateway.
+func BenchmarkDirect(b *testing.B) {
+	runBench(b, benchUpstream(b), "echo", false)
+}
+
+// BenchmarkDirectParallel is BenchmarkPipelineParallel without the gateway.
+func BenchmarkDirectParallel(b *testing.B) {
+	runBench(b, benchUpstream(b), "echo", true)
+}
