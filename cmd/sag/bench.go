@@ -63,9 +63,15 @@ func cmdBench(args []string) error {
 	defer gw.stop()
 
 	ctx := context.Background()
+	// One HTTP client for both sides' clients, keeping an idle connection
+	// per concurrent client, so that neither side measures connection churn
+	// (net/http keeps 2 per host by default).
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 256
+	hc := &http.Client{Transport: tr}
 	sides := []side{
-		{name: "direct", url: upURL, tool: "echo"},
-		{name: "sag", url: gw.url, tool: "up__echo"},
+		{name: "direct", url: upURL, tool: "echo", http: hc},
+		{name: "sag", url: gw.url, tool: "up__echo", http: hc},
 	}
 	fmt.Printf("sag bench: echo tool, protocol %s, GOMAXPROCS=%d, one machine (client, gateway, upstream share the cores)\n\n", *protocol, runtime.GOMAXPROCS(0))
 
@@ -135,11 +141,14 @@ func cmdBench(args []string) error {
 }
 
 // side is one way of reaching the echo tool: directly or through SAG.
-type side struct{ name, url, tool string }
+type side struct {
+	name, url, tool string
+	http            *http.Client
+}
 
 func (s side) connect(ctx context.Context, protocol string) (*mcp.ClientSession, error) {
 	c := mcp.NewClient(&mcp.Implementation{Name: "sag-bench", Version: version}, nil)
-	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: s.url, DisableStandaloneSSE: true}, &mcp.ClientSessionOptions{ProtocolVersion: protocol})
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: s.url, HTTPClient: s.http, DisableStandaloneSSE: true}, &mcp.ClientSessionOptions{ProtocolVersion: protocol})
 	if err != nil {
 		return nil, fmt.Errorf("%s: connect: %w", s.name, err)
 	}
