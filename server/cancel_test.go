@@ -44,14 +44,16 @@ func TestCancellation(t *testing.T) {
 	for _, upstream := range []struct {
 		name      string
 		stateless bool
+		strict    bool // stock mcp-go: refuses the go-sdk's 2026-07-28 notifications/cancelled with 400
 		version   string
 	}{
 		{name: "http-session", version: legacy},
 		{name: "http-stateless", stateless: true},
+		{name: "http-stateless-strict", stateless: true, strict: true},
 	} {
 		t.Run(upstream.name, func(t *testing.T) {
 			t.Parallel()
-			f := fixtures.NewServer(fixtures.Options{Name: "up"})
+			f := fixtures.NewServer(fixtures.Options{Name: "up", StrictNotifications: upstream.strict})
 			started, ended := blockTool(f)
 			url, stop, err := f.StartHTTP(upstream.stateless)
 			if err != nil {

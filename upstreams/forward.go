@@ -460,19 +460,41 @@ func safeError(err error) string {
 	return s
 }
 
-// httpClient returns the HTTP client for one upstream: the shared transport
-// plus that upstream's credentials on every request.
+// httpClient returns the HTTP client for one upstream: the shared transport,
+// that upstream's credentials on every request, and the cancellation shim.
 func (m *Manager) httpClient(upstream string) *http.Client {
-	if m.opts.Credentials == nil {
-		return m.opts.HTTPClient
-	}
 	c := *m.opts.HTTPClient
 	base := c.Transport
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	c.Transport = &credentialTransport{base: base, creds: m.opts.Credentials, upstream: upstream}
+	if m.opts.Credentials != nil {
+		base = &credentialTransport{base: base, creds: m.opts.Credentials, upstream: upstream}
+	}
+	c.Transport = &cancelShim{base: base}
 	return &c
+}
+
+// cancelShim answers the go-sdk client's notifications/cancelled on
+// 2026-07-28 connections itself (202) instead of sending it. In 2026-07-28
+// a request is cancelled by closing its response stream, which the client
+// does as well; the notification it sends lacks the _meta every 2026-07-28
+// message needs, so upstreams refuse it with 400, and the go-sdk client then
+// closes the whole upstream session.
+type cancelShim struct{ base http.RoundTripper }
+
+func (t *cancelShim) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Header.Get("Mcp-Method") == "notifications/cancelled" && req.Header.Get("Mcp-Protocol-Version") >= stateless {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return &http.Response{
+			Status: "202 Accepted", StatusCode: http.StatusAccepted,
+			Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{}, Body: http.NoBody, ContentLength: 0, Request: req,
+		}, nil
+	}
+	return t.base.RoundTrip(req)
 }
 
 type credentialTransport struct {
