@@ -222,9 +222,17 @@ func TestWithdrawWhenDown(t *testing.T) {
 	}
 	tg := startGateway(t, nil)
 	tg.addUpstream(t, server.UpstreamRequest{Name: "w", URL: url, WithdrawWhenDown: true})
-	tg.addUpstream(t, server.UpstreamRequest{Name: "k", URL: keepURL})
 	ev := newClientEvents()
 	cs := connect(t, tg.MCP, legacy, clientOptions(ev, "x"))
+	eventually(t, "w's tools listed while it is up", func() bool {
+		_, listed := toolNames(t, cs)["w__echo"]
+		return listed
+	})
+	tg.addUpstream(t, server.UpstreamRequest{Name: "k", URL: keepURL})
+	eventually(t, "k's tools listed", func() bool {
+		_, listed := toolNames(t, cs)["k__echo"]
+		return listed
+	})
 	drain(ev.toolsChanged)
 
 	stop()

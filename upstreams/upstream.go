@@ -32,8 +32,8 @@ type upstream struct {
 	control  *conn
 	version  string // negotiated with the control session; pins later connects
 	sessions map[string]*conn
-	pool     []*conn // idle bridge connections (bridge.go)
-	busy     int     // bridge connections checked out
+	pool     []*conn // idle pooled connections for stateless clients (bridge.go)
+	busy     int     // pooled connections checked out
 	listing  listing
 	lastErr  string
 	closed   bool
@@ -112,7 +112,10 @@ func (u *upstream) supervise() {
 			u.control, u.lastErr = c, ""
 			u.version = c.cs.InitializeResult().ProtocolVersion
 			u.mu.Unlock()
-			u.log.Info("upstream connected", "protocol", u.version)
+			u.log.Info("upstream connected", "protocol", c.cs.InitializeResult().ProtocolVersion)
+			if u.spec.WithdrawWhenDown {
+				u.m.rebuild() // refresh listed it while it was still down
+			}
 			u.firstOnce.Do(func() { close(u.firstTry) })
 			backoff = 100 * time.Millisecond
 			ended := make(chan struct{})
