@@ -99,7 +99,11 @@ func (m *Manager) callBridged(ctx context.Context, u *upstream, down *mcp.Server
 		res, err := c.cs.CallTool(upCtx, &mcp.CallToolParams{Meta: r.meta, Name: t.Original, Arguments: p.Arguments})
 		release()
 		var rpcErr *jsonrpc.Error
-		if err != nil && !(errors.As(err, &rpcErr) && rpcErr.Code != codeRejectedByTransport) {
+		switch {
+		case err == nil:
+		case errors.As(err, &rpcErr) && rpcErr.Code != codeRejectedByTransport:
+			err = boundedRPCError(rpcErr) // the upstream's own answer
+		default:
 			b.broken.Store(upCtx.Err() == nil)
 			err = u.failure(upCtx, err)
 		}
@@ -148,13 +152,14 @@ func (b *bridged) await(ctx context.Context) (*mcp.CallToolResult, error) {
 			return cleanResult(ev.res), nil
 		}
 		b.pending = ev.input
-		b.stateID = randomID()
-		b.m.parked.Store(b.stateID, b)
+		id := randomID()
+		b.stateID = id
 		b.expiry = time.AfterFunc(parkTimeout, func() {
-			if b.m.parked.CompareAndDelete(b.stateID, b) {
+			if b.m.parked.CompareAndDelete(id, b) {
 				b.finish()
 			}
 		})
+		b.m.parked.Store(id, b)
 		return &mcp.CallToolResult{InputRequests: mcp.InputRequestMap{ev.input.key: ev.input.req}, RequestState: b.stateID}, nil
 	case <-ctx.Done():
 		b.finish() // the client gave up: cancel upstream
