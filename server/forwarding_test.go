@@ -251,7 +251,15 @@ func exercise(t *testing.T, uc upstreamCase, cs *mcp.ClientSession, ev *clientEv
 	// Last: it changes the upstream's tool list.
 	t.Run("list_changed", func(t *testing.T) {
 		if uc.processPerConnection {
-			t.Skip("toggle_extra changes the tools of this client's own upstream process; the catalog follows the control session's")
+			// Each stdio connection is a process of its own: toggle_extra
+			// changes this client's process, while the catalog follows the
+			// control session's process, which does not change.
+			callTool(t, cs, "up__toggle_extra", map[string]any{"on": true})
+			defer callTool(t, cs, "up__toggle_extra", map[string]any{"on": false})
+			if toolNames(t, cs)["up__extra"] != nil {
+				t.Error("up__extra listed: the catalog followed one client's stdio process")
+			}
+			return
 		}
 		drain(ev.toolsChanged)
 		on := true
