@@ -444,13 +444,18 @@ func stripReserved(m mcp.Meta) {
 	}
 }
 
-// urlRE matches URLs, which may carry credentials in their query.
-var urlRE = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.-]*://[^\s"'<>]+`)
+// urlRE matches URLs, which may carry credentials in their query, and
+// addrRE the network addresses that dial and lookup errors name.
+var (
+	urlRE  = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.-]*://[^\s"'<>]+`)
+	addrRE = regexp.MustCompile(`(\b(?:dial|read|write) (?:tcp[46]?|udp[46]?|unix)|\blookup) \S+?(:? |:?$)`)
+)
 
-// safeError shortens an error for logs and clients: the first line, URLs
-// redacted, bounded.
+// safeError shortens an error for logs and clients: the first line, URLs and
+// upstream addresses redacted, bounded.
 func safeError(err error) string {
 	s := urlRE.ReplaceAllString(err.Error(), "<url>")
+	s = addrRE.ReplaceAllString(s, "$1 <address>$2")
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		s = s[:i]
 	}

@@ -1,6 +1,7 @@
 package upstreams
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -125,4 +126,18 @@ func FuzzParseTarget(f *testing.F) {
 			t.Errorf("parseTarget(%q) = empty program %q", s, tgt.argv)
 		}
 	})
+}
+
+func TestSafeError(t *testing.T) {
+	cases := map[string]string{
+		`Post "http://10.0.0.7:9000/mcp?token=s3cret": dial tcp 10.0.0.7:9000: connect: connection refused`: `Post "<url>": dial tcp <address>: connect: connection refused`,
+		"dial tcp [::1]:8080: connect: connection refused":                                                  "dial tcp <address>: connect: connection refused",
+		"lookup internal.example on 10.0.0.2:53: no such host":                                              "lookup <address> on 10.0.0.2:53: no such host",
+		"first line\nsecond line": "first line",
+	}
+	for in, want := range cases {
+		if got := safeError(errors.New(in)); got != want {
+			t.Errorf("safeError(%q) = %q, want %q", in, got, want)
+		}
+	}
 }
