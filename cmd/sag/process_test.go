@@ -299,3 +299,45 @@ func TestSIGTERMDrains(t *testing.T) {
 		t.Error("no audit record of the drained call")
 	}
 }
+
+// TestSIGKILLTakesStdioChildren kills a gateway with SIGKILL and checks that
+// its stdio upstream processes (the control one and a session's) die too.
+func TestSIGKILLTakesStdioChildren(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fixture := filepath.Join(dir, "sag-fixture-sigkill")
+	if out, err := exec.Command("go", "build", "-o", fixture, "../../fixtures/cmd/sag-fixture").CombinedOutput(); err != nil {
+		t.Fatalf("build fixture: %v\n%s", err, out)
+	}
+	p := startSag(t, "stdio:"+fixture+" -stdio")
+	cs := connectTo(t, p.base+"/mcp", "2025-11-25")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "x"}}); err != nil {
+		t.Fatal(err)
+	}
+	children := func() int {
+		n := 0
+		entries, _ := os.ReadDir("/proc")
+		for _, e := range entries {
+			if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && bytes.HasPrefix(b, []byte(fixture+"\x00")) {
+				n++
+			}
+		}
+		return n
+	}
+	if n := children(); n != 2 {
+		t.Fatalf("%d stdio upstream processes, want 2 (control and the session's)", n)
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+	deadline := time.Now().Add(10 * time.Second)
+	for children() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d stdio upstream processes still running 10s after the gateway's SIGKILL", children())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
