@@ -301,42 +301,52 @@ func TestSIGTERMDrains(t *testing.T) {
 }
 
 // TestSIGKILLTakesStdioChildren kills a gateway with SIGKILL and checks that
-// its stdio upstream processes (the control one and a session's) die too.
+// its stdio upstream processes die with it, even one that would outlive its
+// stdin closing: the wrapper below serves MCP, then lingers.
 func TestSIGKILLTakesStdioChildren(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	fixture := filepath.Join(dir, "sag-fixture-sigkill")
+	fixture := filepath.Join(dir, "sag-fixture")
 	if out, err := exec.Command("go", "build", "-o", fixture, "../../fixtures/cmd/sag-fixture").CombinedOutput(); err != nil {
 		t.Fatalf("build fixture: %v\n%s", err, out)
 	}
-	p := startSag(t, "stdio:"+fixture+" -stdio")
+	marker := fmt.Sprintf("%d", 800000+time.Now().UnixNano()%99999)
+	wrapper := filepath.Join(dir, "linger.sh")
+	script := "#!/bin/sh\n" + fixture + " -stdio\nexec sleep " + marker + "\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("pkill", "-f", "^sleep "+marker+"$").Run() })
+	lingering := func() int {
+		n := 0
+		entries, _ := os.ReadDir("/proc")
+		for _, e := range entries {
+			if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil &&
+				(bytes.HasPrefix(b, []byte("/bin/sh\x00"+wrapper)) || bytes.Equal(b, []byte("sleep\x00"+marker+"\x00"))) {
+				n++
+			}
+		}
+		return n
+	}
+
+	p := startSag(t, "stdio:"+wrapper)
 	cs := connectTo(t, p.base+"/mcp", "2025-11-25")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "x"}}); err != nil {
 		t.Fatal(err)
 	}
-	children := func() int {
-		n := 0
-		entries, _ := os.ReadDir("/proc")
-		for _, e := range entries {
-			if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && bytes.HasPrefix(b, []byte(fixture+"\x00")) {
-				n++
-			}
-		}
-		return n
-	}
-	if n := children(); n != 2 {
-		t.Fatalf("%d stdio upstream processes, want 2 (control and the session's)", n)
+	if n := lingering(); n != 2 {
+		t.Fatalf("%d stdio upstream wrappers, want 2 (control and the session's)", n)
 	}
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-p.exited
 	deadline := time.Now().Add(10 * time.Second)
-	for children() != 0 {
+	for lingering() != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d stdio upstream processes still running 10s after the gateway's SIGKILL", children())
+			t.Fatalf("%d stdio upstream processes still running 10s after the gateway's SIGKILL", lingering())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
