@@ -38,6 +38,7 @@ func cmdBench(args []string) error {
 	idle := fs.Int("idle-sessions", 1000, "idle downstream sessions for the memory figure (0 skips)")
 	protocol := fs.String("protocol", "2025-11-25", "MCP revision the clients speak")
 	upProtocol := fs.String("upstream-protocol", "", "pin the MCP revision the gateway speaks to the upstream (default: negotiate)")
+	gogc := fs.String("gateway-gogc", "", "GOGC for the gateway process only (default: inherited)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -56,7 +57,7 @@ func cmdBench(args []string) error {
 		return err
 	}
 	defer stopUp()
-	gw, err := startChildGateway(upURL, *upProtocol)
+	gw, err := startChildGateway(upURL, *upProtocol, *gogc)
 	if err != nil {
 		return err
 	}
@@ -218,7 +219,7 @@ type childGateway struct {
 	data string
 }
 
-func startChildGateway(upstreamURL, upstreamProtocol string) (*childGateway, error) {
+func startChildGateway(upstreamURL, upstreamProtocol, gogc string) (*childGateway, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -240,6 +241,9 @@ func startChildGateway(upstreamURL, upstreamProtocol string) (*childGateway, err
 	}
 	cmd := exec.Command(exe, "serve", "--config", conf, "--listen", addr, "--data", data, "--auth", "open", "--log-level", "error")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if gogc != "" {
+		cmd.Env = append(os.Environ(), "GOGC="+gogc)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(data)
