@@ -1,0 +1,116 @@
+package identity
+
+import (
+	"container/heap"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"sync"
+	"time"
+)
+
+// ReplayCache remembers DPoP proof identifiers for as long as the proofs
+// could be accepted (RFC 9449 §11.1).
+//
+// Seen records key until expires and reports whether key was already
+// recorded and has not yet expired. It must be atomic: of two concurrent
+// calls with the same key, at most one reports false. An implementation
+// that cannot record a key returns an error, and the caller refuses the
+// proof (fail closed); it never forgets an unexpired key to make room.
+type ReplayCache interface {
+	Seen(ctx context.Context, key string, expires time.Time) (bool, error)
+}
+
+// ErrReplayCacheFull is returned by MemoryReplay.Seen when every slot holds
+// an unexpired entry.
+var ErrReplayCacheFull = errors.New("identity: replay cache full")
+
+// MemoryReplay is an in-memory ReplayCache holding at most a fixed number of
+// entries. It stores SHA-256 hashes of keys, never the keys themselves, and
+// is safe for concurrent use. Build it with NewMemoryReplay.
+type MemoryReplay struct {
+	max int
+	now func() time.Time
+
+	mu      sync.Mutex
+	entries map[[sha256.Size]byte]time.Time
+	byExp   expiryHeap
+}
+
+var _ ReplayCache = (*MemoryReplay)(nil)
+
+// NewMemoryReplay returns a cache holding at most max unexpired entries
+// (max < 1 means 1). now is the clock; nil means time.Now.
+func NewMemoryReplay(max int, now func() time.Time) *MemoryReplay {
+	if max < 1 {
+		max = 1
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &MemoryReplay{max: max, now: now, entries: make(map[[sha256.Size]byte]time.Time)}
+}
+
+// Seen implements ReplayCache. An entry is live while now is before its
+// expiry time. A key whose expiry has already passed is not recorded
+// (a proof that old cannot be accepted anyway). When the cache is full of
+// live entries, Seen returns ErrReplayCacheFull.
+func (m *MemoryReplay) Seen(ctx context.Context, key string, expires time.Time) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	h := sha256.Sum256([]byte(key))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	m.expireLocked(now)
+	if exp, ok := m.entries[h]; ok && now.Before(exp) {
+		return true, nil
+	}
+	if !now.Before(expires) {
+		return false, nil
+	}
+	if len(m.entries) >= m.max {
+		return false, ErrReplayCacheFull
+	}
+	m.entries[h] = expires
+	heap.Push(&m.byExp, expiryEntry{exp: expires, key: h})
+	return false, nil
+}
+
+// Len reports the number of entries currently held, expired or not.
+func (m *MemoryReplay) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.entries)
+}
+
+// expireLocked drops every entry whose expiry is not after now.
+func (m *MemoryReplay) expireLocked(now time.Time) {
+	for m.byExp.Len() > 0 && !now.Before(m.byExp[0].exp) {
+		e := heap.Pop(&m.byExp).(expiryEntry)
+		if exp, ok := m.entries[e.key]; ok && exp.Equal(e.exp) {
+			delete(m.entries, e.key)
+		}
+	}
+}
+
+type expiryEntry struct {
+	exp time.Time
+	key [sha256.Size]byte
+}
+
+// expiryHeap is a min-heap of entries ordered by expiry time.
+type expiryHeap []expiryEntry
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].exp.Before(h[j].exp) }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiryEntry)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	n := len(old)
+	e := old[n-1]
+	*h = old[:n-1]
+	return e
+}
