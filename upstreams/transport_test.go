@@ -48,7 +48,10 @@ func TestTransportReusesConnections(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := dials.Load(); n > workers {
-		t.Errorf("%d requests from %d workers opened %d connections, want at most %d", workers*requests, workers, n, workers)
+	// A connection goes back to the pool a moment after its response is
+	// read, so a request can race it and dial once more: allow twice the
+	// workers. Keeping only 2 idle connections per host opens about 100.
+	if n := dials.Load(); n > 2*workers {
+		t.Errorf("%d requests from %d workers opened %d connections, want at most %d", workers*requests, workers, n, 2*workers)
 	}
 }
