@@ -189,6 +189,9 @@ type DPoPRequest struct {
 	AccessToken string
 	// Nonce is the server nonce the proof must carry, "" when nonces are off.
 	Nonce string
+	// CheckNonce, when set, replaces Nonce: it reports whether a proof's
+	// nonce is one the server currently accepts (for rotating nonces).
+	CheckNonce func(nonce string) bool
 }
 
 // DPoPProof is a verified DPoP proof.
@@ -431,11 +434,13 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 	}
 	// §4.3 point 10, §9 and §11.3: when the server issued a nonce, the proof
 	// carries it; otherwise the client must retry with the current nonce.
-	if r.Nonce != "" {
+	if r.Nonce != "" || r.CheckNonce != nil {
 		if c.Nonce == nil {
 			return nil, &DPoPError{Code: ErrCodeUseDPoPNonce, Description: "nonce required"}
 		}
-		if subtle.ConstantTimeCompare([]byte(*c.Nonce), []byte(r.Nonce)) != 1 {
+		valid := r.CheckNonce != nil && r.CheckNonce(*c.Nonce) ||
+			r.CheckNonce == nil && subtle.ConstantTimeCompare([]byte(*c.Nonce), []byte(r.Nonce)) == 1
+		if !valid {
 			return nil, &DPoPError{Code: ErrCodeUseDPoPNonce, Description: "nonce invalid or expired"}
 		}
 	}

@@ -11,12 +11,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/store"
 	"github.com/sag-gateway/sag/upstreams"
 )
 
-// adminRoutes mounts the admin API. Every route needs the admin token as a
-// bearer token (identity replaces this with authenticated principals).
+// adminRoutes mounts the admin API. Every route needs the admin token or an
+// access token with AdminScope (requireAdmin).
 func (g *Gateway) adminRoutes(mux *http.ServeMux) {
 	h := func(route string, f func(http.ResponseWriter, *http.Request) error) http.Handler {
 		return g.metrics.instrument(route, g.requireAdmin(func(w http.ResponseWriter, r *http.Request) {
@@ -54,16 +55,36 @@ func writeAdminError(w http.ResponseWriter, err error) {
 	writeJSON(w, ae.Status, ae)
 }
 
+// AdminScope is the scope an access token needs to use the admin API.
+const AdminScope = "sag:admin"
+
+// requireAdmin lets through requests with the admin token (for bootstrap and
+// operators) or, unless auth is open, with an access token carrying
+// AdminScope, authenticated like any other request (DPoP, mTLS or bearer).
 func (g *Gateway) requireAdmin(next http.HandlerFunc) http.HandlerFunc {
 	want := []byte(g.admin)
 	return func(w http.ResponseWriter, r *http.Request) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="sag-admin"`)
-			writeJSON(w, http.StatusUnauthorized, &adminError{Code: "invalid_token", Description: "admin token missing or wrong"})
+		if ok && subtle.ConstantTimeCompare([]byte(got), want) == 1 {
+			next(w, r)
 			return
 		}
-		next(w, r)
+		if g.auth.check != nil && r.Header.Get("Authorization") != "" {
+			p, err := g.auth.check.Authenticate(r)
+			if err == nil {
+				err = identity.RequireScopes(p, []string{AdminScope})
+			}
+			if err != nil {
+				g.log.Info("admin request refused", "path", r.URL.Path, "reason", err.Error())
+				g.metrics.authFailures.Inc()
+				g.auth.check.WriteError(w, err)
+				return
+			}
+			next(w, r)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="sag-admin"`)
+		writeJSON(w, http.StatusUnauthorized, &adminError{Code: "invalid_token", Description: "admin token missing or wrong"})
 	}
 }
 

@@ -32,6 +32,7 @@ func benchUpstream(b *testing.B) string {
 // front of upstreamURL and returns its MCP endpoint.
 func benchGateway(b *testing.B, upstreamURL string) string {
 	cfg := config.Default()
+	cfg.Auth = config.AuthOpen
 	cfg.DataDir = b.TempDir()
 	cfg.AdminToken = adminToken
 	cfg.Upstreams = []config.Upstream{{Name: "up", URL: upstreamURL}}

@@ -31,7 +31,7 @@ type front struct {
 	resources map[string][]byte
 	templates map[string][]byte
 
-	watched sync.Map     // ids of the downstream sessions being watched (watch)
+	watched sync.Map     // id → *watched: the downstream sessions being watched (watch)
 	open    atomic.Int64 // how many (limits.max_sessions caps new ones)
 
 	// updateMu and updateFor restrict one resource-update broadcast to the
@@ -284,26 +284,48 @@ func gone(have map[string][]byte, seen map[string]bool) []string {
 	return out
 }
 
+// watched is an open downstream session and the principal it belongs to.
+type watched struct {
+	ss    *mcp.ServerSession
+	owner string // identity.Principal.Key
+}
+
 // watch runs on every request: the first request of a session-based
-// downstream session (usually initialize) records the session, and its end
-// releases the session's upstream connections. The SDK serves a session
-// from initialize on, with or without notifications/initialized, so this
-// cannot wait for that notification.
-func (f *front) watch(ctx context.Context, ss *mcp.ServerSession) {
+// downstream session (usually initialize) records the session and its owner,
+// and its end releases the session's upstream connections. The SDK serves a
+// session from initialize on, with or without notifications/initialized, so
+// this cannot wait for that notification.
+func (f *front) watch(ctx context.Context, ss *mcp.ServerSession, extra *mcp.RequestExtra) {
 	if ss == nil || ss.ID() == "" {
 		return
 	}
-	if _, seen := f.watched.LoadOrStore(ss.ID(), struct{}{}); seen {
+	if _, seen := f.watched.Load(ss.ID()); seen {
+		return
+	}
+	p, ok := f.gw.principal(extra)
+	if !ok {
+		return
+	}
+	if _, seen := f.watched.LoadOrStore(ss.ID(), &watched{ss: ss, owner: p.Key()}); seen {
 		return
 	}
 	f.open.Add(1)
-	f.gw.sessionOpened(ctx, ss)
+	f.gw.sessionOpened(ctx, p, ss, extra)
 	go func() {
 		_ = ss.Wait()
 		f.watched.Delete(ss.ID())
 		f.open.Add(-1)
 		f.gw.sessionClosed(ss.ID())
 	}()
+}
+
+// owner returns the principal key of an open downstream session.
+func (f *front) owner(id string) (string, bool) {
+	w, ok := f.watched.Load(id)
+	if !ok {
+		return "", false
+	}
+	return w.(*watched).owner, true
 }
 
 func (f *front) readResource(ctx context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
@@ -377,7 +399,7 @@ func (f *front) resourceUpdated(down *mcp.ServerSession, p *mcp.ResourceUpdatedN
 func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 		ss, _ := req.GetSession().(*mcp.ServerSession)
-		f.watch(ctx, ss)
+		f.watch(ctx, ss, req.GetExtra())
 		switch method {
 		case "logging/setLevel":
 			if p, ok := req.GetParams().(*mcp.SetLoggingLevelParams); ok {

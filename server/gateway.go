@@ -48,6 +48,7 @@ type Gateway struct {
 	metrics   *metrics
 	sessions  sessionCache
 	admin     string // admin API token
+	auth      *authn
 
 	configured map[string]bool // upstreams from the config file or flags (not removable at run time)
 	registry   sync.Mutex      // serialises admin changes to the upstream registry
@@ -75,6 +76,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	g.store = st
 
 	if g.admin, err = adminToken(cfg); err != nil {
+		return nil, err
+	}
+	if g.auth, err = newAuthn(ctx, cfg, nil); err != nil {
 		return nil, err
 	}
 

@@ -104,6 +104,7 @@ func testLogger() *slog.Logger {
 func startGateway(t *testing.T, mutate func(*config.Config)) *testGateway {
 	t.Helper()
 	cfg := config.Default()
+	cfg.Auth = config.AuthOpen
 	cfg.DataDir = t.TempDir()
 	cfg.AdminToken = adminToken
 	if mutate != nil {

@@ -11,11 +11,14 @@ import (
 )
 
 // routes mounts every endpoint. The order of the wrappers around /mcp is the
-// order checks run in: metrics, origin, then the MCP handler (which checks
-// Host on loopback, the body limit and the protocol version itself).
+// order checks run in: metrics, origin, authentication, then the MCP handler
+// (which checks Host on loopback, the body limit and the protocol version
+// itself).
 func (g *Gateway) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/mcp", g.metrics.instrument("/mcp", g.checkOrigin(g.front.handler())))
+	mux.Handle("/mcp", g.metrics.instrument("/mcp", g.checkOrigin(g.requireAuth(g.cfg.Identity.RequiredScopes, g.front.handler()))))
+	mux.Handle("GET "+resourceMetadataPath, g.metrics.instrument(resourceMetadataPath, http.HandlerFunc(g.resourceMetadata)))
+	mux.Handle("GET /.well-known/jwks.json", g.metrics.instrument("/.well-known/jwks.json", http.HandlerFunc(g.jwks)))
 	mux.Handle("GET /healthz", g.metrics.instrument("/healthz", http.HandlerFunc(g.healthz)))
 	mux.Handle("GET /readyz", g.metrics.instrument("/readyz", http.HandlerFunc(g.readyz)))
 	mux.Handle("GET /metrics", g.metrics.handler())

@@ -21,6 +21,8 @@ type metrics struct {
 	calls       *prometheus.CounterVec
 	callLatency *prometheus.HistogramVec
 	sessions    prometheus.Gauge
+	// authFailures counts requests refused by authentication.
+	authFailures prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -43,8 +45,11 @@ func newMetrics() *metrics {
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sag_mcp_sessions", Help: "Open session-based MCP sessions.",
 		}),
+		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sag_auth_failures_total", Help: "Requests refused by authentication (bad or missing token, proof or agent identity).",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.reqLatency, m.calls, m.callLatency, m.sessions,
+	m.reg.MustRegister(m.requests, m.reqLatency, m.calls, m.callLatency, m.sessions, m.authFailures,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

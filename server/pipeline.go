@@ -9,7 +9,6 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/store"
 	"github.com/sag-gateway/sag/upstreams"
 )
@@ -31,9 +30,14 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	start := time.Now()
 	rec := store.AuditRecord{Method: "tools/call", Tool: name}
 
-	// 1. authenticate: who is calling. State the call leaves upstream (a
-	// parked call awaiting input) is bound to this principal.
-	p := g.authenticate(req.Extra)
+	// 1. authenticate: who is calling. requireAuth verified the request
+	// (token, DPoP proof or mTLS binding, agent identity) before the SDK
+	// read it. State the call leaves upstream (a parked call awaiting
+	// input) is bound to this principal.
+	p, ok := g.principal(req.Extra)
+	if !ok {
+		return nil, g.refuse(ctx, &rec, start, errUnauthenticated)
+	}
 	ctx = upstreams.WithCaller(ctx, p.Key())
 	// 2. session: place the call in the session graph; revoked sessions stop here.
 	ids, err := g.session(ctx, p, req.Session, req.Extra)
@@ -86,7 +90,10 @@ func (g *Gateway) getPrompt(ctx context.Context, name string, req *mcp.GetPrompt
 	defer done()
 	start := time.Now()
 	rec := store.AuditRecord{Method: "prompts/get", Tool: name, PolicyID: "open"}
-	p := g.authenticate(req.Extra)
+	p, ok := g.principal(req.Extra)
+	if !ok {
+		return nil, g.refuse(ctx, &rec, start, errUnauthenticated)
+	}
 	ids, err := g.session(ctx, p, req.Session, req.Extra)
 	ids.fill(&rec, p)
 	if err != nil {
@@ -108,18 +115,19 @@ func (g *Gateway) getPrompt(ctx context.Context, name string, req *mcp.GetPrompt
 	return res, protocolError(err)
 }
 
-// authenticate returns the caller's principal. Identity (bearer, DPoP, SPIFFE)
-// replaces this step; "--auth open" knows one anonymous user.
-func (g *Gateway) authenticate(*mcp.RequestExtra) identity.Principal {
-	return identity.Anonymous()
-}
+// errUnauthenticated fails closed a request that reached the pipeline
+// without a principal, which requireAuth never lets happen.
+var errUnauthenticated = &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "request not authenticated"}
 
 // auditUnknownTool records a call of a name the catalog does not have; the
 // SDK then answers it with -32602, like any unknown tool.
 func (g *Gateway) auditUnknownTool(ctx context.Context, ss *mcp.ServerSession, extra *mcp.RequestExtra, name string) {
 	start := time.Now()
 	rec := store.AuditRecord{Method: "tools/call", Tool: name, PolicyID: "open", Decision: decisionDeny, Reason: "unknown tool"}
-	p := g.authenticate(extra)
+	p, ok := g.principal(extra)
+	if !ok {
+		return
+	}
 	ids, _ := g.session(ctx, p, ss, extra)
 	ids.fill(&rec, p)
 	_ = g.audit(ctx, &rec, start)

@@ -31,7 +31,11 @@ type sessionIDs struct {
 
 func (s sessionIDs) fill(rec *store.AuditRecord, p identity.Principal) {
 	rec.USID, rec.WSID, rec.ASID, rec.MSID = s.USID, s.WSID, s.ASID, s.MSID
-	rec.Sub, rec.SpiffeID, rec.Act = p.User, p.Agent, p.Act
+	rec.Sub, rec.SpiffeID, rec.Act = p.User, p.Agent, p.Act.String()
+	if pr := p.Proof; pr != nil {
+		rec.DPoPJTI, rec.DPoPHTU, rec.DPoPHTM, rec.DPoPATH = pr.JTI, pr.HTU, pr.HTM, pr.ATH
+	}
+	rec.MTLSThumbprint = p.CertThumbprint
 }
 
 // sessionCache remembers the graph nodes already written, so the store is
@@ -163,8 +167,8 @@ func (g *Gateway) ensureSession(ctx context.Context, n store.Session) error {
 }
 
 // sessionOpened records a new MCP session in the graph.
-func (g *Gateway) sessionOpened(ctx context.Context, ss *mcp.ServerSession) {
-	if _, err := g.session(ctx, g.authenticate(nil), ss, nil); err != nil {
+func (g *Gateway) sessionOpened(ctx context.Context, p identity.Principal, ss *mcp.ServerSession, extra *mcp.RequestExtra) {
+	if _, err := g.session(ctx, p, ss, extra); err != nil {
 		g.log.Warn("session not recorded", "error", err)
 	}
 	g.metrics.sessions.Inc()

@@ -103,6 +103,7 @@ func TestShutdownGrace(t *testing.T) {
 	}
 	t.Cleanup(stop)
 	cfg := config.Default()
+	cfg.Auth = config.AuthOpen
 	cfg.DataDir = t.TempDir()
 	cfg.AdminToken = adminToken
 	const grace = time.Second

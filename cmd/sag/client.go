@@ -16,9 +16,13 @@ import (
 const defaultURL = "http://127.0.0.1:8080/mcp"
 
 // connect opens an MCP client session to a gateway.
-func connect(ctx context.Context, url string) (*mcp.ClientSession, error) {
+func connect(ctx context.Context, url string, auth *clientAuth) (*mcp.ClientSession, error) {
+	hc, err := auth.client(url)
+	if err != nil {
+		return nil, err
+	}
 	c := mcp.NewClient(&mcp.Implementation{Name: "sag-cli", Version: version}, nil)
-	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, DisableStandaloneSSE: true}, nil)
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: hc, DisableStandaloneSSE: true}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", url, err)
 	}
@@ -28,6 +32,8 @@ func connect(ctx context.Context, url string) (*mcp.ClientSession, error) {
 func cmdTools(args []string) error {
 	fs := flag.NewFlagSet("sag tools", flag.ContinueOnError)
 	url := fs.String("url", defaultURL, "gateway MCP `URL`")
+	var auth clientAuth
+	auth.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -35,7 +41,7 @@ func cmdTools(args []string) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cs, err := connect(ctx, *url)
+	cs, err := connect(ctx, *url, &auth)
 	if err != nil {
 		return err
 	}
@@ -53,8 +59,10 @@ func cmdCall(args []string) error {
 	fs := flag.NewFlagSet("sag call", flag.ContinueOnError)
 	url := fs.String("url", defaultURL, "gateway MCP `URL`")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
+	var auth clientAuth
+	auth.register(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: sag call [--url URL] TOOL ['{\"arg\": \"value\"}']")
+		fmt.Fprintln(fs.Output(), "usage: sag call [--url URL] [--token T [--dpop-key F] | --data DIR --sub USER] TOOL ['{\"arg\": \"value\"}']")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -74,7 +82,7 @@ func cmdCall(args []string) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	cs, err := connect(ctx, *url)
+	cs, err := connect(ctx, *url, &auth)
 	if err != nil {
 		return err
 	}

@@ -51,6 +51,9 @@ func cmdDemo(args []string) error {
 		}
 		list = append(list, fmt.Sprintf("  %-6s %s (Streamable HTTP, %s fixture)", u.name, url, kind))
 	}
+	if f.auth == "" {
+		f.auth = "open"
+	}
 	cfg, err := f.load()
 	if err != nil {
 		return err

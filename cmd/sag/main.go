@@ -5,6 +5,7 @@
 //	sag demo      run the gateway in front of two fixture upstreams
 //	sag tools     list a gateway's tools (a minimal MCP client)
 //	sag call      call a tool through a gateway
+//	sag token     print an access token from the gateway's development issuer
 //	sag upstreams add|list|remove   manage upstreams through the admin API
 //	sag audit     print recent audit records as JSON lines
 //	sag bench     measure the gateway's added latency and throughput
@@ -28,6 +29,7 @@ commands:
   demo        run the gateway in front of two fixture upstreams
   tools       list the tools a gateway offers
   call        call a tool through a gateway
+  token       print an access token from the gateway's development issuer
   upstreams   add, list or remove upstreams (admin API)
   audit       print recent audit records as JSON lines
   bench       measure added latency and throughput
@@ -46,6 +48,7 @@ func main() {
 		"demo":      cmdDemo,
 		"tools":     cmdTools,
 		"call":      cmdCall,
+		"token":     cmdToken,
 		"upstreams": cmdUpstreams,
 		"audit":     cmdAudit,
 		"bench":     cmdBench,

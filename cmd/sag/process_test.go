@@ -85,7 +85,7 @@ func startSag(t *testing.T, upstreamURL string) *gatewayProcess {
 	bin := sagBinary(t)
 	addr := freeAddr(t)
 	p := &gatewayProcess{base: "http://" + addr, data: t.TempDir(), stderr: &bytes.Buffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, "serve", "--listen", addr, "--data", p.data, "--log-level", "warn", "--upstream", "fx="+upstreamURL)
+	p.cmd = exec.Command(bin, "serve", "--listen", addr, "--data", p.data, "--auth", "open", "--log-level", "warn", "--upstream", "fx="+upstreamURL)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

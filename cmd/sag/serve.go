@@ -125,6 +125,10 @@ func run(ctx context.Context, cfg *config.Config, ready func(baseURL string)) er
 	if err != nil {
 		return err
 	}
+	if _, port, _ := net.SplitHostPort(cfg.Listen); port == "0" && cfg.PublicURL == "" {
+		// Tokens and DPoP proofs name the real URL, not port 0.
+		cfg.PublicURL = "http://" + ln.Addr().String()
+	}
 	gw, err := server.New(ctx, cfg, log, version)
 	if err != nil {
 		ln.Close()

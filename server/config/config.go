@@ -35,6 +35,9 @@ type Config struct {
 	AllowedOrigins []string `yaml:"allowed_origins" json:"allowed_origins"`
 	Log            Log      `yaml:"log" json:"log"`
 	Limits         Limits   `yaml:"limits" json:"limits"`
+	// Identity configures authentication: trusted issuers, DPoP, SPIFFE,
+	// the token service and the tokens minted for upstreams.
+	Identity Identity `yaml:"identity" json:"identity"`
 	// Upstreams are the MCP servers behind the gateway.
 	Upstreams []Upstream `yaml:"upstreams" json:"upstreams"`
 }
@@ -64,6 +67,66 @@ type Limits struct {
 	MaxSessions int `yaml:"max_sessions" json:"max_sessions"`
 }
 
+// Identity configures who may call the gateway and how SAG authenticates
+// itself to upstreams.
+type Identity struct {
+	// Issuers are the trusted external token issuers. The gateway's own
+	// issuer (its public URL: sag token and the token service) is always
+	// trusted.
+	Issuers []Issuer `yaml:"issuers" json:"issuers"`
+	// TokenSkew is the clock skew allowed on exp, nbf and iat.
+	TokenSkew Duration `yaml:"token_skew" json:"token_skew"`
+	// DPoPWindow is how long a DPoP proof is accepted after its iat.
+	DPoPWindow Duration `yaml:"dpop_window" json:"dpop_window"`
+	// DPoPNonce makes clients include a server nonce in their proofs.
+	DPoPNonce bool `yaml:"dpop_nonce" json:"dpop_nonce"`
+	// RequiredScopes must all be in a token for /mcp.
+	RequiredScopes []string `yaml:"required_scopes" json:"required_scopes"`
+	// UpstreamTokenTTL is the lifetime of the tokens SAG mints for upstreams.
+	UpstreamTokenTTL Duration `yaml:"upstream_token_ttl" json:"upstream_token_ttl"`
+	// Exchange configures the token service (POST /oauth/token).
+	Exchange Exchange `yaml:"exchange" json:"exchange"`
+	// SPIFFE configures agent identities.
+	SPIFFE SPIFFE `yaml:"spiffe" json:"spiffe"`
+}
+
+// Issuer is a trusted token issuer with its keys: a JWKS URL or a file.
+type Issuer struct {
+	Issuer   string `yaml:"issuer" json:"issuer"`
+	JWKSURL  string `yaml:"jwks_url" json:"jwks_url,omitempty"`
+	JWKSFile string `yaml:"jwks_file" json:"jwks_file,omitempty"`
+}
+
+// Exchange configures RFC 8693 token exchange.
+type Exchange struct {
+	// Audiences are the audiences a token may be exchanged for; the
+	// gateway's public URL is always allowed.
+	Audiences []string `yaml:"audiences" json:"audiences"`
+	// Scopes caps the scopes of issued tokens; empty allows any scope of
+	// the subject token.
+	Scopes []string `yaml:"scopes" json:"scopes"`
+	// TTL is the lifetime of issued tokens.
+	TTL Duration `yaml:"ttl" json:"ttl"`
+}
+
+// SPIFFE configures SPIFFE identities: the trust domain agents belong to,
+// and where the trust bundle and the gateway's own SVIDs come from.
+type SPIFFE struct {
+	// TrustDomain is the trust domain of agents, e.g. "example.org".
+	TrustDomain string `yaml:"trust_domain" json:"trust_domain"`
+	// BundleFile is a PEM file of the trust domain's X.509 authorities.
+	BundleFile string `yaml:"bundle_file" json:"bundle_file,omitempty"`
+	// JWTBundleFile is a JWKS file of the trust domain's JWT authorities.
+	JWTBundleFile string `yaml:"jwt_bundle_file" json:"jwt_bundle_file,omitempty"`
+	// WorkloadAPI is the SPIFFE Workload API address (unix:///path); when
+	// set, bundles and the gateway's own SVIDs come from it.
+	WorkloadAPI string `yaml:"workload_api" json:"workload_api,omitempty"`
+	// CertFile and KeyFile are the gateway's own X.509-SVID (PEM) when no
+	// Workload API is used; they also serve TLS.
+	CertFile string `yaml:"cert_file" json:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file" json:"key_file,omitempty"`
+}
+
 // Upstream is one MCP server behind the gateway.
 type Upstream struct {
 	// Name is unique among upstreams and the default tool-name prefix.
@@ -84,7 +147,18 @@ type Upstream struct {
 	// WithdrawWhenDown takes the upstream's entries out of the catalog while
 	// it is unreachable; by default they stay and calls get a tool error.
 	WithdrawWhenDown bool `yaml:"withdraw_when_down" json:"withdraw_when_down,omitempty"`
+	// Auth is how SAG authenticates to the upstream: "dpop" (a minted
+	// token bound to the gateway's DPoP key, the default), "mtls" (bound
+	// to the gateway's X.509-SVID) or "none".
+	Auth string `yaml:"auth" json:"auth,omitempty"`
 }
+
+// Values of Upstream.Auth.
+const (
+	UpstreamAuthDPoP = "dpop"
+	UpstreamAuthMTLS = "mtls"
+	UpstreamAuthNone = "none"
+)
 
 // Duration is a time.Duration written in YAML and JSON as a Go duration
 // string such as "30s" or "1h30m".
@@ -108,13 +182,13 @@ func (d *Duration) UnmarshalText(text []byte) error {
 }
 
 // Default returns the embedded default configuration: loopback on
-// 127.0.0.1:8080, data in ./sag-data, open auth (loopback only), prefixed
+// 127.0.0.1:8080, data in ./sag-data, DPoP auth, prefixed
 // tool names and no upstreams. Each call returns a fresh copy.
 func Default() *Config {
 	return &Config{
 		Listen:  "127.0.0.1:8080",
 		DataDir: "./sag-data",
-		Auth:    AuthOpen,
+		Auth:    AuthDPoP,
 		Prefix:  PrefixAlways,
 		Log:     Log{Level: "info", Format: "text"},
 		Limits: Limits{
@@ -124,6 +198,12 @@ func Default() *Config {
 			UpstreamIdleTimeout: Duration(5 * time.Minute),
 			MaxUpstreamSessions: 256,
 			MaxSessions:         10000,
+		},
+		Identity: Identity{
+			TokenSkew:        Duration(30 * time.Second),
+			DPoPWindow:       Duration(60 * time.Second),
+			UpstreamTokenTTL: Duration(5 * time.Minute),
+			Exchange:         Exchange{TTL: Duration(10 * time.Minute)},
 		},
 	}
 }

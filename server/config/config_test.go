@@ -117,16 +117,24 @@ func TestParseInvalid(t *testing.T) {
 			want: []string{"upstreams[0].env[0]: 'A=B' does not match pattern"}},
 		{name: "bad upstream prefix", yaml: "upstreams:\n  - {name: a, url: 'stdio:x', prefix: sometimes}\n",
 			want: []string{"upstreams[0].prefix: value must be one of"}},
-		{name: "auth open on 0.0.0.0 refused", yaml: "listen: 0.0.0.0:8080\n",
+		{name: "auth open on 0.0.0.0 refused", yaml: "auth: open\nlisten: 0.0.0.0:8080\n",
 			want: []string{`config sag.yaml: auth "open" needs a loopback listen address, got 0.0.0.0:8080`}},
-		{name: "auth open on all interfaces refused", yaml: "listen: ':8080'\n",
+		{name: "auth open on all interfaces refused", yaml: "auth: open\nlisten: ':8080'\n",
 			want: []string{`auth "open" needs a loopback listen address, got :8080`}},
-		{name: "auth open on a public name refused", yaml: "listen: gateway.example.com:8080\n",
+		{name: "auth open on a public name refused", yaml: "auth: open\nlisten: gateway.example.com:8080\n",
 			want: []string{`auth "open" needs a loopback listen address`}},
-		{name: "bearer is not available yet", yaml: "auth: bearer\n",
-			want: []string{`config sag.yaml: auth "bearer" is not available yet`}},
-		{name: "dpop is not available yet", yaml: "auth: dpop\nlisten: 0.0.0.0:443\n",
-			want: []string{`config sag.yaml: auth "dpop" is not available yet`}},
+		{name: "issuer without keys", yaml: "identity:\n  issuers:\n    - issuer: https://idp.example\n",
+			want: []string{`identity.issuers[0]: missing property 'jwks_url'`}},
+		{name: "issuer listed twice", yaml: "identity:\n  issuers:\n    - {issuer: a, jwks_file: a.json}\n    - {issuer: a, jwks_file: b.json}\n",
+			want: []string{`identity.issuers[1].issuer: "a" is listed twice`}},
+		{name: "spiffe cert without key", yaml: "identity:\n  spiffe:\n    cert_file: c.pem\n",
+			want: []string{`identity.spiffe: cert_file and key_file go together`}},
+		{name: "spiffe bundle without trust domain", yaml: "identity:\n  spiffe:\n    bundle_file: b.pem\n",
+			want: []string{`identity.spiffe.trust_domain: required with a bundle`}},
+		{name: "zero dpop window", yaml: "identity:\n  dpop_window: 0s\n",
+			want: []string{`identity.dpop_window: got 0s, want more than 0`}},
+		{name: "unknown upstream auth", yaml: "upstreams:\n  - {name: a, url: 'http://x/mcp', auth: basic}\n",
+			want: []string{`upstreams[0].auth: value must be one of 'dpop', 'mtls', 'none'`}},
 		{name: "listen without port", yaml: "listen: 127.0.0.1\n",
 			want: []string{"config sag.yaml: listen: '127.0.0.1' does not match pattern"}},
 		{name: "listen port out of range", yaml: "listen: 127.0.0.1:99999\n",
@@ -143,7 +151,7 @@ func TestParseInvalid(t *testing.T) {
 			want: []string{"config sag.yaml: admin_token: got array, want string"}},
 		{name: "every problem is reported", yaml: "colour: red\nauth: magic\nupstreams:\n  - {name: '', url: 'x'}\n",
 			want: []string{"config sag.yaml: colour: property not allowed\n", "config sag.yaml: auth: value must be one of", "upstreams[0].name:", "upstreams[0].url:"}},
-		{name: "semantic problems are all reported", yaml: "listen: 0.0.0.0:1\nadmin_token: x\nadmin_token_file: y\n",
+		{name: "semantic problems are all reported", yaml: "auth: open\nlisten: 0.0.0.0:1\nadmin_token: x\nadmin_token_file: y\n",
 			want: []string{`auth "open" needs a loopback`, "\nconfig sag.yaml: admin_token and admin_token_file"}},
 		{name: "not a finite number", yaml: "limits:\n  max_request_bytes: .inf\n",
 			want: []string{"config sag.yaml: limits.max_request_bytes: got +Inf, want a finite number"}},
@@ -468,7 +476,7 @@ func TestLoad(t *testing.T) {
 		t.Errorf("Load(missing) error = %v", err)
 	}
 	p := filepath.Join(t.TempDir(), "bad.yaml")
-	if err := os.WriteFile(p, []byte("listen: 0.0.0.0:80\n"), 0o600); err != nil {
+	if err := os.WriteFile(p, []byte("auth: open\nlisten: 0.0.0.0:80\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "config "+p+": auth") {

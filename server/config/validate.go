@@ -11,14 +11,6 @@ import (
 	"strings"
 )
 
-// availableAuth lists the auth modes this build implements. The config schema
-// already accepts "bearer" and "dpop" so that files written for them parse,
-// but Validate refuses them until package identity implements them: this map
-// is the one place to change when it does.
-var availableAuth = map[string]bool{
-	AuthOpen: true,
-}
-
 var (
 	upstreamNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
 	envNameRE      = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -45,9 +37,6 @@ func (c *Config) Validate() error {
 
 	switch c.Auth {
 	case AuthOpen, AuthBearer, AuthDPoP:
-		if !availableAuth[c.Auth] {
-			add("auth %q is not available yet", c.Auth)
-		}
 	default:
 		add("auth: %q is not one of open, bearer, dpop", c.Auth)
 	}
@@ -105,6 +94,12 @@ func (c *Config) Validate() error {
 		add("limits.max_upstream_sessions: got %d, want at least 1", l.MaxUpstreamSessions)
 	}
 
+	if err := c.Identity.validate(); err != nil {
+		for _, e := range unjoin(err) {
+			add("identity.%w", e)
+		}
+	}
+
 	seen := make(map[string]int, len(c.Upstreams))
 	for i, u := range c.Upstreams {
 		field := fmt.Sprintf("upstreams[%d]", i)
@@ -160,6 +155,54 @@ func (u Upstream) validate() error {
 	}
 	if u.Timeout < 0 {
 		add("timeout: got %s, want more than 0", u.Timeout)
+	}
+	if !slices.Contains([]string{"", UpstreamAuthDPoP, UpstreamAuthMTLS, UpstreamAuthNone}, u.Auth) {
+		add("auth: %q is not one of dpop, mtls, none", u.Auth)
+	}
+	return errors.Join(errs...)
+}
+
+// validate checks the identity section; errors name fields relative to it.
+func (id Identity) validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for _, d := range []struct {
+		field string
+		v     Duration
+	}{
+		{"token_skew", id.TokenSkew},
+		{"dpop_window", id.DPoPWindow},
+		{"upstream_token_ttl", id.UpstreamTokenTTL},
+		{"exchange.ttl", id.Exchange.TTL},
+	} {
+		if d.v <= 0 {
+			add("%s: got %s, want more than 0", d.field, d.v)
+		}
+	}
+	seen := map[string]bool{}
+	for i, is := range id.Issuers {
+		switch {
+		case is.Issuer == "":
+			add("issuers[%d].issuer: must not be empty", i)
+		case seen[is.Issuer]:
+			add("issuers[%d].issuer: %q is listed twice", i, is.Issuer)
+		}
+		seen[is.Issuer] = true
+		if (is.JWKSURL == "") == (is.JWKSFile == "") {
+			add("issuers[%d]: set exactly one of jwks_url and jwks_file", i)
+		}
+		if is.JWKSURL != "" {
+			if err := checkBaseURL(is.JWKSURL); err != nil {
+				add("issuers[%d].jwks_url: %v", i, err)
+			}
+		}
+	}
+	sp := id.SPIFFE
+	if (sp.CertFile == "") != (sp.KeyFile == "") {
+		add("spiffe: cert_file and key_file go together")
+	}
+	if (sp.BundleFile != "" || sp.JWTBundleFile != "" || sp.WorkloadAPI != "") && sp.TrustDomain == "" {
+		add("spiffe.trust_domain: required with a bundle or a Workload API")
 	}
 	return errors.Join(errs...)
 }

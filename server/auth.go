@@ -1,0 +1,189 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/auth"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/server/config"
+)
+
+// principalKey is where authenticated requests carry their principal in
+// the SDK's TokenInfo.Extra.
+const principalKey = "sag.principal"
+
+// KeysDir is the data directory's folder of signing keys.
+const KeysDir = "keys"
+
+// authn holds the identity parts the gateway is composed of.
+type authn struct {
+	keys   *identity.Keys
+	issuer *identity.Issuer
+	// check is nil under --auth open.
+	check *identity.Authenticator
+}
+
+// newAuthn builds token verification, DPoP and the gateway's own issuer from
+// the configuration. ctx bounds the background JWKS refreshes.
+func newAuthn(ctx context.Context, cfg *config.Config, revocations identity.RevocationChecker) (*authn, error) {
+	keys, err := identity.LoadKeys(filepath.Join(cfg.DataDir, KeysDir))
+	if err != nil {
+		return nil, err
+	}
+	base := cfg.ResolvedPublicURL()
+	a := &authn{keys: keys, issuer: &identity.Issuer{URL: base, Keys: keys}}
+	if cfg.Auth == config.AuthOpen {
+		return a, nil
+	}
+	issuers := map[string]identity.KeySource{base: identity.StaticKeys{Set: keys.PublicSet}}
+	for _, is := range cfg.Identity.Issuers {
+		var src identity.KeySource
+		if is.JWKSFile != "" {
+			if src, err = identity.FileKeys(is.JWKSFile); err != nil {
+				return nil, err
+			}
+		} else if src, err = identity.NewRemoteKeys(ctx, is.JWKSURL, nil); err != nil {
+			return nil, err
+		}
+		issuers[is.Issuer] = src
+	}
+	tokens, err := identity.NewTokenVerifier(identity.TokenOptions{
+		Audience: base,
+		Issuers:  issuers,
+		Skew:     time.Duration(cfg.Identity.TokenSkew),
+	})
+	if err != nil {
+		return nil, err
+	}
+	window := time.Duration(cfg.Identity.DPoPWindow)
+	// One replay cache for every endpoint, sized for a busy node; when it
+	// is full new proofs are refused rather than replays let through.
+	dpop, err := identity.NewDPoPVerifier(identity.DPoPOptions{Window: window, Replay: identity.NewMemoryReplay(1_000_000, nil)})
+	if err != nil {
+		return nil, err
+	}
+	var nonces *identity.Nonces
+	if cfg.Identity.DPoPNonce {
+		nonces = identity.NewNonces(window, nil)
+	}
+	a.check, err = identity.NewAuthenticator(identity.AuthOptions{
+		Mode:                cfg.Auth,
+		PublicURL:           base,
+		ResourceMetadataURL: base + resourceMetadataPath,
+		Tokens:              tokens,
+		DPoP:                dpop,
+		Nonces:              nonces,
+		Revocations:         revocations,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	return a, nil
+}
+
+// requireAuth authenticates every request before next sees it and hands the
+// principal to the SDK as its TokenInfo, which binds each MCP session to the
+// principal that opened it. The caller's Authorization header does not go
+// further: the SDK and everything after it see a placeholder.
+func (g *Gateway) requireAuth(scopes []string, next http.Handler) http.Handler {
+	sdk := auth.RequireBearerToken(func(ctx context.Context, _ string, _ *http.Request) (*auth.TokenInfo, error) {
+		p, _ := ctx.Value(principalCtxKey{}).(identity.Principal)
+		exp := p.Expiry
+		if exp.IsZero() { // --auth open
+			exp = time.Now().Add(24 * time.Hour)
+		}
+		return &auth.TokenInfo{UserID: p.Key(), Scopes: p.Scopes, Expiration: exp, Extra: map[string]any{principalKey: p}}, nil
+	}, nil)(next)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := identity.Anonymous()
+		if g.auth.check != nil {
+			var err error
+			if p, err = g.auth.check.Authenticate(r); err == nil {
+				err = identity.RequireScopes(p, scopes)
+			}
+			if err != nil {
+				g.log.Info("request refused", "path", r.URL.Path, "reason", err.Error())
+				g.metrics.authFailures.Inc()
+				g.auth.check.WriteError(w, err)
+				return
+			}
+			if p.Method == identity.MethodBearer {
+				g.log.Debug("bearer token accepted (not sender-constrained)", "sub", p.User)
+			}
+		}
+		// A session belongs to the principal that opened it; to anyone
+		// else it does not exist (DESIGN.md, Sessions).
+		if id := r.Header.Get("Mcp-Session-Id"); id != "" {
+			if owner, ok := g.front.owner(id); ok && owner != p.Key() {
+				http.Error(w, "session not found", http.StatusNotFound)
+				return
+			}
+		}
+		r = r.Clone(context.WithValue(r.Context(), principalCtxKey{}, p))
+		r.Header.Set("Authorization", "Bearer authenticated")
+		sdk.ServeHTTP(w, r)
+	})
+}
+
+type principalCtxKey struct{}
+
+// principal returns the principal that requireAuth attached to a request.
+// A request without one (which requireAuth never lets through) is treated
+// as anonymous only under --auth open; otherwise ok is false.
+func (g *Gateway) principal(extra *mcp.RequestExtra) (identity.Principal, bool) {
+	if extra != nil && extra.TokenInfo != nil {
+		if p, ok := extra.TokenInfo.Extra[principalKey].(identity.Principal); ok {
+			return p, true
+		}
+	}
+	if g.cfg.Auth == config.AuthOpen {
+		return identity.Anonymous(), true
+	}
+	return identity.Principal{}, false
+}
+
+// resourceMetadataPath serves RFC 9728 protected resource metadata.
+const resourceMetadataPath = "/.well-known/oauth-protected-resource"
+
+// resourceMetadata serves RFC 9728 §3 metadata: the resource identifier is the
+// gateway's public URL; the gateway's own issuer and the configured ones are
+// its authorization servers.
+func (g *Gateway) resourceMetadata(w http.ResponseWriter, _ *http.Request) {
+	base := g.cfg.ResolvedPublicURL()
+	servers := []string{base}
+	for _, is := range g.cfg.Identity.Issuers {
+		servers = append(servers, is.Issuer)
+	}
+	algs := identity.DefaultDPoPAlgs()
+	w.Header().Set("Access-Control-Allow-Origin", "*")
+	writeJSON(w, http.StatusOK, map[string]any{
+		"resource":                              base,
+		"authorization_servers":                 servers,
+		"bearer_methods_supported":              []string{"header"},
+		"resource_signing_alg_values_supported": []string{"ES256"},
+		"dpop_signing_alg_values_supported":     algs,
+		"dpop_bound_access_tokens_required":     g.cfg.Auth == config.AuthDPoP,
+		"tls_client_certificate_bound_access_tokens": true,
+		"resource_name": "SAG gateway",
+	})
+}
+
+// jwks publishes the gateway's signing keys (RFC 7517 §5), which verify the
+// tokens it issues and mints for upstreams.
+func (g *Gateway) jwks(w http.ResponseWriter, _ *http.Request) {
+	b, err := g.auth.keys.JWKS()
+	if err != nil {
+		http.Error(w, "keys unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/jwk-set+json")
+	w.Header().Set("Cache-Control", "max-age=300")
+	w.Header().Set("Access-Control-Allow-Origin", "*")
+	w.Write(b)
+}
