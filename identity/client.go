@@ -48,11 +48,13 @@ func LoadOrCreateDPoPKey(path string) (*DPoPKey, error) {
 		if err != nil {
 			return nil, fmt.Errorf("identity: dpop key %s: not a JWK", path)
 		}
-		var raw *ecdsa.PrivateKey
-		if err := jwk.Export(k, &raw); err != nil {
+		var raw any
+		err = jwk.Export(k, &raw)
+		priv, ok := raw.(*ecdsa.PrivateKey)
+		if err != nil || !ok {
 			return nil, fmt.Errorf("identity: dpop key %s: not an EC private key", path)
 		}
-		return DPoPKeyFrom(raw)
+		return DPoPKeyFrom(priv)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("identity: dpop key: %w", err)
 	}

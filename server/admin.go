@@ -100,6 +100,9 @@ type UpstreamRequest struct {
 	// WithdrawWhenDown takes the upstream's entries out of the catalog while
 	// it is unreachable.
 	WithdrawWhenDown bool `json:"withdraw_when_down,omitempty"`
+	// Auth is how SAG authenticates to the upstream: dpop (default), mtls
+	// or none.
+	Auth string `json:"auth,omitempty"`
 }
 
 // UpstreamResponse describes a registered upstream.
@@ -136,7 +139,7 @@ func (g *Gateway) addUpstream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return badRequest("%v", err)
 	}
-	spec := upstreams.Spec{Name: req.Name, URL: req.URL, Prefix: naming, Env: req.Env, ProtocolVersion: req.ProtocolVersion, WithdrawWhenDown: req.WithdrawWhenDown}
+	spec := upstreams.Spec{Name: req.Name, URL: req.URL, Prefix: naming, Env: req.Env, ProtocolVersion: req.ProtocolVersion, WithdrawWhenDown: req.WithdrawWhenDown, Auth: req.Auth}
 	if req.Timeout != "" {
 		if spec.Timeout, err = time.ParseDuration(req.Timeout); err != nil || spec.Timeout <= 0 {
 			return badRequest("timeout %q: want a positive Go duration such as 30s", req.Timeout)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/server/config"
+	"github.com/sag-gateway/sag/store"
 )
 
 // principalKey is where authenticated requests carry their principal in
@@ -25,19 +26,41 @@ const KeysDir = "keys"
 type authn struct {
 	keys   *identity.Keys
 	issuer *identity.Issuer
+	// minter mints the tokens sent to upstreams (pipeline step 6).
+	minter *identity.Minter
 	// check is nil under --auth open.
 	check *identity.Authenticator
 }
 
+// DPoPKeyFile is the gateway's own DPoP key in the data directory: the key
+// the tokens it mints for upstreams are bound to.
+const DPoPKeyFile = "dpop.jwk"
+
 // newAuthn builds token verification, DPoP and the gateway's own issuer from
 // the configuration. ctx bounds the background JWKS refreshes.
-func newAuthn(ctx context.Context, cfg *config.Config, revocations identity.RevocationChecker) (*authn, error) {
+func newAuthn(ctx context.Context, cfg *config.Config, st Store, revocations identity.RevocationChecker) (*authn, error) {
 	keys, err := identity.LoadKeys(filepath.Join(cfg.DataDir, KeysDir))
 	if err != nil {
 		return nil, err
 	}
 	base := cfg.ResolvedPublicURL()
 	a := &authn{keys: keys, issuer: &identity.Issuer{URL: base, Keys: keys}}
+	dpopKey, err := identity.LoadOrCreateDPoPKey(filepath.Join(cfg.DataDir, DPoPKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	a.minter, err = identity.NewMinter(identity.MinterOptions{
+		Issuer: a.issuer,
+		Key:    dpopKey,
+		Self:   base,
+		TTL:    time.Duration(cfg.Identity.UpstreamTokenTTL),
+		Record: func(ctx context.Context, m identity.Minted) error {
+			return st.PutMinted(ctx, store.MintedToken{JTI: m.JTI, Session: m.Session, Upstream: m.Upstream, Subject: m.Subject, Expiry: m.Expiry})
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Auth == config.AuthOpen {
 		return a, nil
 	}

@@ -400,6 +400,9 @@ func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 		ss, _ := req.GetSession().(*mcp.ServerSession)
 		f.watch(ctx, ss, req.GetExtra())
+		if p, ok := f.gw.principal(req.GetExtra()); ok {
+			ctx = upstreams.WithCaller(ctx, p, protocolSession(p, ss))
+		}
 		switch method {
 		case "logging/setLevel":
 			if p, ok := req.GetParams().(*mcp.SetLoggingLevelParams); ok {

@@ -31,6 +31,10 @@ type Store interface {
 	PutUpstream(ctx context.Context, u store.Upstream) error
 	DeleteUpstream(ctx context.Context, name string) error
 	ListUpstreams(ctx context.Context) ([]store.Upstream, error)
+	PutMinted(ctx context.Context, m store.MintedToken) error
+	MintedStatus(ctx context.Context, jti string) (store.MintedToken, bool, error)
+	RevokeTree(ctx context.Context, id string) ([]string, error)
+	FindSessions(ctx context.Context, kind store.SessionKind, who string, byAgent bool) ([]string, error)
 	Close() error
 }
 
@@ -62,10 +66,11 @@ type Gateway struct {
 // the configured and persisted upstreams and mounts the routes. It starts no
 // listener; call Serve.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (g *Gateway, err error) {
-	g = &Gateway{cfg: cfg, log: log, version: version, configured: map[string]bool{}, inflight: newTracker()}
+	gw := &Gateway{cfg: cfg, log: log, version: version, configured: map[string]bool{}, inflight: newTracker()}
+	g = gw
 	defer func() {
 		if err != nil {
-			g.Close()
+			gw.Close() // g is nil by now
 		}
 	}()
 
@@ -78,7 +83,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if g.admin, err = adminToken(cfg); err != nil {
 		return nil, err
 	}
-	if g.auth, err = newAuthn(ctx, cfg, nil); err != nil {
+	if g.auth, err = newAuthn(ctx, cfg, g.store, nil); err != nil {
 		return nil, err
 	}
 
@@ -96,6 +101,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		Logger:            log,
 		OnChange:          g.front.sync,
 		OnResourceUpdated: g.front.resourceUpdated,
+		Credentials:       g.auth.minter,
 		Version:           version,
 	})
 	g.metrics.watch(g.upstreams)
@@ -165,7 +171,7 @@ func specFromConfig(u config.Upstream) (upstreams.Spec, error) {
 	if err != nil {
 		return upstreams.Spec{}, fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
-	spec := upstreams.Spec{Name: u.Name, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout), ProtocolVersion: u.ProtocolVersion, WithdrawWhenDown: u.WithdrawWhenDown}
+	spec := upstreams.Spec{Name: u.Name, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout), ProtocolVersion: u.ProtocolVersion, WithdrawWhenDown: u.WithdrawWhenDown, Auth: u.Auth}
 	return spec, spec.Validate()
 }
 

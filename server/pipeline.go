@@ -32,13 +32,12 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 
 	// 1. authenticate: who is calling. requireAuth verified the request
 	// (token, DPoP proof or mTLS binding, agent identity) before the SDK
-	// read it. State the call leaves upstream (a parked call awaiting
-	// input) is bound to this principal.
+	// read it; front.receive marked ctx with the caller, for whom step 6
+	// mints upstream credentials and to whom a parked call is bound.
 	p, ok := g.principal(req.Extra)
 	if !ok {
 		return nil, g.refuse(ctx, &rec, start, errUnauthenticated)
 	}
-	ctx = upstreams.WithCaller(ctx, p.Key())
 	// 2. session: place the call in the session graph; revoked sessions stop here.
 	ids, err := g.session(ctx, p, req.Session, req.Extra)
 	ids.fill(&rec, p)
@@ -52,8 +51,10 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 		return nil, g.refuse(ctx, &rec, start, unknownTool(name))
 	}
 	rec.Upstream = t.Upstream
-	// 4. validate (schemas), 5. consent, 6. credentials: see the policy,
-	// consent and identity packages; upstreams asks identity for headers.
+	// 4. validate (schemas) and 5. consent: see the policy and consent
+	// issues. 6. credentials: the upstream connection asks identity's
+	// Minter for a token minted for this caller and a fresh DPoP proof on
+	// every HTTP request it sends (upstreams.Credentials).
 
 	// 7. forward.
 	res, err := g.upstreams.CallTool(ctx, req.Session, t, req.Params)

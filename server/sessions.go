@@ -88,18 +88,31 @@ func derive(prefix string, parts ...string) string {
 	return prefix + hex.EncodeToString(h.Sum(nil)[:12])
 }
 
+// userSession is the USID: the token's sid, else derived from (iss, sub).
+func userSession(p identity.Principal) string {
+	if p.SessionID != "" {
+		return derive("u_", p.Issuer, "sid", p.SessionID)
+	}
+	return derive("u_", p.Issuer, p.User)
+}
+
+// agentSession is the ASID: (agent identity, USID).
+func agentSession(p identity.Principal) string { return derive("a_", p.Agent, userSession(p)) }
+
+// protocolSession is the MSID: the MCP session, or for stateless requests
+// the ASID. Tokens minted for upstreams hang off it.
+func protocolSession(p identity.Principal, ss *mcp.ServerSession) string {
+	if ss != nil && ss.ID() != "" {
+		return ss.ID()
+	}
+	return agentSession(p)
+}
+
 // session resolves a request's place in the session graph and refuses it if
 // any node on its path has been revoked.
 func (g *Gateway) session(ctx context.Context, p identity.Principal, ss *mcp.ServerSession, extra *mcp.RequestExtra) (sessionIDs, error) {
 	var ids sessionIDs
-	// USID: the token's sid, else derived from (iss, sub).
-	if p.SessionID != "" {
-		ids.USID = derive("u_", p.Issuer, "sid", p.SessionID)
-	} else {
-		ids.USID = derive("u_", p.Issuer, p.User)
-	}
-	// ASID: (agent identity, USID).
-	ids.ASID = derive("a_", p.Agent, ids.USID)
+	ids.USID, ids.ASID = userSession(p), agentSession(p)
 	// WSID: the workflow header, scoped to the user so that another user's
 	// workflow id never joins their graph.
 	if wf := header(extra).Get(WorkflowHeader); wf != "" {
@@ -108,11 +121,7 @@ func (g *Gateway) session(ctx context.Context, p identity.Principal, ss *mcp.Ser
 		}
 		ids.WSID = derive("w_", ids.USID, wf)
 	}
-	// MSID: the MCP session; stateless requests use the ASID.
-	ids.MSID = ids.ASID
-	if ss != nil && ss.ID() != "" {
-		ids.MSID = ss.ID()
-	}
+	ids.MSID = protocolSession(p, ss)
 
 	nodes := []store.Session{
 		{ID: ids.USID, Kind: store.KindUser, Subject: p.User},

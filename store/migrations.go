@@ -99,6 +99,30 @@ DROP INDEX audit_asid;
 DROP INDEX audit_msid;
 CREATE INDEX audit_by_sessions ON audit (sessions);
 `,
+	// 3: lineage of the tokens SAG mints for upstreams (session → jti), so
+	// that killing a session makes them inactive; revoked tokens (RFC
+	// 7009); session lookup by agent for the kill-switch.
+	`
+CREATE TABLE minted_tokens (
+	jti      TEXT PRIMARY KEY,
+	session  TEXT NOT NULL, -- sessions.id (not a foreign key: the node may be written later)
+	upstream TEXT NOT NULL,
+	subject  TEXT NOT NULL,
+	expiry   INTEGER NOT NULL -- Unix nanoseconds
+);
+CREATE INDEX minted_tokens_session ON minted_tokens (session);
+CREATE INDEX minted_tokens_expiry ON minted_tokens (expiry);
+
+CREATE TABLE revoked_tokens (
+	issuer TEXT NOT NULL,
+	jti    TEXT NOT NULL,
+	expiry INTEGER NOT NULL, -- Unix nanoseconds; the row may go after it
+	PRIMARY KEY (issuer, jti)
+);
+
+CREATE INDEX sessions_subject ON sessions (kind, subject);
+CREATE INDEX sessions_agent ON sessions (kind, agent);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

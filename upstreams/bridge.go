@@ -11,6 +11,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/identity"
 )
 
 // The bridge joins two ways of asking a client for input. A 2026-07-28 client
@@ -28,15 +30,31 @@ const parkTimeout = 5 * time.Minute
 
 type callerKey struct{}
 
-// WithCaller marks ctx with an opaque key of the caller (its principal). A
-// parked call resumes only for a retry from the same caller.
-func WithCaller(ctx context.Context, key string) context.Context {
-	return context.WithValue(ctx, callerKey{}, key)
+// WithCaller marks ctx with the principal a downstream request comes from
+// and the session-graph node it belongs to. Upstream requests made for it
+// carry credentials minted for that principal, and a parked call resumes
+// only for a retry from the same principal.
+func WithCaller(ctx context.Context, p identity.Principal, session string) context.Context {
+	return context.WithValue(ctx, callerKey{}, &caller{p: p, session: session})
 }
 
-func callerOf(ctx context.Context) string {
-	k, _ := ctx.Value(callerKey{}).(string)
-	return k
+// caller is what WithCaller records.
+type caller struct {
+	p       identity.Principal
+	session string
+}
+
+func callerOf(ctx context.Context) *caller {
+	c, _ := ctx.Value(callerKey{}).(*caller)
+	return c
+}
+
+// callerKeyOf is the principal key of ctx's caller, "" without one.
+func callerKeyOf(ctx context.Context) string {
+	if c := callerOf(ctx); c != nil {
+		return c.p.Key()
+	}
+	return ""
 }
 
 // bridged is one call in flight on a bridge connection.
@@ -74,11 +92,12 @@ type inputRequest struct {
 // upstream.
 func (m *Manager) callBridged(ctx context.Context, u *upstream, down *mcp.ServerSession, t *Tool, p *mcp.CallToolParamsRaw) (*mcp.CallToolResult, error) {
 	r := m.begin(ctx, u, down, p.Meta)
-	c, err := u.checkout(r.up)
+	c, err := u.checkout(r.up, r.caller)
 	if err != nil {
 		r.end()
 		return nil, u.failure(r.down, err)
 	}
+	c.caller.Store(r.caller)
 	if ctx.Err() != nil {
 		r.end()
 		u.checkin(c, true)
@@ -88,7 +107,7 @@ func (m *Manager) callBridged(ctx context.Context, u *upstream, down *mcp.Server
 	// it runs under its own timeout.
 	upCtx, cancel := context.WithTimeout(context.Background(), u.timeout())
 	b := &bridged{
-		m: m, u: u, c: c, caller: callerOf(ctx), tool: t.Name, caps: clientCaps(down),
+		m: m, u: u, c: c, caller: callerKeyOf(ctx), tool: t.Name, caps: clientCaps(down),
 		events: make(chan bridgeEvent), cancel: cancel, done: make(chan struct{}),
 	}
 	c.holder.Store(&holder{down: down, ctx: r.down, b: b})
@@ -124,7 +143,7 @@ func (m *Manager) resumeBridged(ctx context.Context, t *Tool, p *mcp.CallToolPar
 		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "requestState is unknown or expired; call the tool again without it"}
 	}
 	b := v.(*bridged)
-	if b.caller != callerOf(ctx) || b.tool != t.Name {
+	if b.caller != callerKeyOf(ctx) || b.tool != t.Name {
 		m.parked.Store(p.RequestState, b) // not theirs: leave it for its owner
 		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "requestState is unknown or expired; call the tool again without it"}
 	}
@@ -262,7 +281,7 @@ func clientCaps(down *mcp.ServerSession) *mcp.ClientCapabilities {
 }
 
 // checkout takes an idle pooled connection or dials one.
-func (u *upstream) checkout(ctx context.Context) (*conn, error) {
+func (u *upstream) checkout(ctx context.Context, cl *caller) (*conn, error) {
 	u.mu.Lock()
 	if u.closed {
 		u.mu.Unlock()
@@ -281,7 +300,7 @@ func (u *upstream) checkout(ctx context.Context) (*conn, error) {
 	}
 	u.busy++
 	u.mu.Unlock()
-	c, err := u.dial(ctx, nil, true)
+	c, err := u.dial(ctx, nil, true, cl)
 	if err != nil {
 		u.mu.Lock()
 		u.busy--
@@ -294,6 +313,7 @@ func (u *upstream) checkout(ctx context.Context) (*conn, error) {
 // checkin returns a pooled connection; an unhealthy one, or one of a
 // removed upstream, is closed instead.
 func (u *upstream) checkin(c *conn, healthy bool) {
+	c.caller.Store(nil) // the next checkout sets its own
 	u.mu.Lock()
 	u.busy--
 	if u.closed || !healthy {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/identity"
 )
 
 // Error is a failure to get an answer from an upstream: not connected, timed
@@ -56,7 +58,9 @@ type request struct {
 	up    context.Context
 	meta  mcp.Meta
 	level mcp.LoggingLevel // the client's log level, "" if none
-	end   func()
+	// caller is who the request is made for (WithCaller), nil for none.
+	caller *caller
+	end    func()
 }
 
 // begin prepares a request to u on behalf of down: timeout, progress token
@@ -64,7 +68,7 @@ type request struct {
 func (m *Manager) begin(ctx context.Context, u *upstream, down *mcp.ServerSession, meta mcp.Meta) *request {
 	downCtx, cancel := context.WithTimeout(ctx, u.timeout())
 	up, stop := isolate(downCtx)
-	r := &request{id: m.seq.Add(1), down: downCtx, up: up, meta: upstreamMeta(meta)}
+	r := &request{id: m.seq.Add(1), down: downCtx, up: up, meta: upstreamMeta(meta), caller: callerOf(ctx)}
 	var upTok string
 	if tok, ok := meta["progressToken"]; ok && down != nil {
 		upTok = "sag-" + strconv.FormatUint(r.id, 36)
@@ -465,19 +469,20 @@ func safeError(err error) string {
 	return s
 }
 
-// httpClient returns the HTTP client for one upstream: the shared transport,
-// that upstream's credentials on every request, and the cancellation shim.
-func (m *Manager) httpClient(upstream string) *http.Client {
-	c := *m.opts.HTTPClient
-	base := c.Transport
+// httpClient returns the HTTP client of one connection: the shared
+// transport, credentials for the connection's caller on every request, and
+// the cancellation shim.
+func (m *Manager) httpClient(u *upstream, c *conn) *http.Client {
+	hc := *m.opts.HTTPClient
+	base := hc.Transport
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	if m.opts.Credentials != nil {
-		base = &credentialTransport{base: base, creds: m.opts.Credentials, upstream: upstream}
+	if m.opts.Credentials != nil && u.spec.Auth != AuthNone {
+		base = &credentialTransport{base: base, creds: m.opts.Credentials, u: u, c: c}
 	}
-	c.Transport = &cancelShim{base: base}
-	return &c
+	hc.Transport = &cancelShim{base: base}
+	return &hc
 }
 
 // cancelShim answers the go-sdk client's notifications/cancelled on
@@ -502,20 +507,26 @@ func (t *cancelShim) RoundTrip(req *http.Request) (*http.Response, error) {
 	return t.base.RoundTrip(req)
 }
 
+// credentialTransport authenticates each request of one connection for the
+// caller the connection currently serves.
 type credentialTransport struct {
-	base     http.RoundTripper
-	creds    Credentials
-	upstream string
+	base  http.RoundTripper
+	creds Credentials
+	u     *upstream
+	c     *conn
 }
 
 func (t *credentialTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	h, err := t.creds.For(req.Context(), t.upstream)
-	if err != nil {
-		return nil, fmt.Errorf("credentials for upstream %s: %w", t.upstream, err)
+	o := identity.OnBehalfOf{Upstream: t.u.spec.Name, Audience: t.u.tgt.endpoint, Binding: t.u.spec.Auth}
+	if cl := t.c.caller.Load(); cl != nil {
+		o.Principal, o.Session = &cl.p, cl.session
 	}
 	req = req.Clone(req.Context())
-	for k, vs := range h {
-		req.Header[k] = vs
+	if err := t.creds.Apply(req, o); err != nil {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, fmt.Errorf("credentials for upstream %s: %w", t.u.spec.Name, err)
 	}
 	return t.base.RoundTrip(req)
 }

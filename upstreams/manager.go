@@ -13,13 +13,16 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/identity"
 )
 
-// Credentials supplies the headers that authenticate SAG to an upstream. It is
-// asked once per outgoing HTTP request, with that request's context. The
-// identity package implements it; nil sends no credentials.
+// Credentials authenticate SAG to upstreams. Apply is called for every
+// outgoing HTTP request with what it is for: the upstream, and the principal
+// and session it is made for (none for the gateway's own control traffic).
+// The identity package implements it; nil sends no credentials.
 type Credentials interface {
-	For(ctx context.Context, upstream string) (http.Header, error)
+	Apply(req *http.Request, o identity.OnBehalfOf) error
 }
 
 // Options configure a Manager.

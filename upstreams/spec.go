@@ -65,7 +65,17 @@ type Spec struct {
 	// from the catalog (with list_changed) while it is unreachable; by
 	// default they stay listed and calls get a clear tool error.
 	WithdrawWhenDown bool `json:"withdraw_when_down,omitempty"`
+	// Auth is how SAG authenticates to the upstream: AuthDPoP (the
+	// default), AuthMTLS or AuthNone.
+	Auth string `json:"auth,omitempty"`
 }
+
+// Values of Spec.Auth.
+const (
+	AuthDPoP = "dpop"
+	AuthMTLS = "mtls"
+	AuthNone = "none"
+)
 
 // ProtocolVersions are the MCP revisions SAG can speak to an upstream.
 var ProtocolVersions = []string{"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"}
@@ -95,6 +105,9 @@ func (s Spec) Validate() error {
 	}
 	if s.ProtocolVersion != "" && !slices.Contains(ProtocolVersions, s.ProtocolVersion) {
 		return fmt.Errorf("upstream %s: protocol_version %q: want one of %s", s.Name, s.ProtocolVersion, strings.Join(ProtocolVersions, ", "))
+	}
+	if !slices.Contains([]string{"", AuthDPoP, AuthMTLS, AuthNone}, s.Auth) {
+		return fmt.Errorf("upstream %s: auth %q: want dpop, mtls or none", s.Name, s.Auth)
 	}
 	if _, err := parseTarget(s.URL); err != nil {
 		return fmt.Errorf("upstream %s: %w", s.Name, err)

@@ -58,6 +58,10 @@ type conn struct {
 	level    mcp.LoggingLevel // last level set on a pooled connection
 
 	holder atomic.Pointer[holder] // the request holding a pooled connection
+	// caller is who the connection's requests are made for: fixed for a
+	// downstream session's connection, per checkout for a pooled one, nil
+	// for the control connection (the gateway's own traffic).
+	caller atomic.Pointer[caller]
 }
 
 // holder is the stateless client's request that holds a pooled connection.
@@ -100,7 +104,7 @@ func (u *upstream) supervise() {
 	backoff := 100 * time.Millisecond
 	for {
 		ctx, cancel := context.WithTimeout(base, u.timeout())
-		c, err := u.dial(ctx, nil, false)
+		c, err := u.dial(ctx, nil, false, nil)
 		if err == nil {
 			if err = u.refresh(ctx, c); err != nil {
 				c.cs.Close()
@@ -198,8 +202,9 @@ func unreachable(err error) bool {
 // serves that downstream session: its server-to-client requests and
 // notifications are forwarded there. A pooled session serves one stateless
 // client's request at a time.
-func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession, pooled bool) (*conn, error) {
+func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession, pooled bool, cl *caller) (*conn, error) {
 	c := &conn{down: down, calls: map[uint64]context.Context{}, lastUsed: time.Now()}
+	c.caller.Store(cl)
 	opts := &mcp.ClientOptions{
 		Capabilities:                &mcp.ClientCapabilities{},
 		ProgressNotificationHandler: u.m.forwardProgress(u),
@@ -241,7 +246,7 @@ func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession, pooled boo
 	case TransportHTTP:
 		tr = &mcp.StreamableClientTransport{
 			Endpoint:   u.tgt.endpoint,
-			HTTPClient: u.m.httpClient(u.spec.Name),
+			HTTPClient: u.m.httpClient(u, c),
 			// Every connection keeps the standalone GET stream: upstreams
 			// may send server-to-client requests and notifications there
 			// rather than on a call's stream (mcp-go sends sampling and
@@ -250,7 +255,7 @@ func (u *upstream) dial(ctx context.Context, down *mcp.ServerSession, pooled boo
 			MaxRetries: 1,
 		}
 	case TransportSSE:
-		tr = &mcp.SSEClientTransport{Endpoint: u.tgt.endpoint, HTTPClient: u.m.httpClient(u.spec.Name)}
+		tr = &mcp.SSEClientTransport{Endpoint: u.tgt.endpoint, HTTPClient: u.m.httpClient(u, c)}
 	case TransportStdio:
 		cmd := exec.Command(u.tgt.argv[0], u.tgt.argv[1:]...)
 		cmd.Env = childEnv(u.spec.Env)
@@ -417,10 +422,11 @@ func (u *upstream) status() Status {
 // request holds a pooled connection for its duration.
 func (u *upstream) acquire(r *request, down *mcp.ServerSession) (*conn, func(healthy bool), error) {
 	if sessionID(down) == "" {
-		c, err := u.checkout(r.up)
+		c, err := u.checkout(r.up, r.caller)
 		if err != nil {
 			return nil, nil, err
 		}
+		c.caller.Store(r.caller)
 		c.holder.Store(&holder{down: down, ctx: r.down})
 		u.setLevel(r.up, c, r.level)
 		release := c.track(r.down, r.id)
@@ -430,7 +436,7 @@ func (u *upstream) acquire(r *request, down *mcp.ServerSession) (*conn, func(hea
 			u.checkin(c, healthy)
 		}, nil
 	}
-	c, err := u.connFor(r.up, down)
+	c, err := u.connFor(r.up, down, r.caller)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -446,7 +452,7 @@ func (u *upstream) acquire(r *request, down *mcp.ServerSession) (*conn, func(hea
 // connFor returns down's own upstream session, opening it on first use. Past
 // the cap, when no idle session can be closed, the request shares the
 // control session.
-func (u *upstream) connFor(ctx context.Context, down *mcp.ServerSession) (*conn, error) {
+func (u *upstream) connFor(ctx context.Context, down *mcp.ServerSession, cl *caller) (*conn, error) {
 	u.mu.Lock()
 	if u.closed {
 		u.mu.Unlock()
@@ -462,12 +468,17 @@ func (u *upstream) connFor(ctx context.Context, down *mcp.ServerSession) (*conn,
 		if control == nil {
 			return nil, u.unavailable()
 		}
+		if u.m.opts.Credentials != nil && u.spec.Auth != AuthNone {
+			// The control session carries the gateway's own credentials,
+			// never a user's: calls cannot share it.
+			return nil, errors.New("too many upstream sessions; try again later")
+		}
 		u.log.Warn("per-session connection cap reached; sharing the control session")
 		return control, nil
 	}
 	u.mu.Unlock()
 
-	c, err := u.dial(ctx, down, false)
+	c, err := u.dial(ctx, down, false, cl)
 	if err != nil {
 		return nil, err
 	}
