@@ -114,14 +114,24 @@ func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 	if !ok || !validToken68(token) {
 		return Principal{}, authErr(http.StatusBadRequest, ErrCodeInvalidRequest, "malformed Authorization header")
 	}
+	// Scheme names compare case-insensitively (RFC 9110 §11.1); errors
+	// name them in their canonical spelling.
+	switch {
+	case strings.EqualFold(scheme, "DPoP"):
+		scheme = "DPoP"
+	case strings.EqualFold(scheme, "Bearer"):
+		scheme = "Bearer"
+	default:
+		return Principal{}, &AuthError{Status: http.StatusUnauthorized}
+	}
 	// Bound the token before parsing it.
 	if len(token) > a.o.Tokens.max {
 		return Principal{}, invalidTokenErr("token too large", scheme)
 	}
 	proofs := r.Header.Values("DPoP")
 	var p Principal
-	switch {
-	case strings.EqualFold(scheme, "DPoP"):
+	switch scheme {
+	case "DPoP":
 		c, err := a.token(ctx, token, "DPoP")
 		if err != nil {
 			return Principal{}, err
@@ -154,7 +164,7 @@ func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 				return Principal{}, err
 			}
 		}
-	case strings.EqualFold(scheme, "Bearer"):
+	case "Bearer":
 		if len(proofs) > 0 {
 			return Principal{}, authErr(http.StatusBadRequest, ErrCodeInvalidRequest, "a DPoP proof goes with the DPoP scheme, not Bearer")
 		}
@@ -180,8 +190,6 @@ func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 		default:
 			return Principal{}, invalidTokenErr("sender-constrained token required (DPoP or mTLS)", "DPoP")
 		}
-	default:
-		return Principal{}, &AuthError{Status: http.StatusUnauthorized}
 	}
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		p.CertThumbprint = certThumbprint(r.TLS.PeerCertificates[0].Raw)

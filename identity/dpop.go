@@ -318,6 +318,11 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 	if !isCompactJWS(proof) {
 		return nil, invalidProof("malformed proof", nil)
 	}
+	// One spelling per signed proof (RFC 7515 §2): a proof re-encoded with
+	// non-zero unused bits is not a new proof.
+	if _, err := b64.DecodeString(proof[strings.LastIndexByte(proof, '.')+1:]); err != nil {
+		return nil, invalidProof("malformed proof signature", err)
+	}
 	hdrPart := proof[:strings.IndexByte(proof, '.')]
 	hdrJSON, err := b64.DecodeString(hdrPart)
 	if err != nil {

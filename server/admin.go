@@ -31,6 +31,7 @@ func (g *Gateway) adminRoutes(mux *http.ServeMux) {
 	mux.Handle("DELETE /admin/upstreams/{name}", h("/admin/upstreams/{name}", g.removeUpstream))
 	mux.Handle("GET /admin/audit", h("/admin/audit", g.queryAudit))
 	mux.Handle("GET /admin/sessions/{id}", h("/admin/sessions/{id}", g.getSession))
+	mux.Handle("POST /admin/kill", h("/admin/kill", g.killHandler))
 }
 
 // adminError is the admin API's one error type: an HTTP status, a stable

@@ -28,6 +28,9 @@ type authn struct {
 	issuer *identity.Issuer
 	// minter mints the tokens sent to upstreams (pipeline step 6).
 	minter *identity.Minter
+	// own verifies the gateway's own tokens whatever their audience
+	// (introspection, revocation).
+	own *identity.TokenVerifier
 	// check is nil under --auth open.
 	check *identity.Authenticator
 }
@@ -61,10 +64,14 @@ func newAuthn(ctx context.Context, cfg *config.Config, st Store, revocations ide
 	if err != nil {
 		return nil, err
 	}
+	self := identity.StaticKeys{Set: keys.PublicSet}
+	if a.own, err = identity.NewTokenVerifier(identity.TokenOptions{AnyAudience: true, Issuers: map[string]identity.KeySource{base: self}}); err != nil {
+		return nil, err
+	}
 	if cfg.Auth == config.AuthOpen {
 		return a, nil
 	}
-	issuers := map[string]identity.KeySource{base: identity.StaticKeys{Set: keys.PublicSet}}
+	issuers := map[string]identity.KeySource{base: self}
 	for _, is := range cfg.Identity.Issuers {
 		var src identity.KeySource
 		if is.JWKSFile != "" {

@@ -71,12 +71,19 @@ func (a *agent) client() *http.Client {
 	return &http.Client{Transport: &identity.DPoPTransport{Key: a.key, Token: func(context.Context) (string, error) { return a.token, nil }}}
 }
 
+// connect opens a session with the newest protocol revision (stateless).
 func (a *agent) connect(t *testing.T, url string) *mcp.ClientSession {
+	t.Helper()
+	return a.connectVersion(t, url, "")
+}
+
+// connectVersion opens a session speaking the given revision ("" newest).
+func (a *agent) connectVersion(t *testing.T, url, version string) *mcp.ClientSession {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	c := mcp.NewClient(&mcp.Implementation{Name: "sag-test-agent", Version: "1"}, nil)
-	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: a.client()}, nil)
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: a.client()}, &mcp.ClientSessionOptions{ProtocolVersion: version})
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}

@@ -35,6 +35,8 @@ type Store interface {
 	MintedStatus(ctx context.Context, jti string) (store.MintedToken, bool, error)
 	RevokeTree(ctx context.Context, id string) ([]string, error)
 	FindSessions(ctx context.Context, kind store.SessionKind, who string, byAgent bool) ([]string, error)
+	RevokeToken(ctx context.Context, issuer, jti string, expiry time.Time) error
+	RevokedTokens(ctx context.Context) ([]store.RevokedToken, error)
 	Close() error
 }
 
@@ -53,6 +55,7 @@ type Gateway struct {
 	sessions  sessionCache
 	admin     string // admin API token
 	auth      *authn
+	revoked   *revocations
 
 	configured map[string]bool // upstreams from the config file or flags (not removable at run time)
 	registry   sync.Mutex      // serialises admin changes to the upstream registry
@@ -83,7 +86,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if g.admin, err = adminToken(cfg); err != nil {
 		return nil, err
 	}
-	if g.auth, err = newAuthn(ctx, cfg, g.store, nil); err != nil {
+	if g.revoked, err = loadRevocations(ctx, g.store); err != nil {
+		return nil, err
+	}
+	if g.auth, err = newAuthn(ctx, cfg, g.store, g.revoked); err != nil {
 		return nil, err
 	}
 

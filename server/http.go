@@ -19,6 +19,8 @@ func (g *Gateway) routes() http.Handler {
 	mux.Handle("/mcp", g.metrics.instrument("/mcp", g.checkOrigin(g.requireAuth(g.cfg.Identity.RequiredScopes, g.front.handler()))))
 	mux.Handle("GET "+resourceMetadataPath, g.metrics.instrument(resourceMetadataPath, http.HandlerFunc(g.resourceMetadata)))
 	mux.Handle("GET /.well-known/jwks.json", g.metrics.instrument("/.well-known/jwks.json", http.HandlerFunc(g.jwks)))
+	mux.Handle("POST /oauth/introspect", g.metrics.instrument("/oauth/introspect", http.HandlerFunc(g.introspect)))
+	mux.Handle("POST /oauth/revoke", g.metrics.instrument("/oauth/revoke", http.HandlerFunc(g.revoke)))
 	mux.Handle("GET /healthz", g.metrics.instrument("/healthz", http.HandlerFunc(g.healthz)))
 	mux.Handle("GET /readyz", g.metrics.instrument("/readyz", http.HandlerFunc(g.readyz)))
 	mux.Handle("GET /metrics", g.metrics.handler())

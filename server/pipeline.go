@@ -44,6 +44,7 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	if err != nil {
 		return nil, g.refuse(ctx, &rec, start, err)
 	}
+	g.inflight.setNodes(ctx, ids.USID, ids.WSID, ids.ASID, ids.MSID) // the kill-switch finds it by any of them
 	// 3. authorize (policy): under "--auth open" everything in the catalog is allowed.
 	rec.PolicyID = "open"
 	t, ok := g.upstreams.Catalog().Tool(name)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 )
 
@@ -24,6 +25,8 @@ type tracker struct {
 type trackedCall struct {
 	session string
 	cancel  context.CancelCauseFunc
+	nodes   []string      // the call's session-graph nodes (setNodes)
+	done    chan struct{} // closed when the call has returned
 }
 
 func newTracker() *tracker {
@@ -54,7 +57,8 @@ func (t *tracker) request() func() {
 // is called.
 func (t *tracker) call(ctx context.Context, session string) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	c := &trackedCall{session: session, cancel: cancel}
+	c := &trackedCall{session: session, cancel: cancel, done: make(chan struct{})}
+	ctx = context.WithValue(ctx, trackedKey{}, c)
 	t.mu.Lock()
 	t.calls[c] = struct{}{}
 	t.mu.Unlock()
@@ -63,7 +67,35 @@ func (t *tracker) call(ctx context.Context, session string) (context.Context, fu
 		delete(t.calls, c)
 		t.mu.Unlock()
 		cancel(nil)
+		close(c.done)
 	}
+}
+
+type trackedKey struct{}
+
+// setNodes records the session-graph nodes of the call ctx belongs to, so
+// that killing any of them cancels it.
+func (t *tracker) setNodes(ctx context.Context, nodes ...string) {
+	if c, ok := ctx.Value(trackedKey{}).(*trackedCall); ok {
+		t.mu.Lock()
+		c.nodes = nodes
+		t.mu.Unlock()
+	}
+}
+
+// cancelNodes cancels every call on one of the given session-graph nodes
+// and returns a channel for each, closed when that call has returned.
+func (t *tracker) cancelNodes(nodes map[string]bool, cause error) []<-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var done []<-chan struct{}
+	for c := range t.calls {
+		if nodes[c.session] || slices.ContainsFunc(c.nodes, func(id string) bool { return nodes[id] }) {
+			c.cancel(cause)
+			done = append(done, c.done)
+		}
+	}
+	return done
 }
 
 // cancel cancels the calls of one session, or all calls when session is "".

@@ -1,0 +1,146 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/store"
+)
+
+// errSessionKilled is the cause of calls cancelled by the kill-switch.
+var errSessionKilled = errors.New("session killed")
+
+// KillRequest is the body of POST /admin/kill: exactly one of its fields.
+type KillRequest struct {
+	// Session is a USID, WSID, ASID or MSID.
+	Session string `json:"session,omitempty"`
+	// User kills every user session of this subject.
+	User string `json:"user,omitempty"`
+	// Agent kills every agent session of this agent (SPIFFE ID).
+	Agent string `json:"agent,omitempty"`
+}
+
+// KillResult says what a kill did.
+type KillResult struct {
+	// Revoked are the ids of every revoked session-graph node.
+	Revoked []string `json:"revoked"`
+	// CancelledCalls is how many calls in flight were cancelled.
+	CancelledCalls int `json:"cancelled_calls"`
+	// ClosedSessions is how many open MCP sessions were closed.
+	ClosedSessions int `json:"closed_sessions"`
+}
+
+// Kill revokes a session-graph node and everything under it, then stops what
+// hangs off it: calls in flight are cancelled (the upstream sees the
+// cancellation), open MCP sessions and their streams are closed, tokens minted
+// for those sessions become inactive at introspection (the store joins them
+// to their session's state) and are never reused, and later requests on any
+// revoked node are refused. Revocation is committed before anything else
+// happens, so a crash half-way leaves the sessions revoked.
+func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error) {
+	var roots []string
+	var err error
+	switch {
+	case countSet(req.Session, req.User, req.Agent) != 1:
+		return KillResult{}, badRequest("give exactly one of session, user and agent")
+	case req.Session != "":
+		roots = []string{req.Session}
+	case req.User != "":
+		roots, err = g.store.FindSessions(ctx, store.KindUser, req.User, false)
+	default:
+		roots, err = g.store.FindSessions(ctx, store.KindAgent, req.Agent, true)
+	}
+	if err != nil {
+		return KillResult{}, err
+	}
+	revoked := map[string]bool{}
+	var res KillResult
+	for _, root := range roots {
+		ids, err := g.store.RevokeTree(ctx, root)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return KillResult{}, err
+		}
+		for _, id := range ids {
+			if !revoked[id] {
+				revoked[id] = true
+				res.Revoked = append(res.Revoked, id)
+			}
+		}
+	}
+	if len(res.Revoked) == 0 {
+		return KillResult{}, &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no such session"}
+	}
+	for _, id := range res.Revoked {
+		g.sessions.remember(id, store.StateRevoked)
+	}
+	g.auth.minter.Forget(res.Revoked...)
+	// Cancelled calls answer their clients with an error before the
+	// sessions close: a client whose stream just vanished would retry
+	// before giving up.
+	cancelled := g.inflight.cancelNodes(revoked, errSessionKilled)
+	res.CancelledCalls = len(cancelled)
+	deadline := time.After(time.Second)
+	for _, done := range cancelled {
+		select {
+		case <-done:
+		case <-deadline:
+		}
+	}
+	var open []*mcp.ServerSession
+	g.front.watched.Range(func(id, w any) bool {
+		if revoked[id.(string)] {
+			open = append(open, w.(*watched).ss)
+		}
+		return true
+	})
+	for _, ss := range open {
+		ss.Close()
+	}
+	res.ClosedSessions = len(open)
+	slices.Sort(res.Revoked)
+	return res, nil
+}
+
+func countSet(vals ...string) int {
+	n := 0
+	for _, v := range vals {
+		if v != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// killHandler serves POST /admin/kill.
+func (g *Gateway) killHandler(w http.ResponseWriter, r *http.Request) error {
+	var req KillRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return badRequest("body: %v", err)
+	}
+	start := time.Now()
+	res, err := g.Kill(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	rec := store.AuditRecord{Method: "admin/kill", PolicyID: "admin", Decision: decisionAllow, Sub: req.User, SpiffeID: req.Agent, MSID: req.Session,
+		Reason: fmt.Sprintf("killed %d nodes, cancelled %d calls, closed %d sessions", len(res.Revoked), res.CancelledCalls, res.ClosedSessions)}
+	if aerr := g.audit(r.Context(), &rec, start); aerr != nil {
+		g.log.Error("kill not audited", "error", aerr)
+	}
+	g.log.Warn("kill-switch", "session", req.Session, "user", req.User, "agent", req.Agent, "revoked", len(res.Revoked),
+		"cancelled_calls", res.CancelledCalls, "closed_sessions", res.ClosedSessions)
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
