@@ -147,6 +147,13 @@ func (g *Gateway) requireAuth(scopes []string, next http.Handler) http.Handler {
 				g.log.Debug("bearer token accepted (not sender-constrained)", "sub", p.User)
 			}
 		}
+		// A killed user or agent session stops here, before the SDK opens
+		// a new MCP session for it (the pipeline checks every node again).
+		if g.sessions.revoked(userSession(p)) || g.sessions.revoked(agentSession(p)) {
+			g.metrics.authFailures.Inc()
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": "session_revoked", "error_description": "this user or agent session was revoked"})
+			return
+		}
 		// A session belongs to the principal that opened it; to anyone
 		// else it does not exist (DESIGN.md, Sessions).
 		if id := r.Header.Get("Mcp-Session-Id"); id != "" {

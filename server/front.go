@@ -451,5 +451,8 @@ func protocolError(err error) error {
 	if errors.Is(err, context.Canceled) {
 		return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "request cancelled"}
 	}
+	if errors.Is(err, errSessionRevoked) {
+		return &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: "session revoked"}
+	}
 	return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "internal error"}
 }

@@ -48,6 +48,12 @@ type sessionCache struct {
 
 const maxCachedSessions = 100_000
 
+// revoked reports whether id is known to be revoked.
+func (c *sessionCache) revoked(id string) bool {
+	st, ok := c.known.Load(id)
+	return ok && st.(store.SessionState) == store.StateRevoked
+}
+
 func (c *sessionCache) remember(id string, st store.SessionState) {
 	if _, loaded := c.known.Swap(id, st); loaded {
 		return

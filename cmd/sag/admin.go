@@ -195,3 +195,33 @@ func cmdAudit(args []string) error {
 	}
 	return nil
 }
+
+// cmdKill calls the kill-switch: it revokes a session (or every session of a
+// user or an agent) and everything hanging off it.
+func cmdKill(args []string) error {
+	fs := flag.NewFlagSet("sag kill", flag.ContinueOnError)
+	client := adminFlags(fs)
+	var req server.KillRequest
+	fs.StringVar(&req.Session, "session", "", "a session `ID` (USID, WSID, ASID or MSID)")
+	fs.StringVar(&req.User, "user", "", "every session of this user (`sub`)")
+	fs.StringVar(&req.Agent, "agent", "", "every session of this agent (`SPIFFE_ID`)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	c, err := client()
+	if err != nil {
+		return err
+	}
+	var res server.KillResult
+	if err := c.do(http.MethodPost, "/admin/kill", req, &res); err != nil {
+		return err
+	}
+	fmt.Printf("revoked %d sessions, cancelled %d calls, closed %d MCP sessions\n", len(res.Revoked), res.CancelledCalls, res.ClosedSessions)
+	for _, id := range res.Revoked {
+		fmt.Println("  " + id)
+	}
+	return nil
+}

@@ -100,6 +100,21 @@ func TestUpstreamsCLI(t *testing.T) {
 	if !sawCall {
 		t.Errorf("audit has no record of the CLI's call:\n%s", out)
 	}
+
+	// The kill-switch: the (only, anonymous) user is revoked, and later
+	// calls are refused.
+	out, errOut, ok = sag(t, append([]string{"kill"}, append(admin, "--user", "anonymous")...)...)
+	if !ok || !strings.Contains(out, "revoked ") {
+		t.Fatalf("kill: ok=%v\n%s%s", ok, out, errOut)
+	}
+	if _, errOut, ok = sag(t, "call", "--url", mcpURL, "fx__echo", `{"text":"after the kill"}`); ok {
+		t.Errorf("a call after the kill succeeded")
+	} else if !strings.Contains(errOut, "Forbidden") {
+		t.Errorf("a call after the kill failed without saying why: %s", errOut)
+	}
+	if _, errOut, ok = sag(t, append([]string{"kill"}, admin...)...); ok || !strings.Contains(errOut, "exactly one") {
+		t.Errorf("kill without a target: ok=%v %s", ok, errOut)
+	}
 }
 
 // TestServeRefusesBadConfig checks that a bad start fails naming the problem.

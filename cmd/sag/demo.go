@@ -51,9 +51,6 @@ func cmdDemo(args []string) error {
 		}
 		list = append(list, fmt.Sprintf("  %-6s %s (Streamable HTTP, %s fixture)", u.name, url, kind))
 	}
-	if f.auth == "" {
-		f.auth = "open"
-	}
 	cfg, err := f.load()
 	if err != nil {
 		return err
@@ -69,23 +66,40 @@ func printDemo(cfg *config.Config, base string, upstreams []string) {
 	if mcpURL != defaultURL {
 		urlFlag = " --url " + mcpURL
 	}
+	// Under --auth open the clients need no token; otherwise they mint a
+	// DPoP-bound development token from the gateway's keys (--data, --sub).
+	as := ""
+	if cfg.Auth != config.AuthOpen {
+		as = " --data " + cfg.DataDir + " --sub alice"
+	}
 	fmt.Printf(`
-SAG demo is running.
+SAG demo is running (auth: %s).
 
   gateway   %s
 upstreams:
 %s
 
 Try it from another terminal (in this repository):
-  go run ./cmd/sag tools%s
-  go run ./cmd/sag call%s alpha__echo '{"text":"hello through SAG"}'
-  go run ./cmd/sag call%s beta__add '{"a":2,"b":40}'
-Or with the MCP Inspector CLI (Node.js):
+  go run ./cmd/sag tools%s%s
+  go run ./cmd/sag call%s%s alpha__echo '{"text":"hello through SAG"}'
+  go run ./cmd/sag call%s%s beta__add '{"a":2,"b":40}'
+`, cfg.Auth, mcpURL, strings.Join(upstreams, "\n"), urlFlag, as, urlFlag, as, urlFlag, as)
+	if cfg.Auth != config.AuthOpen {
+		fmt.Printf(`Each call sends an access token bound to a fresh DPoP key, with a new proof per request;
+the upstreams receive tokens SAG minted for them, never yours. To hold a token yourself:
+  go run ./cmd/sag token --data %s --url %s --sub alice --dpop-key %s
+  (then: sag call --token TOKEN --dpop-key %[3]s ...)
+Kill everything alice runs: sag kill --server %[2]s --data %[1]s --user alice
+`, cfg.DataDir, base, filepath.Join(cfg.DataDir, "alice.jwk"))
+	} else {
+		fmt.Printf(`Or with the MCP Inspector CLI (Node.js):
   npx -y @modelcontextprotocol/inspector@2.12.0 --cli %s --transport http --method tools/list
-
+`, mcpURL)
+	}
+	fmt.Printf(`
 Admin API token: %s
 Press Ctrl-C to stop.
-`, mcpURL, strings.Join(upstreams, "\n"), urlFlag, urlFlag, urlFlag, mcpURL, adminTokenHint(cfg))
+`, adminTokenHint(cfg))
 }
 
 func adminTokenHint(cfg *config.Config) string {

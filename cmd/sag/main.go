@@ -7,6 +7,7 @@
 //	sag call      call a tool through a gateway
 //	sag token     print an access token from the gateway's development issuer
 //	sag upstreams add|list|remove   manage upstreams through the admin API
+//	sag kill      revoke a session and everything hanging off it
 //	sag audit     print recent audit records as JSON lines
 //	sag bench     measure the gateway's added latency and throughput
 //	sag version   print the version
@@ -31,6 +32,7 @@ commands:
   call        call a tool through a gateway
   token       print an access token from the gateway's development issuer
   upstreams   add, list or remove upstreams (admin API)
+  kill        revoke a session, a user or an agent, and all that hangs off it
   audit       print recent audit records as JSON lines
   bench       measure added latency and throughput
   version     print the version
@@ -50,6 +52,7 @@ func main() {
 		"call":      cmdCall,
 		"token":     cmdToken,
 		"upstreams": cmdUpstreams,
+		"kill":      cmdKill,
 		"audit":     cmdAudit,
 		"bench":     cmdBench,
 
