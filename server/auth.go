@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -33,6 +34,8 @@ type authn struct {
 	own *identity.TokenVerifier
 	// check is nil under --auth open.
 	check *identity.Authenticator
+	// spiffe is nil unless identity.spiffe is configured.
+	spiffe *identity.SPIFFE
 }
 
 // DPoPKeyFile is the gateway's own DPoP key in the data directory: the key
@@ -52,11 +55,28 @@ func newAuthn(ctx context.Context, cfg *config.Config, st Store, revocations ide
 	if err != nil {
 		return nil, err
 	}
+	self := base // the gateway's identity: its SPIFFE ID when it has one
+	var certThumbprint func() (string, error)
+	if sp := cfg.Identity.SPIFFE; sp.TrustDomain != "" {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		a.spiffe, err = identity.NewSPIFFE(wctx, identity.SPIFFEOptions{
+			TrustDomain: sp.TrustDomain, BundleFile: sp.BundleFile, JWTBundleFile: sp.JWTBundleFile,
+			WorkloadAPI: sp.WorkloadAPI, CertFile: sp.CertFile, KeyFile: sp.KeyFile, Audience: base,
+		})
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		if id := a.spiffe.ID(); id != "" {
+			self, certThumbprint = id, a.spiffe.CertThumbprint
+		}
+	}
 	a.minter, err = identity.NewMinter(identity.MinterOptions{
-		Issuer: a.issuer,
-		Key:    dpopKey,
-		Self:   base,
-		TTL:    time.Duration(cfg.Identity.UpstreamTokenTTL),
+		Issuer:         a.issuer,
+		Key:            dpopKey,
+		Self:           self,
+		CertThumbprint: certThumbprint,
+		TTL:            time.Duration(cfg.Identity.UpstreamTokenTTL),
 		Record: func(ctx context.Context, m identity.Minted) error {
 			return st.PutMinted(ctx, store.MintedToken{JTI: m.JTI, Session: m.Session, Upstream: m.Upstream, Subject: m.Subject, Expiry: m.Expiry})
 		},
@@ -64,14 +84,14 @@ func newAuthn(ctx context.Context, cfg *config.Config, st Store, revocations ide
 	if err != nil {
 		return nil, err
 	}
-	self := identity.StaticKeys{Set: keys.PublicSet}
-	if a.own, err = identity.NewTokenVerifier(identity.TokenOptions{AnyAudience: true, Issuers: map[string]identity.KeySource{base: self}}); err != nil {
+	ownKeys := identity.StaticKeys{Set: keys.PublicSet}
+	if a.own, err = identity.NewTokenVerifier(identity.TokenOptions{AnyAudience: true, Issuers: map[string]identity.KeySource{base: ownKeys}}); err != nil {
 		return nil, err
 	}
 	if cfg.Auth == config.AuthOpen {
 		return a, nil
 	}
-	issuers := map[string]identity.KeySource{base: self}
+	issuers := map[string]identity.KeySource{base: ownKeys}
 	for _, is := range cfg.Identity.Issuers {
 		var src identity.KeySource
 		if is.JWKSFile != "" {
@@ -110,6 +130,7 @@ func newAuthn(ctx context.Context, cfg *config.Config, st Store, revocations ide
 		DPoP:                dpop,
 		Nonces:              nonces,
 		Revocations:         revocations,
+		Agents:              agents(a.spiffe),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
@@ -168,6 +189,15 @@ func (g *Gateway) requireAuth(scopes []string, next http.Handler) http.Handler {
 	})
 }
 
+// agents returns sp as an AgentAuthenticator, or nil (no agent identities)
+// when SPIFFE is not configured.
+func agents(sp *identity.SPIFFE) identity.AgentAuthenticator {
+	if sp == nil {
+		return nil
+	}
+	return sp
+}
+
 type principalCtxKey struct{}
 
 // principal returns the principal that requireAuth attached to a request.
@@ -223,4 +253,30 @@ func (g *Gateway) jwks(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Cache-Control", "max-age=300")
 	w.Header().Set("Access-Control-Allow-Origin", "*")
 	w.Write(b)
+}
+
+// serverTLS is the TLS configuration of the listener: the gateway's SVID,
+// with optional agent client certificates. Nil serves plain HTTP.
+func (a *authn) serverTLS() *tls.Config {
+	if a.spiffe == nil {
+		return nil
+	}
+	return a.spiffe.ServerTLS()
+}
+
+// clientTLS is the TLS configuration towards mTLS upstreams, nil without an
+// SVID.
+func (a *authn) clientTLS() *tls.Config {
+	if a.spiffe == nil {
+		return nil
+	}
+	return a.spiffe.ClientTLS()
+}
+
+// close stops the SPIFFE Workload API watchers.
+func (a *authn) close() error {
+	if a == nil || a.spiffe == nil {
+		return nil
+	}
+	return a.spiffe.Close()
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -108,6 +109,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		OnChange:          g.front.sync,
 		OnResourceUpdated: g.front.resourceUpdated,
 		Credentials:       g.auth.minter,
+		MTLS:              g.auth.clientTLS(),
 		Version:           version,
 	})
 	g.metrics.watch(g.upstreams)
@@ -219,6 +221,9 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener, grace time.Duratio
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
 	}
+	if tc := g.auth.serverTLS(); tc != nil {
+		ln = tls.NewListener(ln, tc)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -272,6 +277,7 @@ func (g *Gateway) Close() error {
 		if g.store != nil {
 			errs = append(errs, g.store.Close())
 		}
+		errs = append(errs, g.auth.close())
 		g.closeErr = errors.Join(errs...)
 	})
 	return g.closeErr

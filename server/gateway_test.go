@@ -83,6 +83,8 @@ type testGateway struct {
 	Base    string // http://127.0.0.1:PORT
 	MCP     string // Base + "/mcp"
 	DataDir string
+	// HTTP is the client of admin requests; nil means http.DefaultClient.
+	HTTP *http.Client
 
 	cancel   context.CancelFunc
 	done     chan error
@@ -144,7 +146,7 @@ func startGatewayGrace(t *testing.T, cfg *config.Config, grace time.Duration) *t
 	}
 	tg := &testGateway{
 		GW: gw, Cfg: cfg, DataDir: cfg.DataDir,
-		Base:   "http://" + ln.Addr().String(),
+		Base:   cfg.ResolvedPublicURL(),
 		cancel: cancel,
 		done:   make(chan error, 1),
 	}
@@ -203,7 +205,11 @@ func (tg *testGateway) adminDoToken(t *testing.T, method, path string, body any,
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	client := http.DefaultClient
+	if tg.HTTP != nil {
+		client = tg.HTTP
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}

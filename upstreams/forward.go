@@ -474,6 +474,9 @@ func safeError(err error) string {
 // the cancellation shim.
 func (m *Manager) httpClient(u *upstream, c *conn) *http.Client {
 	hc := *m.opts.HTTPClient
+	if u.spec.Auth == AuthMTLS && m.mtls != nil {
+		hc = *m.mtls
+	}
 	base := hc.Transport
 	if base == nil {
 		base = http.DefaultTransport

@@ -2,6 +2,7 @@ package upstreams
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -39,6 +40,10 @@ type Options struct {
 	MaxSessions int
 	// HTTPClient carries HTTP and SSE traffic; credentials are added per request.
 	HTTPClient *http.Client
+	// MTLS, when set, is the client TLS configuration (the gateway's
+	// X.509-SVID, the upstream verified against the trust bundle) of
+	// upstreams with Auth AuthMTLS.
+	MTLS *tls.Config
 	// Credentials may be nil.
 	Credentials Credentials
 	// Logger receives connection events; never tokens.
@@ -56,6 +61,7 @@ type Options struct {
 // It is safe for concurrent use.
 type Manager struct {
 	opts Options
+	mtls *http.Client // for AuthMTLS upstreams; nil without Options.MTLS
 
 	mu    sync.Mutex
 	ups   map[string]*upstream
@@ -88,13 +94,18 @@ func New(opts Options) *Manager {
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = &http.Client{Transport: newTransport(opts.MaxSessions)}
 	}
+	m := &Manager{opts: opts, ups: map[string]*upstream{}, closing: make(chan struct{})}
+	if opts.MTLS != nil {
+		t := newTransport(opts.MaxSessions)
+		t.TLSClientConfig = opts.MTLS
+		m.mtls = &http.Client{Transport: t}
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
-	m := &Manager{opts: opts, ups: map[string]*upstream{}, closing: make(chan struct{})}
 	m.catalog.Store(buildCatalog(nil, opts.Naming))
 	m.wg.Add(1)
 	go m.janitor()

@@ -251,17 +251,22 @@ func isLoopbackHost(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// ResolvedPublicURL returns PublicURL, or "http://" + Listen when it is empty,
-// without a trailing slash so that callers can append paths. A listen address
-// without a host (":8080") resolves to localhost.
+// ResolvedPublicURL returns PublicURL, or "http://" + Listen when it is empty
+// ("https://" when the gateway serves its X.509-SVID), without a trailing
+// slash so that callers can append paths. A listen address without a host
+// (":8080") resolves to localhost.
 func (c *Config) ResolvedPublicURL() string {
 	if c.PublicURL != "" {
 		return strings.TrimRight(c.PublicURL, "/")
 	}
-	if host, port, err := net.SplitHostPort(c.Listen); err == nil && host == "" {
-		return "http://" + net.JoinHostPort("localhost", port)
+	scheme := "http://"
+	if sp := c.Identity.SPIFFE; sp.CertFile != "" || sp.WorkloadAPI != "" {
+		scheme = "https://" // the gateway serves its X.509-SVID
 	}
-	return "http://" + c.Listen
+	if host, port, err := net.SplitHostPort(c.Listen); err == nil && host == "" {
+		return scheme + net.JoinHostPort("localhost", port)
+	}
+	return scheme + c.Listen
 }
 
 // ResolvedAdminToken returns AdminToken, or the content of AdminTokenFile with
