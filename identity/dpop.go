@@ -547,11 +547,15 @@ func uniqueMembers(data []byte) error {
 		if err != nil {
 			return err
 		}
+		// encoding/json matches member names case-insensitively, so
+		// names that differ only in case ("typ", "Typ") are as ambiguous
+		// as exact duplicates: both are refused.
 		name, _ := tok.(string)
-		if _, dup := seen[name]; dup {
+		folded := strings.ToLower(name)
+		if _, dup := seen[folded]; dup {
 			return errors.New("duplicate member")
 		}
-		seen[name] = struct{}{}
+		seen[folded] = struct{}{}
 		var skip json.RawMessage
 		if err := dec.Decode(&skip); err != nil {
 			return err

@@ -238,3 +238,8 @@ func agentErr(desc string) *AuthError {
 
 // jwtTokenType is the RFC 8693 §3 token type of a JWT (a JWT-SVID).
 const jwtTokenType = "urn:ietf:params:oauth:token-type:jwt"
+
+var (
+	_ ActorVerifier      = (*SPIFFE)(nil)
+	_ AgentAuthenticator = (*SPIFFE)(nil)
+)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"log/slog"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -36,6 +37,9 @@ type authn struct {
 	check *identity.Authenticator
 	// spiffe is nil unless identity.spiffe is configured.
 	spiffe *identity.SPIFFE
+	// exchange is the token service (RFC 8693); nil without SPIFFE, the
+	// only way it can know the actor.
+	exchange *identity.Exchange
 }
 
 // DPoPKeyFile is the gateway's own DPoP key in the data directory: the key
@@ -44,7 +48,7 @@ const DPoPKeyFile = "dpop.jwk"
 
 // newAuthn builds token verification, DPoP and the gateway's own issuer from
 // the configuration. ctx bounds the background JWKS refreshes.
-func newAuthn(ctx context.Context, cfg *config.Config, st Store, revocations identity.RevocationChecker) (*authn, error) {
+func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Store, revocations identity.RevocationChecker) (*authn, error) {
 	keys, err := identity.LoadKeys(filepath.Join(cfg.DataDir, KeysDir))
 	if err != nil {
 		return nil, err
@@ -134,6 +138,17 @@ func newAuthn(ctx context.Context, cfg *config.Config, st Store, revocations ide
 	})
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
+	}
+	if a.spiffe != nil {
+		a.exchange, err = identity.NewExchange(identity.ExchangeOptions{
+			Issuer: a.issuer, Subjects: tokens, DPoP: dpop, Nonces: nonces, TokenURL: base + "/oauth/token",
+			Actors: a.spiffe, Agents: a.spiffe, Revocations: revocations,
+			Audiences: cfg.Identity.Exchange.Audiences, Scopes: cfg.Identity.Exchange.Scopes, TTL: time.Duration(cfg.Identity.Exchange.TTL),
+			Log: log,
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	return a, nil
 }
@@ -230,14 +245,14 @@ func (g *Gateway) resourceMetadata(w http.ResponseWriter, _ *http.Request) {
 	algs := identity.DefaultDPoPAlgs()
 	w.Header().Set("Access-Control-Allow-Origin", "*")
 	writeJSON(w, http.StatusOK, map[string]any{
-		"resource":                              base,
-		"authorization_servers":                 servers,
-		"bearer_methods_supported":              []string{"header"},
-		"resource_signing_alg_values_supported": []string{"ES256"},
-		"dpop_signing_alg_values_supported":     algs,
-		"dpop_bound_access_tokens_required":     g.cfg.Auth == config.AuthDPoP,
+		"resource":                                   base,
+		"authorization_servers":                      servers,
+		"bearer_methods_supported":                   []string{"header"},
+		"resource_signing_alg_values_supported":      []string{"ES256"},
+		"dpop_signing_alg_values_supported":          algs,
+		"dpop_bound_access_tokens_required":          g.cfg.Auth == config.AuthDPoP,
 		"tls_client_certificate_bound_access_tokens": true,
-		"resource_name": "SAG gateway",
+		"resource_name":                              "SAG gateway",
 	})
 }
 
@@ -279,4 +294,10 @@ func (a *authn) close() error {
 		return nil
 	}
 	return a.spiffe.Close()
+}
+
+// authorizationServerMetadata serves RFC 8414 metadata of the token service.
+func (g *Gateway) authorizationServerMetadata(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Access-Control-Allow-Origin", "*")
+	writeJSON(w, http.StatusOK, g.auth.exchange.Metadata())
 }

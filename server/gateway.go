@@ -2,8 +2,8 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -90,7 +90,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if g.revoked, err = loadRevocations(ctx, g.store); err != nil {
 		return nil, err
 	}
-	if g.auth, err = newAuthn(ctx, cfg, g.store, g.revoked); err != nil {
+	if g.auth, err = newAuthn(ctx, cfg, log, g.store, g.revoked); err != nil {
 		return nil, err
 	}
 

@@ -19,6 +19,11 @@ func (g *Gateway) routes() http.Handler {
 	mux.Handle("/mcp", g.metrics.instrument("/mcp", g.checkOrigin(g.requireAuth(g.cfg.Identity.RequiredScopes, g.front.handler()))))
 	mux.Handle("GET "+resourceMetadataPath, g.metrics.instrument(resourceMetadataPath, http.HandlerFunc(g.resourceMetadata)))
 	mux.Handle("GET /.well-known/jwks.json", g.metrics.instrument("/.well-known/jwks.json", http.HandlerFunc(g.jwks)))
+	if g.auth.exchange != nil {
+		// Any method: the service answers a GET with its own 405.
+		mux.Handle("/oauth/token", g.metrics.instrument("/oauth/token", g.auth.exchange))
+		mux.Handle("GET /.well-known/oauth-authorization-server", g.metrics.instrument("/.well-known/oauth-authorization-server", http.HandlerFunc(g.authorizationServerMetadata)))
+	}
 	mux.Handle("POST /oauth/introspect", g.metrics.instrument("/oauth/introspect", http.HandlerFunc(g.introspect)))
 	mux.Handle("POST /oauth/revoke", g.metrics.instrument("/oauth/revoke", http.HandlerFunc(g.revoke)))
 	mux.Handle("GET /healthz", g.metrics.instrument("/healthz", http.HandlerFunc(g.healthz)))

@@ -237,3 +237,96 @@ func TestSPIFFEAgents(t *testing.T) {
 		t.Error("audit lacks the client certificate thumbprint")
 	}
 }
+
+// TestTokenExchange: an agent exchanges the user's token, proving its
+// identity with a JWT-SVID, for a DPoP-bound token that names it as the
+// actor, then uses that token over mTLS.
+func TestTokenExchange(t *testing.T) {
+	ca := newTestCA(t)
+	tg := startSPIFFEGateway(t, ca)
+	agentID := "spiffe://" + trustDomain + "/agent/worker"
+	agentCert, _, _ := ca.svid(t, agentID)
+	userToken := mint(t, tg, identity.Claims{Subject: "alice", Scope: "mcp files"})
+	key, err := identity.NewDPoPKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exchange := func(form url.Values) (int, map[string]any) {
+		proof, _ := key.Proof("POST", tg.Base+"/oauth/token", "", "")
+		req, _ := http.NewRequest(http.MethodPost, tg.Base+"/oauth/token", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("DPoP", proof)
+		resp, err := tg.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	form := url.Values{
+		"grant_type":         {"urn:ietf:params:oauth:grant-type:token-exchange"},
+		"subject_token":      {userToken},
+		"subject_token_type": {"urn:ietf:params:oauth:token-type:access_token"},
+		"actor_token":        {ca.jwtSVID(t, agentID, tg.Base)},
+		"actor_token_type":   {"urn:ietf:params:oauth:token-type:jwt"},
+		"scope":              {"mcp"},
+	}
+	code, out := exchange(form)
+	if code != http.StatusOK || out["token_type"] != "DPoP" || out["scope"] != "mcp" {
+		t.Fatalf("exchange: %d %v", code, out)
+	}
+	a := &agent{key: key, token: out["access_token"].(string)}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	c := mcp.NewClient(&mcp.Implementation{Name: "exchanged", Version: "1"}, nil)
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: tg.MCP, HTTPClient: spiffeClient(t, ca, &agentCert, a, nil)}, nil)
+	if err != nil {
+		t.Fatalf("connect with the exchanged token: %v", err)
+	}
+	defer cs.Close()
+	if res := callTool(t, cs, "fx__whoami", nil); res.IsError {
+		t.Fatalf("whoami: %+v", res)
+	}
+	// The same token from another agent is refused.
+	other, _, _ := ca.svid(t, "spiffe://"+trustDomain+"/agent/other")
+	req, _ := http.NewRequest(http.MethodPost, tg.MCP, strings.NewReader(initBody))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	if resp, err := spiffeClient(t, ca, &other, a, nil).Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("exchanged token from another agent: %v %v", resp.StatusCode, err)
+	}
+	// Refusals with the RFC's codes.
+	for _, tc := range []struct {
+		name, param, value, code string
+	}{
+		{"audience not allowed", "audience", "https://elsewhere.example", "invalid_target"},
+		{"scope escalation", "scope", "admin", "invalid_scope"},
+		{"no actor", "actor_token", "", "invalid_request"},
+	} {
+		f := url.Values{}
+		for k, v := range form {
+			f[k] = v
+		}
+		if tc.value == "" {
+			delete(f, tc.param)
+			delete(f, "actor_token_type")
+		} else {
+			f.Set(tc.param, tc.value)
+		}
+		if code, out := exchange(f); code != http.StatusBadRequest || out["error"] != tc.code {
+			t.Errorf("%s: %d %v, want 400 %s", tc.name, code, out, tc.code)
+		}
+	}
+	resp, err := tg.HTTP.Get(tg.Base + "/.well-known/oauth-authorization-server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var meta map[string]any
+	json.NewDecoder(resp.Body).Decode(&meta)
+	if meta["token_endpoint"] != tg.Base+"/oauth/token" || meta["issuer"] != tg.Base {
+		t.Errorf("RFC 8414 metadata: %v", meta)
+	}
+}
