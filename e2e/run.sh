@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # SAG end-to-end suite: the MCP conformance suite and an MCP Inspector CLI smoke
-# test against `sag serve` in front of the go-sdk everything-server.
+# test against `sag serve` in front of the go-sdk everything-server, and a DPoP
+# interop test (npm dpop + oauth4webapi proofs) against `sag serve --auth dpop`.
 #
-# Usage: bash e2e/run.sh [conformance] [inspector]      (default: both parts)
+# Usage: bash e2e/run.sh [conformance] [inspector] [dpop]   (default: all three)
 #
 # Environment:
 #   E2E_DIRECT=1              test the everything-server directly (baseline), no gateway
+#                             (the dpop part, which tests the gateway only, is skipped)
 #   E2E_UPSTREAM_STATELESS=1  run the everything-server with -stateless=true
 #                             (default -stateless=false: with conformance 0.1.16 the
 #                             stateless server fails the sampling/elicitation scenarios)
@@ -14,6 +16,7 @@
 #   E2E_OUT=dir               output directory (default e2e/out, wiped at start)
 #   E2E_READY_TIMEOUT=secs    how long to wait for the servers (default 30)
 #   E2E_CONFORMANCE_TIMEOUT=secs  limit for the conformance run (default 600)
+#   E2E_DPOP_TIMEOUT=secs     limit for the dpop interop script (default 60)
 set -euo pipefail
 
 E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,20 +31,29 @@ READY_TIMEOUT="${E2E_READY_TIMEOUT:-30}"
 CONFORMANCE_TIMEOUT="${E2E_CONFORMANCE_TIMEOUT:-600}"
 EXPECTED_FAILURES="$E2E_DIR/conformance-expected-failures.yml"
 
+DPOP_TIMEOUT="${E2E_DPOP_TIMEOUT:-60}"
+
 RUN_CONFORMANCE=0
 RUN_INSPECTOR=0
+RUN_DPOP=0
 if [[ $# -eq 0 ]]; then
   RUN_CONFORMANCE=1
   RUN_INSPECTOR=1
+  RUN_DPOP=1
 fi
 for part in "$@"; do
   case "$part" in
     conformance) RUN_CONFORMANCE=1 ;;
     inspector) RUN_INSPECTOR=1 ;;
-    -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "e2e: unknown part '$part' (want: conformance, inspector)" >&2; exit 2 ;;
+    dpop) RUN_DPOP=1 ;;
+    -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop)" >&2; exit 2 ;;
   esac
 done
+if [[ "$E2E_DIRECT" == 1 && $RUN_DPOP == 1 ]]; then
+  RUN_DPOP=0
+  DPOP_SKIPPED=1
+fi
 
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '[e2e %s] FAIL: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
@@ -147,10 +159,19 @@ NODE_VERSION=$("$NODE" --version)
 [[ "$NODE_VERSION" =~ ^v(2[2-9]|[3-9][0-9]) ]] || die "need Node >= 22 at $NODE, got $NODE_VERSION"
 export PATH="$NODE_BIN:$PATH"
 pkgver() { "$NODE" -p "require('$E2E_DIR/node_modules/$1/package.json').version"; }
-log "node $NODE_VERSION, conformance $(pkgver @modelcontextprotocol/conformance), inspector $(pkgver @modelcontextprotocol/inspector)"
+log "node $NODE_VERSION, conformance $(pkgver @modelcontextprotocol/conformance), inspector $(pkgver @modelcontextprotocol/inspector), dpop $(pkgver dpop), oauth4webapi $(pkgver oauth4webapi)"
 
+# free_port VAR: sets VAR to a free loopback port, different from every port
+# handed out before (not in a subshell, so that USED_PORTS remembers them).
+USED_PORTS=" "
 free_port() {
-  "$NODE" -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+  local p
+  while :; do
+    p=$("$NODE" -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+    [[ "$USED_PORTS" == *" $p "* ]] || break
+  done
+  USED_PORTS+="$p "
+  printf -v "$1" '%s' "$p"
 }
 
 # ------------------------------------------------------------------ build --
@@ -172,7 +193,7 @@ fi
 log "build done in $((SECONDS - t0))s"
 
 # ---------------------------------------------------------------- servers --
-UP_PORT=$(free_port)
+free_port UP_PORT
 if [[ "$E2E_UPSTREAM_STATELESS" == 1 ]]; then stateless=true; else stateless=false; fi
 log "starting everything-server on 127.0.0.1:$UP_PORT (-stateless=$stateless)"
 start_bg "$OUT/everything-server.log" "$WORK/everything-server" -http="127.0.0.1:$UP_PORT" -stateless="$stateless"
@@ -182,9 +203,9 @@ wait_http "http://127.0.0.1:$UP_PORT/mcp" any "$UP_PID" "$OUT/everything-server.
 if [[ "$E2E_DIRECT" == 1 ]]; then
   TARGET="http://127.0.0.1:$UP_PORT/mcp"
   log "E2E_DIRECT=1: testing the everything-server directly at $TARGET"
-else
-  GW_PORT=$(free_port)
-  while [[ "$GW_PORT" == "$UP_PORT" ]]; do GW_PORT=$(free_port); done
+  if [[ "${DPOP_SKIPPED:-0}" == 1 ]]; then log "E2E_DIRECT=1: dpop part skipped (it tests the gateway)"; fi
+elif [[ $RUN_CONFORMANCE == 1 || $RUN_INSPECTOR == 1 ]]; then
+  free_port GW_PORT
   mkdir -p "$OUT/sag-data"
   log "starting sag serve on 127.0.0.1:$GW_PORT"
   start_bg "$OUT/sag.log" "$WORK/sag" serve \
@@ -263,6 +284,50 @@ if [[ $RUN_INSPECTOR == 1 ]]; then
     log "inspector tools/call test_simple_text: FAILED (exit $rc)"
     FAILED+=("inspector tools/call")
   fi
+fi
+
+# ------------------------------------------------------------------- dpop --
+# Two more gateways with --auth dpop (one with server nonces, from a config
+# file), then e2e/dpop.mjs: proofs by npm dpop and oauth4webapi must be accepted
+# and their replays refused; `sag token` mints the DPoP-bound tokens.
+if [[ $RUN_DPOP == 1 ]]; then
+  t0=$SECONDS
+  free_port DPOP_PORT
+  free_port DPOP_NONCE_PORT
+  DPOP_URL="http://127.0.0.1:$DPOP_PORT"
+  DPOP_NONCE_URL="http://127.0.0.1:$DPOP_NONCE_PORT"
+  mkdir -p "$OUT/sag-dpop-data" "$OUT/sag-dpop-nonce-data"
+  cat >"$OUT/sag-dpop-nonce.yaml" <<EOF
+listen: 127.0.0.1:$DPOP_NONCE_PORT
+data_dir: $OUT/sag-dpop-nonce-data
+auth: dpop
+identity:
+  dpop_nonce: true
+upstreams:
+  - name: everything
+    url: http://127.0.0.1:$UP_PORT/mcp
+EOF
+  log "starting sag serve --auth dpop on 127.0.0.1:$DPOP_PORT, and with dpop_nonce (sag-dpop-nonce.yaml) on 127.0.0.1:$DPOP_NONCE_PORT"
+  start_bg "$OUT/sag-dpop.log" "$WORK/sag" serve \
+    --listen "127.0.0.1:$DPOP_PORT" \
+    --data "$OUT/sag-dpop-data" \
+    --auth dpop \
+    --upstream "everything=http://127.0.0.1:$UP_PORT/mcp"
+  DPOP_PID=$LAST_PID
+  start_bg "$OUT/sag-dpop-nonce.log" "$WORK/sag" serve --config "$OUT/sag-dpop-nonce.yaml"
+  DPOP_NONCE_PID=$LAST_PID
+  wait_http "$DPOP_URL/readyz" 200 "$DPOP_PID" "$OUT/sag-dpop.log"
+  wait_http "$DPOP_NONCE_URL/readyz" 200 "$DPOP_NONCE_PID" "$OUT/sag-dpop-nonce.log"
+  log "dpop gateways ready in $((SECONDS - t0))s; node e2e/dpop.mjs"
+  rc=0
+  SAG_BIN="$WORK/sag" \
+    DPOP_URL="$DPOP_URL" DPOP_DATA="$OUT/sag-dpop-data" \
+    DPOP_NONCE_URL="$DPOP_NONCE_URL" DPOP_NONCE_DATA="$OUT/sag-dpop-nonce-data" \
+    run_logged "$E2E_DIR" "$OUT/dpop.log" \
+    timeout --kill-after=5 "$DPOP_TIMEOUT" "$NODE" "$E2E_DIR/dpop.mjs" </dev/null || rc=$?
+  total=$(grep -E '^dpop interop: ' "$OUT/dpop.log" | tail -n 1 || true)
+  log "${total:-dpop interop: no summary line} (exit $rc, $((SECONDS - t0))s)"
+  if [[ $rc -ne 0 || -z "$total" ]]; then FAILED+=("dpop"); fi
 fi
 
 if [[ ${#FAILED[@]} -gt 0 ]]; then

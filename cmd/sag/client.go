@@ -16,17 +16,19 @@ import (
 const defaultURL = "http://127.0.0.1:8080/mcp"
 
 // connect opens an MCP client session to a gateway.
-func connect(ctx context.Context, url string, auth *clientAuth) (*mcp.ClientSession, error) {
-	hc, err := auth.client(url)
+// The returned close ends the session and releases what auth holds.
+func connect(ctx context.Context, url string, auth *clientAuth) (cs *mcp.ClientSession, close func(), err error) {
+	hc, release, err := auth.client(ctx, url)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c := mcp.NewClient(&mcp.Implementation{Name: "sag-cli", Version: version}, nil)
-	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: hc, DisableStandaloneSSE: true}, nil)
+	cs, err = c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: hc, DisableStandaloneSSE: true}, nil)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", url, err)
+		release()
+		return nil, nil, fmt.Errorf("connect to %s: %w", url, err)
 	}
-	return cs, nil
+	return cs, func() { cs.Close(); release() }, nil
 }
 
 func cmdTools(args []string) error {
@@ -41,11 +43,11 @@ func cmdTools(args []string) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cs, err := connect(ctx, *url, &auth)
+	cs, done, err := connect(ctx, *url, &auth)
 	if err != nil {
 		return err
 	}
-	defer cs.Close()
+	defer done()
 	for t, err := range cs.Tools(ctx, nil) {
 		if err != nil {
 			return err
@@ -82,11 +84,11 @@ func cmdCall(args []string) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	cs, err := connect(ctx, *url, &auth)
+	cs, done, err := connect(ctx, *url, &auth)
 	if err != nil {
 		return err
 	}
-	defer cs.Close()
+	defer done()
 	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: fs.Arg(0), Arguments: arguments})
 	if err != nil {
 		return err

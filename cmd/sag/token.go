@@ -12,6 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/server"
 )
@@ -91,6 +94,7 @@ func devToken(dataDir, base string, c devClaims, ttl time.Duration) (string, err
 // for --sub with a fresh DPoP key.
 type clientAuth struct {
 	token, keyFile, data, sub, scope string
+	workloadAPI                      string
 }
 
 func (a *clientAuth) register(fs *flag.FlagSet) {
@@ -99,10 +103,39 @@ func (a *clientAuth) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.data, "data", "", "development: mint a DPoP-bound token with the gateway keys in `DIR` (needs --sub)")
 	fs.StringVar(&a.sub, "sub", "", "development: the `USER` of the minted token")
 	fs.StringVar(&a.scope, "scope", "", "development: `SCOPES` of the minted token")
+	fs.StringVar(&a.workloadAPI, "workload-api", "", "SPIFFE Workload API `ADDR` (unix:///path): present this agent's X.509-SVID over mTLS and verify the gateway's")
 }
 
 // client returns the HTTP client for mcpURL, or nil for no authentication.
-func (a *clientAuth) client(mcpURL string) (*http.Client, error) {
+// With --workload-api the client speaks mTLS with the agent's X.509-SVID;
+// close releases the Workload API connection.
+func (a *clientAuth) client(ctx context.Context, mcpURL string) (hc *http.Client, close func(), err error) {
+	close = func() {}
+	var base http.RoundTripper = http.DefaultTransport
+	if a.workloadAPI != "" {
+		src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(a.workloadAPI)))
+		if err != nil {
+			return nil, nil, fmt.Errorf("workload API: %w", err)
+		}
+		svid, err := src.GetX509SVID()
+		if err != nil {
+			src.Close()
+			return nil, nil, fmt.Errorf("workload API: %w", err)
+		}
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		// The gateway must be a member of the agent's own trust domain.
+		t.TLSClientConfig = tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeMemberOf(svid.ID.TrustDomain()))
+		base, close = t, func() { src.Close() }
+	}
+	hc, err = a.httpClient(mcpURL, base)
+	if err != nil {
+		close()
+		return nil, nil, err
+	}
+	return hc, close, nil
+}
+
+func (a *clientAuth) httpClient(mcpURL string, base http.RoundTripper) (*http.Client, error) {
 	tok, key := a.token, (*identity.DPoPKey)(nil)
 	var err error
 	switch {
@@ -121,23 +154,26 @@ func (a *clientAuth) client(mcpURL string) (*http.Client, error) {
 		if a.keyFile != "" {
 			return nil, errors.New("--dpop-key needs --token")
 		}
-		return nil, nil
+		return &http.Client{Transport: base}, nil
 	case a.keyFile != "":
 		if key, err = identity.LoadOrCreateDPoPKey(a.keyFile); err != nil {
 			return nil, err
 		}
 	}
 	if key == nil {
-		return &http.Client{Transport: bearer(tok)}, nil
+		return &http.Client{Transport: &bearer{base: base, token: tok}}, nil
 	}
-	return &http.Client{Transport: &identity.DPoPTransport{Key: key, Token: func(context.Context) (string, error) { return tok, nil }}}, nil
+	return &http.Client{Transport: &identity.DPoPTransport{Base: base, Key: key, Token: func(context.Context) (string, error) { return tok, nil }}}, nil
 }
 
 // bearer sends a token with the Bearer scheme.
-type bearer string
+type bearer struct {
+	base  http.RoundTripper
+	token string
+}
 
-func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+func (b *bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+string(b))
-	return http.DefaultTransport.RoundTrip(r)
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.base.RoundTrip(r)
 }
