@@ -272,7 +272,11 @@ func CertThumbprint(der []byte) string { return certThumbprint(der) }
 func RequireScopes(p Principal, need []string) error {
 	for _, s := range need {
 		if !slices.Contains(p.Scopes, s) {
-			return &AuthError{Status: http.StatusForbidden, Code: ErrCodeInsufficientScope, Description: "the token lacks a required scope", Scope: need}
+			scheme := "Bearer" // bearer and mTLS-bound tokens
+			if p.Method == MethodDPoP {
+				scheme = "DPoP"
+			}
+			return &AuthError{Status: http.StatusForbidden, Code: ErrCodeInsufficientScope, Description: "the token lacks a required scope", Scope: need, Scheme: scheme}
 		}
 	}
 	return nil

@@ -120,8 +120,15 @@ func (r *RemoteKeys) Keys(ctx context.Context, refresh bool) (jwk.Set, error) {
 	if err == nil && !refresh {
 		return set, nil
 	}
+	// Until the first fetch succeeds, retry at most once a second (the
+	// first requests must not use up the refresh budget); after it, at most
+	// once per minRefresh.
 	r.mu.Lock()
-	allowed := time.Since(r.last) >= minRefresh
+	every := minRefresh
+	if err != nil {
+		every = time.Second
+	}
+	allowed := time.Since(r.last) >= every
 	if allowed {
 		r.last = time.Now()
 	}

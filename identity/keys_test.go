@@ -476,7 +476,7 @@ func TestRemoteKeysUnknownKidFlood(t *testing.T) {
 	rk := newRemoteKeys(t, srv, true)
 	v := remoteVerifier(t, rk)
 	s := signerOf(t, keys)
-	claims := map[string]any{"iss": tokIssuer, "sub": "alice", "aud": tokAudience, "iat": time.Now().Unix(), "exp": time.Now().Add(time.Minute).Unix()}
+	claims := map[string]any{"iss": tokIssuer, "sub": "alice", "jti": "j-1", "aud": tokAudience, "iat": time.Now().Unix(), "exp": time.Now().Add(time.Minute).Unix()}
 	before := srv.requests.Load()
 	var wg sync.WaitGroup
 	for i := 0; i < 8; i++ {

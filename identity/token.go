@@ -30,6 +30,10 @@ const (
 	// maxCachedTokens bounds the verified-token cache; past it the cache
 	// starts over.
 	maxCachedTokens = 50_000
+	// cacheFor is how long a verified token is trusted without checking
+	// its signature again, so that a key withdrawn by its issuer stops
+	// working within this time.
+	cacheFor = 5 * time.Minute
 )
 
 // TokenError is an access token refused by a resource server, with the
@@ -178,7 +182,12 @@ type TokenVerifier struct {
 	now     func() time.Time
 
 	mu    sync.Mutex
-	cache map[[32]byte]*Claims
+	cache map[[32]byte]cachedToken
+}
+
+type cachedToken struct {
+	c     *Claims
+	until time.Time // verify again from then on
 }
 
 // NewTokenVerifier validates o and returns a verifier.
@@ -197,7 +206,7 @@ func NewTokenVerifier(o TokenOptions) (*TokenVerifier, error) {
 		skew:    o.Skew,
 		max:     o.MaxTokenBytes,
 		now:     o.Now,
-		cache:   map[[32]byte]*Claims{},
+		cache:   map[[32]byte]cachedToken{},
 	}
 	if v.skew == 0 {
 		v.skew = DefaultTokenSkew
@@ -245,13 +254,13 @@ func (v *TokenVerifier) Verify(ctx context.Context, token string) (*Claims, erro
 	sum := sha256.Sum256([]byte(token))
 	now := v.now()
 	v.mu.Lock()
-	c, ok := v.cache[sum]
+	hit, ok := v.cache[sum]
 	v.mu.Unlock()
-	if ok {
-		if err := v.checkTimes(c, now); err != nil {
+	if ok && now.Before(hit.until) {
+		if err := v.checkTimes(hit.c, now); err != nil {
 			return nil, err
 		}
-		return c, nil
+		return hit.c, nil
 	}
 	c, err := v.verify(ctx, token, now)
 	if err != nil {
@@ -261,7 +270,7 @@ func (v *TokenVerifier) Verify(ctx context.Context, token string) (*Claims, erro
 	if len(v.cache) >= maxCachedTokens {
 		clear(v.cache)
 	}
-	v.cache[sum] = c
+	v.cache[sum] = cachedToken{c: c, until: now.Add(cacheFor)}
 	v.mu.Unlock()
 	return c, nil
 }
@@ -343,6 +352,10 @@ func (v *TokenVerifier) verify(ctx context.Context, token string, now time.Time)
 		return nil, invalidToken("untrusted issuer")
 	case c.Subject == "":
 		return nil, invalidToken("missing sub")
+	case c.JTI == "":
+		// RFC 9068 §2.2: jti is required; without it a token cannot be
+		// revoked on its own.
+		return nil, invalidToken("missing jti")
 	case c.Expiry == 0:
 		return nil, invalidToken("missing exp")
 	case c.IssuedAt == 0:
@@ -355,6 +368,12 @@ func (v *TokenVerifier) verify(ctx context.Context, token string, now time.Time)
 	}
 	if c.Cnf != nil && c.Cnf.JKT == "" && c.Cnf.X5T == "" {
 		return nil, invalidToken("cnf names no key")
+	}
+	// RFC 8693 §4.1: every actor in the chain is identified by sub.
+	for a := c.Act; a != nil; a = a.Act {
+		if a.Sub == "" {
+			return nil, invalidToken("act without sub")
+		}
 	}
 	return &c, nil
 }

@@ -252,6 +252,11 @@ func TestTokenVerifyRefuses(t *testing.T) {
 		{name: "missing sub", tok: func(t *testing.T, e *tokenEnv) string { return e.token(t, "sub", nil) }, desc: "missing sub"},
 		{name: "empty sub", tok: func(t *testing.T, e *tokenEnv) string { return e.token(t, "sub", "") }, desc: "missing sub"},
 		{name: "missing iat", tok: func(t *testing.T, e *tokenEnv) string { return e.token(t, "iat", nil) }, desc: "missing iat"},
+		{name: "missing jti", tok: func(t *testing.T, e *tokenEnv) string { return e.token(t, "jti", nil) }, desc: "missing jti"},
+		{name: "actor without sub", tok: func(t *testing.T, e *tokenEnv) string { return e.token(t, "act", map[string]any{}) }, desc: "act without sub"},
+		{name: "prior actor without sub", tok: func(t *testing.T, e *tokenEnv) string {
+			return e.token(t, "act", map[string]any{"sub": "spiffe://td/a", "act": map[string]any{"iss": "x"}})
+		}, desc: "act without sub"},
 		{name: "exp as a string", tok: func(t *testing.T, e *tokenEnv) string {
 			return e.token(t, "exp", "1800000300")
 		}, desc: "malformed token claims"},
