@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v3/jwa"
@@ -118,7 +119,21 @@ type DPoPVerifier struct {
 	maxJTI   int
 	replay   ReplayCache
 	now      func() time.Time
+
+	// keys caches proofKey's result by the jwk header's exact bytes and the
+	// alg: a client signs every proof with the same key, so it is parsed
+	// and thumbprinted once. Only keys that passed every check are kept.
+	keysMu sync.Mutex
+	keys   map[string]proofKeyEntry
 }
+
+type proofKeyEntry struct {
+	pub any
+	jkt string
+}
+
+// maxCachedProofKeys bounds DPoPVerifier.keys; past it the cache starts over.
+const maxCachedProofKeys = 10_000
 
 // NewDPoPVerifier validates o, fills in defaults and returns a verifier.
 func NewDPoPVerifier(o DPoPOptions) (*DPoPVerifier, error) {
@@ -358,7 +373,7 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 	if len(hdr.JWK) == 0 || bytes.Equal(hdr.JWK, []byte("null")) {
 		return nil, invalidProof("missing jwk", nil)
 	}
-	pub, jkt, derr := v.proofKey(hdr.JWK, *hdr.Alg)
+	pub, jkt, derr := v.cachedProofKey(hdr.JWK, *hdr.Alg)
 	if derr != nil {
 		return nil, derr
 	}
@@ -468,6 +483,28 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 		return nil, invalidProof("proof replayed", nil)
 	}
 	return &DPoPProof{JKT: jkt, JTI: *c.JTI, HTM: *c.HTM, HTU: htu, IAT: iat, ATH: ath}, nil
+}
+
+// cachedProofKey is proofKey, remembered per (jwk bytes, alg).
+func (v *DPoPVerifier) cachedProofKey(raw json.RawMessage, alg string) (any, string, *DPoPError) {
+	k := alg + "\x00" + string(raw)
+	v.keysMu.Lock()
+	e, ok := v.keys[k]
+	v.keysMu.Unlock()
+	if ok {
+		return e.pub, e.jkt, nil
+	}
+	pub, jkt, derr := v.proofKey(raw, alg)
+	if derr != nil {
+		return nil, "", derr
+	}
+	v.keysMu.Lock()
+	if v.keys == nil || len(v.keys) >= maxCachedProofKeys {
+		v.keys = map[string]proofKeyEntry{}
+	}
+	v.keys[k] = proofKeyEntry{pub: pub, jkt: jkt}
+	v.keysMu.Unlock()
+	return pub, jkt, nil
 }
 
 // proofKey parses the jwk header and returns the raw public key and its

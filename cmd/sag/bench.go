@@ -22,6 +22,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/fixtures"
+	"github.com/sag-gateway/sag/identity"
 )
 
 // cmdBench measures what the gateway adds to a tool call: latency at
@@ -39,8 +40,12 @@ func cmdBench(args []string) error {
 	protocol := fs.String("protocol", "2025-11-25", "MCP revision the clients speak")
 	upProtocol := fs.String("upstream-protocol", "", "pin the MCP revision the gateway speaks to the upstream (default: negotiate)")
 	gogc := fs.String("gateway-gogc", "", "GOGC for the gateway process only (default: inherited)")
+	security := fs.String("security", "none", "none: --auth open, plain upstream; full: DPoP on the client, token verification, per-upstream tokens minted and verified by the upstream")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *security != "none" && *security != "full" {
+		return fmt.Errorf("--security %q: want none or full", *security)
 	}
 	var concs []int
 	for _, s := range strings.Split(*conc, ",") {
@@ -52,29 +57,62 @@ func cmdBench(args []string) error {
 	}
 	raiseFileLimit()
 
+	// The direct side calls a plain fixture; the gateway's upstream is
+	// another one that, with --security full, verifies every token and
+	// proof the gateway sends it.
 	upURL, stopUp, err := fixtures.NewServer(fixtures.Options{Name: "bench"}).StartHTTP(false)
 	if err != nil {
 		return err
 	}
 	defer stopUp()
-	gw, err := startChildGateway(upURL, *upProtocol, *gogc)
+	addr, err := freeLoopbackAddr()
+	if err != nil {
+		return err
+	}
+	gwUpURL := upURL
+	if *security == "full" {
+		base := "http://" + addr
+		u, stop, err := fixtures.NewServer(fixtures.Options{Name: "bench", Verify: &fixtures.Verify{
+			JWKSURL: base + "/.well-known/jwks.json", Issuer: base, Actor: base,
+		}}).StartHTTP(false)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		gwUpURL = u
+	}
+	gw, err := startChildGateway(addr, gwUpURL, *upProtocol, *gogc, *security)
 	if err != nil {
 		return err
 	}
 	defer gw.stop()
 
 	ctx := context.Background()
-	// One HTTP client for both sides' clients, keeping an idle connection
-	// per concurrent client, so that neither side measures connection churn
-	// (net/http keeps 2 per host by default).
+	// One HTTP transport for both sides' clients, keeping an idle
+	// connection per concurrent client, so that neither side measures
+	// connection churn (net/http keeps 2 per host by default).
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 256
 	hc := &http.Client{Transport: tr}
+	gwc := hc
+	if *security == "full" {
+		// The agent: one DPoP key and a token bound to it; a fresh proof
+		// on every request.
+		key, err := identity.NewDPoPKey()
+		if err != nil {
+			return err
+		}
+		tok, err := devToken(gw.data, "http://"+addr, devClaims{sub: "bench", jkt: key.Thumbprint()}, time.Hour)
+		if err != nil {
+			return err
+		}
+		gwc = &http.Client{Transport: &identity.DPoPTransport{Base: tr, Key: key, Token: func(context.Context) (string, error) { return tok, nil }}}
+	}
 	sides := []side{
 		{name: "direct", url: upURL, tool: "echo", http: hc},
-		{name: "sag", url: gw.url, tool: "up__echo", http: hc},
+		{name: "sag", url: gw.url, tool: "up__echo", http: gwc},
 	}
-	fmt.Printf("sag bench: echo tool, protocol %s, GOMAXPROCS=%d, one machine (client, gateway, upstream share the cores)\n\n", *protocol, runtime.GOMAXPROCS(0))
+	fmt.Printf("sag bench: echo tool, protocol %s, security %s, GOMAXPROCS=%d, one machine (client, gateway, upstream share the cores)\n\n", *protocol, *security, runtime.GOMAXPROCS(0))
 
 	// Latency at concurrency 1, interleaved in blocks of 100.
 	lat := make([][]time.Duration, len(sides))
@@ -107,7 +145,11 @@ func cmdBench(args []string) error {
 		p[i] = percentiles(lat[i])
 		fmt.Printf("  %-30s %8.1f %8.1f %8.1f\n", s.name, p[i][0], p[i][1], p[i][2])
 	}
-	fmt.Printf("  %-30s %8.1f %8.1f %8.1f   (target: p50 ≤ 150 µs)\n\n", "added by sag", p[1][0]-p[0][0], p[1][1]-p[0][1], p[1][2]-p[0][2])
+	targetP50, targetRatio := "150 µs", "70%"
+	if *security == "full" {
+		targetP50, targetRatio = "300 µs", "55%"
+	}
+	fmt.Printf("  %-30s %8.1f %8.1f %8.1f   (target: p50 ≤ %s)\n\n", "added by sag", p[1][0]-p[0][0], p[1][1]-p[0][1], p[1][2]-p[0][2], targetP50)
 
 	// Throughput, interleaved rounds.
 	fmt.Println("throughput (calls/s)       direct        sag    ratio")
@@ -125,13 +167,13 @@ func cmdBench(args []string) error {
 		d, g := total[0]/float64(*rounds), total[1]/float64(*rounds)
 		target := ""
 		if c == 8 {
-			target = "   (target: ≥ 70%)"
+			target = "   (target: ≥ " + targetRatio + ")"
 		}
 		fmt.Printf("  concurrency %-4d %10.0f %10.0f   %5.1f%%%s\n", c, d, g, 100*g/d, target)
 	}
 
 	if *idle > 0 {
-		per, err := gw.idleSessionCost(ctx, *protocol, *idle)
+		per, err := gw.idleSessionCost(ctx, *protocol, *idle, gwc)
 		if err != nil {
 			return err
 		}
@@ -219,17 +261,22 @@ type childGateway struct {
 	data string
 }
 
-func startChildGateway(upstreamURL, upstreamProtocol, gogc string) (*childGateway, error) {
+// freeLoopbackAddr returns a 127.0.0.1 address with a port that was free a
+// moment ago.
+func freeLoopbackAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security string) (*childGateway, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	addr := ln.Addr().String()
-	ln.Close()
 	data, err := os.MkdirTemp("", "sag-bench-")
 	if err != nil {
 		return nil, err
@@ -239,7 +286,11 @@ func startChildGateway(upstreamURL, upstreamProtocol, gogc string) (*childGatewa
 	if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "serve", "--config", conf, "--listen", addr, "--data", data, "--auth", "open", "--log-level", "error")
+	auth := "open"
+	if security == "full" {
+		auth = "dpop"
+	}
+	cmd := exec.Command(exe, "serve", "--config", conf, "--listen", addr, "--data", data, "--auth", auth, "--log-level", "error")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if gogc != "" {
 		cmd.Env = append(os.Environ(), "GOGC="+gogc)
@@ -283,7 +334,7 @@ func (g *childGateway) stop() {
 // idleSessionCost opens n sessions (initialize only; clients keep their
 // standalone GET stream, as real clients do) and returns the gateway's RSS
 // growth per session in bytes.
-func (g *childGateway) idleSessionCost(ctx context.Context, protocol string, n int) (float64, error) {
+func (g *childGateway) idleSessionCost(ctx context.Context, protocol string, n int, hc *http.Client) (float64, error) {
 	before, err := rss(g.cmd.Process.Pid)
 	if err != nil {
 		return 0, err
@@ -296,7 +347,7 @@ func (g *childGateway) idleSessionCost(ctx context.Context, protocol string, n i
 		}
 	}()
 	for range n {
-		cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: g.url}, &mcp.ClientSessionOptions{ProtocolVersion: protocol})
+		cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: g.url, HTTPClient: hc}, &mcp.ClientSessionOptions{ProtocolVersion: protocol})
 		if err != nil {
 			return 0, fmt.Errorf("idle session %d: %w", len(css), err)
 		}
