@@ -32,6 +32,7 @@ func (g *Gateway) adminRoutes(mux *http.ServeMux) {
 	mux.Handle("GET /admin/audit", h("/admin/audit", g.queryAudit))
 	mux.Handle("GET /admin/sessions/{id}", h("/admin/sessions/{id}", g.getSession))
 	mux.Handle("POST /admin/kill", h("/admin/kill", g.killHandler))
+	mux.Handle("POST /admin/keys/rotate", h("/admin/keys/rotate", g.rotateKeys))
 }
 
 // adminError is the admin API's one error type: an HTTP status, a stable
@@ -239,5 +240,33 @@ func (g *Gateway) getSession(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("get session: %w", err)
 	}
 	writeJSON(w, http.StatusOK, s)
+	return nil
+}
+
+// KeysResponse is the answer of POST /admin/keys/rotate.
+type KeysResponse struct {
+	// Active is the id of the key that signs from now on.
+	Active string `json:"active"`
+	// Published are the ids of every key in the JWKS.
+	Published []string `json:"published"`
+}
+
+// rotateKeys makes a new signing key active. Tokens signed with the previous
+// keys keep verifying: those keys stay in the JWKS (identity.KeepKeys).
+func (g *Gateway) rotateKeys(w http.ResponseWriter, _ *http.Request) error {
+	kid, err := g.auth.keys.Rotate()
+	if err != nil {
+		return err
+	}
+	res := KeysResponse{Active: kid}
+	set := g.auth.keys.PublicSet()
+	for i := 0; i < set.Len(); i++ {
+		k, _ := set.Key(i)
+		if id, ok := k.KeyID(); ok {
+			res.Published = append(res.Published, id)
+		}
+	}
+	g.log.Info("signing key rotated", "kid", kid)
+	writeJSON(w, http.StatusOK, res)
 	return nil
 }

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"path/filepath"
@@ -301,4 +302,38 @@ func TestResourceMetadata(t *testing.T) {
 	if m.Resource != tg.Base || len(m.Servers) == 0 || m.Servers[0] != tg.Base || !m.DPoP {
 		t.Errorf("metadata %+v", m)
 	}
+}
+
+// TestKeyRotation: after a rotation new tokens are signed with the new key,
+// and tokens signed before it keep working (the old key stays in the JWKS).
+func TestKeyRotation(t *testing.T) {
+	tg := startSecureGateway(t, config.AuthDPoP, nil)
+	before := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	code, body := tg.adminDo(t, http.MethodPost, "/admin/keys/rotate", nil)
+	var res server.KeysResponse
+	if code != http.StatusOK || json.Unmarshal(body, &res) != nil || len(res.Published) != 2 {
+		t.Fatalf("rotate: %d %s", code, body)
+	}
+	after := newAgent(t, tg, identity.Claims{Subject: "bob"})
+	if kidOf(t, after.token) != res.Active || kidOf(t, before.token) == res.Active {
+		t.Errorf("tokens not signed with the active key: before %s, after %s, active %s", kidOf(t, before.token), kidOf(t, after.token), res.Active)
+	}
+	for _, a := range []*agent{before, after} {
+		if r := rawPost(t, tg.MCP, initBody, a.headers(t, "POST", tg.MCP)); r.Status != http.StatusOK {
+			t.Errorf("token of kid %s after the rotation: %d %s", kidOf(t, a.token), r.Status, r.Body)
+		}
+	}
+}
+
+func kidOf(t *testing.T, tok string) string {
+	t.Helper()
+	b, err := base64.RawURLEncoding.DecodeString(strings.SplitN(tok, ".", 2)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h struct {
+		Kid string `json:"kid"`
+	}
+	json.Unmarshal(b, &h)
+	return h.Kid
 }

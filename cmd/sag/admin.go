@@ -225,3 +225,30 @@ func cmdKill(args []string) error {
 	}
 	return nil
 }
+
+// cmdKeys manages the gateway's signing keys: "sag keys rotate".
+func cmdKeys(args []string) error {
+	fs := flag.NewFlagSet("sag keys", flag.ContinueOnError)
+	client := adminFlags(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: sag keys rotate [--server URL] [--admin-token T | --data DIR]")
+		fs.PrintDefaults()
+	}
+	if len(args) == 0 || args[0] != "rotate" {
+		fs.Usage()
+		return errors.New("want: sag keys rotate")
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	c, err := client()
+	if err != nil {
+		return err
+	}
+	var res server.KeysResponse
+	if err := c.do(http.MethodPost, "/admin/keys/rotate", nil, &res); err != nil {
+		return err
+	}
+	fmt.Printf("active signing key %s; published: %s\n", res.Active, strings.Join(res.Published, ", "))
+	return nil
+}

@@ -8,6 +8,7 @@
 //	sag token     print an access token from the gateway's development issuer
 //	sag upstreams add|list|remove   manage upstreams through the admin API
 //	sag kill      revoke a session and everything hanging off it
+//	sag keys rotate   start signing with a new key (the old one stays published)
 //	sag audit     print recent audit records as JSON lines
 //	sag bench     measure the gateway's added latency and throughput
 //	sag version   print the version
@@ -33,6 +34,7 @@ commands:
   token       print an access token from the gateway's development issuer
   upstreams   add, list or remove upstreams (admin API)
   kill        revoke a session, a user or an agent, and all that hangs off it
+  keys        rotate the gateway's signing key (keys rotate)
   audit       print recent audit records as JSON lines
   bench       measure added latency and throughput
   version     print the version
@@ -53,6 +55,7 @@ func main() {
 		"token":     cmdToken,
 		"upstreams": cmdUpstreams,
 		"kill":      cmdKill,
+		"keys":      cmdKeys,
 		"audit":     cmdAudit,
 		"bench":     cmdBench,
 
