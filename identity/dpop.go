@@ -104,6 +104,12 @@ type DPoPOptions struct {
 	MaxJTI int
 	// Replay records proof identifiers. Required.
 	Replay ReplayCache
+	// IssuedAfter, when set, refuses proofs whose iat is before it. A
+	// server whose replay cache starts empty sets it to its start time
+	// (truncated to the second, iat's precision), so that a restart opens
+	// no replay window for proofs issued before it, save those issued in
+	// the same second.
+	IssuedAfter time.Time
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
@@ -118,6 +124,7 @@ type DPoPVerifier struct {
 	maxProof int
 	maxJTI   int
 	replay   ReplayCache
+	after    time.Time
 	now      func() time.Time
 
 	// keys caches proofKey's result by the jwk header's exact bytes and the
@@ -150,6 +157,7 @@ func NewDPoPVerifier(o DPoPOptions) (*DPoPVerifier, error) {
 		maxProof: cmp.Or(o.MaxProofBytes, DefaultDPoPMaxProofBytes),
 		maxJTI:   cmp.Or(o.MaxJTI, DefaultDPoPMaxJTI),
 		replay:   o.Replay,
+		after:    o.IssuedAfter,
 		now:      o.Now,
 	}
 	if v.now == nil {
@@ -436,6 +444,9 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 	}
 	if iat.After(now.Add(v.skew)) {
 		return nil, invalidProof("proof issued in the future", nil)
+	}
+	if iat.Before(v.after) {
+		return nil, invalidProof("proof issued before the server started", nil)
 	}
 	// §4.3 point 12 and §7: with an access token, ath is the base64url
 	// SHA-256 of it; a proof carrying ath is only usable with that token.

@@ -547,3 +547,21 @@ func FuzzVerifyDPoP(f *testing.F) {
 		}
 	})
 }
+
+// TestDPoPIssuedAfter: a verifier whose replay cache started empty refuses
+// proofs issued before it started, which it cannot know it has seen.
+func TestDPoPIssuedAfter(t *testing.T) {
+	clock := &fakeClock{t: testNow}
+	s := newSigner(t, "ES256")
+	proof := s.sign(t, nil, validClaims(t)) // iat = testNow
+	v := newTestVerifier(t, clock, func(o *DPoPOptions) { o.IssuedAfter = testNow.Add(time.Second) })
+	_, err := v.Verify(context.Background(), validRequest(proof))
+	var de *DPoPError
+	if !errors.As(err, &de) || de.Description != "proof issued before the server started" {
+		t.Fatalf("proof from before the start: %v", err)
+	}
+	v = newTestVerifier(t, clock, func(o *DPoPOptions) { o.IssuedAfter = testNow })
+	if _, err := v.Verify(context.Background(), validRequest(proof)); err != nil {
+		t.Fatalf("proof from the start second: %v", err)
+	}
+}
