@@ -27,8 +27,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/sag-gateway/sag/fixtures"
 	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/server"
 	"github.com/sag-gateway/sag/server/config"
 )
 
@@ -328,5 +331,73 @@ func TestTokenExchange(t *testing.T) {
 	json.NewDecoder(resp.Body).Decode(&meta)
 	if meta["token_endpoint"] != tg.Base+"/oauth/token" || meta["issuer"] != tg.Base {
 		t.Errorf("RFC 8414 metadata: %v", meta)
+	}
+}
+
+// TestMTLSUpstream: an upstream with auth: mtls receives tokens bound to the
+// gateway's X.509-SVID (cnf x5t#S256), which the gateway presents as its
+// client certificate; the upstream checks both.
+func TestMTLSUpstream(t *testing.T) {
+	ca := newTestCA(t)
+	tg := startSPIFFEGateway(t, ca)
+	gatewayID := "spiffe://" + trustDomain + "/gateway"
+	_, certFile, keyFile := ca.svid(t, "spiffe://"+trustDomain+"/fixture")
+	svid, err := x509svid.Load(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := x509bundle.Load(spiffeid.RequireTrustDomainFromString(trustDomain), ca.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := fixtures.NewServer(fixtures.Options{
+		Name: "secure",
+		TLS:  tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeID(spiffeid.RequireFromString(gatewayID))),
+		Verify: &fixtures.Verify{
+			JWKSURL: tg.Base + "/.well-known/jwks.json", Issuer: tg.Base, Actor: gatewayID,
+			Client: &http.Client{Transport: &http.Transport{TLSClientConfig: gatewayTLS(t, ca)}},
+		},
+	})
+	up, stop, err := f.StartHTTP(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	tg.addUpstream(t, server.UpstreamRequest{Name: "secure", URL: up, Auth: "mtls"})
+
+	agentID := "spiffe://" + trustDomain + "/agent/worker"
+	agentCert, _, _ := ca.svid(t, agentID)
+	a := newAgent(t, tg, identity.Claims{Subject: "alice", Act: &identity.Actor{Sub: agentID}})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	c := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil)
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: tg.MCP, HTTPClient: spiffeClient(t, ca, &agentCert, a, nil)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if res := callTool(t, cs, "secure__whoami", nil); res.IsError {
+		t.Fatalf("whoami over mTLS: %+v", res.Content)
+	}
+	v := f.Verified()
+	if n := v.Refused.Load(); n != 0 {
+		t.Fatalf("the upstream refused %d requests: %v", n, v.Reasons())
+	}
+	gwCert, _ := tls.LoadX509KeyPair(filepath.Join(ca.dir, "_gateway.pem"), filepath.Join(ca.dir, "_gateway-key.pem"))
+	x5t := identity.CertThumbprint(gwCert.Certificate[0])
+	var alice int
+	for _, cl := range v.Claims() {
+		if cl.Cnf == nil || cl.Cnf.X5T != x5t || cl.Cnf.JKT != "" {
+			t.Errorf("token not bound to the gateway's certificate: %+v", cl.Cnf)
+		}
+		if cl.Subject == "alice" {
+			alice++
+			if cl.Act == nil || cl.Act.Sub != gatewayID || cl.Act.Act == nil || cl.Act.Act.Sub != agentID {
+				t.Errorf("actor chain %s, want the gateway acting after the agent", cl.Act)
+			}
+		}
+	}
+	if alice == 0 {
+		t.Error("no request carried alice's token")
 	}
 }
