@@ -57,6 +57,13 @@ func writeAdminError(w http.ResponseWriter, err error) {
 	writeJSON(w, ae.Status, ae)
 }
 
+// hasAdminToken reports whether r carries the admin token as its bearer
+// token (compared in constant time).
+func (g *Gateway) hasAdminToken(r *http.Request) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(g.admin)) == 1
+}
+
 // AdminScope is the scope an access token needs to use the admin API.
 const AdminScope = "sag:admin"
 
@@ -64,10 +71,8 @@ const AdminScope = "sag:admin"
 // operators) or, unless auth is open, with an access token carrying
 // AdminScope, authenticated like any other request (DPoP, mTLS or bearer).
 func (g *Gateway) requireAdmin(next http.HandlerFunc) http.HandlerFunc {
-	want := []byte(g.admin)
 	return func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if ok && subtle.ConstantTimeCompare([]byte(got), want) == 1 {
+		if g.hasAdminToken(r) {
 			next(w, r)
 			return
 		}

@@ -255,3 +255,62 @@ func auditMethod(t *testing.T, tg *testGateway, method string) []map[string]any 
 	}
 	return out
 }
+
+// TestRevocation: a token revoked at /oauth/revoke (RFC 7009) is refused on
+// the next request and inactive at introspection; both endpoints need a
+// client credential, and malformed requests get invalid_request.
+func TestRevocation(t *testing.T) {
+	tg, _, _ := verifyingUpstream(t, true)
+	a := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	if !introspect(t, tg, a.token) {
+		t.Fatal("a fresh token is inactive")
+	}
+	form := func(path, body, auth string) int {
+		req, _ := http.NewRequest(http.MethodPost, tg.Base+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	tokenForm := url.Values{"token": {a.token}}.Encode()
+	if code := form("/oauth/revoke", tokenForm, ""); code != http.StatusUnauthorized {
+		t.Errorf("revoke without a client credential: %d, want 401", code)
+	}
+	if code := form("/oauth/introspect", tokenForm, "Bearer wrong"); code != http.StatusUnauthorized {
+		t.Errorf("introspect with a wrong credential: %d, want 401", code)
+	}
+	if code := form("/oauth/revoke", "token=a&token=b", "Bearer "+adminToken); code != http.StatusBadRequest {
+		t.Errorf("two token parameters: %d, want 400", code)
+	}
+	if code := form("/oauth/revoke", "token=not-a-token", "Bearer "+adminToken); code != http.StatusOK {
+		t.Errorf("revoking garbage: %d, want 200 (RFC 7009 §2.2)", code)
+	}
+	if code := form("/oauth/revoke", tokenForm, "Bearer "+adminToken); code != http.StatusOK {
+		t.Fatalf("revoke: %d", code)
+	}
+	if introspect(t, tg, a.token) {
+		t.Error("a revoked token is active")
+	}
+	r := rawPost(t, tg.MCP, initBody, a.headers(t, "POST", tg.MCP))
+	if r.Status != http.StatusUnauthorized || !strings.Contains(r.Header.Get("WWW-Authenticate"), "token revoked") {
+		t.Errorf("request with a revoked token: %d %v", r.Status, r.Header.Values("WWW-Authenticate"))
+	}
+	// A resource server may introspect with a token carrying sag:introspect.
+	rs := newAgent(t, tg, identity.Claims{Subject: "fixture", Scope: server.IntrospectScope})
+	req, _ := http.NewRequest(http.MethodPost, tg.Base+"/oauth/introspect", strings.NewReader(tokenForm))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := rs.client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("introspection with a sag:introspect token: %d", resp.StatusCode)
+	}
+}

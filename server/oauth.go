@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"net/http"
 	"strings"
@@ -67,8 +66,7 @@ func (r *revocations) revoke(ctx context.Context, issuer, jti string, exp time.T
 // endpoints (RFC 7662 §2.1, RFC 7009 §2.1): the admin token, or an access
 // token with IntrospectScope authenticated like any request.
 func (g *Gateway) oauthClient(w http.ResponseWriter, r *http.Request) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if ok && subtle.ConstantTimeCompare([]byte(got), []byte(g.admin)) == 1 {
+	if g.hasAdminToken(r) {
 		return true
 	}
 	if g.auth.check == nil {
@@ -111,12 +109,6 @@ func tokenParam(w http.ResponseWriter, r *http.Request) (string, bool) {
 	return toks[0], true
 }
 
-// ownToken verifies a token the gateway issued or minted, whatever its
-// audience.
-func (g *Gateway) ownToken(ctx context.Context, tok string) (*identity.Claims, error) {
-	return g.auth.own.Verify(ctx, tok)
-}
-
 // introspect serves RFC 7662 token introspection for the tokens the gateway
 // issued (sag token, token exchange) or minted for upstreams. A token is
 // active when its signature, lifetime and audience hold, it is not revoked,
@@ -132,7 +124,7 @@ func (g *Gateway) introspect(w http.ResponseWriter, r *http.Request) {
 	}
 	inactive := map[string]any{"active": false}
 	w.Header().Set("Cache-Control", "no-store")
-	c, err := g.ownToken(r.Context(), tok)
+	c, err := g.auth.own.Verify(r.Context(), tok)
 	if err != nil {
 		writeJSON(w, http.StatusOK, inactive)
 		return
@@ -189,7 +181,7 @@ func (g *Gateway) revoke(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if c, err := g.ownToken(r.Context(), tok); err == nil {
+	if c, err := g.auth.own.Verify(r.Context(), tok); err == nil {
 		if err := g.revoked.revoke(r.Context(), c.Issuer, c.JTI, time.Unix(c.Expiry, 0)); err != nil {
 			writeOAuthError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "revocation not recorded; try again")
 			return
