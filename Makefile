@@ -18,7 +18,7 @@ unit:
 # vet, unit tests with the race detector, then the end-to-end suite.
 test: vet unit e2e
 
-# Conformance suite, Inspector CLI smoke test and DPoP interop (Node dpop, oauth4webapi) against `sag serve` (e2e/README.md).
+# Conformance suite, Inspector CLI smoke test, DPoP interop (Node dpop, oauth4webapi) and a real SPIRE against `sag serve` (e2e/README.md).
 e2e:
 	bash e2e/run.sh
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # SAG end-to-end suite: the MCP conformance suite and an MCP Inspector CLI smoke
-# test against `sag serve` in front of the go-sdk everything-server, and a DPoP
-# interop test (npm dpop + oauth4webapi proofs) against `sag serve --auth dpop`.
+# test against `sag serve` in front of the go-sdk everything-server, a DPoP
+# interop test (npm dpop + oauth4webapi proofs) against `sag serve --auth dpop`,
+# and a SPIFFE test with a real SPIRE 1.13.3 server + agent issuing the
+# gateway's and the agent's X.509-SVIDs (mTLS + DPoP + act.sub).
 #
-# Usage: bash e2e/run.sh [conformance] [inspector] [dpop]   (default: all three)
+# Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [spire]   (default: all four)
 #
 # Environment:
 #   E2E_DIRECT=1              test the everything-server directly (baseline), no gateway
-#                             (the dpop part, which tests the gateway only, is skipped)
+#                             (the dpop and spire parts, which test the gateway only, are skipped)
 #   E2E_UPSTREAM_STATELESS=1  run the everything-server with -stateless=true
 #                             (default -stateless=false: with conformance 0.1.16 the
 #                             stateless server fails the sampling/elicitation scenarios)
@@ -17,6 +19,10 @@
 #   E2E_READY_TIMEOUT=secs    how long to wait for the servers (default 30)
 #   E2E_CONFORMANCE_TIMEOUT=secs  limit for the conformance run (default 600)
 #   E2E_DPOP_TIMEOUT=secs     limit for the dpop interop script (default 60)
+#   E2E_SPIRE_TIMEOUT=secs    how long to wait for each SVID (default 60)
+#   E2E_SPIRE_BUILD_TIMEOUT=secs  limit for e2e/spire/build.sh (default 1800)
+#   SAG_SPIRE_CACHE=dir       where e2e/spire/build.sh caches SPIRE (default ~/.cache/sag/spire-v1.13.3;
+#                             a cold build takes about 6 minutes)
 set -euo pipefail
 
 E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,27 +38,37 @@ CONFORMANCE_TIMEOUT="${E2E_CONFORMANCE_TIMEOUT:-600}"
 EXPECTED_FAILURES="$E2E_DIR/conformance-expected-failures.yml"
 
 DPOP_TIMEOUT="${E2E_DPOP_TIMEOUT:-60}"
+SPIRE_SVID_TIMEOUT="${E2E_SPIRE_TIMEOUT:-60}"
+SPIRE_BUILD_TIMEOUT="${E2E_SPIRE_BUILD_TIMEOUT:-1800}"
 
 RUN_CONFORMANCE=0
 RUN_INSPECTOR=0
 RUN_DPOP=0
+RUN_SPIRE=0
 if [[ $# -eq 0 ]]; then
   RUN_CONFORMANCE=1
   RUN_INSPECTOR=1
   RUN_DPOP=1
+  RUN_SPIRE=1
 fi
 for part in "$@"; do
   case "$part" in
     conformance) RUN_CONFORMANCE=1 ;;
     inspector) RUN_INSPECTOR=1 ;;
     dpop) RUN_DPOP=1 ;;
-    -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop)" >&2; exit 2 ;;
+    spire) RUN_SPIRE=1 ;;
+    -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop, spire)" >&2; exit 2 ;;
   esac
 done
+GATEWAY_ONLY_SKIPPED=()
 if [[ "$E2E_DIRECT" == 1 && $RUN_DPOP == 1 ]]; then
   RUN_DPOP=0
-  DPOP_SKIPPED=1
+  GATEWAY_ONLY_SKIPPED+=(dpop)
+fi
+if [[ "$E2E_DIRECT" == 1 && $RUN_SPIRE == 1 ]]; then
+  RUN_SPIRE=0
+  GATEWAY_ONLY_SKIPPED+=(spire)
 fi
 
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -61,6 +77,11 @@ die() { printf '[e2e %s] FAIL: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
 # ---------------------------------------------------------------- cleanup --
 PIDS=()
 WORK=""
+SPIRE_DIR=""  # spire_up's work dir (short, under /tmp: it holds unix sockets)
+if [[ $RUN_SPIRE == 1 ]]; then
+  # shellcheck source-path=SCRIPTDIR source=spire/lib.sh
+  source "$E2E_DIR/spire/lib.sh"  # spire_up, spire_down, spire_register, spire_wait_svid
+fi
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -76,6 +97,14 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
+  if [[ -n "$SPIRE_DIR" ]]; then
+    # Stops the agent, then the server (SIGTERM, SIGKILL after 10 s), also after a
+    # half start; keeps their configs and logs in $OUT/spire.
+    spire_down "$SPIRE_DIR" || true
+    mkdir -p "$OUT/spire"
+    cp -f "$SPIRE_DIR"/*.conf "$SPIRE_DIR"/*.log "$SPIRE_DIR"/bundle.pem "$OUT/spire/" 2>/dev/null || true
+    rm -rf "$SPIRE_DIR"
+  fi
   if [[ -n "$WORK" ]]; then rm -rf "$WORK"; fi
   if [[ $rc -eq 0 ]]; then
     log "PASS (outputs in $OUT)"
@@ -116,15 +145,17 @@ start_bg() {
 }
 
 # Polls URL until it answers with HTTP status $want ("any" = any answer at all).
+# Further arguments go to curl (e.g. -k).
 wait_http() {
   local url=$1 want=$2 pid=$3 logfile=$4 code
+  shift 4
   local deadline=$((SECONDS + READY_TIMEOUT))
   while ((SECONDS < deadline)); do
     if ! kill -0 "$pid" 2>/dev/null; then
       tail -n 30 "$logfile" >&2 || true
       die "process $pid exited before $url was ready (log: $logfile)"
     fi
-    code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url" || true)
+    code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$@" "$url" || true)
     if [[ "$want" == any && "$code" != 000 && -n "$code" ]] || [[ "$code" == "$want" ]]; then
       return 0
     fi
@@ -203,7 +234,7 @@ wait_http "http://127.0.0.1:$UP_PORT/mcp" any "$UP_PID" "$OUT/everything-server.
 if [[ "$E2E_DIRECT" == 1 ]]; then
   TARGET="http://127.0.0.1:$UP_PORT/mcp"
   log "E2E_DIRECT=1: testing the everything-server directly at $TARGET"
-  if [[ "${DPOP_SKIPPED:-0}" == 1 ]]; then log "E2E_DIRECT=1: dpop part skipped (it tests the gateway)"; fi
+  if [[ ${#GATEWAY_ONLY_SKIPPED[@]} -gt 0 ]]; then log "E2E_DIRECT=1: ${GATEWAY_ONLY_SKIPPED[*]} skipped (these parts test the gateway)"; fi
 elif [[ $RUN_CONFORMANCE == 1 || $RUN_INSPECTOR == 1 ]]; then
   free_port GW_PORT
   mkdir -p "$OUT/sag-data"
@@ -328,6 +359,212 @@ EOF
   total=$(grep -E '^dpop interop: ' "$OUT/dpop.log" | tail -n 1 || true)
   log "${total:-dpop interop: no summary line} (exit $rc, $((SECONDS - t0))s)"
   if [[ $rc -ne 0 || -z "$total" ]]; then FAILED+=("dpop"); fi
+fi
+
+# ------------------------------------------------------------------ spire --
+# A real SPIRE 1.13.3 server + agent (e2e/spire) issue X.509-SVIDs to two copies
+# of the sag binary, told apart by path (unix:path selectors): $D/gw/sag is
+# spiffe://sag.test/gateway, $D/agent/sag spiffe://sag.test/agent. The gateway
+# serves HTTPS with its SVID and takes agent client certificates; alice's token
+# for the agent (sag token --agent, DPoP-bound) must work over the agent's mTLS
+# only.
+spire_now() { date +%s.%N; }
+spire_since() { awk -v a="$1" -v b="$(spire_now)" 'BEGIN { printf "%.2fs", b - a }'; }
+SPIRE_PASS=0
+SPIRE_FAIL=0
+spire_ok() { SPIRE_PASS=$((SPIRE_PASS + 1)); log "spire: ok: $*"; }
+spire_bad() { SPIRE_FAIL=$((SPIRE_FAIL + 1)); log "spire: FAIL: $*"; }
+
+# spire_part runs the checks and counts them; when setup fails it counts a
+# failure and returns early. Called as a plain command (not in `if` or `||`) so
+# that set -e stays in force inside: what it expects to fail is caught explicitly.
+spire_part() {
+  local t0 t rc tok out code proof
+  local D="$WORK/spire"
+  local GW_DATA="$OUT/sag-spire-data"
+  mkdir -p "$D/gw" "$D/agent" "$GW_DATA"
+
+  t=$(spire_now)
+  log "spire: bash e2e/spire/build.sh (cached in ${SAG_SPIRE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sag/spire-v1.13.3}; a cold build from the Go module proxy takes about 6 minutes)"
+  # In the background through timeout(1), like the other long steps: a signal to
+  # run.sh then stops the build at once (timeout signals its own process group,
+  # so go build and the compilers stop too).
+  rc=0
+  run_logged "$ROOT" "$OUT/spire-build.log" \
+    timeout --kill-after=10 "$SPIRE_BUILD_TIMEOUT" bash "$E2E_DIR/spire/build.sh" </dev/null || rc=$?
+  # build.sh prints the bin dir last.
+  SPIRE_BIN_DIR=$(tail -n 1 "$OUT/spire-build.log")
+  if [[ $rc -ne 0 || ! -x "$SPIRE_BIN_DIR/spire-server" || ! -x "$SPIRE_BIN_DIR/spire-agent" ]]; then
+    spire_bad "e2e/spire/build.sh failed (exit $rc; log: $OUT/spire-build.log)"
+    return
+  fi
+  export SPIRE_BIN_DIR
+  log "spire: timing: build.sh $(spire_since "$t") ($SPIRE_BIN_DIR)"
+
+  # A short path of its own: it holds the unix sockets (sun_path is 108 bytes),
+  # and $TMPDIR or $OUT may be long. cleanup stops SPIRE, copies the logs to
+  # $OUT/spire and removes it.
+  SPIRE_DIR=$(mktemp -d /tmp/sag-spire.XXXXXX)
+  t0=$(spire_now)
+  rc=0
+  spire_up "$SPIRE_DIR" || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    spire_bad "spire_up failed (logs in $OUT/spire)"
+    return
+  fi
+  log "spire: timing: spire_up (server + agent healthy) $(spire_since "$t0")"
+
+  cp "$WORK/sag" "$D/gw/sag"
+  cp "$WORK/sag" "$D/agent/sag"
+  t=$(spire_now)
+  rc=0
+  spire_register spiffe://sag.test/gateway "$D/gw/sag" &&
+    spire_register spiffe://sag.test/agent "$D/agent/sag" &&
+    spire_wait_svid spiffe://sag.test/gateway "$SPIRE_SVID_TIMEOUT" &&
+    spire_wait_svid spiffe://sag.test/agent "$SPIRE_SVID_TIMEOUT" || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    spire_bad "registering the gateway and the agent, or waiting for their SVIDs, failed (logs in $OUT/spire)"
+    return
+  fi
+  spire_ok "SPIRE serves spiffe://sag.test/gateway to $D/gw/sag and spiffe://sag.test/agent to $D/agent/sag"
+  log "spire: timing: register -> both SVIDs served $(spire_since "$t") (since spire_up: $(spire_since "$t0"))"
+
+  free_port SPIRE_GW_PORT
+  local base="https://127.0.0.1:$SPIRE_GW_PORT"
+  local mcp="$base/mcp"
+  {
+    echo "listen: 127.0.0.1:$SPIRE_GW_PORT"
+    echo "data_dir: $GW_DATA"
+    echo "auth: dpop"
+    echo "identity:"
+    echo "  spiffe:"
+    echo "    trust_domain: sag.test"
+    echo "    workload_api: \"$SPIRE_SOCKET\""
+    echo "upstreams:"
+    echo "  - name: everything"
+    echo "    url: http://127.0.0.1:$UP_PORT/mcp"
+  } >"$OUT/sag-spire.yaml"
+  t=$(spire_now)
+  log "spire: starting $D/gw/sag serve --config $OUT/sag-spire.yaml ($base)"
+  start_bg "$OUT/sag-spire.log" "$D/gw/sag" serve --config "$OUT/sag-spire.yaml"
+  local gw_pid=$LAST_PID
+  # -k only here: the gateway's SVID has a URI SAN and no DNS/IP SAN, so curl
+  # cannot check it by name. The sag CLI below verifies it as a SPIFFE ID.
+  wait_http "$base/readyz" 200 "$gw_pid" "$OUT/sag-spire.log" -k
+  log "spire: timing: gateway ready over HTTPS $(spire_since "$t")"
+
+  # Its certificate must be its X.509-SVID, chained to SPIRE's bundle (Node's
+  # TLS verifies the chain; the name check is skipped: SVIDs have no DNS/IP SAN).
+  out=$("$NODE" -e '
+    const tls = require("tls"), fs = require("fs");
+    const s = tls.connect({ host: "127.0.0.1", port: +process.argv[1], ca: fs.readFileSync(process.argv[2]),
+      checkServerIdentity: () => undefined }, () => { console.log(s.getPeerCertificate().subjectaltname); s.end() });
+    s.setTimeout(5000, () => { console.error("timeout"); process.exit(1) });
+    s.on("error", (e) => { console.error(e.message); process.exit(1) });' "$SPIRE_GW_PORT" "$SPIRE_BUNDLE" 2>&1 || true)
+  if [[ "$out" == "URI:spiffe://sag.test/gateway" ]]; then
+    spire_ok "the gateway serves HTTPS with its X.509-SVID (URI:spiffe://sag.test/gateway, chain verified with SPIRE's bundle)"
+  else
+    spire_bad "the gateway's certificate is not its SVID: ${out:-no certificate}"
+  fi
+
+  rc=0
+  tok=$("$D/gw/sag" token --data "$GW_DATA" --url "$base" --sub alice \
+    --agent spiffe://sag.test/agent --dpop-key "$D/agent.jwk" 2>"$OUT/spire-token.err") || rc=$?
+  if [[ $rc -ne 0 || -z "$tok" ]]; then
+    cat "$OUT/spire-token.err" >&2
+    spire_bad "sag token --sub alice --agent spiffe://sag.test/agent --dpop-key failed (exit $rc)"
+    return
+  fi
+  spire_ok "sag token: alice's token for act.sub spiffe://sag.test/agent, bound to the DPoP key $D/agent.jwk"
+
+  # As the agent: its X.509-SVID over mTLS (it checks the gateway is in sag.test),
+  # the token, DPoP proofs.
+  local auth=(--workload-api "$SPIRE_SOCKET" --token "$tok" --dpop-key "$D/agent.jwk")
+  t=$(spire_now)
+  rc=0
+  "$D/agent/sag" tools --url "$mcp" "${auth[@]}" >"$OUT/spire-tools.txt" 2>"$OUT/spire-tools.err" || rc=$?
+  if [[ $rc -eq 0 ]] && grep -q '^everything__test_simple_text ' "$OUT/spire-tools.txt"; then
+    spire_ok "agent: sag tools --workload-api lists $(wc -l <"$OUT/spire-tools.txt") tools ($(spire_since "$t"))"
+  else
+    cat "$OUT/spire-tools.err" "$OUT/spire-tools.txt" >&2
+    spire_bad "agent: sag tools --workload-api (exit $rc; want everything__test_simple_text in the list)"
+  fi
+
+  t=$(spire_now)
+  rc=0
+  "$D/agent/sag" call --url "$mcp" "${auth[@]}" everything__test_simple_text '{}' \
+    >"$OUT/spire-call.json" 2>"$OUT/spire-call.err" || rc=$?
+  if [[ $rc -eq 0 ]] && grep -q 'This is a simple text response for testing.' "$OUT/spire-call.json"; then
+    spire_ok "agent: sag call --workload-api everything__test_simple_text ($(spire_since "$t"))"
+  else
+    cat "$OUT/spire-call.err" "$OUT/spire-call.json" >&2
+    spire_bad "agent: sag call --workload-api everything__test_simple_text (exit $rc)"
+  fi
+
+  # The same token and DPoP key from the gateway's binary: a valid SVID of
+  # sag.test, but not the agent the token names (act.sub).
+  local why="authenticated agent is not the token's actor" seen
+  seen=$(grep -cF "$why" "$OUT/sag-spire.log" || true)
+  t=$(spire_now)
+  rc=0
+  "$D/gw/sag" call --url "$mcp" "${auth[@]}" everything__test_simple_text '{}' \
+    >"$OUT/spire-wrong-agent.json" 2>"$OUT/spire-wrong-agent.err" || rc=$?
+  # The CLI shows the 401 as "Unauthorized" (go-sdk); the gateway logs the reason.
+  if [[ $rc -ne 0 ]] && grep -qE '\b(Unauthorized|401)\b' "$OUT/spire-wrong-agent.err" &&
+    (($(grep -cF "$why" "$OUT/sag-spire.log" || true) > seen)); then
+    spire_ok "another workload (spiffe://sag.test/gateway) with the agent's token and key: 401, exit $rc ($(spire_since "$t")); gateway: \"$why\""
+  else
+    cat "$OUT/spire-wrong-agent.err" "$OUT/spire-wrong-agent.json" >&2
+    grep -F 'request refused' "$OUT/sag-spire.log" >&2 || true
+    spire_bad "another workload (spiffe://sag.test/gateway) with the agent's token and key: want 401 (\"$why\") and a non-zero exit, got exit $rc"
+  fi
+
+  # The agent's token with a valid DPoP proof (npm dpop, the agent's key) but no
+  # client certificate at all: refused too, the token names an agent.
+  rc=0
+  proof=$("$NODE" "$E2E_DIR/spire/dpop-proof.mjs" "$D/agent.jwk" POST "$mcp" "$tok") || rc=$?
+  code=$(curl -sk -o "$OUT/spire-no-svid.body" -D "$OUT/spire-no-svid.headers" -m 10 -w '%{http_code}' \
+    -X POST "$mcp" -H "Authorization: DPoP $tok" -H "DPoP: $proof" \
+    -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+    --data '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}' || true)
+  if [[ $rc -eq 0 && "$code" == 401 ]]; then
+    spire_ok "the agent's token and proof without its X.509-SVID (curl, no client certificate): 401 $(grep -i '^www-authenticate:' "$OUT/spire-no-svid.headers" | tr -d '\r' | head -c 300)"
+  else
+    cat "$OUT/spire-no-svid.headers" "$OUT/spire-no-svid.body" >&2 2>/dev/null || true
+    spire_bad "the agent's token and proof without its X.509-SVID: want 401, got ${code:-nothing} (proof exit $rc)"
+  fi
+
+  # Audit: the agent's call is recorded with its SPIFFE ID.
+  t=$(spire_now)
+  local deadline=$((SECONDS + 10)) found=""
+  while ((SECONDS < deadline)); do
+    "$D/gw/sag" audit --data "$GW_DATA" --limit 20 >"$OUT/spire-audit.jsonl" 2>"$OUT/spire-audit.err" || true
+    if found=$("$NODE" -e '
+        const recs = require("fs").readFileSync(0, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l));
+        const r = recs.find((r) => r.method === "tools/call" && r.tool === "everything__test_simple_text" &&
+          r.spiffe_id === "spiffe://sag.test/agent");
+        if (!r) process.exit(1);
+        const { sub, spiffe_id, act, decision, mtls_thumbprint } = r;
+        console.log(JSON.stringify({ sub, spiffe_id, act, decision, mtls_thumbprint }));' \
+      <"$OUT/spire-audit.jsonl" 2>/dev/null); then
+      break
+    fi
+    found=""
+    sleep 0.5
+  done
+  if [[ -n "$found" ]]; then
+    spire_ok "audit: the tools/call is recorded with \"spiffe_id\":\"spiffe://sag.test/agent\" ($(spire_since "$t")): $found"
+  else
+    cat "$OUT/spire-audit.err" "$OUT/spire-audit.jsonl" >&2
+    spire_bad "audit: no tools/call record of everything__test_simple_text with \"spiffe_id\":\"spiffe://sag.test/agent\" (sag audit --data $GW_DATA)"
+  fi
+}
+
+if [[ $RUN_SPIRE == 1 ]]; then
+  t_spire=$(spire_now)
+  spire_part
+  log "spire e2e: $SPIRE_PASS passed, $SPIRE_FAIL failed ($(spire_since "$t_spire"))"
+  if [[ $SPIRE_FAIL -ne 0 ]]; then FAILED+=("spire"); fi
 fi
 
 if [[ ${#FAILED[@]} -gt 0 ]]; then
