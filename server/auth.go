@@ -175,7 +175,7 @@ func (g *Gateway) requireAuth(scopes []string, next http.Handler) http.Handler {
 				err = identity.RequireScopes(p, scopes)
 			}
 			if err != nil {
-				g.log.Info("request refused", "path", r.URL.Path, "reason", err.Error())
+				g.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "mcp_method", r.Header.Get("Mcp-Method"), "reason", err.Error())
 				g.metrics.authFailures.Inc()
 				g.auth.check.WriteError(w, err)
 				return
