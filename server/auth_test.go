@@ -39,7 +39,7 @@ type agent struct {
 	token string
 }
 
-func newAgent(t *testing.T, tg *testGateway, claims identity.Claims) *agent {
+func newAgent(t testing.TB, tg *testGateway, claims identity.Claims) *agent {
 	t.Helper()
 	key, err := identity.NewDPoPKey()
 	if err != nil {
@@ -52,7 +52,7 @@ func newAgent(t *testing.T, tg *testGateway, claims identity.Claims) *agent {
 }
 
 // mint signs claims with the gateway's keys (what `sag token` does).
-func mint(t *testing.T, tg *testGateway, c identity.Claims) string {
+func mint(t testing.TB, tg *testGateway, c identity.Claims) string {
 	t.Helper()
 	keys, err := identity.LoadKeys(filepath.Join(tg.DataDir, server.KeysDir))
 	if err != nil {

@@ -5,10 +5,12 @@ import (
 	"net"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/fixtures"
+	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/server"
 	"github.com/sag-gateway/sag/server/config"
 )
@@ -131,4 +133,64 @@ func BenchmarkDirect(b *testing.B) {
 // BenchmarkDirectParallel is BenchmarkPipelineParallel without the gateway.
 func BenchmarkDirectParallel(b *testing.B) {
 	runBench(b, benchUpstream(b), "echo", true)
+}
+
+// BenchmarkPipelineSecure is BenchmarkPipeline with full security: a DPoP
+// client (token verified once, a proof per request), a per-upstream token
+// minted per session with a proof per request, and an upstream that
+// verifies both.
+func BenchmarkPipelineSecure(b *testing.B) {
+	tg := &testGateway{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	base := "http://" + ln.Addr().String()
+	up, stop, err := fixtures.NewServer(fixtures.Options{Name: "up", Verify: &fixtures.Verify{JWKSURL: base + "/.well-known/jwks.json", Issuer: base, Actor: base}}).StartHTTP(false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(stop)
+	cfg := config.Default()
+	cfg.DataDir = b.TempDir()
+	cfg.AdminToken = adminToken
+	cfg.Upstreams = []config.Upstream{{Name: "up", URL: up}}
+	cfg.Listen = ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	gw, err := server.New(ctx, cfg, testLogger(), "bench")
+	if err != nil {
+		cancel()
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx, ln, waitFor) }()
+	b.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	tg.Base, tg.DataDir = base, cfg.DataDir
+	a := newAgent(b, tg, identity.Claims{Subject: "bench"})
+	c := mcp.NewClient(&mcp.Implementation{Name: "bench", Version: "1"}, nil)
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: base + "/mcp", HTTPClient: a.client(), DisableStandaloneSSE: true}, &mcp.ClientSessionOptions{ProtocolVersion: legacy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cs.Close() })
+	// The upstream fetches the gateway's keys once the gateway serves; until
+	// then the gateway's discovery is refused and retried.
+	for deadline := time.Now().Add(waitFor); ; time.Sleep(20 * time.Millisecond) {
+		if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "up__echo", Arguments: map[string]any{"text": "x"}}); err == nil && !res.IsError {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("the upstream never became callable")
+		}
+	}
+	for range 100 {
+		benchCall(b, cs, "up__echo")
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		benchCall(b, cs, "up__echo")
+	}
 }
