@@ -168,41 +168,55 @@ func (g *Gateway) requireAuth(scopes []string, next http.Handler) http.Handler {
 		return &auth.TokenInfo{UserID: p.Key(), Scopes: p.Scopes, Expiration: exp, Extra: map[string]any{principalKey: p}}, nil
 	}, nil)(next)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := identity.Anonymous()
-		if g.auth.check != nil {
-			var err error
-			if p, err = g.auth.check.Authenticate(r); err == nil {
-				err = identity.RequireScopes(p, scopes)
-			}
-			if err != nil {
-				g.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "mcp_method", r.Header.Get("Mcp-Method"), "reason", err.Error())
-				g.metrics.authFailures.Inc()
-				g.auth.check.WriteError(w, err)
-				return
-			}
-			if p.Method == identity.MethodBearer {
-				g.log.Debug("bearer token accepted (not sender-constrained)", "sub", p.User)
-			}
+		if r = g.admit(w, r, scopes); r != nil {
+			sdk.ServeHTTP(w, r)
 		}
-		// A killed user or agent session stops here, before the SDK opens
-		// a new MCP session for it (the pipeline checks every node again).
-		if g.sessions.revoked(userSession(p)) || g.sessions.revoked(agentSession(p)) {
-			g.metrics.authFailures.Inc()
-			writeJSON(w, http.StatusForbidden, map[string]string{"error": "session_revoked", "error_description": "this user or agent session was revoked"})
-			return
-		}
-		// A session belongs to the principal that opened it; to anyone
-		// else it does not exist (DESIGN.md, Sessions).
-		if id := r.Header.Get("Mcp-Session-Id"); id != "" {
-			if owner, ok := g.front.owner(id); ok && owner != p.Key() {
-				http.Error(w, "session not found", http.StatusNotFound)
-				return
-			}
-		}
-		r = r.Clone(context.WithValue(r.Context(), principalCtxKey{}, p))
-		r.Header.Set("Authorization", "Bearer authenticated")
-		sdk.ServeHTTP(w, r)
 	})
+}
+
+// admit authenticates r for requireAuth and returns it carrying the
+// principal, or answers the refusal and returns nil. It is a function of its
+// own, kept out of line, so that its locals are not on the stack of the
+// long-lived stream handlers that run after it (a deeper stack there costs
+// every open session a larger goroutine stack).
+//
+//go:noinline
+func (g *Gateway) admit(w http.ResponseWriter, r *http.Request, scopes []string) *http.Request {
+	p := identity.Anonymous()
+	if g.auth.check != nil {
+		var err error
+		if p, err = g.auth.check.Authenticate(r); err == nil {
+			err = identity.RequireScopes(p, scopes)
+		}
+		if err != nil {
+			g.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "mcp_method", r.Header.Get("Mcp-Method"), "reason", err.Error())
+			g.metrics.authFailures.Inc()
+			g.auth.check.WriteError(w, err)
+			return nil
+		}
+		if p.Method == identity.MethodBearer {
+			g.log.Debug("bearer token accepted (not sender-constrained)", "sub", p.User)
+		}
+	}
+	// A killed user or agent session stops here, before the SDK opens a new
+	// MCP session for it (the pipeline checks every node again).
+	if g.sessions.revoked(userSession(p)) || g.sessions.revoked(agentSession(p)) {
+		g.metrics.authFailures.Inc()
+		writeJSON(w, http.StatusForbidden, map[string]string{"error": "session_revoked", "error_description": "this user or agent session was revoked"})
+		return nil
+	}
+	// A session belongs to the principal that opened it; to anyone else it
+	// does not exist (DESIGN.md, Sessions).
+	if id := r.Header.Get("Mcp-Session-Id"); id != "" {
+		if owner, ok := g.front.owner(id); ok && owner != p.Key() {
+			http.Error(w, "session not found", http.StatusNotFound)
+			return nil
+		}
+	}
+	// The request is the server's to change: the caller's credential goes
+	// no further than here.
+	r.Header.Set("Authorization", "Bearer authenticated")
+	return r.WithContext(context.WithValue(r.Context(), principalCtxKey{}, p))
 }
 
 // agents returns sp as an AgentAuthenticator, or nil (no agent identities)
