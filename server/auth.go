@@ -3,8 +3,8 @@ package server
 import (
 	"context"
 	"crypto/tls"
-	"log/slog"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"time"
@@ -48,13 +48,18 @@ const DPoPKeyFile = "dpop.jwk"
 
 // newAuthn builds token verification, DPoP and the gateway's own issuer from
 // the configuration. ctx bounds the background JWKS refreshes.
-func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Store, revocations identity.RevocationChecker) (*authn, error) {
+func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Store, revocations identity.RevocationChecker) (_ *authn, err error) {
 	keys, err := identity.LoadKeys(filepath.Join(cfg.DataDir, KeysDir))
 	if err != nil {
 		return nil, err
 	}
 	base := cfg.ResolvedPublicURL()
 	a := &authn{keys: keys, issuer: &identity.Issuer{URL: base, Keys: keys}}
+	defer func() {
+		if err != nil {
+			a.close() // the Workload API watchers, if they started
+		}
+	}()
 	dpopKey, err := identity.LoadOrCreateDPoPKey(filepath.Join(cfg.DataDir, DPoPKeyFile))
 	if err != nil {
 		return nil, err

@@ -118,8 +118,11 @@ func cmdServe(args []string) error {
 // called with the gateway's base URL once it accepts connections.
 func run(ctx context.Context, cfg *config.Config, ready func(baseURL string)) error {
 	log := newLogger(cfg)
-	if cfg.Auth == "open" {
+	switch cfg.Auth {
+	case config.AuthOpen:
 		log.Warn("authentication is OFF (--auth open): every local process can use this gateway; loopback only")
+	case config.AuthBearer:
+		log.Warn("plain bearer tokens are accepted (--auth bearer): whoever holds a token can use it; prefer --auth dpop")
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
