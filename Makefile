@@ -10,6 +10,7 @@ build:
 	$(GO) build -o bin/sag ./cmd/sag
 
 vet:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
 unit:
