@@ -94,17 +94,17 @@ func New(opts Options) *Manager {
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = &http.Client{Transport: newTransport(opts.MaxSessions)}
 	}
-	m := &Manager{opts: opts, ups: map[string]*upstream{}, closing: make(chan struct{})}
-	if opts.MTLS != nil {
-		t := newTransport(opts.MaxSessions)
-		t.TLSClientConfig = opts.MTLS
-		m.mtls = &http.Client{Transport: t}
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Version == "" {
 		opts.Version = "dev"
+	}
+	m := &Manager{opts: opts, ups: map[string]*upstream{}, closing: make(chan struct{})}
+	if opts.MTLS != nil {
+		t := newTransport(opts.MaxSessions)
+		t.TLSClientConfig = opts.MTLS
+		m.mtls = &http.Client{Transport: t}
 	}
 	m.catalog.Store(buildCatalog(nil, opts.Naming))
 	m.wg.Add(1)
