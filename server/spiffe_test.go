@@ -239,6 +239,34 @@ func TestSPIFFEAgents(t *testing.T) {
 	if recs[len(recs)-1].MTLSThumbprint == "" {
 		t.Error("audit lacks the client certificate thumbprint")
 	}
+
+	// Killing the agent ends its sessions; the same user through another
+	// agent is untouched.
+	code, body := tg.adminDo(t, http.MethodPost, "/admin/kill", server.KillRequest{Agent: agentID})
+	if code != http.StatusOK {
+		t.Fatalf("kill agent: %d %s", code, body)
+	}
+	if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__whoami"}); err == nil {
+		t.Error("the killed agent's session still answers")
+	}
+	initialize := func(c *http.Client) int {
+		req, _ := http.NewRequest(http.MethodPost, tg.MCP, strings.NewReader(initBody))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := initialize(spiffeClient(t, ca, &agentCert, delegated, nil)); code != http.StatusForbidden {
+		t.Errorf("a new session of the killed agent: %d, want 403", code)
+	}
+	other := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	if code := initialize(spiffeClient(t, ca, &otherCert, other, nil)); code != http.StatusOK {
+		t.Errorf("another agent of the same user after the kill: %d, want 200", code)
+	}
 }
 
 // TestTokenExchange: an agent exchanges the user's token, proving its
