@@ -288,7 +288,9 @@ func RequireScopes(p Principal, need []string) error {
 func (a *Authenticator) WriteError(w http.ResponseWriter, err error) {
 	var ae *AuthError
 	if !errors.As(err, &ae) {
-		ae = &AuthError{Status: http.StatusInternalServerError, Code: "server_error", Description: "authentication failed"}
+		// Not the caller's fault (a full replay cache, an unreachable
+		// revocation list): try again later, never a 500.
+		ae = &AuthError{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", Description: "authentication unavailable; try again"}
 	}
 	scheme := ae.Scheme
 	if scheme == "" {

@@ -976,7 +976,7 @@ func TestWriteErrorChallenges(t *testing.T) {
 		}, wantErr: ErrCodeInsufficientScope},
 		{name: "not an AuthError", mode: ModeDPoP, err: func(*testing.T, *authEnv) error {
 			return errors.New("secret internal detail")
-		}, status: 500, wantErr: "server_error"},
+		}, status: 503, wantErr: "temporarily_unavailable"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
