@@ -843,7 +843,7 @@ func TestAuthenticateRevocationFailureFailsClosed(t *testing.T) {
 	}
 	rec := httptest.NewRecorder()
 	e.a.WriteError(rec, err)
-	if rec.Code != http.StatusInternalServerError || strings.Contains(rec.Body.String(), "store down") || strings.Contains(rec.Body.String(), tok) {
+	if rec.Code != http.StatusServiceUnavailable || strings.Contains(rec.Body.String(), "store down") || strings.Contains(rec.Body.String(), tok) {
 		t.Errorf("response %d %q", rec.Code, rec.Body.String())
 	}
 }
