@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sag-gateway/sag/store"
 )
 
 const (
@@ -82,7 +84,7 @@ func newAuthEnv(t testing.TB, mode string) *authEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dpop, err := NewDPoPVerifier(DPoPOptions{Replay: NewMemoryReplay(1024, clock.Now), Now: clock.Now})
+	dpop, err := NewDPoPVerifier(DPoPOptions{Replay: store.NewMemoryReplay(1024, clock.Now), Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1076,7 +1078,7 @@ func TestValidToken68(t *testing.T) {
 
 func BenchmarkAuthenticateDPoP(b *testing.B) {
 	e := newAuthEnv(b, ModeDPoP)
-	dpop, err := NewDPoPVerifier(DPoPOptions{Replay: NewMemoryReplay(1<<18, e.clock.Now), Now: e.clock.Now})
+	dpop, err := NewDPoPVerifier(DPoPOptions{Replay: store.NewMemoryReplay(1<<18, e.clock.Now), Now: e.clock.Now})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sag-gateway/sag/store"
 )
 
 func TestDPoPKeyProof(t *testing.T) {
@@ -162,7 +164,7 @@ type nonceServer struct {
 
 func newNonceServer(t *testing.T, token string) *nonceServer {
 	t.Helper()
-	v, err := NewDPoPVerifier(DPoPOptions{Replay: NewMemoryReplay(1024, nil)})
+	v, err := NewDPoPVerifier(DPoPOptions{Replay: store.NewMemoryReplay(1024, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +371,7 @@ func TestDPoPTransportAgainstAuthenticator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dpop, err := NewDPoPVerifier(DPoPOptions{Replay: NewMemoryReplay(1024, nil)})
+	dpop, err := NewDPoPVerifier(DPoPOptions{Replay: store.NewMemoryReplay(1024, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,6 +86,18 @@ func isRSA(pub any) bool {
 	return ok && k.N != nil && k.N.BitLen() >= minRSABits
 }
 
+// ReplayCache remembers DPoP proof identifiers for as long as the proofs
+// could be accepted (RFC 9449 §11.1).
+//
+// Seen records key until expires and reports whether key was already
+// recorded and has not yet expired. It must be atomic: of two concurrent
+// calls with the same key, at most one reports false. An implementation
+// that cannot record a key returns an error, and the caller refuses the
+// proof (fail closed); it never forgets an unexpired key to make room.
+type ReplayCache interface {
+	Seen(ctx context.Context, key string, expires time.Time) (bool, error)
+}
+
 // DPoPOptions configures a DPoPVerifier. Zero fields take the documented
 // defaults; Replay is required.
 type DPoPOptions struct {

@@ -3,6 +3,8 @@ package identity
 import (
 	"context"
 	"testing"
+
+	"github.com/sag-gateway/sag/store"
 )
 
 // BenchmarkVerifyDPoP measures one proof verification (parse, signature,
@@ -13,7 +15,7 @@ func BenchmarkVerifyDPoP(b *testing.B) {
 	for _, alg := range []string{"ES256", "EdDSA", "RS256"} {
 		b.Run(alg, func(b *testing.B) {
 			clock := &fakeClock{t: testNow}
-			v := newTestVerifier(b, clock, func(o *DPoPOptions) { o.Replay = NewMemoryReplay(b.N+1, clock.Now) })
+			v := newTestVerifier(b, clock, func(o *DPoPOptions) { o.Replay = store.NewMemoryReplay(b.N+1, clock.Now) })
 			s := newSigner(b, alg)
 			proofs := make([]string, b.N)
 			for i := range proofs {

@@ -10,10 +10,14 @@ import (
 	"errors"
 	"math/big"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v3/jwk"
+
+	"github.com/sag-gateway/sag/store"
 )
 
 const (
@@ -30,7 +34,7 @@ func athOf(token string) string {
 
 func newTestVerifier(t testing.TB, clock *fakeClock, mod func(*DPoPOptions)) *DPoPVerifier {
 	t.Helper()
-	o := DPoPOptions{Replay: NewMemoryReplay(1024, clock.Now), Now: clock.Now}
+	o := DPoPOptions{Replay: store.NewMemoryReplay(1024, clock.Now), Now: clock.Now}
 	if mod != nil {
 		mod(&o)
 	}
@@ -193,7 +197,7 @@ func TestDPoPOnlyConfiguredAlgs(t *testing.T) {
 
 func TestNewDPoPVerifierRefuses(t *testing.T) {
 	clock := &fakeClock{t: testNow}
-	replay := NewMemoryReplay(10, clock.Now)
+	replay := store.NewMemoryReplay(10, clock.Now)
 	for _, o := range []DPoPOptions{
 		{},
 		{Replay: replay, Algs: []string{"HS256"}},
@@ -262,15 +266,15 @@ func TestDPoPWindowEdges(t *testing.T) {
 
 func TestDPoPReplayCacheFailureRefuses(t *testing.T) {
 	clock := &fakeClock{t: testNow}
-	v := newTestVerifier(t, clock, func(o *DPoPOptions) { o.Replay = NewMemoryReplay(1, clock.Now) })
+	v := newTestVerifier(t, clock, func(o *DPoPOptions) { o.Replay = store.NewMemoryReplay(1, clock.Now) })
 	s := newSigner(t, "ES256")
 	if _, err := v.Verify(context.Background(), validRequest(s.sign(t, nil, validClaims(t)))); err != nil {
 		t.Fatal(err)
 	}
 	_, err := v.Verify(context.Background(), validRequest(s.sign(t, nil, validClaims(t))))
 	var de *DPoPError
-	if err == nil || errors.As(err, &de) || !errors.Is(err, ErrReplayCacheFull) {
-		t.Fatalf("err = %v, want a server-side ErrReplayCacheFull", err)
+	if err == nil || errors.As(err, &de) || !errors.Is(err, store.ErrReplayCacheFull) {
+		t.Fatalf("err = %v, want a server-side store.ErrReplayCacheFull", err)
 	}
 }
 
@@ -563,5 +567,29 @@ func TestDPoPIssuedAfter(t *testing.T) {
 	v = newTestVerifier(t, clock, func(o *DPoPOptions) { o.IssuedAfter = testNow })
 	if _, err := v.Verify(context.Background(), validRequest(proof)); err != nil {
 		t.Fatalf("proof from the start second: %v", err)
+	}
+}
+
+// TestDPoPConcurrentReplay: of many concurrent uses of one proof, exactly
+// one is accepted.
+func TestDPoPConcurrentReplay(t *testing.T) {
+	clock := &fakeClock{t: testNow}
+	v := newTestVerifier(t, clock, nil)
+	s := newSigner(t, "ES256")
+	req := validRequest(s.sign(t, nil, validClaims(t)))
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := v.Verify(context.Background(), req); err == nil {
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 1 {
+		t.Fatalf("%d accepted, want 1", ok.Load())
 	}
 }

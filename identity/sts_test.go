@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/store"
 )
 
 const (
@@ -126,7 +127,7 @@ func newSTSEnv(t testing.TB, mod func(*identity.ExchangeOptions)) *stsEnv {
 	}
 	// Proofs carry the real time (DPoPKey.Proof), so the DPoP verifier
 	// keeps the real clock.
-	dpop, err := identity.NewDPoPVerifier(identity.DPoPOptions{Replay: identity.NewMemoryReplay(1<<22, nil)})
+	dpop, err := identity.NewDPoPVerifier(identity.DPoPOptions{Replay: store.NewMemoryReplay(1<<22, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -805,7 +806,7 @@ func TestExchangeTokenAcceptedByGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dpop, err := identity.NewDPoPVerifier(identity.DPoPOptions{Replay: identity.NewMemoryReplay(100, nil)})
+	dpop, err := identity.NewDPoPVerifier(identity.DPoPOptions{Replay: store.NewMemoryReplay(100, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -123,7 +123,7 @@ func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Stor
 	window := time.Duration(cfg.Identity.DPoPWindow)
 	// One replay cache for every endpoint, sized for a busy node; when it
 	// is full new proofs are refused rather than replays let through.
-	dpop, err := identity.NewDPoPVerifier(identity.DPoPOptions{Window: window, Replay: identity.NewMemoryReplay(1_000_000, nil),
+	dpop, err := identity.NewDPoPVerifier(identity.DPoPOptions{Window: window, Replay: store.NewMemoryReplay(1_000_000, nil),
 		IssuedAfter: time.Now().Truncate(time.Second)})
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package identity
+package store
 
 import (
 	"container/heap"
@@ -9,24 +9,14 @@ import (
 	"time"
 )
 
-// ReplayCache remembers DPoP proof identifiers for as long as the proofs
-// could be accepted (RFC 9449 §11.1).
-//
-// Seen records key until expires and reports whether key was already
-// recorded and has not yet expired. It must be atomic: of two concurrent
-// calls with the same key, at most one reports false. An implementation
-// that cannot record a key returns an error, and the caller refuses the
-// proof (fail closed); it never forgets an unexpired key to make room.
-type ReplayCache interface {
-	Seen(ctx context.Context, key string, expires time.Time) (bool, error)
-}
-
 // ErrReplayCacheFull is returned by MemoryReplay.Seen when every slot holds
 // an unexpired entry.
-var ErrReplayCacheFull = errors.New("identity: replay cache full")
+var ErrReplayCacheFull = errors.New("store: replay cache full")
 
-// MemoryReplay is an in-memory ReplayCache holding at most a fixed number of
-// entries. It stores SHA-256 hashes of keys, never the keys themselves, and
+// MemoryReplay is the DPoP replay cache of one node (identity.ReplayCache):
+// every endpoint shares it, it holds at most a fixed number of entries, and
+// each expires at the time it was recorded with (the proof's iat plus the
+// acceptance window, RFC 9449 §11.1). It stores SHA-256 hashes of keys, never the keys themselves, and
 // is safe for concurrent use. Build it with NewMemoryReplay.
 type MemoryReplay struct {
 	max int
@@ -36,8 +26,6 @@ type MemoryReplay struct {
 	entries map[[sha256.Size]byte]time.Time
 	byExp   expiryHeap
 }
-
-var _ ReplayCache = (*MemoryReplay)(nil)
 
 // NewMemoryReplay returns a cache holding at most max unexpired entries
 // (max < 1 means 1). now is the clock; nil means time.Now.
@@ -51,7 +39,8 @@ func NewMemoryReplay(max int, now func() time.Time) *MemoryReplay {
 	return &MemoryReplay{max: max, now: now, entries: make(map[[sha256.Size]byte]time.Time)}
 }
 
-// Seen implements ReplayCache. An entry is live while now is before its
+// Seen records key until expires and reports whether key was already
+// recorded and has not yet expired (identity.ReplayCache). An entry is live while now is before its
 // expiry time. A key whose expiry has already passed is not recorded
 // (a proof that old cannot be accepted anyway). When the cache is full of
 // live entries, Seen returns ErrReplayCacheFull.

@@ -1,4 +1,4 @@
-package identity
+package store
 
 import (
 	"context"
@@ -134,26 +134,23 @@ func TestMemoryReplayConcurrent(t *testing.T) {
 	}
 }
 
-// TestDPoPConcurrentReplay: of many concurrent uses of one proof, exactly
-// one is accepted.
-func TestDPoPConcurrentReplay(t *testing.T) {
-	clock := &fakeClock{t: testNow}
-	v := newTestVerifier(t, clock, nil)
-	s := newSigner(t, "ES256")
-	req := validRequest(s.sign(t, nil, validClaims(t)))
-	var ok atomic.Int64
-	var wg sync.WaitGroup
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := v.Verify(context.Background(), req); err == nil {
-				ok.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	if ok.Load() != 1 {
-		t.Fatalf("%d accepted, want 1", ok.Load())
-	}
+// testNow is the replay tests' fixed starting time.
+var testNow = time.Unix(1_800_000_000, 0)
+
+// fakeClock is a settable clock for the replay cache.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
 }
