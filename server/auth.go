@@ -40,6 +40,8 @@ type authn struct {
 	// exchange is the token service (RFC 8693); nil without SPIFFE, the
 	// only way it can know the actor.
 	exchange *identity.Exchange
+	// stop ends the background JWKS refreshes.
+	stop context.CancelFunc
 }
 
 // DPoPKeyFile is the gateway's own DPoP key in the data directory: the key
@@ -54,7 +56,10 @@ func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Stor
 		return nil, err
 	}
 	base := cfg.ResolvedPublicURL()
-	a := &authn{keys: keys, issuer: &identity.Issuer{URL: base, Keys: keys}}
+	// Background work lives as long as the gateway (until close), not as
+	// long as ctx, which may only bound the start.
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	a := &authn{keys: keys, issuer: &identity.Issuer{URL: base, Keys: keys}, stop: stop}
 	defer func() {
 		if err != nil {
 			a.close() // the Workload API watchers, if they started
@@ -107,7 +112,7 @@ func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Stor
 			if src, err = identity.FileKeys(is.JWKSFile); err != nil {
 				return nil, err
 			}
-		} else if src, err = identity.NewRemoteKeys(ctx, is.JWKSURL, nil); err != nil {
+		} else if src, err = identity.NewRemoteKeys(bg, is.JWKSURL, nil); err != nil {
 			return nil, err
 		}
 		issuers[is.Issuer] = src
@@ -308,9 +313,13 @@ func (a *authn) clientTLS() *tls.Config {
 	return a.spiffe.ClientTLS()
 }
 
-// close stops the SPIFFE Workload API watchers.
+// close stops the JWKS refreshes and the SPIFFE Workload API watchers.
 func (a *authn) close() error {
-	if a == nil || a.spiffe == nil {
+	if a == nil {
+		return nil
+	}
+	a.stop()
+	if a.spiffe == nil {
 		return nil
 	}
 	return a.spiffe.Close()

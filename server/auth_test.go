@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -336,4 +337,46 @@ func kidOf(t *testing.T, tok string) string {
 	}
 	json.Unmarshal(b, &h)
 	return h.Kid
+}
+
+// TestExternalIssuer: tokens of an issuer configured with a JWKS URL are
+// accepted (keys fetched in the background), including after the issuer
+// rotates its key; a token of an issuer not configured is refused.
+func TestExternalIssuer(t *testing.T) {
+	idpKeys, err := identity.LoadKeys(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		b, _ := idpKeys.JWKS()
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(b)
+	}))
+	t.Cleanup(jwks.Close)
+	const idp = "https://idp.example.com"
+	tg := startSecureGateway(t, config.AuthDPoP, func(c *config.Config) {
+		c.Identity.Issuers = []config.Issuer{{Issuer: idp, JWKSURL: jwks.URL}}
+	})
+	external := func(keys *identity.Keys, iss string) *agent {
+		key, _ := identity.NewDPoPKey()
+		tok, _, err := (&identity.Issuer{URL: iss, Keys: keys}).Mint(identity.Claims{
+			Subject: "carol", Audience: identity.Audience{tg.Base}, Cnf: &identity.Confirmation{JKT: key.Thumbprint()},
+		}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &agent{key: key, token: tok}
+	}
+	if r := rawPost(t, tg.MCP, initBody, external(idpKeys, idp).headers(t, "POST", tg.MCP)); r.Status != http.StatusOK {
+		t.Fatalf("token of the configured issuer: %d %s", r.Status, r.Body)
+	}
+	if _, err := idpKeys.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	if r := rawPost(t, tg.MCP, initBody, external(idpKeys, idp).headers(t, "POST", tg.MCP)); r.Status != http.StatusOK {
+		t.Fatalf("token signed with the issuer's new key: %d %s", r.Status, r.Body)
+	}
+	if r := rawPost(t, tg.MCP, initBody, external(idpKeys, "https://other.example.com").headers(t, "POST", tg.MCP)); r.Status != http.StatusUnauthorized {
+		t.Fatalf("token of an unknown issuer: %d", r.Status)
+	}
 }
