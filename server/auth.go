@@ -259,11 +259,16 @@ func (g *Gateway) principal(extra *mcp.RequestExtra) (identity.Principal, bool) 
 const resourceMetadataPath = "/.well-known/oauth-protected-resource"
 
 // resourceMetadata serves RFC 9728 §3 metadata: the resource identifier is the
-// gateway's public URL; the gateway's own issuer and the configured ones are
-// its authorization servers.
+// gateway's public URL; the configured issuers, and the gateway itself when
+// it runs the token service, are its authorization servers.
 func (g *Gateway) resourceMetadata(w http.ResponseWriter, _ *http.Request) {
 	base := g.cfg.ResolvedPublicURL()
-	servers := []string{base}
+	// The gateway is an authorization server for clients only where it
+	// runs the token service (it then serves RFC 8414 metadata too).
+	servers := []string{}
+	if g.auth.exchange != nil {
+		servers = append(servers, base)
+	}
 	for _, is := range g.cfg.Identity.Issuers {
 		servers = append(servers, is.Issuer)
 	}

@@ -360,6 +360,18 @@ func TestTokenExchange(t *testing.T) {
 	if meta["token_endpoint"] != tg.Base+"/oauth/token" || meta["issuer"] != tg.Base {
 		t.Errorf("RFC 8414 metadata: %v", meta)
 	}
+	resp, err = tg.HTTP.Get(tg.Base + "/.well-known/oauth-protected-resource")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var prm struct {
+		Servers []string `json:"authorization_servers"`
+	}
+	json.NewDecoder(resp.Body).Decode(&prm)
+	if len(prm.Servers) != 1 || prm.Servers[0] != tg.Base {
+		t.Errorf("RFC 9728 authorization_servers %v, want the gateway", prm.Servers)
+	}
 }
 
 // TestMTLSUpstream: an upstream with auth: mtls receives tokens bound to the
