@@ -440,10 +440,22 @@ spire_part() {
     echo "  spiffe:"
     echo "    trust_domain: sag.test"
     echo "    workload_api: \"$SPIRE_SOCKET\""
+    echo "policy:"
+    echo "  files: [\"$OUT/sag-spire-allow.yaml\"]"
     echo "upstreams:"
     echo "  - name: everything"
     echo "    url: http://127.0.0.1:$UP_PORT/mcp"
   } >"$OUT/sag-spire.yaml"
+  # The allow-list: only the agent's SPIFFE ID may call the upstream's tools.
+  {
+    echo "id: spire-e2e"
+    echo "rules:"
+    echo "  - id: agent-everything"
+    echo "    upstream: everything"
+    echo "    tools: [\"*\"]"
+    echo "    principals: {agents: [spiffe://sag.test/agent]}"
+    echo "    consent: never"
+  } >"$OUT/sag-spire-allow.yaml"
   t=$(spire_now)
   log "spire: starting $D/gw/sag serve --config $OUT/sag-spire.yaml ($base)"
   start_bg "$OUT/sag-spire.log" "$D/gw/sag" serve --config "$OUT/sag-spire.yaml"

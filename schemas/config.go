@@ -53,3 +53,28 @@ func ValidateConfig(doc any) error {
 	}
 	return s.Validate(doc)
 }
+
+//go:embed policy.schema.json
+var policySchemaJSON []byte
+
+// PolicySchema returns the JSON Schema of allow-list documents.
+func PolicySchema() []byte { return slices.Clone(policySchemaJSON) }
+
+var policySchema = sync.OnceValues(func() (*Schema, error) {
+	s, err := compile(policySchemaJSON, nil)
+	if err != nil {
+		return nil, fmt.Errorf("policy schema: %w", err)
+	}
+	return s, nil
+})
+
+// ValidatePolicy validates a decoded allow-list document (JSON-shaped
+// values, as for ValidateConfig) against the embedded policy schema. It
+// returns nil or a *ValidationError.
+func ValidatePolicy(doc any) error {
+	s, err := policySchema()
+	if err != nil {
+		return err
+	}
+	return s.Validate(doc)
+}

@@ -33,6 +33,9 @@ func (g *Gateway) adminRoutes(mux *http.ServeMux) {
 	mux.Handle("GET /admin/sessions/{id}", h("/admin/sessions/{id}", g.getSession))
 	mux.Handle("POST /admin/kill", h("/admin/kill", g.killHandler))
 	mux.Handle("POST /admin/keys/rotate", h("/admin/keys/rotate", g.rotateKeys))
+	mux.Handle("PUT /admin/upstreams/{name}/allowlist", h("/admin/upstreams/{name}/allowlist", g.putAllowList))
+	mux.Handle("DELETE /admin/upstreams/{name}/allowlist", h("/admin/upstreams/{name}/allowlist", g.deleteAllowList))
+	mux.Handle("POST /admin/policy/reload", h("/admin/policy/reload", g.reloadPolicyHandler))
 }
 
 // adminError is the admin API's one error type: an HTTP status, a stable

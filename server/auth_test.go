@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -27,10 +28,22 @@ func startSecureGateway(t *testing.T, mode string, mutate func(*config.Config)) 
 	return startGateway(t, func(c *config.Config) {
 		c.Auth = mode
 		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+		allowAll(t, c)
 		if mutate != nil {
 			mutate(c)
 		}
 	})
+}
+
+// allowAll gives an authenticated test gateway an allow-list that allows
+// every tool to everyone (without one it denies everything).
+func allowAll(t testing.TB, c *config.Config) {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "allow-all.yaml")
+	if err := os.WriteFile(f, []byte("id: test-allow-all\nrules: [{id: all, tools: ['*'], consent: never}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.Policy.Files = append(c.Policy.Files, f)
 }
 
 // agent is a test agent: a DPoP key and a token bound to it, minted by the

@@ -155,6 +155,7 @@ func BenchmarkPipelineSecure(b *testing.B) {
 	cfg.DataDir = b.TempDir()
 	cfg.AdminToken = adminToken
 	cfg.Upstreams = []config.Upstream{{Name: "up", URL: up}}
+	allowAll(b, cfg)
 	cfg.Listen = ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	gw, err := server.New(ctx, cfg, testLogger(), "bench")

@@ -400,7 +400,8 @@ func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 		ss, _ := req.GetSession().(*mcp.ServerSession)
 		f.watch(ctx, ss, req.GetExtra())
-		if p, ok := f.gw.principal(req.GetExtra()); ok {
+		p, ok := f.gw.principal(req.GetExtra())
+		if ok {
 			ctx = upstreams.WithCaller(ctx, p, protocolSession(p, ss))
 		}
 		switch method {
@@ -414,6 +415,18 @@ func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 					f.gw.auditUnknownTool(ctx, ss, req.GetExtra(), p.Name)
 				}
 			}
+		case "tools/list":
+			// Each principal sees exactly what it may call (the SDK's
+			// list is the whole catalog).
+			res, err := next(ctx, method, req)
+			if lr, isList := res.(*mcp.ListToolsResult); err == nil && isList {
+				if !ok {
+					lr.Tools = nil
+				} else {
+					f.gw.filterTools(p, lr)
+				}
+			}
+			return res, err
 		}
 		return next(ctx, method, req)
 	}

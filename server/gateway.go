@@ -15,8 +15,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/sag-gateway/sag/policy"
 	"github.com/sag-gateway/sag/server/config"
 	"github.com/sag-gateway/sag/store"
 	"github.com/sag-gateway/sag/upstreams"
@@ -32,6 +34,9 @@ type Store interface {
 	PutUpstream(ctx context.Context, u store.Upstream) error
 	DeleteUpstream(ctx context.Context, name string) error
 	ListUpstreams(ctx context.Context) ([]store.Upstream, error)
+	PutAllowList(ctx context.Context, upstream string, doc []byte) error
+	DeleteAllowList(ctx context.Context, upstream string) error
+	ListAllowLists(ctx context.Context) ([]store.AllowList, error)
 	PutMinted(ctx context.Context, m store.MintedToken) error
 	MintedStatus(ctx context.Context, jti string) (store.MintedToken, bool, error)
 	RevokeTree(ctx context.Context, id string) ([]string, error)
@@ -57,6 +62,12 @@ type Gateway struct {
 	admin     string // admin API token
 	auth      *authn
 	revoked   *revocations
+	policy    atomic.Pointer[policy.Engine] // swapped whole on reload
+	policyMu  sync.Mutex                    // serialises reloads
+	// toolSchemas holds the compiled input schema of each catalog tool
+	// definition (*mcp.Tool → *schemas.Schema).
+	toolSchemas     sync.Map
+	toolSchemaCount atomic.Int64
 
 	configured map[string]bool // upstreams from the config file or flags (not removable at run time)
 	registry   sync.Mutex      // serialises admin changes to the upstream registry
@@ -120,6 +131,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if len(g.upstreams.Specs()) == 0 {
 		log.Warn("no upstreams yet: add one with --upstream NAME=URL, the config file, or 'sag upstreams add'")
 	}
+	eng, docs, err := g.loadPolicy(ctx)
+	if err != nil {
+		return nil, err
+	}
+	g.policy.Store(eng)
+	g.logPolicy(docs)
 	g.handler = g.routes()
 	return g, nil
 }
@@ -226,6 +243,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener, grace time.Duratio
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	go g.watchPolicy(ctx, 2*time.Second)
 	select {
 	case err := <-errc:
 		g.Close()

@@ -23,7 +23,7 @@ import (
 // introspection endpoint on every request).
 func verifyingUpstream(t *testing.T, stateless bool) (*testGateway, *fixtures.Fixture, string) {
 	t.Helper()
-	tg := startGateway(t, func(c *config.Config) { c.Auth = config.AuthDPoP })
+	tg := startGateway(t, func(c *config.Config) { c.Auth = config.AuthDPoP; allowAll(t, c) })
 	f := fixtures.NewServer(fixtures.Options{Name: "fx", Verify: &fixtures.Verify{
 		JWKSURL: tg.Base + "/.well-known/jwks.json", Issuer: tg.Base, Actor: tg.Base,
 		IntrospectURL: tg.Base + "/oauth/introspect", IntrospectToken: adminToken,

@@ -3,12 +3,15 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"net/http"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/policy"
 	"github.com/sag-gateway/sag/store"
 	"github.com/sag-gateway/sag/upstreams"
 )
@@ -21,9 +24,8 @@ const (
 )
 
 // callTool is the tool-call pipeline (DESIGN.md), top to bottom. Each step
-// is a call into the package that owns it; steps that later issues add
-// (policy, validation, consent, per-upstream credentials) slot in where
-// their comments stand.
+// is a call into the package that owns it; consent, which a later issue
+// adds, slots in where its comment stands.
 func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 	ctx, done := g.inflight.call(ctx, req.Session.ID())
 	defer done()
@@ -45,25 +47,64 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 		return nil, g.refuse(ctx, &rec, start, err)
 	}
 	g.inflight.setNodes(ctx, ids.USID, ids.WSID, ids.ASID, ids.MSID) // the kill-switch finds it by any of them
-	// 3. authorize (policy): under "--auth open" everything in the catalog is allowed.
-	rec.PolicyID = "open"
+	// 3. authorize (policy): the first rule naming this principal and tool
+	// whose condition holds allows the call, within its rate limit. A tool
+	// no rule allows does not exist for this caller.
 	t, ok := g.upstreams.Catalog().Tool(name)
 	if !ok { // removed since the SDK routed the call
 		return nil, g.refuse(ctx, &rec, start, unknownTool(name))
 	}
 	rec.Upstream = t.Upstream
-	// 4. validate (schemas) and 5. consent: see the policy and consent
-	// issues. 6. credentials: the upstream connection asks identity's
-	// Minter for a token minted for this caller and a fresh DPoP proof on
-	// every HTTP request it sends (upstreams.Credentials).
+	args, err := decodeArguments(req.Params.Arguments)
+	if err != nil {
+		return nil, g.refuse(ctx, &rec, start, err)
+	}
+	d := g.policy.Load().Authorize(ctx, policy.Request{Principal: p, Tool: policyTool(t), Args: args, Session: ids.policy()})
+	rec.PolicyID, rec.AllowListMatch = d.PolicyID+"@"+d.Version, d.RuleID
+	switch {
+	case d.Allow:
+	case d.RetryAfter > 0:
+		return g.deny(ctx, &rec, start, fmt.Sprintf("%s; retry after %d s", d.Reason, int(math.Ceil(d.RetryAfter.Seconds()))))
+	case d.RuleID != "": // the caller may see the tool; this call is refused
+		return g.deny(ctx, &rec, start, "denied by policy: "+d.Reason)
+	default:
+		rec.Reason = d.Reason
+		return nil, g.refuse(ctx, &rec, start, unknownTool(name))
+	}
+	// 4. validate (schemas): the arguments against the upstream's
+	// inputSchema and the rule's; failures are tool errors a model can
+	// correct.
+	if msg := g.validateArguments(t, d.Input, args); msg != "" {
+		return g.deny(ctx, &rec, start, msg)
+	}
+	// 5. consent: until the consent channel exists, a call that needs the
+	// user's consent is refused.
+	if d.Consent {
+		return g.deny(ctx, &rec, start, "consent required: "+name+" needs the user's approval, and no consent channel is available yet")
+	}
+	// 6. credentials: the upstream connection asks identity's Minter for a
+	// token minted for this caller and a fresh DPoP proof on every HTTP
+	// request it sends (upstreams.Credentials).
 
 	// 7. forward.
 	res, err := g.upstreams.CallTool(ctx, req.Session, t, req.Params)
-	// 8. check output (schemas, policy DLP) goes here.
+	// 8. check output: structuredContent against the rule's outputSchema,
+	// then DLP redaction of what goes back.
+	if err == nil && !res.IsError {
+		if msg := validateOutput(d.Output, res); msg != "" {
+			rec.Decision, rec.Reason = decisionError, msg
+			res = toolError(msg)
+		} else if d.DLP != nil {
+			res, rec.DLPActions = redactResult(d.DLP, res)
+		}
+	}
 	// 9. audit, committed before the response leaves.
-	rec.Decision = decisionAllow
+	if rec.Decision == "" {
+		rec.Decision = decisionAllow
+	}
 	var ue *upstreams.Error
 	switch {
+	case rec.Decision == decisionError:
 	case err == nil:
 		if res.IsError {
 			rec.Reason = "upstream returned a tool error"
@@ -136,9 +177,23 @@ func (g *Gateway) auditUnknownTool(ctx context.Context, ss *mcp.ServerSession, e
 	g.metrics.toolCall("", "", decisionDeny, nil, time.Since(start))
 }
 
+// deny audits a call the policy or validation refused and answers it with a
+// tool error the model can read (isError), naming the rule, never its content.
+func (g *Gateway) deny(ctx context.Context, rec *store.AuditRecord, start time.Time, msg string) (*mcp.CallToolResult, error) {
+	rec.Decision, rec.Reason = decisionDeny, msg
+	if err := g.audit(ctx, rec, start); err != nil {
+		return nil, err
+	}
+	g.metrics.toolCall(rec.Upstream, rec.Tool, decisionDeny, nil, time.Since(start))
+	return toolError(msg), nil
+}
+
 // refuse audits a denied request and returns the error for the client.
 func (g *Gateway) refuse(ctx context.Context, rec *store.AuditRecord, start time.Time, err error) error {
-	rec.Decision, rec.Reason = decisionDeny, errorReason(err)
+	rec.Decision = decisionDeny
+	if rec.Reason == "" {
+		rec.Reason = errorReason(err)
+	}
 	if aerr := g.audit(ctx, rec, start); aerr != nil {
 		return aerr
 	}

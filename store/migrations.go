@@ -123,6 +123,14 @@ CREATE TABLE revoked_tokens (
 CREATE INDEX sessions_subject ON sessions (kind, subject);
 CREATE INDEX sessions_agent ON sessions (kind, agent);
 `,
+	// 4: allow-lists tool owners register with their upstreams.
+	`
+CREATE TABLE allowlists (
+	upstream TEXT PRIMARY KEY,
+	document TEXT NOT NULL, -- the YAML as registered
+	updated  INTEGER NOT NULL -- Unix nanoseconds
+);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

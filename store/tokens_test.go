@@ -69,3 +69,24 @@ func TestRevokedTokens(t *testing.T) {
 		t.Fatalf("RevokedTokens = %+v, %v", got, err)
 	}
 }
+
+func TestAllowLists(t *testing.T) {
+	s := openTest(t, Options{})
+	ctx := context.Background()
+	if err := s.PutAllowList(ctx, "files", []byte("id: a\nrules: []\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutAllowList(ctx, "files", []byte("id: b\nrules: []\n")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ListAllowLists(ctx)
+	if err != nil || len(got) != 1 || string(got[0].Document) != "id: b\nrules: []\n" {
+		t.Fatalf("ListAllowLists = %+v, %v", got, err)
+	}
+	if err := s.DeleteAllowList(ctx, "files"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteAllowList(ctx, "files"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("deleting twice: %v", err)
+	}
+}

@@ -283,6 +283,15 @@ func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security strin
 	}
 	conf := filepath.Join(data, "bench.yaml")
 	yaml := fmt.Sprintf("upstreams:\n  - name: up\n    url: %q\n    protocol_version: %q\n", upstreamURL, upstreamProtocol)
+	if security == "full" {
+		// An authenticated gateway denies everything without an
+		// allow-list: this one allows the benchmark's calls.
+		allow := filepath.Join(data, "allow.yaml")
+		if err := os.WriteFile(allow, []byte("id: bench\nrules: [{id: all, upstream: up, tools: [echo], consent: never}]\n"), 0o600); err != nil {
+			return nil, err
+		}
+		yaml += fmt.Sprintf("policy:\n  files: [%q]\n", allow)
+	}
 	if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
 		return nil, err
 	}

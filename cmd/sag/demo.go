@@ -55,6 +55,13 @@ func cmdDemo(args []string) error {
 	if err != nil {
 		return err
 	}
+	// The demo's allow-list (fixtures/allowlists/demo.yaml), written where
+	// it can be read and edited: the gateway reloads it on change.
+	allow := filepath.Join(cfg.DataDir, "demo-allowlist.yaml")
+	if err := os.WriteFile(allow, fixtures.DemoAllowList, 0o600); err != nil {
+		return err
+	}
+	cfg.Policy.Files = append(cfg.Policy.Files, allow)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return run(ctx, cfg, func(base string) { printDemo(cfg, base, list) })
@@ -97,9 +104,12 @@ Kill everything alice runs: sag kill --server %[2]s --data %[1]s --user alice
 `, mcpURL)
 	}
 	fmt.Printf(`
+Allow-list: %s (edit it: the gateway reloads it). alpha__delete_everything is
+annotated destructive, so it is refused until consent exists; beta__add takes
+numbers up to 1000 only.
 Admin API token: %s
 Press Ctrl-C to stop.
-`, adminTokenHint(cfg))
+`, cfg.Policy.Files[len(cfg.Policy.Files)-1], adminTokenHint(cfg))
 }
 
 func adminTokenHint(cfg *config.Config) string {

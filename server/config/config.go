@@ -38,6 +38,8 @@ type Config struct {
 	// Identity configures authentication: trusted issuers, DPoP, SPIFFE,
 	// the token service and the tokens minted for upstreams.
 	Identity Identity `yaml:"identity" json:"identity"`
+	// Policy configures the allow-lists.
+	Policy Policy `yaml:"policy" json:"policy"`
 	// Upstreams are the MCP servers behind the gateway.
 	Upstreams []Upstream `yaml:"upstreams" json:"upstreams"`
 }
@@ -88,6 +90,13 @@ type Identity struct {
 	Exchange Exchange `yaml:"exchange" json:"exchange"`
 	// SPIFFE configures agent identities.
 	SPIFFE SPIFFE `yaml:"spiffe" json:"spiffe"`
+}
+
+// Policy configures the allow-lists: files here, plus those tool owners
+// register with their upstreams through the admin API.
+type Policy struct {
+	// Files are allow-list documents (YAML), reloaded when they change.
+	Files []string `yaml:"files" json:"files"`
 }
 
 // Issuer is a trusted token issuer with its keys: a JWKS URL or a file.

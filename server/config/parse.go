@@ -5,11 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
-	"strconv"
 	"strings"
-	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -37,7 +34,7 @@ func Load(path string) (*Config, error) {
 //     fields keep their defaults;
 //  4. Validate.
 func Parse(name string, data []byte) (*Config, error) {
-	doc, err := decodeDocument(data)
+	doc, err := schemas.DecodeYAML(data)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", name, err)
 	}
@@ -75,109 +72,6 @@ func ParseUpstreamFlag(s string) (Upstream, error) {
 	return u, nil
 }
 
-// decodeDocument decodes one YAML document into the JSON data model the
-// schema validator takes: map[string]any, []any, string, bool, nil and finite
-// numbers. An empty document (or only comments, or null) is an empty mapping.
-func decodeDocument(data []byte) (any, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var root yaml.Node
-	if err := dec.Decode(&root); err != nil {
-		if errors.Is(err, io.EOF) {
-			return map[string]any{}, nil
-		}
-		return nil, err
-	}
-	if err := dec.Decode(new(yaml.Node)); !errors.Is(err, io.EOF) {
-		if err != nil {
-			return nil, err
-		}
-		return nil, errors.New("more than one YAML document")
-	}
-	// Unquoted scalars that look like timestamps decode as time.Time; they
-	// can only be meant as strings here, and must stay as written.
-	retagTimestamps(&root)
-	var v any
-	if err := root.Decode(&v); err != nil {
-		return nil, err
-	}
-	if v == nil {
-		return map[string]any{}, nil
-	}
-	return jsonValue(v, nil)
-}
-
-func retagTimestamps(n *yaml.Node) {
-	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!timestamp" {
-		n.Tag = "!!str"
-	}
-	for _, c := range n.Content {
-		retagTimestamps(c)
-	}
-}
-
-// jsonValue converts a value decoded from YAML into the JSON data model; path
-// locates it for errors.
-func jsonValue(v any, path []string) (any, error) {
-	switch v := v.(type) {
-	case map[string]any:
-		out := make(map[string]any, len(v))
-		for k, e := range v {
-			c, err := jsonValue(e, append(path, k))
-			if err != nil {
-				return nil, err
-			}
-			out[k] = c
-		}
-		return out, nil
-	case map[any]any:
-		out := make(map[string]any, len(v))
-		for k, e := range v {
-			ks := fmt.Sprint(k)
-			if k == nil {
-				ks = "null"
-			}
-			if _, dup := out[ks]; dup {
-				return nil, fmt.Errorf("%skey %q appears twice", at(path), ks)
-			}
-			c, err := jsonValue(e, append(path, ks))
-			if err != nil {
-				return nil, err
-			}
-			out[ks] = c
-		}
-		return out, nil
-	case []any:
-		out := make([]any, len(v))
-		for i, e := range v {
-			c, err := jsonValue(e, append(path, strconv.Itoa(i)))
-			if err != nil {
-				return nil, err
-			}
-			out[i] = c
-		}
-		return out, nil
-	case float64:
-		if math.IsNaN(v) || math.IsInf(v, 0) {
-			return nil, fmt.Errorf("%sgot %v, want a finite number", at(path), v)
-		}
-		return v, nil
-	case nil, string, bool, int, int64, uint64:
-		return v, nil
-	case time.Time: // retagTimestamps leaves none; kept for safety
-		return v.Format(time.RFC3339Nano), nil
-	default:
-		return nil, fmt.Errorf("%sunsupported YAML value of type %T", at(path), v)
-	}
-}
-
-// at renders path as an error prefix: "upstreams[1].url: ", or "" for the root.
-func at(path []string) string {
-	if len(path) == 0 {
-		return ""
-	}
-	return fieldPath(path) + ": "
-}
-
 // fieldErrors turns schema problems into one error per problem, each naming
 // its field: "config sag.yaml: upstreams[1].url: …". within prefixes paths
 // that ParseUpstreamFlag validated inside a wrapper document and strips it.
@@ -188,7 +82,7 @@ func fieldErrors(what string, err error, within ...string) error {
 	}
 	errs := make([]error, 0, len(verr.Problems))
 	for _, p := range verr.Problems {
-		field := fieldPath(splitPointer(p.Pointer))
+		field := schemas.FieldPath(schemas.SplitPointer(p.Pointer))
 		for _, w := range within {
 			field = strings.TrimPrefix(field, w)
 		}
@@ -209,50 +103,4 @@ func prefixErrors(what string, err error) error {
 		out[i] = fmt.Errorf("%s: %w", what, e)
 	}
 	return errors.Join(out...)
-}
-
-// splitPointer splits a JSON pointer into unescaped tokens.
-func splitPointer(ptr string) []string {
-	if ptr == "" {
-		return nil
-	}
-	tokens := strings.Split(strings.TrimPrefix(ptr, "/"), "/")
-	for i, t := range tokens {
-		tokens[i] = strings.ReplaceAll(strings.ReplaceAll(t, "~1", "/"), "~0", "~")
-	}
-	return tokens
-}
-
-// fieldPath renders a path the way the config file is written:
-// upstreams[1].url. Array indexes become [n]; keys that are not plain words
-// are quoted.
-func fieldPath(tokens []string) string {
-	var b strings.Builder
-	for _, t := range tokens {
-		if _, err := strconv.ParseUint(t, 10, 64); err == nil {
-			b.WriteString("[" + t + "]")
-			continue
-		}
-		if b.Len() > 0 {
-			b.WriteByte('.')
-		}
-		if isWord(t) {
-			b.WriteString(t)
-		} else {
-			b.WriteString(strconv.Quote(t))
-		}
-	}
-	return b.String()
-}
-
-func isWord(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, r := range s {
-		if !(r == '_' || r == '-' || '0' <= r && r <= '9' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z') {
-			return false
-		}
-	}
-	return true
 }

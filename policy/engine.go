@@ -1,0 +1,395 @@
+package policy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"cel.dev/cel-go/cel"
+	"golang.org/x/time/rate"
+
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/schemas"
+)
+
+// Tool is what the engine knows of a tool in the catalog.
+type Tool struct {
+	// Upstream is the upstream's name; Name the tool's name there (not the
+	// name the gateway exposes, which may carry a prefix).
+	Upstream, Name string
+	// Destructive is the upstream's destructiveHint annotation, when it
+	// says true explicitly.
+	Destructive bool
+}
+
+// Session is the call's place in the session graph, for conditions.
+type Session struct {
+	USID, WSID, ASID, MSID string
+	Risk                   float64
+	Counters               map[string]int64
+}
+
+// Request is one call to decide on.
+type Request struct {
+	Principal identity.Principal
+	Tool      Tool
+	// Args are the decoded arguments (a JSON object), nil for none.
+	Args    map[string]any
+	Session Session
+}
+
+// Decision is the engine's answer: allow or deny, with the obligations the
+// pipeline must enforce on an allowed call.
+type Decision struct {
+	Allow bool
+	// PolicyID and Version name the document that decided ("default" when
+	// no document is loaded); RuleID the rule that allowed, or the rule that
+	// refused (rate limit, condition), else "".
+	PolicyID, Version, RuleID string
+	// Reason says why a call was denied, naming the rule, never its content.
+	Reason string
+	// RetryAfter is set when a rate limit denied the call.
+	RetryAfter time.Duration
+	// Input and Output are the rule's schemas (on top of the upstream's),
+	// nil when it has none.
+	Input, Output *schemas.Schema
+	// Consent is true when the call needs the user's consent.
+	Consent bool
+	// DLP redacts the result, nil for none.
+	DLP *Redactor
+}
+
+// Mode is how an engine without documents decides.
+type Mode int
+
+const (
+	// DenyWithoutRules denies everything when no document is loaded: the
+	// default for authenticated gateways.
+	DenyWithoutRules Mode = iota
+	// AllowWithoutRules allows everything when no document is loaded: the
+	// loopback --auth open trial.
+	AllowWithoutRules
+)
+
+// Options configure NewEngine.
+type Options struct {
+	Documents []*Document
+	// Mode applies when Documents is empty.
+	Mode Mode
+	// Now is the clock of conditions and rate limits; nil means time.Now.
+	Now func() time.Time
+}
+
+// Engine decides calls. It is immutable once built (a policy reload builds
+// a new one) and safe for concurrent use; only rate-limit buckets change.
+type Engine struct {
+	mode  Mode
+	rules []*rule // in document order
+	// exact indexes rules whose upstream and tool are plain names;
+	// byUpstream the other rules of one upstream; anyUpstream those for
+	// every upstream.
+	exact       map[[2]string][]*rule
+	byUpstream  map[string][]*rule
+	anyUpstream []*rule
+	now         func() time.Time
+
+	limiters sync.Map // limiterKey → *rate.Limiter
+	nlim     sync.Mutex
+	count    int
+}
+
+type rule struct {
+	seq               int
+	policyID, version string
+	id                string
+	upstream          string
+	tools             []string
+	p                 Principals
+	input, output     *schemas.Schema
+	inputRaw          json.RawMessage
+	consent           string
+	limit             *RateLimit
+	dlp               *Redactor
+	cond              cel.Program
+}
+
+// maxLimiters bounds the rate-limit buckets; past it they start over.
+const maxLimiters = 200_000
+
+// NewEngine compiles documents: globs, schemas, CEL conditions and DLP
+// profiles are checked and compiled once, here. Errors name the document and
+// the rule.
+func NewEngine(o Options) (*Engine, error) {
+	e := &Engine{mode: o.Mode, exact: map[[2]string][]*rule{}, byUpstream: map[string][]*rule{}, now: o.Now}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	env, err := conditionEnv()
+	if err != nil {
+		return nil, err
+	}
+	ids := map[string]bool{}
+	for _, d := range o.Documents {
+		if ids[d.ID] {
+			return nil, fmt.Errorf("policy: two documents with id %q", d.ID)
+		}
+		ids[d.ID] = true
+		dlp := map[string]*Redactor{}
+		for name, prof := range d.DLPProfiles {
+			r, err := CompileDLP(name, prof)
+			if err != nil {
+				return nil, fmt.Errorf("policy %s: dlp_profiles.%s: %w", d.ID, name, err)
+			}
+			dlp[name] = r
+		}
+		for i := range d.Rules {
+			r, err := compileRule(env, d, &d.Rules[i], dlp)
+			if err != nil {
+				return nil, fmt.Errorf("policy %s: rules[%d] (%s): %w", d.ID, i, d.Rules[i].ID, err)
+			}
+			r.seq = len(e.rules)
+			e.rules = append(e.rules, r)
+			e.index(r)
+		}
+	}
+	return e, nil
+}
+
+func compileRule(env *cel.Env, d *Document, src *Rule, dlp map[string]*Redactor) (*rule, error) {
+	version := d.Version
+	if version == "" {
+		version = "0"
+	}
+	r := &rule{policyID: d.ID, version: version, id: src.ID, upstream: src.Upstream, tools: src.Tools, p: src.Principals,
+		inputRaw: src.InputSchema, consent: src.Consent, limit: src.RateLimit}
+	if r.upstream == "" {
+		r.upstream = "*"
+	}
+	if d.Upstream != "" {
+		// A registered allow-list speaks for its own upstream only.
+		if src.Upstream != "" && src.Upstream != d.Upstream {
+			return nil, fmt.Errorf("upstream %q: this document covers upstream %q only", src.Upstream, d.Upstream)
+		}
+		r.upstream = d.Upstream
+	}
+	for _, g := range append(append(append([]string{r.upstream}, r.tools...), r.p.Users...), r.p.Agents...) {
+		if _, err := path.Match(g, ""); err != nil {
+			return nil, fmt.Errorf("bad glob %q", g)
+		}
+	}
+	var err error
+	if len(src.InputSchema) > 0 {
+		if r.input, err = schemas.Compile(src.InputSchema); err != nil {
+			return nil, fmt.Errorf("input_schema: %w", err)
+		}
+	}
+	if len(src.OutputSchema) > 0 {
+		if r.output, err = schemas.Compile(src.OutputSchema); err != nil {
+			return nil, fmt.Errorf("output_schema: %w", err)
+		}
+	}
+	if src.DLP != "" {
+		if r.dlp = dlp[src.DLP]; r.dlp == nil {
+			return nil, fmt.Errorf("dlp: no profile %q in this document", src.DLP)
+		}
+	}
+	if src.Condition != "" {
+		if r.cond, err = compileCondition(env, src.Condition); err != nil {
+			return nil, fmt.Errorf("condition: %w", err)
+		}
+	}
+	return r, nil
+}
+
+func isGlob(s string) bool { return slices.ContainsFunc([]byte(s), func(c byte) bool { return c == '*' || c == '?' || c == '[' || c == '\\' }) }
+
+func (e *Engine) index(r *rule) {
+	switch {
+	case isGlob(r.upstream):
+		e.anyUpstream = append(e.anyUpstream, r)
+	case !slices.ContainsFunc(r.tools, isGlob):
+		for _, t := range r.tools {
+			k := [2]string{r.upstream, t}
+			e.exact[k] = append(e.exact[k], r)
+		}
+	default:
+		e.byUpstream[r.upstream] = append(e.byUpstream[r.upstream], r)
+	}
+}
+
+// candidates returns the rules that name t, in document order.
+func (e *Engine) candidates(t Tool) []*rule {
+	exact := e.exact[[2]string{t.Upstream, t.Name}]
+	up := e.byUpstream[t.Upstream]
+	if len(up) == 0 && len(e.anyUpstream) == 0 {
+		return exact
+	}
+	out := make([]*rule, 0, len(exact)+len(up)+len(e.anyUpstream))
+	out = append(out, exact...)
+	for _, r := range up {
+		if r.coversTool(t.Name) {
+			out = append(out, r)
+		}
+	}
+	for _, r := range e.anyUpstream {
+		if ok, _ := path.Match(r.upstream, t.Upstream); ok && r.coversTool(t.Name) {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
+	return out
+}
+
+func (r *rule) coversTool(name string) bool {
+	for _, g := range r.tools {
+		if ok, _ := path.Match(g, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// matches reports whether the rule is for p.
+func (r *rule) matches(p *identity.Principal) bool {
+	if len(r.p.Users) > 0 && !anyGlob(r.p.Users, p.User) {
+		return false
+	}
+	if len(r.p.Agents) > 0 && (p.Agent == "" || !anyGlob(r.p.Agents, p.Agent)) {
+		return false
+	}
+	if len(r.p.Issuers) > 0 && !slices.Contains(r.p.Issuers, p.Issuer) {
+		return false
+	}
+	if len(r.p.Groups) > 0 && !slices.ContainsFunc(r.p.Groups, func(g string) bool { return slices.Contains(p.Groups, g) }) {
+		return false
+	}
+	for _, s := range r.p.Scopes {
+		if !slices.Contains(p.Scopes, s) {
+			return false
+		}
+	}
+	return true
+}
+
+func anyGlob(globs []string, s string) bool {
+	for _, g := range globs {
+		if ok, _ := path.Match(g, s); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Visible reports whether any rule lets p call t at all (before conditions
+// and rate limits, which depend on the call): tools/list shows exactly these.
+// It also returns the first such rule's input schema, to show the tightened
+// schema.
+func (e *Engine) Visible(p identity.Principal, t Tool) (bool, json.RawMessage) {
+	if len(e.rules) == 0 {
+		return e.mode == AllowWithoutRules, nil
+	}
+	for _, r := range e.candidates(t) {
+		if r.matches(&p) {
+			return true, r.inputRaw
+		}
+	}
+	return false, nil
+}
+
+// Authorize decides one call: the first rule (in document order) that names
+// the tool and the principal and whose condition holds allows it, subject
+// to its rate limit. No such rule: denied (default deny).
+func (e *Engine) Authorize(ctx context.Context, req Request) Decision {
+	if len(e.rules) == 0 {
+		d := Decision{PolicyID: "default", Version: "0", Allow: e.mode == AllowWithoutRules, Consent: req.Tool.Destructive}
+		if !d.Allow {
+			d.Reason = "no allow-list is loaded: everything is denied"
+		}
+		return d
+	}
+	var vars map[string]any
+	var condFailed *rule
+	for _, r := range e.candidates(req.Tool) {
+		if !r.matches(&req.Principal) {
+			continue
+		}
+		if r.cond != nil {
+			if vars == nil {
+				vars = conditionVars(req, e.now())
+			}
+			ok, err := evalCondition(ctx, r.cond, vars)
+			if err != nil || !ok {
+				if condFailed == nil {
+					condFailed = r
+				}
+				continue
+			}
+		}
+		d := Decision{PolicyID: r.policyID, Version: r.version, RuleID: r.id, Input: r.input, Output: r.output, DLP: r.dlp}
+		switch r.consent {
+		case ConsentAlways:
+			d.Consent = true
+		case ConsentNever:
+		default:
+			d.Consent = req.Tool.Destructive
+		}
+		if r.limit != nil {
+			if wait := e.take(r, req); wait > 0 {
+				d.Reason = fmt.Sprintf("rate limit of rule %s exceeded", r.id)
+				d.RetryAfter = wait
+				return d
+			}
+		}
+		d.Allow = true
+		return d
+	}
+	if condFailed != nil {
+		return Decision{PolicyID: condFailed.policyID, Version: condFailed.version, RuleID: condFailed.id,
+			Reason: fmt.Sprintf("condition of rule %s not met", condFailed.id)}
+	}
+	return Decision{PolicyID: "default", Version: "0", Reason: "no rule allows this call"}
+}
+
+type limiterKey struct{ rule, principal, tool string }
+
+// take spends a token of the (rule, principal, tool) bucket and returns 0,
+// or how long until a token is available.
+func (e *Engine) take(r *rule, req Request) time.Duration {
+	k := limiterKey{rule: r.policyID + "/" + r.id, principal: req.Principal.Key(), tool: req.Tool.Upstream + "/" + req.Tool.Name}
+	v, ok := e.limiters.Load(k)
+	if !ok {
+		burst := r.limit.Burst
+		if burst == 0 {
+			burst = max(1, r.limit.PerMinute/6)
+		}
+		e.nlim.Lock()
+		if e.count >= maxLimiters {
+			e.limiters.Clear()
+			e.count = 0
+		}
+		e.count++
+		e.nlim.Unlock()
+		v, _ = e.limiters.LoadOrStore(k, rate.NewLimiter(rate.Limit(float64(r.limit.PerMinute)/60), burst))
+	}
+	lim := v.(*rate.Limiter)
+	now := e.now()
+	if lim.AllowN(now, 1) {
+		return 0
+	}
+	res := lim.ReserveN(now, 1)
+	wait := res.DelayFrom(now)
+	res.CancelAt(now)
+	if wait <= 0 {
+		wait = time.Second
+	}
+	return wait
+}
+
+// errNotBool is a condition whose value is not a boolean.
+var errNotBool = errors.New("condition did not evaluate to a boolean")

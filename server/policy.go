@@ -1,0 +1,369 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/policy"
+	"github.com/sag-gateway/sag/schemas"
+	"github.com/sag-gateway/sag/server/config"
+	"github.com/sag-gateway/sag/store"
+	"github.com/sag-gateway/sag/upstreams"
+)
+
+// loadPolicy builds a policy engine from the configured files and the
+// allow-lists registered with upstreams. Any broken document fails the whole
+// load, naming it: the caller keeps the previous engine.
+func (g *Gateway) loadPolicy(ctx context.Context) (*policy.Engine, int, error) {
+	var docs []*policy.Document
+	for _, f := range g.cfg.Policy.Files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, 0, fmt.Errorf("policy file: %w", err)
+		}
+		d, err := policy.Parse(f, b)
+		if err != nil {
+			return nil, 0, err
+		}
+		docs = append(docs, d)
+	}
+	registered, err := g.store.ListAllowLists(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, a := range registered {
+		d, err := parseAllowList(a.Upstream, a.Document)
+		if err != nil {
+			return nil, 0, err
+		}
+		docs = append(docs, d)
+	}
+	mode := policy.DenyWithoutRules
+	if g.cfg.Auth == config.AuthOpen {
+		mode = policy.AllowWithoutRules
+	}
+	eng, err := policy.NewEngine(policy.Options{Documents: docs, Mode: mode})
+	return eng, len(docs), err
+}
+
+// parseAllowList parses an allow-list registered with an upstream: its rules
+// cover that upstream only.
+func parseAllowList(upstream string, data []byte) (*policy.Document, error) {
+	d, err := policy.Parse("registered with upstream "+upstream, data)
+	if err != nil {
+		return nil, err
+	}
+	if d.Upstream == "" {
+		d.Upstream = upstream
+	}
+	if d.Upstream != upstream {
+		return nil, fmt.Errorf("policy registered with upstream %s: upstream: %q is another upstream", upstream, d.Upstream)
+	}
+	return d, nil
+}
+
+// ReloadPolicy rebuilds the policy from its files and the registered
+// allow-lists and swaps it in; sessions and calls in flight are untouched
+// (a call decided under the old policy finishes under it). On error the
+// previous policy stays active and the error says which document is broken.
+func (g *Gateway) ReloadPolicy(ctx context.Context) error {
+	g.policyMu.Lock()
+	defer g.policyMu.Unlock()
+	eng, n, err := g.loadPolicy(ctx)
+	if err != nil {
+		g.log.Error("policy not reloaded; the previous one stays active", "error", err)
+		return err
+	}
+	g.policy.Store(eng)
+	g.logPolicy(n)
+	return nil
+}
+
+// logPolicy says loudly what a gateway without allow-lists does.
+func (g *Gateway) logPolicy(docs int) {
+	switch {
+	case docs > 0:
+		g.log.Info("policy loaded", "documents", docs)
+	case g.cfg.Auth == config.AuthOpen:
+		g.log.Warn("NO ALLOW-LIST: this loopback --auth open trial allows every tool to everyone")
+	default:
+		g.log.Warn("NO ALLOW-LIST: every tool is denied to everyone until an allow-list is configured or registered")
+	}
+}
+
+// watchPolicy reloads the policy when one of its files changes (polled
+// every interval), until ctx ends.
+func (g *Gateway) watchPolicy(ctx context.Context, interval time.Duration) {
+	if len(g.cfg.Policy.Files) == 0 {
+		return
+	}
+	stamp := func() string {
+		s := ""
+		for _, f := range g.cfg.Policy.Files {
+			if fi, err := os.Stat(f); err == nil {
+				s += fmt.Sprintf("%s %d %d;", f, fi.Size(), fi.ModTime().UnixNano())
+			}
+		}
+		return s
+	}
+	last := stamp()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if now := stamp(); now != last {
+			last = now
+			_ = g.ReloadPolicy(ctx)
+		}
+	}
+}
+
+// policyTool describes a catalog tool to the policy engine.
+func policyTool(t *upstreams.Tool) policy.Tool {
+	destructive := false
+	if a := t.Def.Annotations; a != nil && a.DestructiveHint != nil {
+		destructive = *a.DestructiveHint
+	}
+	return policy.Tool{Upstream: t.Upstream, Name: t.Original, Destructive: destructive}
+}
+
+// filterTools is tools/list seen through the policy: the tools the caller
+// may call, each with the input schema tightened by the rule that allows
+// it (the upstream's schema plus an allOf of the rule's).
+func (g *Gateway) filterTools(p identity.Principal, res *mcp.ListToolsResult) {
+	eng := g.policy.Load()
+	cat := g.upstreams.Catalog()
+	out := make([]*mcp.Tool, 0, len(res.Tools)) // the SDK's slice is not ours to reuse
+	for _, def := range res.Tools {
+		t, ok := cat.Tool(def.Name)
+		if !ok {
+			continue
+		}
+		visible, tighter := eng.Visible(p, policyTool(t))
+		if !visible {
+			continue
+		}
+		if len(tighter) > 0 {
+			def = tightenTool(def, tighter)
+		}
+		out = append(out, def)
+	}
+	res.Tools = out
+}
+
+// tightenTool returns a copy of def whose input schema also requires rule.
+func tightenTool(def *mcp.Tool, rule json.RawMessage) *mcp.Tool {
+	var schema map[string]any
+	if b, err := json.Marshal(def.InputSchema); err != nil || json.Unmarshal(b, &schema) != nil || schema == nil {
+		schema = map[string]any{"type": "object"}
+	}
+	var extra any
+	if json.Unmarshal(rule, &extra) != nil {
+		return def
+	}
+	all, _ := schema["allOf"].([]any)
+	schema["allOf"] = append(all, extra)
+	c := *def
+	c.InputSchema = schema
+	return &c
+}
+
+// AllowListResponse answers the allow-list admin routes.
+type AllowListResponse struct {
+	Upstream string `json:"upstream"`
+	ID       string `json:"id"`
+	Version  string `json:"version,omitempty"`
+	Rules    int    `json:"rules"`
+}
+
+// putAllowList serves PUT /admin/upstreams/{name}/allowlist: a tool owner
+// registers (or replaces) the allow-list of an upstream, as YAML or JSON. A
+// broken document is refused with its errors and changes nothing.
+func (g *Gateway) putAllowList(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if !slices.ContainsFunc(g.upstreams.Specs(), func(s upstreams.Spec) bool { return s.Name == name }) {
+		return &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no upstream " + name}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4<<20))
+	if err != nil {
+		return badRequest("body: %v", err)
+	}
+	d, err := parseAllowList(name, body)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	if _, err := policy.NewEngine(policy.Options{Documents: []*policy.Document{d}}); err != nil {
+		return badRequest("%v", err)
+	}
+	g.registry.Lock()
+	defer g.registry.Unlock()
+	if err := g.store.PutAllowList(r.Context(), name, body); err != nil {
+		return err
+	}
+	if err := g.ReloadPolicy(r.Context()); err != nil {
+		return &adminError{Status: http.StatusConflict, Code: "conflict", Description: "stored, but the policy did not reload: " + err.Error()}
+	}
+	writeJSON(w, http.StatusOK, AllowListResponse{Upstream: name, ID: d.ID, Version: d.Version, Rules: len(d.Rules)})
+	return nil
+}
+
+// deleteAllowList serves DELETE /admin/upstreams/{name}/allowlist.
+func (g *Gateway) deleteAllowList(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	g.registry.Lock()
+	defer g.registry.Unlock()
+	if err := g.store.DeleteAllowList(r.Context(), name); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no allow-list registered with " + name}
+		}
+		return err
+	}
+	if err := g.ReloadPolicy(r.Context()); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// reloadPolicyHandler serves POST /admin/policy/reload.
+func (g *Gateway) reloadPolicyHandler(w http.ResponseWriter, r *http.Request) error {
+	if err := g.ReloadPolicy(r.Context()); err != nil {
+		return badRequest("%v", err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// decodeArguments decodes a call's arguments: a JSON object, or nothing.
+func decodeArguments(raw json.RawMessage) (map[string]any, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var args map[string]any
+	if err := json.Unmarshal(raw, &args); err != nil {
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "arguments must be a JSON object"}
+	}
+	return args, nil
+}
+
+// policy is the call's place in the session graph, for conditions.
+func (s sessionIDs) policy() policy.Session {
+	return policy.Session{USID: s.USID, WSID: s.WSID, ASID: s.ASID, MSID: s.MSID}
+}
+
+// validateArguments checks args against the upstream's inputSchema and the
+// rule's, and returns "" or a message a model can act on: each problem with
+// its JSON pointer, what was expected and what was given.
+func (g *Gateway) validateArguments(t *upstreams.Tool, rule *schemas.Schema, args map[string]any) string {
+	var v any = map[string]any{}
+	if args != nil {
+		v = args
+	}
+	var problems []string
+	if up := g.toolSchema(t); up != nil {
+		if err := up.Validate(v); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	if rule != nil {
+		if err := rule.Validate(v); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	if len(problems) == 0 {
+		return ""
+	}
+	return "invalid arguments: " + strings.Join(problems, "; ")
+}
+
+// toolSchema is the upstream's compiled inputSchema of t, nil when it has
+// none or it does not compile (the upstream then judges its own input).
+// Catalog definitions are immutable, so each is compiled once.
+func (g *Gateway) toolSchema(t *upstreams.Tool) *schemas.Schema {
+	if v, ok := g.toolSchemas.Load(t.Def); ok {
+		return v.(*schemas.Schema)
+	}
+	var s *schemas.Schema
+	if t.Def.InputSchema != nil {
+		if raw, err := json.Marshal(t.Def.InputSchema); err == nil {
+			s, _ = schemas.Compile(raw)
+		}
+	}
+	if g.toolSchemaCount.Add(1) > maxToolSchemas { // catalog churn: start over
+		g.toolSchemas.Clear()
+		g.toolSchemaCount.Store(0)
+	}
+	g.toolSchemas.Store(t.Def, s)
+	return s
+}
+
+// maxToolSchemas bounds the compiled input schemas kept.
+const maxToolSchemas = 10_000
+
+// validateOutput checks structuredContent against the rule's output schema.
+func validateOutput(s *schemas.Schema, res *mcp.CallToolResult) string {
+	if s == nil {
+		return ""
+	}
+	if res.StructuredContent == nil {
+		return "invalid result: the allow-list requires structured content"
+	}
+	raw, err := json.Marshal(res.StructuredContent)
+	if err == nil {
+		err = s.ValidateJSON(raw)
+	}
+	if err != nil {
+		return "invalid result: structuredContent: " + err.Error()
+	}
+	return ""
+}
+
+// redactResult applies DLP to what a tool returns: text content and
+// structuredContent. It returns the redacted result and the actions taken
+// (rule and JSON pointer, never the redacted text).
+func redactResult(r *policy.Redactor, res *mcp.CallToolResult) (*mcp.CallToolResult, []string) {
+	var actions []string
+	out := *res
+	out.Content = make([]mcp.Content, len(res.Content))
+	for i, c := range res.Content {
+		if tc, ok := c.(*mcp.TextContent); ok {
+			text, acts := r.RedactString(tc.Text)
+			cp := *tc
+			cp.Text = text
+			c = &cp
+			for _, a := range acts {
+				a.Pointer = fmt.Sprintf("/content/%d/text%s", i, a.Pointer)
+				actions = append(actions, a.String())
+			}
+		}
+		out.Content[i] = c
+	}
+	if res.StructuredContent != nil {
+		if raw, err := json.Marshal(res.StructuredContent); err == nil {
+			if red, acts, err := r.RedactJSON(raw); err == nil {
+				out.StructuredContent = json.RawMessage(red)
+				for _, a := range acts {
+					a.Pointer = "/structuredContent" + a.Pointer
+					actions = append(actions, a.String())
+				}
+			}
+		}
+	}
+	return &out, actions
+}

@@ -1,0 +1,248 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/server/config"
+)
+
+const policyDoc = `
+id: tools-policy
+version: "3"
+dlp_profiles:
+  pii: {builtins: [emails, jwt]}
+rules:
+  - id: alice-echo
+    upstream: fx
+    tools: [echo, add]
+    principals: {users: [alice]}
+    dlp: pii
+    input_schema:
+      type: object
+      properties: {text: {type: string, maxLength: 30}}
+  - id: alice-delete
+    upstream: fx
+    tools: [delete_everything]
+    principals: {users: [alice]}
+  - id: alice-whoami
+    upstream: fx
+    tools: [whoami]
+    principals: {users: [alice]}
+    rate_limit: {per_minute: 60, burst: 1}
+  - id: only-if
+    upstream: fx
+    tools: [fail]
+    principals: {users: [alice]}
+    condition: 'has(args.confirm) && args.confirm == "yes"'
+`
+
+// startPolicyGateway serves a DPoP gateway in front of fixture fx with the
+// allow-list doc in a file it watches.
+func startPolicyGateway(t *testing.T, doc string) (*testGateway, string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "allow.yaml")
+	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up, _ := httpFixture(t, "fx", false)
+	tg := startGateway(t, func(c *config.Config) {
+		c.Auth = config.AuthDPoP
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+		c.Policy.Files = []string{file}
+	})
+	return tg, file
+}
+
+// visibleTools lists the tool names a session sees, sorted.
+func visibleTools(t *testing.T, cs *mcp.ClientSession) []string {
+	t.Helper()
+	var names []string
+	for name := range toolNames(t, cs) {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func callText(res *mcp.CallToolResult) string {
+	var b strings.Builder
+	for _, c := range res.Content {
+		if tc, ok := c.(*mcp.TextContent); ok {
+			b.WriteString(tc.Text)
+		}
+	}
+	return b.String()
+}
+
+// TestPolicy: each principal sees and calls exactly what the allow-list
+// gives it; refusals say why (naming the rule, not its content), and a tool
+// not allowed looks exactly like one that does not exist.
+func TestPolicy(t *testing.T) {
+	tg, _ := startPolicyGateway(t, policyDoc)
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"}).connect(t, tg.MCP)
+	bob := newAgent(t, tg, identity.Claims{Subject: "bob"}).connect(t, tg.MCP)
+
+	if got, want := visibleTools(t, alice), []string{"fx__add", "fx__delete_everything", "fx__echo", "fx__fail", "fx__whoami"}; !slices.Equal(got, want) {
+		t.Errorf("alice sees %v, want %v", got, want)
+	}
+	if got := visibleTools(t, bob); len(got) != 0 {
+		t.Errorf("bob sees %v, want nothing", got)
+	}
+	// The tightened schema: the upstream's plus the rule's.
+	res, _ := alice.ListTools(context.Background(), nil)
+	for _, tool := range res.Tools {
+		if tool.Name == "fx__echo" {
+			b, _ := json.Marshal(tool.InputSchema)
+			if !strings.Contains(string(b), `"allOf"`) || !strings.Contains(string(b), `"maxLength":30`) || !strings.Contains(string(b), `"required":["text"]`) {
+				t.Errorf("fx__echo schema %s: want the upstream's and the rule's", b)
+			}
+		}
+	}
+
+	// Not allowed = not there: the same error as a tool that does not exist.
+	_, errDenied := bob.CallTool(context.Background(), &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "hi"}})
+	_, errMissing := bob.CallTool(context.Background(), &mcp.CallToolParams{Name: "fx__nosuchtool", Arguments: map[string]any{}})
+	var d, m *jsonrpc.Error
+	if !errors.As(errDenied, &d) || !errors.As(errMissing, &m) || d.Code != m.Code || d.Code != jsonrpc.CodeInvalidParams ||
+		strings.ReplaceAll(d.Message, "echo", "X") != strings.ReplaceAll(m.Message, "nosuchtool", "X") {
+		t.Errorf("denied %v vs unknown %v: want the same error", errDenied, errMissing)
+	}
+
+	for _, tc := range []struct {
+		name, tool string
+		args       map[string]any
+		isError    bool
+		contains   []string
+	}{
+		{"allowed", "fx__echo", map[string]any{"text": "hello"}, false, []string{"hello"}},
+		{"rule schema", "fx__echo", map[string]any{"text": "far too long for this rule, really"}, true, []string{"invalid arguments", "/text"}},
+		{"DLP redacts the result", "fx__echo", map[string]any{"text": "write to bob@example.com"}, false, []string{"write to [REDACTED:email]"}},
+		{"upstream schema", "fx__echo", map[string]any{}, true, []string{"invalid arguments", "text"}},
+		{"consent required", "fx__delete_everything", map[string]any{}, true, []string{"consent required"}},
+		{"condition not met", "fx__fail", map[string]any{}, true, []string{"denied by policy", "rule only-if"}},
+		{"within the rate limit", "fx__whoami", nil, false, nil},
+		{"past the rate limit", "fx__whoami", nil, true, []string{"rate limit of rule alice-whoami", "retry after 1 s"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := callTool(t, alice, tc.tool, tc.args)
+			if res.IsError != tc.isError {
+				t.Fatalf("isError %v, want %v: %s", res.IsError, tc.isError, callText(res))
+			}
+			for _, c := range tc.contains {
+				if !strings.Contains(callText(res), c) {
+					t.Errorf("result %q lacks %q", callText(res), c)
+				}
+			}
+		})
+	}
+	recs := auditRecords(t, tg, "fx__echo")
+	var allowed, denied int
+	for _, r := range recs {
+		if r.PolicyID != "tools-policy@3" && r.Sub == "alice" {
+			t.Errorf("audit policy_id %q, want tools-policy@3", r.PolicyID)
+		}
+		switch {
+		case r.Decision == "allow" && r.AllowListMatch == "alice-echo":
+			allowed++
+		case r.Decision == "deny":
+			denied++
+		}
+	}
+	if allowed != 2 || denied != 3 { // bob's call, two invalid arguments
+		t.Errorf("audit of fx__echo: %d allowed, %d denied; want 2 and 3: %+v", allowed, denied, recs)
+	}
+	var redacted bool
+	for _, r := range recs {
+		if slices.Contains(r.DLPActions, "email@/content/0/text") {
+			redacted = true
+		}
+		for _, a := range r.DLPActions {
+			if strings.Contains(a, "bob@example.com") {
+				t.Errorf("the audit holds the redacted text: %q", a)
+			}
+		}
+	}
+	if !redacted {
+		t.Errorf("no audit record lists the redaction: %+v", recs)
+	}
+}
+
+// TestPolicyReload: a changed file takes effect without dropping sessions; a
+// broken one is refused and the previous policy stays.
+func TestPolicyReload(t *testing.T) {
+	tg, file := startPolicyGateway(t, policyDoc)
+	bob := newAgent(t, tg, identity.Claims{Subject: "bob"}).connect(t, tg.MCP)
+	if got := visibleTools(t, bob); len(got) != 0 {
+		t.Fatalf("bob sees %v before the change", got)
+	}
+	grant := policyDoc + "  - {id: bob-echo, upstream: fx, tools: [echo], principals: {users: [bob]}}\n"
+	if err := os.WriteFile(file, []byte(grant), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "bob's grant to take effect", func() bool { return slices.Equal(visibleTools(t, bob), []string{"fx__echo"}) })
+	if res := callTool(t, bob, "fx__echo", map[string]any{"text": "same session"}); res.IsError {
+		t.Fatalf("bob's call after the reload: %s", callText(res))
+	}
+	// A broken document: refused with its error, the previous policy stays.
+	if err := os.WriteFile(file, []byte(grant+"  - {id: broken}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, body := tg.adminDo(t, http.MethodPost, "/admin/policy/reload", nil)
+	if code != http.StatusBadRequest || !strings.Contains(string(body), "missing property 'tools'") {
+		t.Errorf("reload of a broken file: %d %s", code, body)
+	}
+	if res := callTool(t, bob, "fx__echo", map[string]any{"text": "still"}); res.IsError {
+		t.Errorf("the previous policy is gone: %s", callText(res))
+	}
+}
+
+// TestRegisteredAllowList: a tool owner registers an allow-list with an
+// upstream through the admin API; it covers that upstream only.
+func TestRegisteredAllowList(t *testing.T) {
+	tg, _ := startPolicyGateway(t, policyDoc)
+	carol := newAgent(t, tg, identity.Claims{Subject: "carol"}).connect(t, tg.MCP)
+	doc := "id: fx-owner\nrules: [{id: carol-add, tools: [add], principals: {users: [carol]}}]\n"
+	if code, body := tg.adminDo(t, http.MethodPut, "/admin/upstreams/fx/allowlist", doc); code != http.StatusOK {
+		t.Fatalf("register: %d %s", code, body)
+	}
+	if res := callTool(t, carol, "fx__add", map[string]any{"a": 1, "b": 2}); res.IsError {
+		t.Fatalf("carol's call: %s", callText(res))
+	}
+	for _, tc := range []struct {
+		path, doc string
+		code      int
+		contains  string
+	}{
+		{"/admin/upstreams/fx/allowlist", "id: x\nrules: [{id: r}]\n", 400, "missing property 'tools'"},
+		{"/admin/upstreams/fx/allowlist", "id: x\nupstream: other\nrules: []\n", 400, "another upstream"},
+		{"/admin/upstreams/fx/allowlist", "id: x\nrules: [{id: r, tools: [a], condition: '1'}]\n", 400, "boolean"},
+		{"/admin/upstreams/nope/allowlist", doc, 404, "no upstream"},
+	} {
+		code, body := tg.adminDo(t, http.MethodPut, tc.path, tc.doc)
+		if code != tc.code || !strings.Contains(string(body), tc.contains) {
+			t.Errorf("PUT %s %q: %d %s, want %d with %q", tc.path, tc.doc, code, body, tc.code, tc.contains)
+		}
+	}
+	// The refused documents changed nothing.
+	if res := callTool(t, carol, "fx__add", map[string]any{"a": 1, "b": 2}); res.IsError {
+		t.Errorf("carol's grant is gone: %s", callText(res))
+	}
+	if code, _ := tg.adminDo(t, http.MethodDelete, "/admin/upstreams/fx/allowlist", nil); code != http.StatusNoContent {
+		t.Fatalf("delete: %d", code)
+	}
+	if got := visibleTools(t, carol); len(got) != 0 {
+		t.Errorf("carol sees %v after the allow-list was removed", got)
+	}
+}

@@ -1,0 +1,79 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// AllowList is an allow-list document a tool owner registered with an
+// upstream.
+type AllowList struct {
+	Upstream string
+	Document []byte // as registered (YAML)
+	Updated  time.Time
+}
+
+// PutAllowList stores (or replaces) the allow-list of an upstream and returns
+// once it is committed.
+func (s *SQLite) PutAllowList(ctx context.Context, upstream string, doc []byte) error {
+	now := nanos(s.now())
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		_, err := tx.Exec(`INSERT INTO allowlists (upstream, document, updated) VALUES (?1, ?2, ?3)
+			ON CONFLICT (upstream) DO UPDATE SET document = excluded.document, updated = excluded.updated`, upstream, string(doc), now)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: put allow-list: %w", err)
+	}
+	return nil
+}
+
+// DeleteAllowList removes the allow-list of an upstream; ErrNotFound if it
+// has none.
+func (s *SQLite) DeleteAllowList(ctx context.Context, upstream string) error {
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		res, err := tx.Exec(`DELETE FROM allowlists WHERE upstream = ?`, upstream)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err == nil && n == 0 {
+			return ErrNotFound
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: delete allow-list: %w", err)
+	}
+	return nil
+}
+
+// ListAllowLists returns every registered allow-list, by upstream name.
+func (s *SQLite) ListAllowLists(ctx context.Context) ([]AllowList, error) {
+	if err := s.acquire(); err != nil {
+		return nil, err
+	}
+	defer s.release()
+	rows, err := s.r.QueryContext(ctx, `SELECT upstream, document, updated FROM allowlists ORDER BY upstream`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list allow-lists: %w", err)
+	}
+	defer rows.Close()
+	var out []AllowList
+	for rows.Next() {
+		var a AllowList
+		var doc string
+		var upd int64
+		if err := rows.Scan(&a.Upstream, &doc, &upd); err != nil {
+			return nil, fmt.Errorf("store: list allow-lists: %w", err)
+		}
+		a.Document, a.Updated = []byte(doc), fromNanos(upd)
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("store: list allow-lists: %w", err)
+	}
+	return out, nil
+}
