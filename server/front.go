@@ -192,6 +192,9 @@ func (f *front) sync(*upstreams.Catalog) {
 	seen := map[string]bool{}
 	for i := range c.Tools {
 		t := &c.Tools[i]
+		if !f.gw.pinned(t) { // quarantined: hidden until approved
+			continue
+		}
 		seen[t.Name] = true
 		if changed(f.tools, t.Name, t.Def) {
 			name := t.Name

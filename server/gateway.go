@@ -36,6 +36,8 @@ type Store interface {
 	ListUpstreams(ctx context.Context) ([]store.Upstream, error)
 	PutAllowList(ctx context.Context, upstream string, doc []byte) error
 	DeleteAllowList(ctx context.Context, upstream string) error
+	ListToolPins(ctx context.Context) ([]store.ToolPin, error)
+	PutToolPin(ctx context.Context, p store.ToolPin) error
 	ListAllowLists(ctx context.Context) ([]store.AllowList, error)
 	PutMinted(ctx context.Context, m store.MintedToken) error
 	MintedStatus(ctx context.Context, jti string) (store.MintedToken, bool, error)
@@ -64,6 +66,7 @@ type Gateway struct {
 	revoked   *revocations
 	policy    atomic.Pointer[policy.Engine] // swapped whole on reload
 	policyMu  sync.Mutex                    // serialises reloads
+	pins      *policy.Pins                  // tool pinning
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).
 	toolSchemas     sync.Map
@@ -105,6 +108,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		return nil, err
 	}
 
+	if g.pins, err = policy.LoadPins(ctx, st); err != nil {
+		return nil, err
+	}
 	g.metrics = newMetrics()
 	g.front = newFront(g, version)
 	naming, err := upstreams.ParseNaming(cfg.Prefix)

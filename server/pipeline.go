@@ -51,7 +51,7 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	// whose condition holds allows the call, within its rate limit. A tool
 	// no rule allows does not exist for this caller.
 	t, ok := g.upstreams.Catalog().Tool(name)
-	if !ok { // removed since the SDK routed the call
+	if !ok || g.pins.Quarantined(t.Upstream, t.Original) { // removed or quarantined since the SDK routed the call
 		return nil, g.refuse(ctx, &rec, start, unknownTool(name))
 	}
 	rec.Upstream = t.Upstream

@@ -131,6 +131,19 @@ CREATE TABLE allowlists (
 	updated  INTEGER NOT NULL -- Unix nanoseconds
 );
 `,
+	// 5: tool pinning: the approved hash of each upstream tool's definition,
+	// and a changed definition waiting for its owner's approval.
+	`
+CREATE TABLE tool_pins (
+	upstream     TEXT NOT NULL,
+	tool         TEXT NOT NULL, -- the upstream's name for it
+	approved     TEXT NOT NULL, -- SHA-256 (hex) of the approved definition
+	pending      TEXT NOT NULL, -- hash of a changed definition, '' when none
+	pending_def  TEXT NOT NULL, -- that definition (JSON), '' when none
+	updated      INTEGER NOT NULL, -- Unix nanoseconds
+	PRIMARY KEY (upstream, tool)
+);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and
