@@ -207,7 +207,9 @@ func compileRule(env *cel.Env, d *Document, src *Rule, dlp map[string]*Redactor)
 	return r, nil
 }
 
-func isGlob(s string) bool { return slices.ContainsFunc([]byte(s), func(c byte) bool { return c == '*' || c == '?' || c == '[' || c == '\\' }) }
+func isGlob(s string) bool {
+	return slices.ContainsFunc([]byte(s), func(c byte) bool { return c == '*' || c == '?' || c == '[' || c == '\\' })
+}
 
 func (e *Engine) index(r *rule) {
 	switch {
