@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"regexp"
+	"regexp/syntax"
 	"slices"
 	"strconv"
 	"strings"
@@ -179,6 +180,9 @@ func CompileDLP(name string, p DLPProfile) (*Redactor, error) {
 			return fail("pattern %q: regex %q matches the empty string", pat.Name, pat.Regex)
 		}
 		d := &dlpDetector{rule: pat.Name, token: dlpToken(pat.Name), re: re}
+		if lit := requiredLiteral(pat.Regex); lit != "" {
+			d.pre = dlpContains(lit)
+		}
 		if g := re.SubexpIndex("secret"); g > 0 {
 			d.group = g
 		}
@@ -197,6 +201,43 @@ func CompileDLP(name string, p DLPProfile) (*Redactor, error) {
 		r.pointers = append(r.pointers, segs)
 	}
 	return r, nil
+}
+
+// requiredLiteral returns a literal that every match of expr contains, or
+// "": the longest case-sensitive literal among the parts of its top-level
+// concatenation (through groups and repetitions of at least one). Checking
+// for it first spares running the regexp over text that cannot match.
+func requiredLiteral(expr string) string {
+	re, err := syntax.Parse(expr, syntax.Perl)
+	if err != nil {
+		return ""
+	}
+	var lit func(re *syntax.Regexp) string
+	lit = func(re *syntax.Regexp) string {
+		switch re.Op {
+		case syntax.OpLiteral:
+			// U+FFFD also matches invalid UTF-8, which Contains would miss.
+			if re.Flags&syntax.FoldCase == 0 && !slices.Contains(re.Rune, utf8.RuneError) {
+				return string(re.Rune)
+			}
+		case syntax.OpCapture, syntax.OpPlus:
+			return lit(re.Sub[0])
+		case syntax.OpRepeat:
+			if re.Min >= 1 {
+				return lit(re.Sub[0])
+			}
+		case syntax.OpConcat:
+			best := ""
+			for _, sub := range re.Sub {
+				if l := lit(sub); len(l) > len(best) {
+					best = l
+				}
+			}
+			return best
+		}
+		return ""
+	}
+	return lit(re.Simplify())
 }
 
 // parseDLPPointer splits an RFC 6901 pointer into unescaped segments.
@@ -625,6 +666,11 @@ type dlpDetector struct {
 	re  *regexp.Regexp
 	// group is the submatch to replace; 0 is the whole match.
 	group int
+	// anchor, when set, is where matches start (lower case, matched
+	// ignoring ASCII case); re, anchored with ^, is tried at each one. It
+	// spares scanning the whole text with a regexp that has no literal
+	// prefix.
+	anchor string
 	// check accepts a candidate s[a:b] in its context, possibly narrowing it.
 	check func(s string, a, b int) (int, int, bool)
 	// find, when set, replaces re: it appends its findings to dst.
@@ -638,20 +684,33 @@ func (d *dlpDetector) findAll(s string, dst []dlpSpan) []dlpSpan {
 	if d.find != nil {
 		return d.find(s, d, dst)
 	}
-	for _, m := range d.re.FindAllStringSubmatchIndex(s, -1) {
-		a, b := m[2*d.group], m[2*d.group+1]
-		if a < 0 || a == b {
-			continue
-		}
-		if d.check != nil {
-			var ok bool
-			if a, b, ok = d.check(s, a, b); !ok {
-				continue
+	if d.anchor != "" {
+		for i := dlpIndexFold(s, d.anchor, 0); i >= 0; i = dlpIndexFold(s, d.anchor, i+1) {
+			if m := d.re.FindStringSubmatchIndex(s[i:]); m != nil {
+				dst = d.accept(s, i+m[2*d.group], i+m[2*d.group+1], m[2*d.group] >= 0, dst)
 			}
 		}
-		dst = append(dst, dlpSpan{a, b, d.rule, d.token})
+		return dst
+	}
+	for _, m := range d.re.FindAllStringSubmatchIndex(s, -1) {
+		dst = d.accept(s, m[2*d.group], m[2*d.group+1], m[2*d.group] >= 0, dst)
 	}
 	return dst
+}
+
+// accept appends the candidate s[a:b] when it is not empty and passes the
+// detector's check.
+func (d *dlpDetector) accept(s string, a, b int, matched bool, dst []dlpSpan) []dlpSpan {
+	if !matched || a == b {
+		return dst
+	}
+	if d.check != nil {
+		var ok bool
+		if a, b, ok = d.check(s, a, b); !ok {
+			return dst
+		}
+	}
+	return append(dst, dlpSpan{a, b, d.rule, d.token})
 }
 
 // The built-in detectors. Each regexp finds candidates; its check applies
@@ -665,20 +724,18 @@ var (
 	// signature may be empty). The check decodes the header.
 	reJWT = regexp.MustCompile(`eyJ[A-Za-z0-9_-]+\.(?:[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+|eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)`)
 
-	reAWSKeyID      = regexp.MustCompile(`(?:AKIA|ASIA)[A-Z0-9]{16}`)
-	reAWSSecret     = regexp.MustCompile(`(?i)secret[_\-. ]?access[_\-. ]?key["']?\s*(?::|=>?)\s*["']?([A-Za-z0-9/+=]{40,})`)
-	reAWSSession    = regexp.MustCompile(`(?i)session[_\-. ]?token["']?\s*(?::|=>?)\s*["']?([A-Za-z0-9/+=]{100,})`)
-	reGCPKey        = regexp.MustCompile(`AIza[0-9A-Za-z_\-]{35}`)
-	reGitHubToken   = regexp.MustCompile(`gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{60,251}`)
-	reSlackToken    = regexp.MustCompile(`xox[baprs]-[A-Za-z0-9-]{10,250}`)
-	reSlackWebhook  = regexp.MustCompile(`https://hooks\.slack\.com/(?:services|workflows|triggers)/([A-Za-z0-9_/\-]+)`)
-	reStripeKey     = regexp.MustCompile(`(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,247}`)
-	reSKKey         = regexp.MustCompile(`sk-[A-Za-z0-9_\-]{32,}`)
-	reBearer        = regexp.MustCompile(`(?i)\b(?:bearer|dpop)[ \t]+([A-Za-z0-9\-._~+/]{16,}=*)`)
-	reBasic         = regexp.MustCompile(`(?i)\bbasic[ \t]+([A-Za-z0-9+/]{8,}={0,2})`)
-	reURLPassword   = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@\[\]"'<>]*:([^\s/?#\[\]"'<>]+)@[A-Za-z0-9\[%_\-]`)
-	reDSNPassword   = regexp.MustCompile(`[A-Za-z0-9_.\-]+:([^\s:@/]+)@(?:tcp|udp|unix)\(`)
-	reEmail         = regexp.MustCompile(`[A-Za-z0-9._%+\-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63}`)
+	reAWSKeyID = regexp.MustCompile(`(?:AKIA|ASIA)[A-Z0-9]{16}`)
+	// A label, then the value (tried at each "secret" and "session").
+	reAWSSecret    = regexp.MustCompile(`^(?i)secret[_\-. ]?access[_\-. ]?key["']?\s*(?::|=>?)\s*["']?([A-Za-z0-9/+=]{40,})`)
+	reAWSSession   = regexp.MustCompile(`^(?i)session[_\-. ]?token["']?\s*(?::|=>?)\s*["']?([A-Za-z0-9/+=]{100,})`)
+	reGCPKey       = regexp.MustCompile(`AIza[0-9A-Za-z_\-]{35}`)
+	reGitHubToken  = regexp.MustCompile(`gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{60,251}`)
+	reSlackToken   = regexp.MustCompile(`xox[baprs]-[A-Za-z0-9-]{10,250}`)
+	reSlackWebhook = regexp.MustCompile(`https://hooks\.slack\.com/(?:services|workflows|triggers)/([A-Za-z0-9_/\-]+)`)
+	reStripeKey    = regexp.MustCompile(`(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,247}`)
+	reSKKey        = regexp.MustCompile(`sk-[A-Za-z0-9_\-]{32,}`)
+	// The domain of an email, tried after each "@" (findEmails).
+	reEmailDomain   = regexp.MustCompile(`^(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63}`)
 	cardToken       = dlpToken("card_number")
 	dlpRuleNamesAll = []string{
 		"private_key", "jwt", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
@@ -704,14 +761,14 @@ func newDetector(rule string, pre func(string) bool, re *regexp.Regexp, group in
 func builtinDetectors(name string) []*dlpDetector {
 	switch name {
 	case "private_keys":
-		return []*dlpDetector{newDetector("private_key", dlpContains("-----BEGIN "), rePrivateKey, 0, nil)}
+		return []*dlpDetector{newDetector("private_key", dlpContains("PRIVATE KEY"), rePrivateKey, 0, nil)}
 	case "jwt":
 		return []*dlpDetector{newDetector("jwt", dlpContains("eyJ"), reJWT, 0, checkJWT)}
 	case "cloud_keys":
 		return []*dlpDetector{
 			newDetector("aws_access_key_id", dlpContains("AKIA", "ASIA"), reAWSKeyID, 0, wordBounded),
-			newDetector("aws_secret_access_key", dlpContainsFold("secret"), reAWSSecret, 1, checkAWSSecret),
-			newDetector("aws_session_token", dlpContainsFold("session"), reAWSSession, 1, nil),
+			{rule: "aws_secret_access_key", token: dlpToken("aws_secret_access_key"), anchor: "secret", re: reAWSSecret, group: 1, check: checkAWSSecret},
+			{rule: "aws_session_token", token: dlpToken("aws_session_token"), anchor: "session", re: reAWSSession, group: 1},
 			newDetector("gcp_api_key", dlpContains("AIza"), reGCPKey, 0, keyBounded),
 			newDetector("github_token", dlpContains("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), reGitHubToken, 0, wordBounded),
 			newDetector("slack_token", dlpContains("xox"), reSlackToken, 0, checkSlack),
@@ -721,16 +778,15 @@ func builtinDetectors(name string) []*dlpDetector {
 		}
 	case "bearer_tokens":
 		return []*dlpDetector{
-			newDetector("bearer_token", dlpContainsFold("bearer", "dpop"), reBearer, 1, checkBearer),
-			newDetector("basic_auth", dlpContainsFold("basic"), reBasic, 1, checkBasic),
+			{rule: "bearer_token", token: dlpToken("bearer_token"), find: findBearer},
+			{rule: "basic_auth", token: dlpToken("basic_auth"), find: findBasic},
 		}
 	case "url_passwords":
 		return []*dlpDetector{
-			newDetector("url_password", dlpContains("://"), reURLPassword, 1, checkURLPassword),
-			newDetector("url_password", dlpContains("@tcp(", "@udp(", "@unix("), reDSNPassword, 1, checkURLPassword),
+			{rule: "url_password", token: dlpToken("url_password"), find: findURLPasswords},
 		}
 	case "emails":
-		return []*dlpDetector{newDetector("email", dlpContains("@"), reEmail, 0, checkEmail)}
+		return []*dlpDetector{{rule: "email", token: dlpToken("email"), find: findEmails}}
 	case "card_numbers":
 		return []*dlpDetector{{rule: "card_number", token: cardToken, find: findCards}}
 	}
@@ -748,18 +804,43 @@ func dlpContains(subs ...string) func(string) bool {
 	}
 }
 
-// dlpContainsFold is contains for lowercase ASCII needles, ignoring case.
-func dlpContainsFold(subs ...string) func(string) bool {
-	return func(s string) bool {
-		for _, sub := range subs {
-			for i := 0; i+len(sub) <= len(s); i++ {
-				if dlpFold(s[i]) == sub[0] && dlpEqualFold(s[i:i+len(sub)], sub) {
-					return true
-				}
-			}
-		}
-		return false
+// dlpIndexFold returns the index of the first needle (lower case ASCII) in
+// s at or after from, ignoring ASCII case, or -1.
+func dlpIndexFold(s, needle string, from int) int {
+	lo, up := needle[0], needle[0]
+	if dlpLowerCase(lo) {
+		up = lo - 'a' + 'A'
 	}
+	nl, nu := dlpIndexByteFrom(s, lo, from), dlpIndexByteFrom(s, up, from)
+	for nl >= 0 || nu >= 0 {
+		i := nl
+		if nl < 0 || (nu >= 0 && nu < nl) {
+			i = nu
+		}
+		if i+len(needle) > len(s) {
+			return -1
+		}
+		if dlpEqualFold(s[i:i+len(needle)], needle) {
+			return i
+		}
+		if i == nl {
+			nl = dlpIndexByteFrom(s, lo, i+1)
+		}
+		if i == nu {
+			nu = dlpIndexByteFrom(s, up, i+1)
+		}
+	}
+	return -1
+}
+
+func dlpIndexByteFrom(s string, c byte, from int) int {
+	if from >= len(s) {
+		return -1
+	}
+	if i := strings.IndexByte(s[from:], c); i >= 0 {
+		return from + i
+	}
+	return -1
 }
 
 func dlpEqualFold(s, lowerSub string) bool {
@@ -886,9 +967,166 @@ func checkBasic(s string, a, b int) (int, int, bool) {
 	return a, b, true
 }
 
-// checkURLPassword skips passwords that are already masked ("****").
-func checkURLPassword(s string, a, b int) (int, int, bool) {
-	return a, b, strings.Trim(s[a:b], "*") != ""
+// findBearer finds the credentials of the Bearer and DPoP schemes: a
+// token68 of at least 16 characters (before any "=" padding) after the
+// scheme name (a word of its own, any case) and spaces or tabs.
+func findBearer(s string, d *dlpDetector, dst []dlpSpan) []dlpSpan {
+	for _, scheme := range []string{"bearer", "dpop"} {
+		dst = findAuthScheme(s, scheme, d, dst, func(c byte) bool {
+			return dlpAlnum(c) || strings.IndexByte("-._~+/", c) >= 0
+		}, 16, -1, checkBearer)
+	}
+	return dst
+}
+
+// findBasic finds the credentials of the Basic scheme: base64 of at least
+// 8 characters (and up to two "=") that decodes to "user:password".
+func findBasic(s string, d *dlpDetector, dst []dlpSpan) []dlpSpan {
+	return findAuthScheme(s, "basic", d, dst, func(c byte) bool {
+		return dlpAlnum(c) || c == '+' || c == '/'
+	}, 8, 2, checkBasic)
+}
+
+// findAuthScheme finds "<scheme> <credentials>": the scheme name (lower
+// case, matched ignoring case) not preceded by a word character, spaces or
+// tabs, then at least minLen characters of class and at most pad "=" (-1:
+// any number).
+func findAuthScheme(s, scheme string, d *dlpDetector, dst []dlpSpan, class func(byte) bool, minLen, pad int, check func(string, int, int) (int, int, bool)) []dlpSpan {
+	for i := dlpIndexFold(s, scheme, 0); i >= 0; i = dlpIndexFold(s, scheme, i+1) {
+		if i > 0 && dlpWord(s[i-1]) {
+			continue
+		}
+		a := i + len(scheme)
+		for a < len(s) && (s[a] == ' ' || s[a] == '\t') {
+			a++
+		}
+		if a == i+len(scheme) {
+			continue
+		}
+		b := a
+		for b < len(s) && class(s[b]) {
+			b++
+		}
+		if b-a < minLen {
+			continue
+		}
+		for n := 0; b < len(s) && s[b] == '=' && (pad < 0 || n < pad); n++ {
+			b++
+		}
+		if a, b, ok := check(s, a, b); ok {
+			dst = append(dst, dlpSpan{a, b, d.rule, d.token})
+		}
+	}
+	return dst
+}
+
+// findURLPasswords finds the password in "scheme://user:password@host"
+// and in Go MySQL DSNs "user:password@tcp(host)" (also udp, unix). The
+// authority runs from "://" to the first whitespace, "/", "?", "#", quote or
+// angle bracket; its userinfo ends at its last "@" (so a password may hold
+// "@") and the password starts after the userinfo's first ":". A masked
+// password ("****") is left alone.
+func findURLPasswords(s string, d *dlpDetector, dst []dlpSpan) []dlpSpan {
+	for off := 0; ; {
+		i := strings.Index(s[off:], "://")
+		if i < 0 {
+			break
+		}
+		i += off
+		off = i + 3
+		j := i // the scheme: a letter, then letters, digits, "+", "." or "-"
+		for j > 0 && (dlpAlnum(s[j-1]) || s[j-1] == '+' || s[j-1] == '.' || s[j-1] == '-') {
+			j--
+		}
+		for j < i && !(dlpUpper(s[j]) || dlpLowerCase(s[j])) {
+			j++
+		}
+		if j == i {
+			continue
+		}
+		k := off
+		for k < len(s) && !dlpSpace(s[k]) && strings.IndexByte("/?#\"'<>`", s[k]) < 0 {
+			k++
+		}
+		auth := s[off:k]
+		at := strings.LastIndexByte(auth, '@')
+		if at < 0 || at+1 == len(auth) || !(dlpAlnum(auth[at+1]) || strings.IndexByte("[%_-", auth[at+1]) >= 0) {
+			continue
+		}
+		c := strings.IndexByte(auth[:at], ':')
+		if c < 0 || strings.ContainsAny(auth[:at], "[]") {
+			continue
+		}
+		dst = urlPassword(s, off+c+1, off+at, d, dst)
+		off = k
+	}
+	if !strings.Contains(s, "@tcp(") && !strings.Contains(s, "@udp(") && !strings.Contains(s, "@unix(") {
+		return dst
+	}
+	for off := 0; ; {
+		i := strings.IndexByte(s[off:], '@')
+		if i < 0 {
+			break
+		}
+		at := off + i
+		off = at + 1
+		if rest := s[at+1:]; !strings.HasPrefix(rest, "tcp(") && !strings.HasPrefix(rest, "udp(") && !strings.HasPrefix(rest, "unix(") {
+			continue
+		}
+		p := at // the password: back to a ":" over anything but whitespace, ":", "@" and "/"
+		for p > 0 && !dlpSpace(s[p-1]) && strings.IndexByte(":@/", s[p-1]) < 0 {
+			p--
+		}
+		if p == at || p == 0 || s[p-1] != ':' {
+			continue
+		}
+		if u := p - 1; u == 0 || !(dlpWord(s[u-1]) || s[u-1] == '.' || s[u-1] == '-') {
+			continue // no user
+		}
+		dst = urlPassword(s, p, at, d, dst)
+	}
+	return dst
+}
+
+func urlPassword(s string, a, b int, d *dlpDetector, dst []dlpSpan) []dlpSpan {
+	if a == b || strings.Trim(s[a:b], "*") == "" {
+		return dst
+	}
+	return append(dst, dlpSpan{a, b, d.rule, d.token})
+}
+
+func dlpSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r' }
+
+// findEmails finds addresses: a local part of [A-Za-z0-9._%+-], "@", and
+// a domain of dot-separated labels ending in a top-level domain of 2 to 63
+// letters. So "user@localhost", "a@b" and "pkg@1.2.3" are not addresses.
+func findEmails(s string, d *dlpDetector, dst []dlpSpan) []dlpSpan {
+	last := 0
+	for off := 0; ; {
+		i := strings.IndexByte(s[off:], '@')
+		if i < 0 {
+			return dst
+		}
+		at := off + i
+		off = at + 1
+		a := at
+		for a > last && (dlpAlnum(s[a-1]) || strings.IndexByte("._%+-", s[a-1]) >= 0) {
+			a--
+		}
+		if a == at {
+			continue
+		}
+		m := reEmailDomain.FindStringIndex(s[at+1:])
+		if m == nil {
+			continue
+		}
+		b := at + 1 + m[1]
+		if _, _, ok := checkEmail(s, a, b); !ok {
+			continue
+		}
+		dst = append(dst, dlpSpan{a, b, d.rule, d.token})
+		last, off = b, b
+	}
 }
 
 // checkEmail rejects a domain that goes on past the match, "git@host"
@@ -974,7 +1212,8 @@ func findCards(s string, d *dlpDetector, dst []dlpSpan) []dlpSpan {
 	if digits < 13 {
 		return dst
 	}
-	var groups []dlpCardGroup
+	var buf [8]dlpCardGroup
+	groups := buf[:0]
 	for i := 0; i < len(s); {
 		if !dlpDigit(s[i]) {
 			i++

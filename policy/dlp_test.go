@@ -855,3 +855,22 @@ func BenchmarkRedact(b *testing.B) {
 		})
 	}
 }
+
+func TestRequiredLiteral(t *testing.T) {
+	for expr, want := range map[string]string{
+		`\bEMP-\d{6}\b`:                     "EMP-",
+		`(?i)password=(?P<secret>\S+)`:      "",
+		`pass(?i:word)=(\S+)`:               "pass",
+		`(?:ab|cd)xyz`:                      "xyz",
+		`a|b`:                               "",
+		`x*ab`:                              "ab",
+		`(foo){2}bar`:                       "foo",
+		`(?:foo)?bar`:                       "bar",
+		`[0-9]+`:                            "",
+		`id:(?P<secret>[0-9]{4,})-\x{fffd}`: "id:",
+	} {
+		if got := requiredLiteral(expr); got != want {
+			t.Errorf("requiredLiteral(%q) = %q, want %q", expr, got, want)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -31,6 +32,7 @@ type Store interface {
 	PutSession(ctx context.Context, s store.Session) error
 	GetSession(ctx context.Context, id string) (store.Session, error)
 	SetSessionState(ctx context.Context, id string, st store.SessionState) error
+	SetSessionRisk(ctx context.Context, id string, risk float64, counters map[string]int64) error
 	PutUpstream(ctx context.Context, u store.Upstream) error
 	DeleteUpstream(ctx context.Context, name string) error
 	ListUpstreams(ctx context.Context) ([]store.Upstream, error)
@@ -67,6 +69,7 @@ type Gateway struct {
 	policy    atomic.Pointer[policy.Engine] // swapped whole on reload
 	policyMu  sync.Mutex                    // serialises reloads
 	pins      *policy.Pins                  // tool pinning
+	risk      *risk                         // session risk counters
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).
 	toolSchemas     sync.Map
@@ -111,6 +114,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if g.pins, err = policy.LoadPins(ctx, st); err != nil {
 		return nil, err
 	}
+	model := policy.DefaultRisk()
+	model.StepUp, model.Block = cfg.Policy.Risk.StepUp, cfg.Policy.Risk.Block
+	maps.Copy(model.Weights, cfg.Policy.Risk.Weights)
+	g.risk = newRisk(model)
 	g.metrics = newMetrics()
 	g.front = newFront(g, version)
 	naming, err := upstreams.ParseNaming(cfg.Prefix)

@@ -47,6 +47,14 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 		return nil, g.refuse(ctx, &rec, start, err)
 	}
 	g.inflight.setNodes(ctx, ids.USID, ids.WSID, ids.ASID, ids.MSID) // the kill-switch finds it by any of them
+	// A session whose risk passed its thresholds is blocked, or needs the
+	// user's consent for every call (refused until consent exists).
+	switch level, score := g.risk.level(ids.MSID); level {
+	case policy.LevelBlock:
+		return g.deny(ctx, &rec, start, ids.MSID, "", fmt.Sprintf("session blocked: its risk score %.1f passed the limit", score))
+	case policy.LevelStepUp:
+		return g.deny(ctx, &rec, start, ids.MSID, policy.CountConsentDenied, fmt.Sprintf("step-up required: at risk score %.1f every call needs the user's consent, and no consent channel is available yet", score))
+	}
 	// 3. authorize (policy): the first rule naming this principal and tool
 	// whose condition holds allows the call, within its rate limit. A tool
 	// no rule allows does not exist for this caller.
@@ -59,28 +67,29 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	if err != nil {
 		return nil, g.refuse(ctx, &rec, start, err)
 	}
-	d := g.policy.Load().Authorize(ctx, policy.Request{Principal: p, Tool: policyTool(t), Args: args, Session: ids.policy()})
+	d := g.policy.Load().Authorize(ctx, policy.Request{Principal: p, Tool: policyTool(t), Args: args, Session: g.policySession(ids)})
 	rec.PolicyID, rec.AllowListMatch = d.PolicyID+"@"+d.Version, d.RuleID
 	switch {
 	case d.Allow:
 	case d.RetryAfter > 0:
-		return g.deny(ctx, &rec, start, fmt.Sprintf("%s; retry after %d s", d.Reason, int(math.Ceil(d.RetryAfter.Seconds()))))
+		return g.deny(ctx, &rec, start, ids.MSID, policy.CountRateLimited, fmt.Sprintf("%s; retry after %d s", d.Reason, int(math.Ceil(d.RetryAfter.Seconds()))))
 	case d.RuleID != "": // the caller may see the tool; this call is refused
-		return g.deny(ctx, &rec, start, "denied by policy: "+d.Reason)
+		return g.deny(ctx, &rec, start, ids.MSID, policy.CountDenials, "denied by policy: "+d.Reason)
 	default:
 		rec.Reason = d.Reason
+		g.countRisk(ctx, ids.MSID, policy.CountDenials, 1)
 		return nil, g.refuse(ctx, &rec, start, unknownTool(name))
 	}
 	// 4. validate (schemas): the arguments against the upstream's
 	// inputSchema and the rule's; failures are tool errors a model can
 	// correct.
 	if msg := g.validateArguments(t, d.Input, args); msg != "" {
-		return g.deny(ctx, &rec, start, msg)
+		return g.deny(ctx, &rec, start, ids.MSID, policy.CountValidationFailure, msg)
 	}
 	// 5. consent: until the consent channel exists, a call that needs the
 	// user's consent is refused.
 	if d.Consent {
-		return g.deny(ctx, &rec, start, "consent required: "+name+" needs the user's approval, and no consent channel is available yet")
+		return g.deny(ctx, &rec, start, ids.MSID, policy.CountConsentDenied, "consent required: "+name+" needs the user's approval, and no consent channel is available yet")
 	}
 	// 6. credentials: the upstream connection asks identity's Minter for a
 	// token minted for this caller and a fresh DPoP proof on every HTTP
@@ -94,8 +103,10 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 		if msg := validateOutput(d.Output, res); msg != "" {
 			rec.Decision, rec.Reason = decisionError, msg
 			res = toolError(msg)
+			g.countRisk(ctx, ids.MSID, policy.CountValidationFailure, 1)
 		} else if d.DLP != nil {
 			res, rec.DLPActions = redactResult(d.DLP, res)
+			g.countRisk(ctx, ids.MSID, policy.CountDLPHits, int64(len(rec.DLPActions)))
 		}
 	}
 	// 9. audit, committed before the response leaves.
@@ -177,9 +188,11 @@ func (g *Gateway) auditUnknownTool(ctx context.Context, ss *mcp.ServerSession, e
 	g.metrics.toolCall("", "", decisionDeny, nil, time.Since(start))
 }
 
-// deny audits a call the policy or validation refused and answers it with a
-// tool error the model can read (isError), naming the rule, never its content.
-func (g *Gateway) deny(ctx context.Context, rec *store.AuditRecord, start time.Time, msg string) (*mcp.CallToolResult, error) {
+// deny audits a call the policy or validation refused, counts it against
+// the session's risk, and answers it with a tool error the model can read
+// (isError), naming the rule, never its content.
+func (g *Gateway) deny(ctx context.Context, rec *store.AuditRecord, start time.Time, session, counter, msg string) (*mcp.CallToolResult, error) {
+	g.countRisk(ctx, session, counter, 1)
 	rec.Decision, rec.Reason = decisionDeny, msg
 	if err := g.audit(ctx, rec, start); err != nil {
 		return nil, err

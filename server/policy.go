@@ -262,9 +262,11 @@ func decodeArguments(raw json.RawMessage) (map[string]any, error) {
 	return args, nil
 }
 
-// policy is the call's place in the session graph, for conditions.
-func (s sessionIDs) policy() policy.Session {
-	return policy.Session{USID: s.USID, WSID: s.WSID, ASID: s.ASID, MSID: s.MSID}
+// policySession is the call's place in the session graph and its session's
+// risk, for conditions.
+func (g *Gateway) policySession(s sessionIDs) policy.Session {
+	score, counters := g.risk.snapshot(s.MSID)
+	return policy.Session{USID: s.USID, WSID: s.WSID, ASID: s.ASID, MSID: s.MSID, Risk: score, Counters: counters}
 }
 
 // validateArguments checks args against the upstream's inputSchema and the

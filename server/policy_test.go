@@ -308,3 +308,49 @@ func TestToolPinning(t *testing.T) {
 		t.Errorf("approving with nothing pending: %d, want 404", code)
 	}
 }
+
+// TestSessionRisk: refusals raise the session's risk; past step_up every
+// call needs consent, past block every call is refused; the admin session
+// API shows score and counters; another session is untouched.
+func TestSessionRisk(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "allow.yaml")
+	if err := os.WriteFile(file, []byte(policyDoc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up, _ := httpFixture(t, "fx", false)
+	tg := startGateway(t, func(c *config.Config) {
+		c.Auth = config.AuthDPoP
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+		c.Policy.Files = []string{file}
+		c.Policy.Risk = config.Risk{StepUp: 3, Block: 5, Weights: map[string]float64{"validation_failures": 1}}
+	})
+	a := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	cs := a.connectVersion(t, tg.MCP, legacy)
+	for range 3 { // three validation failures: score 3, step-up
+		if res := callTool(t, cs, "fx__echo", map[string]any{}); !res.IsError {
+			t.Fatal("an invalid call succeeded")
+		}
+	}
+	res := callTool(t, cs, "fx__echo", map[string]any{"text": "fine"})
+	if !res.IsError || !strings.Contains(callText(res), "step-up required") {
+		t.Fatalf("at score 3: %s", callText(res))
+	}
+	callTool(t, cs, "fx__echo", map[string]any{"text": "fine"}) // a second consent denial: 3 + 2×2 = 7
+	res = callTool(t, cs, "fx__echo", map[string]any{"text": "fine"})
+	if !res.IsError || !strings.Contains(callText(res), "session blocked") {
+		t.Fatalf("past block: %s", callText(res))
+	}
+	code, body := tg.adminDo(t, http.MethodGet, "/admin/sessions/"+cs.ID(), nil)
+	var s struct {
+		Risk     float64
+		Counters map[string]int64
+	}
+	if code != http.StatusOK || json.Unmarshal(body, &s) != nil || s.Risk < 5 || s.Counters["validation_failures"] != 3 || s.Counters["consent_denied"] < 1 {
+		t.Errorf("session record: %d %s", code, body)
+	}
+	// A new session of the same user starts clean.
+	other := a.connectVersion(t, tg.MCP, legacy)
+	if res := callTool(t, other, "fx__echo", map[string]any{"text": "fine"}); res.IsError {
+		t.Errorf("a fresh session: %s", callText(res))
+	}
+}

@@ -295,3 +295,27 @@ func (s *SQLite) RevokeTree(ctx context.Context, id string) ([]string, error) {
 	})
 	return ids, nil
 }
+
+// SetSessionRisk records a session's risk score and counters and returns
+// once the change is committed; ErrNotFound for an unknown id.
+func (s *SQLite) SetSessionRisk(ctx context.Context, id string, risk float64, counters map[string]int64) error {
+	b, err := json.Marshal(counters)
+	if err != nil {
+		return fmt.Errorf("store: set session risk: %w", err)
+	}
+	now := nanos(s.now())
+	err = s.submit(ctx, func(tx *sql.Tx) error {
+		res, err := tx.Exec(`UPDATE sessions SET risk = ?1, counters = ?2, updated = ?3 WHERE id = ?4`, risk, string(b), now, id)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err == nil && n == 0 {
+			return ErrNotFound
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: set session risk: %w", err)
+	}
+	return nil
+}

@@ -97,6 +97,18 @@ type Identity struct {
 type Policy struct {
 	// Files are allow-list documents (YAML), reloaded when they change.
 	Files []string `yaml:"files" json:"files"`
+	// Risk scores sessions by what they did.
+	Risk Risk `yaml:"risk" json:"risk"`
+}
+
+// Risk weighs a session's counters (denials, validation_failures,
+// dlp_hits, rate_limited, consent_denied) into a score; past StepUp every
+// call needs consent, past Block every call is refused (0 turns either off).
+// Weights not given keep policy.DefaultRisk's.
+type Risk struct {
+	Weights map[string]float64 `yaml:"weights" json:"weights,omitempty"`
+	StepUp  float64            `yaml:"step_up" json:"step_up"`
+	Block   float64            `yaml:"block" json:"block"`
 }
 
 // Issuer is a trusted token issuer with its keys: a JWKS URL or a file.
@@ -214,6 +226,7 @@ func Default() *Config {
 			UpstreamTokenTTL: Duration(5 * time.Minute),
 			Exchange:         Exchange{TTL: Duration(10 * time.Minute)},
 		},
+		Policy: Policy{Risk: Risk{Weights: map[string]float64{}, StepUp: 10, Block: 25}},
 	}
 }
 
