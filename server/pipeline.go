@@ -97,10 +97,10 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 
 	// 7. forward.
 	res, err := g.upstreams.CallTool(ctx, req.Session, t, req.Params)
-	// 8. check output: structuredContent against the rule's outputSchema,
-	// then DLP redaction of what goes back.
+	// 8. check output: structuredContent against the upstream's and the
+	// rule's outputSchema, then DLP redaction of what goes back.
 	if err == nil && !res.IsError {
-		if msg := validateOutput(d.Output, res); msg != "" {
+		if msg := g.validateOutput(t, d.Output, res); msg != "" {
 			rec.Decision, rec.Reason = decisionError, msg
 			res = toolError(msg)
 			g.countRisk(ctx, ids.MSID, policy.CountValidationFailure, 1)

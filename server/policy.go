@@ -278,7 +278,7 @@ func (g *Gateway) validateArguments(t *upstreams.Tool, rule *schemas.Schema, arg
 		v = args
 	}
 	var problems []string
-	if up := g.toolSchema(t); up != nil {
+	if up := g.toolSchema(t, false); up != nil {
 		if err := up.Validate(v); err != nil {
 			problems = append(problems, err.Error())
 		}
@@ -294,16 +294,22 @@ func (g *Gateway) validateArguments(t *upstreams.Tool, rule *schemas.Schema, arg
 	return "invalid arguments: " + strings.Join(problems, "; ")
 }
 
-// toolSchema is the upstream's compiled inputSchema of t, nil when it has
-// none or it does not compile (the upstream then judges its own input).
-// Catalog definitions are immutable, so each is compiled once.
-func (g *Gateway) toolSchema(t *upstreams.Tool) *schemas.Schema {
-	if v, ok := g.toolSchemas.Load(t.Def); ok {
+// toolSchema is the upstream's compiled inputSchema (output false) or
+// outputSchema (output true) of t, nil when it has none or it does not
+// compile (the upstream then answers for its own data). Catalog definitions
+// are immutable, so each is compiled once.
+func (g *Gateway) toolSchema(t *upstreams.Tool, output bool) *schemas.Schema {
+	key := toolSchemaKey{t.Def, output}
+	if v, ok := g.toolSchemas.Load(key); ok {
 		return v.(*schemas.Schema)
 	}
+	src := t.Def.InputSchema
+	if output {
+		src = t.Def.OutputSchema
+	}
 	var s *schemas.Schema
-	if t.Def.InputSchema != nil {
-		if raw, err := json.Marshal(t.Def.InputSchema); err == nil {
+	if src != nil {
+		if raw, err := json.Marshal(src); err == nil {
 			s, _ = schemas.Compile(raw)
 		}
 	}
@@ -311,27 +317,40 @@ func (g *Gateway) toolSchema(t *upstreams.Tool) *schemas.Schema {
 		g.toolSchemas.Clear()
 		g.toolSchemaCount.Store(0)
 	}
-	g.toolSchemas.Store(t.Def, s)
+	g.toolSchemas.Store(key, s)
 	return s
+}
+
+type toolSchemaKey struct {
+	def    *mcp.Tool
+	output bool
 }
 
 // maxToolSchemas bounds the compiled input schemas kept.
 const maxToolSchemas = 10_000
 
-// validateOutput checks structuredContent against the rule's output schema.
-func validateOutput(s *schemas.Schema, res *mcp.CallToolResult) string {
-	if s == nil {
+// validateOutput checks structuredContent against the upstream's
+// outputSchema and the rule's (MCP: a tool with an outputSchema must return
+// conforming structured content).
+func (g *Gateway) validateOutput(t *upstreams.Tool, rule *schemas.Schema, res *mcp.CallToolResult) string {
+	up := g.toolSchema(t, true)
+	if up == nil && rule == nil {
 		return ""
 	}
 	if res.StructuredContent == nil {
-		return "invalid result: the allow-list requires structured content"
+		return "invalid result: the tool's output schema requires structured content"
 	}
 	raw, err := json.Marshal(res.StructuredContent)
-	if err == nil {
-		err = s.ValidateJSON(raw)
-	}
 	if err != nil {
-		return "invalid result: structuredContent: " + err.Error()
+		return "invalid result: structuredContent is not JSON"
+	}
+	for _, s := range []*schemas.Schema{up, rule} {
+		if s == nil {
+			continue
+		}
+		if err := s.ValidateJSON(raw); err != nil {
+			return "invalid result: structuredContent: " + err.Error()
+		}
 	}
 	return ""
 }

@@ -354,3 +354,50 @@ func TestSessionRisk(t *testing.T) {
 		t.Errorf("a fresh session: %s", callText(res))
 	}
 }
+
+// TestOutputValidation: structuredContent must pass the upstream's
+// outputSchema and the rule's; a violation is an error result and a record.
+func TestOutputValidation(t *testing.T) {
+	f := fixtures.NewServer(fixtures.Options{Name: "fx"})
+	// A tool that breaks its own outputSchema.
+	liar := mcpgo.NewToolWithRawSchema("liar", "Returns structured content its schema forbids.", json.RawMessage(`{"type":"object"}`))
+	liar.RawOutputSchema = json.RawMessage(`{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}`)
+	f.MCPServer().AddTool(liar, func(context.Context, mcpgo.CallToolRequest) (*mcpgo.CallToolResult, error) {
+		return mcpgo.NewToolResultStructured(map[string]any{"n": "not a number"}, "n"), nil
+	})
+	up, stop, err := f.StartHTTP(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	file := filepath.Join(t.TempDir(), "allow.yaml")
+	doc := "id: out\nrules:\n  - {id: small-sums, upstream: fx, tools: [add], output_schema: {type: object, properties: {sum: {maximum: 10}}}}\n  - {id: liar, upstream: fx, tools: [liar]}\n"
+	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tg := startGateway(t, func(c *config.Config) {
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+		c.Policy.Files = []string{file}
+	})
+	cs := connect(t, tg.MCP, legacy, nil)
+	if res := callTool(t, cs, "fx__add", map[string]any{"a": 2, "b": 3}); res.IsError {
+		t.Errorf("a small sum: %s", callText(res))
+	}
+	// The rule's schema.
+	res := callTool(t, cs, "fx__add", map[string]any{"a": 20, "b": 30})
+	if !res.IsError || !strings.Contains(callText(res), "invalid result: structuredContent: /sum") {
+		t.Errorf("a big sum: %s", callText(res))
+	}
+	if recs := auditRecords(t, tg, "fx__add"); recs[0].Decision != "error" || !strings.Contains(recs[0].Reason, "invalid result") {
+		t.Errorf("audit of the big sum: %+v", recs[0])
+	}
+	// The upstream's own schema (the go-sdk client checks it first and
+	// turns the result into a tool error; SAG checks it again).
+	res = callTool(t, cs, "fx__liar", map[string]any{})
+	if !res.IsError || !strings.Contains(callText(res), "/n") {
+		t.Errorf("a result breaking the upstream's schema: %s", callText(res))
+	}
+	if recs := auditRecords(t, tg, "fx__liar"); len(recs) != 1 || recs[0].Reason == "" {
+		t.Errorf("audit of the liar: %+v", recs)
+	}
+}
