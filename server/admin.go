@@ -115,6 +115,8 @@ type UpstreamRequest struct {
 	// Auth is how SAG authenticates to the upstream: dpop (default), mtls
 	// or none.
 	Auth string `json:"auth,omitempty"`
+	// RateLimit caps the calls sent to the upstream, all callers together.
+	RateLimit *upstreams.RateLimit `json:"rate_limit,omitempty"`
 }
 
 // UpstreamResponse describes a registered upstream.
@@ -151,7 +153,7 @@ func (g *Gateway) addUpstream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return badRequest("%v", err)
 	}
-	spec := upstreams.Spec{Name: req.Name, URL: req.URL, Prefix: naming, Env: req.Env, ProtocolVersion: req.ProtocolVersion, WithdrawWhenDown: req.WithdrawWhenDown, Auth: req.Auth}
+	spec := upstreams.Spec{Name: req.Name, URL: req.URL, Prefix: naming, Env: req.Env, ProtocolVersion: req.ProtocolVersion, WithdrawWhenDown: req.WithdrawWhenDown, Auth: req.Auth, RateLimit: req.RateLimit}
 	if req.Timeout != "" {
 		if spec.Timeout, err = time.ParseDuration(req.Timeout); err != nil || spec.Timeout <= 0 {
 			return badRequest("timeout %q: want a positive Go duration such as 30s", req.Timeout)

@@ -69,6 +69,7 @@ type Gateway struct {
 	policy    atomic.Pointer[policy.Engine] // swapped whole on reload
 	policyMu  sync.Mutex                    // serialises reloads
 	pins      *policy.Pins                  // tool pinning
+	upLimits  sync.Map                      // upstream rate limits: upstreamLimitKey → *rate.Limiter
 	risk      *risk                         // session risk counters
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).
@@ -210,6 +211,9 @@ func specFromConfig(u config.Upstream) (upstreams.Spec, error) {
 		return upstreams.Spec{}, fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
 	spec := upstreams.Spec{Name: u.Name, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout), ProtocolVersion: u.ProtocolVersion, WithdrawWhenDown: u.WithdrawWhenDown, Auth: u.Auth}
+	if u.RateLimit != nil {
+		spec.RateLimit = &upstreams.RateLimit{PerMinute: u.RateLimit.PerMinute, Burst: u.RateLimit.Burst}
+	}
 	return spec, spec.Validate()
 }
 

@@ -95,7 +95,11 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	// token minted for this caller and a fresh DPoP proof on every HTTP
 	// request it sends (upstreams.Credentials).
 
-	// 7. forward.
+	// 7. forward, within the upstream's own rate limit (all callers
+	// together; not the caller's fault, so not counted against it).
+	if wait := g.upstreamWait(t.Upstream); wait > 0 {
+		return g.deny(ctx, &rec, start, ids.MSID, "", fmt.Sprintf("upstream %s is at its rate limit; retry after %d s", t.Upstream, int(math.Ceil(wait.Seconds()))))
+	}
 	res, err := g.upstreams.CallTool(ctx, req.Session, t, req.Params)
 	// 8. check output: structuredContent against the upstream's and the
 	// rule's outputSchema, then DLP redaction of what goes back.

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -464,4 +466,41 @@ func (g *Gateway) approvePin(w http.ResponseWriter, r *http.Request) error {
 	g.front.sync(nil)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+type upstreamLimitKey struct {
+	name string
+	rate upstreams.RateLimit
+}
+
+// upstreamWait spends a token of upstream's rate limit and returns 0, or
+// how long until one is available. An upstream without a limit is never
+// held back.
+func (g *Gateway) upstreamWait(name string) time.Duration {
+	var limit *upstreams.RateLimit
+	for _, s := range g.upstreams.Specs() {
+		if s.Name == name {
+			limit = s.RateLimit
+		}
+	}
+	if limit == nil {
+		return 0
+	}
+	k := upstreamLimitKey{name, *limit} // a changed limit starts a new bucket
+	v, ok := g.upLimits.Load(k)
+	if !ok {
+		burst := limit.Burst
+		if burst == 0 {
+			burst = max(1, limit.PerMinute/6)
+		}
+		v, _ = g.upLimits.LoadOrStore(k, rate.NewLimiter(rate.Limit(float64(limit.PerMinute)/60), burst))
+	}
+	lim := v.(*rate.Limiter)
+	now := time.Now()
+	if lim.AllowN(now, 1) {
+		return 0
+	}
+	res := lim.ReserveN(now, 1)
+	defer res.CancelAt(now)
+	return max(res.DelayFrom(now), time.Second)
 }

@@ -401,3 +401,22 @@ func TestOutputValidation(t *testing.T) {
 		t.Errorf("audit of the liar: %+v", recs)
 	}
 }
+
+// TestUpstreamRateLimit: an upstream's own limit holds for all callers
+// together, with a retry-after.
+func TestUpstreamRateLimit(t *testing.T) {
+	up, _ := httpFixture(t, "fx", false)
+	tg := startGateway(t, func(c *config.Config) {
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up, RateLimit: &config.RateLimit{PerMinute: 60, Burst: 2}}}
+	})
+	a, b := connect(t, tg.MCP, legacy, nil), connect(t, tg.MCP, legacy, nil)
+	for _, cs := range []*mcp.ClientSession{a, b} {
+		if res := callTool(t, cs, "fx__echo", map[string]any{"text": "x"}); res.IsError {
+			t.Fatalf("within the limit: %s", callText(res))
+		}
+	}
+	res := callTool(t, a, "fx__echo", map[string]any{"text": "x"})
+	if !res.IsError || !strings.Contains(callText(res), "upstream fx is at its rate limit; retry after 1 s") {
+		t.Errorf("past the limit: %s", callText(res))
+	}
+}

@@ -68,6 +68,15 @@ type Spec struct {
 	// Auth is how SAG authenticates to the upstream: AuthDPoP (the
 	// default), AuthMTLS or AuthNone.
 	Auth string `json:"auth,omitempty"`
+	// RateLimit caps the calls sent to the upstream, all callers together;
+	// nil is no cap. The gateway's pipeline enforces it.
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+}
+
+// RateLimit is a token bucket: PerMinute calls a minute, Burst at once.
+type RateLimit struct {
+	PerMinute int `json:"per_minute"`
+	Burst     int `json:"burst,omitempty"`
 }
 
 // Values of Spec.Auth.
@@ -105,6 +114,9 @@ func (s Spec) Validate() error {
 	}
 	if s.ProtocolVersion != "" && !slices.Contains(ProtocolVersions, s.ProtocolVersion) {
 		return fmt.Errorf("upstream %s: protocol_version %q: want one of %s", s.Name, s.ProtocolVersion, strings.Join(ProtocolVersions, ", "))
+	}
+	if r := s.RateLimit; r != nil && (r.PerMinute < 1 || r.Burst < 0) {
+		return fmt.Errorf("upstream %s: rate_limit: per_minute must be at least 1 and burst not negative", s.Name)
 	}
 	if !slices.Contains([]string{"", AuthDPoP, AuthMTLS, AuthNone}, s.Auth) {
 		return fmt.Errorf("upstream %s: auth %q: want dpop, mtls or none", s.Name, s.Auth)

@@ -172,6 +172,16 @@ type Upstream struct {
 	// token bound to the gateway's DPoP key, the default), "mtls" (bound
 	// to the gateway's X.509-SVID) or "none".
 	Auth string `yaml:"auth" json:"auth,omitempty"`
+	// RateLimit caps the calls SAG sends the upstream, all callers
+	// together; nil is no cap.
+	RateLimit *RateLimit `yaml:"rate_limit" json:"rate_limit,omitempty"`
+}
+
+// RateLimit is a token bucket: PerMinute calls a minute, Burst at once
+// (default PerMinute/6, at least 1).
+type RateLimit struct {
+	PerMinute int `yaml:"per_minute" json:"per_minute"`
+	Burst     int `yaml:"burst" json:"burst,omitempty"`
 }
 
 // Values of Upstream.Auth.
