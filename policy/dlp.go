@@ -73,9 +73,6 @@ const (
 	// dlpMaxDepth matches encoding/json's nesting limit; deeper values
 	// (which encoding/json never produces) are replaced whole.
 	dlpMaxDepth = 10000
-	// dlpMinBuiltinLen is the shortest string the built-ins can match
-	// ("a@b.co"); shorter strings, most object keys, skip them.
-	dlpMinBuiltinLen = 6
 )
 
 // Rule names of the redactions that are not a profile's pattern. A
@@ -392,14 +389,14 @@ func (w *dlpWalker) walk(v any, active []int) any {
 	case float64:
 		if w.echo == nil && w.r.cards && x >= 1e12 && x < 1e19 && x == math.Trunc(x) {
 			if s := strconv.FormatFloat(x, 'f', -1, 64); isCardNumber(s) {
-				w.addSecret(s, "card_number", cardToken)
+				w.addSecret(s, "card_number", dlpCardToken)
 				return w.replace(x, "card_number")
 			}
 		}
 		return x
 	case json.Number:
 		if w.echo == nil && w.r.cards && isCardNumber(string(x)) {
-			w.addSecret(string(x), "card_number", cardToken)
+			w.addSecret(string(x), "card_number", dlpCardToken)
 			return w.replace(x, "card_number")
 		}
 		return x
@@ -611,10 +608,8 @@ func (w *dlpWalker) redactText(s string) (string, []string) {
 
 // scan appends the findings of the profile's detectors in s to dst.
 func (r *Redactor) scan(s string, dst []dlpSpan) []dlpSpan {
-	if len(s) >= dlpMinBuiltinLen {
-		for _, d := range r.builtins {
-			dst = d.findAll(s, dst)
-		}
+	for _, d := range r.builtins {
+		dst = d.findAll(s, dst)
 	}
 	for _, d := range r.patterns {
 		dst = d.findAll(s, dst)
@@ -661,6 +656,8 @@ func mergeSpans(sp []dlpSpan) []dlpSpan {
 // dlpDetector finds one kind of secret in text.
 type dlpDetector struct {
 	rule, token string
+	// minLen is the length of the shortest text the detector can match in.
+	minLen int
 	// pre is a cheap test that s may hold a finding; nil means maybe.
 	pre func(s string) bool
 	re  *regexp.Regexp
@@ -678,7 +675,7 @@ type dlpDetector struct {
 }
 
 func (d *dlpDetector) findAll(s string, dst []dlpSpan) []dlpSpan {
-	if d.pre != nil && !d.pre(s) {
+	if len(s) < d.minLen || (d.pre != nil && !d.pre(s)) {
 		return dst
 	}
 	if d.find != nil {
@@ -736,7 +733,7 @@ var (
 	reSKKey        = regexp.MustCompile(`sk-[A-Za-z0-9_\-]{32,}`)
 	// The domain of an email, tried after each "@" (findEmails).
 	reEmailDomain   = regexp.MustCompile(`^(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63}`)
-	cardToken       = dlpToken("card_number")
+	dlpCardToken    = dlpToken("card_number")
 	dlpRuleNamesAll = []string{
 		"private_key", "jwt", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
 		"gcp_api_key", "github_token", "slack_token", "slack_webhook", "stripe_key", "api_key",
@@ -752,43 +749,39 @@ func dlpReservedRules() map[string]bool {
 	return m
 }
 
-func newDetector(rule string, pre func(string) bool, re *regexp.Regexp, group int, check func(string, int, int) (int, int, bool)) *dlpDetector {
-	return &dlpDetector{rule: rule, token: dlpToken(rule), pre: pre, re: re, group: group, check: check}
-}
-
 // builtinDetectors returns the detectors of one built-in, nil for an
-// unknown name.
+// unknown name. minLen is the length of the shortest text a detector can
+// match in.
 func builtinDetectors(name string) []*dlpDetector {
+	tok := dlpToken
 	switch name {
 	case "private_keys":
-		return []*dlpDetector{newDetector("private_key", dlpContains("PRIVATE KEY"), rePrivateKey, 0, nil)}
+		return []*dlpDetector{{rule: "private_key", token: tok("private_key"), minLen: 27, pre: dlpContains("PRIVATE KEY"), re: rePrivateKey}}
 	case "jwt":
-		return []*dlpDetector{newDetector("jwt", dlpContains("eyJ"), reJWT, 0, checkJWT)}
+		return []*dlpDetector{{rule: "jwt", token: tok("jwt"), minLen: 9, pre: dlpContains("eyJ"), re: reJWT, check: checkJWT}}
 	case "cloud_keys":
 		return []*dlpDetector{
-			newDetector("aws_access_key_id", dlpContains("AKIA", "ASIA"), reAWSKeyID, 0, wordBounded),
-			{rule: "aws_secret_access_key", token: dlpToken("aws_secret_access_key"), anchor: "secret", re: reAWSSecret, group: 1, check: checkAWSSecret},
-			{rule: "aws_session_token", token: dlpToken("aws_session_token"), anchor: "session", re: reAWSSession, group: 1},
-			newDetector("gcp_api_key", dlpContains("AIza"), reGCPKey, 0, keyBounded),
-			newDetector("github_token", dlpContains("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), reGitHubToken, 0, wordBounded),
-			newDetector("slack_token", dlpContains("xox"), reSlackToken, 0, checkSlack),
-			newDetector("slack_webhook", dlpContains("hooks.slack.com"), reSlackWebhook, 1, nil),
-			newDetector("stripe_key", dlpContains("_live_", "_test_"), reStripeKey, 0, wordBounded),
-			newDetector("api_key", dlpContains("sk-"), reSKKey, 0, checkSKKey),
+			{rule: "aws_access_key_id", token: tok("aws_access_key_id"), minLen: 20, pre: dlpContains("AKIA", "ASIA"), re: reAWSKeyID, check: wordBounded},
+			{rule: "aws_secret_access_key", token: tok("aws_secret_access_key"), minLen: 56, anchor: "secret", re: reAWSSecret, group: 1, check: checkAWSSecret},
+			{rule: "aws_session_token", token: tok("aws_session_token"), minLen: 113, anchor: "session", re: reAWSSession, group: 1},
+			{rule: "gcp_api_key", token: tok("gcp_api_key"), minLen: 39, pre: dlpContains("AIza"), re: reGCPKey, check: keyBounded},
+			{rule: "github_token", token: tok("github_token"), minLen: 40, pre: dlpContains("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), re: reGitHubToken, check: wordBounded},
+			{rule: "slack_token", token: tok("slack_token"), minLen: 15, pre: dlpContains("xox"), re: reSlackToken, check: checkSlack},
+			{rule: "slack_webhook", token: tok("slack_webhook"), minLen: 34, pre: dlpContains("hooks.slack.com"), re: reSlackWebhook, group: 1},
+			{rule: "stripe_key", token: tok("stripe_key"), minLen: 24, pre: dlpContains("_live_", "_test_"), re: reStripeKey, check: wordBounded},
+			{rule: "api_key", token: tok("api_key"), minLen: 35, pre: dlpContains("sk-"), re: reSKKey, check: checkSKKey},
 		}
 	case "bearer_tokens":
 		return []*dlpDetector{
-			{rule: "bearer_token", token: dlpToken("bearer_token"), find: findBearer},
-			{rule: "basic_auth", token: dlpToken("basic_auth"), find: findBasic},
+			{rule: "bearer_token", token: tok("bearer_token"), minLen: 21, find: findBearer},
+			{rule: "basic_auth", token: tok("basic_auth"), minLen: 14, find: findBasic},
 		}
 	case "url_passwords":
-		return []*dlpDetector{
-			{rule: "url_password", token: dlpToken("url_password"), find: findURLPasswords},
-		}
+		return []*dlpDetector{{rule: "url_password", token: tok("url_password"), minLen: 8, find: findURLPasswords}}
 	case "emails":
-		return []*dlpDetector{{rule: "email", token: dlpToken("email"), find: findEmails}}
+		return []*dlpDetector{{rule: "email", token: tok("email"), minLen: 6, find: findEmails}}
 	case "card_numbers":
-		return []*dlpDetector{{rule: "card_number", token: cardToken, find: findCards}}
+		return []*dlpDetector{{rule: "card_number", token: dlpCardToken, minLen: 13, find: findCards}}
 	}
 	return nil
 }
@@ -1023,9 +1016,9 @@ func findAuthScheme(s, scheme string, d *dlpDetector, dst []dlpSpan, class func(
 // findURLPasswords finds the password in "scheme://user:password@host"
 // and in Go MySQL DSNs "user:password@tcp(host)" (also udp, unix). The
 // authority runs from "://" to the first whitespace, "/", "?", "#", quote or
-// angle bracket; its userinfo ends at its last "@" (so a password may hold
-// "@") and the password starts after the userinfo's first ":". A masked
-// password ("****") is left alone.
+// angle bracket; its userinfo ends at its last "@" followed by a host (so a
+// password may hold "@"), and the password starts after the userinfo's
+// first ":". A masked password ("****") is left alone.
 func findURLPasswords(s string, d *dlpDetector, dst []dlpSpan) []dlpSpan {
 	for off := 0; ; {
 		i := strings.Index(s[off:], "://")
@@ -1049,8 +1042,11 @@ func findURLPasswords(s string, d *dlpDetector, dst []dlpSpan) []dlpSpan {
 			k++
 		}
 		auth := s[off:k]
-		at := strings.LastIndexByte(auth, '@')
-		if at < 0 || at+1 == len(auth) || !(dlpAlnum(auth[at+1]) || strings.IndexByte("[%_-", auth[at+1]) >= 0) {
+		at := strings.LastIndexByte(auth, '@') // the last "@" that a host follows
+		for at >= 0 && (at+1 == len(auth) || !(dlpAlnum(auth[at+1]) || strings.IndexByte("[%_-", auth[at+1]) >= 0)) {
+			at = strings.LastIndexByte(auth[:at], '@')
+		}
+		if at < 0 {
 			continue
 		}
 		c := strings.IndexByte(auth[:at], ':')
@@ -1058,7 +1054,6 @@ func findURLPasswords(s string, d *dlpDetector, dst []dlpSpan) []dlpSpan {
 			continue
 		}
 		dst = urlPassword(s, off+c+1, off+at, d, dst)
-		off = k
 	}
 	if !strings.Contains(s, "@tcp(") && !strings.Contains(s, "@udp(") && !strings.Contains(s, "@unix(") {
 		return dst

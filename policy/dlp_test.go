@@ -112,6 +112,8 @@ func TestDLPBuiltinsRedact(t *testing.T) {
 		{"url_passwords", "https://u:p@ss:w0rd@host.example/x?y=1", "https://u:[REDACTED:url_password]@host.example/x?y=1", nil},
 		{"url_passwords", `dsn "app:hunter2@tcp(127.0.0.1:3306)/db"`, `dsn "app:[REDACTED:url_password]@tcp(127.0.0.1:3306)/db"`, nil},
 		{"url_passwords", "amqp://guest:guest@[::1]:5672/", "amqp://guest:[REDACTED:url_password]@[::1]:5672/", nil},
+		{"url_passwords", "a redis://:pw1@a/0,redis://:pw2@b", "a redis://:[REDACTED:url_password]@a/0,redis://:[REDACTED:url_password]@b", []string{"url_password", "url_password"}},
+		{"url_passwords", "ftp://u:pw@host@ x", "ftp://u:[REDACTED:url_password]@host@ x", nil},
 		// emails
 		{"emails", "contact jane.doe+tag@example.co.uk today", "contact [REDACTED:email] today", nil},
 		{"emails", "From: Bob <bob@mail.example.org>", "From: Bob <[REDACTED:email]>", nil},
@@ -871,6 +873,33 @@ func TestRequiredLiteral(t *testing.T) {
 	} {
 		if got := requiredLiteral(expr); got != want {
 			t.Errorf("requiredLiteral(%q) = %q, want %q", expr, got, want)
+		}
+	}
+}
+
+func TestRedactTooDeep(t *testing.T) {
+	r := mustDLP(t, DLPProfile{})
+	cyclic := map[string]any{}
+	cyclic["self"] = cyclic // encoding/json never produces this; Redact must not loop
+	deep := any("x")
+	for range dlpMaxDepth + 5 {
+		deep = []any{deep}
+	}
+	for _, v := range []any{cyclic, deep} {
+		got, actions := r.Redact(v)
+		if len(actions) != 1 || actions[0].Rule != "too_deep" || strings.Count(actions[0].Pointer, "/") != dlpMaxDepth+1 {
+			t.Fatalf("actions %d, first %.40v", len(actions), actions)
+		}
+		for range dlpMaxDepth + 1 {
+			switch x := got.(type) {
+			case map[string]any:
+				got = x["self"]
+			case []any:
+				got = x[0]
+			}
+		}
+		if got != "[REDACTED:too_deep]" {
+			t.Errorf("at the limit: %.40v", got)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"testing"
 
@@ -49,4 +50,44 @@ func TestAddContainsSDKPanics(t *testing.T) {
 	if len(res.Tools) != 0 {
 		t.Errorf("tools %v: the earlier definition of x is still served", res.Tools)
 	}
+}
+
+// FuzzTightenTool: tightening any upstream schema with any rule schema never
+// panics, never changes the catalog's definition, and keeps the upstream's
+// schema with the rule's added under allOf.
+func FuzzTightenTool(f *testing.F) {
+	f.Add([]byte(`{"type":"object","properties":{"a":{"type":"string"}}}`), []byte(`{"properties":{"a":{"maxLength":3}}}`))
+	f.Add([]byte(`{"type":"object","allOf":[{"required":["a"]}]}`), []byte(`{"required":["b"]}`))
+	f.Add([]byte(`null`), []byte(`{}`))
+	f.Add([]byte(`[1,2]`), []byte(`not json`))
+	f.Fuzz(func(t *testing.T, upstream, rule []byte) {
+		var in any
+		if json.Unmarshal(upstream, &in) != nil {
+			return
+		}
+		def := &mcp.Tool{Name: "t", InputSchema: in}
+		before, _ := json.Marshal(def)
+		out := tightenTool(def, rule)
+		if after, _ := json.Marshal(def); string(after) != string(before) {
+			t.Fatalf("the catalog definition changed: %s → %s", before, after)
+		}
+		if !json.Valid(rule) {
+			if out != def {
+				t.Fatal("an invalid rule schema changed the definition")
+			}
+			return
+		}
+		b, err := json.Marshal(out.InputSchema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got map[string]any
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatalf("tightened schema is not an object: %s", b)
+		}
+		all, _ := got["allOf"].([]any)
+		if len(all) == 0 {
+			t.Fatalf("no allOf in %s", b)
+		}
+	})
 }

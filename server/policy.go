@@ -357,36 +357,30 @@ func (g *Gateway) validateOutput(t *upstreams.Tool, rule *schemas.Schema, res *m
 	return ""
 }
 
-// redactResult applies DLP to what a tool returns: text content and
-// structuredContent. It returns the redacted result and the actions taken
-// (rule and JSON pointer, never the redacted text).
+// redactResult applies DLP to everything a tool returns (content of every
+// kind and structuredContent, with pointers relative to the result, e.g.
+// /structuredContent/password). It returns the redacted result and the
+// actions taken (rule and JSON pointer, never the redacted text). A result
+// that cannot be checked is withheld (fail closed).
 func redactResult(r *policy.Redactor, res *mcp.CallToolResult) (*mcp.CallToolResult, []string) {
-	var actions []string
-	out := *res
-	out.Content = make([]mcp.Content, len(res.Content))
-	for i, c := range res.Content {
-		if tc, ok := c.(*mcp.TextContent); ok {
-			text, acts := r.RedactString(tc.Text)
-			cp := *tc
-			cp.Text = text
-			c = &cp
-			for _, a := range acts {
-				a.Pointer = fmt.Sprintf("/content/%d/text%s", i, a.Pointer)
-				actions = append(actions, a.String())
-			}
-		}
-		out.Content[i] = c
+	raw, err := json.Marshal(res)
+	if err != nil {
+		return toolError("result withheld: it could not be checked for secrets"), []string{"withheld@"}
 	}
-	if res.StructuredContent != nil {
-		if raw, err := json.Marshal(res.StructuredContent); err == nil {
-			if red, acts, err := r.RedactJSON(raw); err == nil {
-				out.StructuredContent = json.RawMessage(red)
-				for _, a := range acts {
-					a.Pointer = "/structuredContent" + a.Pointer
-					actions = append(actions, a.String())
-				}
-			}
-		}
+	red, acts, err := r.RedactJSON(raw)
+	if err != nil {
+		return toolError("result withheld: it could not be checked for secrets"), []string{"withheld@"}
+	}
+	if len(acts) == 0 {
+		return res, nil
+	}
+	var out mcp.CallToolResult
+	if err := json.Unmarshal(red, &out); err != nil {
+		return toolError("result withheld: it could not be checked for secrets"), []string{"withheld@"}
+	}
+	actions := make([]string, len(acts))
+	for i, a := range acts {
+		actions[i] = a.String()
 	}
 	return &out, actions
 }
