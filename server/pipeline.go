@@ -96,11 +96,29 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	// request it sends (upstreams.Credentials).
 
 	// 7. forward, within the upstream's own rate limit (all callers
-	// together; not the caller's fault, so not counted against it).
+	// together; not the caller's fault, so not counted against it). The
+	// rule's DLP profile also keeps secrets in the arguments from reaching
+	// the upstream.
 	if wait := g.upstreamWait(t.Upstream); wait > 0 {
 		return g.deny(ctx, &rec, start, ids.MSID, "", fmt.Sprintf("upstream %s is at its rate limit; retry after %d s", t.Upstream, int(math.Ceil(wait.Seconds()))))
 	}
-	res, err := g.upstreams.CallTool(ctx, req.Session, t, req.Params)
+	params := req.Params
+	if d.DLP != nil && len(params.Arguments) > 0 {
+		red, acts, err := d.DLP.RedactJSON(params.Arguments)
+		if err != nil {
+			return g.deny(ctx, &rec, start, ids.MSID, "", "arguments withheld: they could not be checked for secrets")
+		}
+		if len(acts) > 0 {
+			p := *params
+			p.Arguments = red
+			params = &p
+			for _, a := range acts {
+				rec.DLPActions = append(rec.DLPActions, a.Rule+"@/arguments"+a.Pointer)
+			}
+			g.countRisk(ctx, ids.MSID, policy.CountDLPHits, int64(len(acts)))
+		}
+	}
+	res, err := g.upstreams.CallTool(ctx, req.Session, t, params)
 	// 8. check output: structuredContent against the upstream's and the
 	// rule's outputSchema, then DLP redaction of what goes back.
 	if err == nil && !res.IsError {
@@ -109,8 +127,10 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 			res = toolError(msg)
 			g.countRisk(ctx, ids.MSID, policy.CountValidationFailure, 1)
 		} else if d.DLP != nil {
-			res, rec.DLPActions = redactResult(d.DLP, res)
-			g.countRisk(ctx, ids.MSID, policy.CountDLPHits, int64(len(rec.DLPActions)))
+			var acts []string
+			res, acts = redactResult(d.DLP, res)
+			rec.DLPActions = append(rec.DLPActions, acts...)
+			g.countRisk(ctx, ids.MSID, policy.CountDLPHits, int64(len(acts)))
 		}
 	}
 	// 9. audit, committed before the response leaves.

@@ -131,7 +131,7 @@ func TestPolicy(t *testing.T) {
 	}{
 		{"allowed", "fx__echo", map[string]any{"text": "hello"}, false, []string{"hello"}},
 		{"rule schema", "fx__echo", map[string]any{"text": "far too long for this rule, really"}, true, []string{"invalid arguments", "/text"}},
-		{"DLP redacts the result", "fx__echo", map[string]any{"text": "write to bob@example.com"}, false, []string{"write to [REDACTED:email]"}},
+		{"DLP redacts the arguments and the result", "fx__echo", map[string]any{"text": "write to bob@example.com"}, false, []string{"write to [REDACTED:email]"}},
 		{"upstream schema", "fx__echo", map[string]any{}, true, []string{"invalid arguments", "text"}},
 		{"consent required", "fx__delete_everything", map[string]any{}, true, []string{"consent required"}},
 		{"condition not met", "fx__fail", map[string]any{}, true, []string{"denied by policy", "rule only-if"}},
@@ -168,7 +168,7 @@ func TestPolicy(t *testing.T) {
 	}
 	var redacted bool
 	for _, r := range recs {
-		if slices.Contains(r.DLPActions, "email@/content/0/text") {
+		if slices.Contains(r.DLPActions, "email@/arguments/text") {
 			redacted = true
 		}
 		for _, a := range r.DLPActions {
