@@ -18,7 +18,10 @@ type Document struct {
 	// a tool owner registers with an upstream have it.
 	Upstream    string                `json:"upstream,omitempty"`
 	DLPProfiles map[string]DLPProfile `json:"dlp_profiles,omitempty"`
-	Rules       []Rule                `json:"rules"`
+	// ContentDLP names the profile applied to resource contents and
+	// prompts of the document's upstream (every upstream without one).
+	ContentDLP string `json:"content_dlp,omitempty"`
+	Rules      []Rule `json:"rules"`
 }
 
 // Rule allows the principals it names to call the tools it names, under

@@ -98,6 +98,9 @@ type Engine struct {
 	byUpstream  map[string][]*rule
 	anyUpstream []*rule
 	now         func() time.Time
+	// content are the content DLP profiles: by upstream, "" for every
+	// upstream; the first document to name one for an upstream wins.
+	content map[string]*Redactor
 
 	limiters sync.Map // limiterKey → *rate.Limiter
 	nlim     sync.Mutex
@@ -126,7 +129,7 @@ const maxLimiters = 200_000
 // profiles are checked and compiled once, here. Errors name the document and
 // the rule.
 func NewEngine(o Options) (*Engine, error) {
-	e := &Engine{mode: o.Mode, exact: map[[2]string][]*rule{}, byUpstream: map[string][]*rule{}, now: o.Now}
+	e := &Engine{mode: o.Mode, exact: map[[2]string][]*rule{}, byUpstream: map[string][]*rule{}, now: o.Now, content: map[string]*Redactor{}}
 	if e.now == nil {
 		e.now = time.Now
 	}
@@ -147,6 +150,15 @@ func NewEngine(o Options) (*Engine, error) {
 				return nil, fmt.Errorf("policy %s: dlp_profiles.%s: %w", d.ID, name, err)
 			}
 			dlp[name] = r
+		}
+		if d.ContentDLP != "" {
+			r := dlp[d.ContentDLP]
+			if r == nil {
+				return nil, fmt.Errorf("policy %s: content_dlp: no profile %q in this document", d.ID, d.ContentDLP)
+			}
+			if _, taken := e.content[d.Upstream]; !taken {
+				e.content[d.Upstream] = r
+			}
 		}
 		for i := range d.Rules {
 			r, err := compileRule(env, d, &d.Rules[i], dlp)
@@ -391,6 +403,15 @@ func (e *Engine) take(r *rule, req Request) time.Duration {
 		wait = time.Second
 	}
 	return wait
+}
+
+// ContentDLP returns the profile for resource contents and prompts of an
+// upstream, nil for none.
+func (e *Engine) ContentDLP(upstream string) *Redactor {
+	if r, ok := e.content[upstream]; ok {
+		return r
+	}
+	return e.content[""]
 }
 
 // errNotBool is a condition whose value is not a boolean.

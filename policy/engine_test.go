@@ -316,3 +316,19 @@ func BenchmarkAuthorize(b *testing.B) {
 		}
 	}
 }
+
+func TestContentDLP(t *testing.T) {
+	e := testEngine(t, nil,
+		"id: a\nupstream: files\ncontent_dlp: p\ndlp_profiles: {p: {builtins: [emails]}}\nrules: []\n",
+		"id: b\ncontent_dlp: q\ndlp_profiles: {q: {builtins: [jwt]}}\nrules: []\n")
+	if r := e.ContentDLP("files"); r == nil || r.Name() != "p" {
+		t.Errorf("files: %v, want the upstream's own profile", r)
+	}
+	if r := e.ContentDLP("mail"); r == nil || r.Name() != "q" {
+		t.Errorf("mail: %v, want the document-wide profile", r)
+	}
+	d, _ := Parse("x", []byte("id: x\ncontent_dlp: missing\nrules: []\n"))
+	if _, err := NewEngine(Options{Documents: []*Document{d}}); err == nil || !strings.Contains(err.Error(), `content_dlp: no profile "missing"`) {
+		t.Errorf("unknown content profile: %v", err)
+	}
+}

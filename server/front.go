@@ -337,6 +337,14 @@ func (f *front) readResource(ctx context.Context, req *mcp.ReadResourceRequest) 
 		return nil, mcp.ResourceNotFoundError(req.Params.URI)
 	}
 	res, err := f.gw.upstreams.ReadResource(ctx, req.Session, up, req.Params)
+	if err == nil {
+		if r := f.gw.policy.Load().ContentDLP(up); r != nil {
+			var redacted mcp.ReadResourceResult
+			if err = redactJSON(r, res, &redacted); err == nil {
+				res = &redacted
+			}
+		}
+	}
 	return res, protocolError(err)
 }
 

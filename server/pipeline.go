@@ -183,6 +183,14 @@ func (g *Gateway) getPrompt(ctx context.Context, name string, req *mcp.GetPrompt
 	}
 	rec.Upstream = pr.Upstream
 	res, err := g.upstreams.GetPrompt(ctx, req.Session, pr, req.Params)
+	if err == nil {
+		if r := g.policy.Load().ContentDLP(pr.Upstream); r != nil {
+			var redacted mcp.GetPromptResult
+			if err = redactJSON(r, res, &redacted); err == nil {
+				res = &redacted
+			}
+		}
+	}
 	rec.Decision = decisionAllow
 	if err != nil {
 		rec.Decision, rec.Reason = decisionError, errorReason(err)

@@ -498,3 +498,20 @@ func (g *Gateway) upstreamWait(name string) time.Duration {
 	defer res.CancelAt(now)
 	return max(res.DelayFrom(now), time.Second)
 }
+
+// errWithheld fails a result DLP could not check (fail closed).
+var errWithheld = &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "result withheld: it could not be checked for secrets"}
+
+// redactJSON redacts in (a prompt or resource result) into out through its
+// JSON form. Any failure withholds the result.
+func redactJSON(r *policy.Redactor, in, out any) error {
+	raw, err := json.Marshal(in)
+	if err != nil {
+		return errWithheld
+	}
+	red, _, err := r.RedactJSON(raw)
+	if err != nil || json.Unmarshal(red, out) != nil {
+		return errWithheld
+	}
+	return nil
+}

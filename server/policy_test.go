@@ -420,3 +420,34 @@ func TestUpstreamRateLimit(t *testing.T) {
 		t.Errorf("past the limit: %s", callText(res))
 	}
 }
+
+// TestContentDLP: a document's content_dlp profile redacts the resource
+// contents and prompts of its upstream.
+func TestContentDLP(t *testing.T) {
+	up, _ := httpFixture(t, "fx", false)
+	file := filepath.Join(t.TempDir(), "allow.yaml")
+	doc := "id: content\nupstream: fx\ncontent_dlp: keys\ndlp_profiles:\n  keys: {builtins: [emails, cloud_keys]}\nrules: []\n"
+	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tg := startGateway(t, func(c *config.Config) {
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+		c.Policy.Files = []string{file}
+	})
+	cs := connect(t, tg.MCP, legacy, nil)
+	ctx := context.Background()
+	pr, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "fx__greet", Arguments: map[string]string{"name": "bob@example.com"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text := pr.Messages[0].Content.(*mcp.TextContent).Text; text != "Hello, [REDACTED:email]!" {
+		t.Errorf("prompt: %q", text)
+	}
+	rr, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "fixture://items/AKIAIOSFODNN7EXAMPLE"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text := rr.Contents[0].Text; strings.Contains(text, "AKIAIOSFODNN7EXAMPLE") || !strings.Contains(text, "[REDACTED:aws_access_key_id]") {
+		t.Errorf("resource: %q", text)
+	}
+}
