@@ -31,6 +31,8 @@ type Principal struct {
 	ClientID string
 	// Scopes are the token's scopes.
 	Scopes []string
+	// Groups are the token's groups claim.
+	Groups []string
 	// Expiry is when the token expires (zero under --auth open).
 	Expiry time.Time
 	// Method is how the request was authenticated (Method* constants).

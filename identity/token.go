@@ -91,6 +91,9 @@ type Claims struct {
 	Cnf       *Confirmation `json:"cnf,omitempty"`
 	Act       *Actor        `json:"act,omitempty"`
 	MayAct    *Actor        `json:"may_act,omitempty"`
+	// Groups is the user's groups, a common claim of identity providers
+	// that allow-list rules can name.
+	Groups []string `json:"groups,omitempty"`
 }
 
 // Scopes returns the space-separated scope claim as a list.
