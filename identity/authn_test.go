@@ -701,6 +701,10 @@ func TestAuthenticateDPoP(t *testing.T) {
 			}
 			proof := *p.Proof
 			p.Proof = nil
+			if p.Claims["sub"] != "alice" || p.Claims["sid"] != "sess-1" {
+				t.Errorf("claims = %v", p.Claims)
+			}
+			p.Claims = nil
 			if !reflect.DeepEqual(p, want) {
 				t.Errorf("principal = %+v\nwant        %+v", p, want)
 			}

@@ -33,6 +33,8 @@ type Principal struct {
 	Scopes []string
 	// Groups are the token's groups claim.
 	Groups []string
+	// Claims are all the token's claims (decoded JSON; read-only).
+	Claims map[string]any
 	// Expiry is when the token expires (zero under --auth open).
 	Expiry time.Time
 	// Method is how the request was authenticated (Method* constants).

@@ -94,6 +94,9 @@ type Claims struct {
 	// Groups is the user's groups, a common claim of identity providers
 	// that allow-list rules can name.
 	Groups []string `json:"groups,omitempty"`
+	// All holds every claim of a verified token as decoded JSON, for
+	// allow-list rules that name other claims. It is never encoded.
+	All map[string]any `json:"-"`
 }
 
 // Scopes returns the space-separated scope claim as a list.
@@ -346,6 +349,9 @@ func (v *TokenVerifier) verify(ctx context.Context, token string, now time.Time)
 	var c Claims
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	if err := dec.Decode(&c); err != nil {
+		return nil, invalidToken("malformed token claims")
+	}
+	if err := json.Unmarshal(payload, &c.All); err != nil {
 		return nil, invalidToken("malformed token claims")
 	}
 	// RFC 9068 §4: iss exactly matches (it chose the keys), aud contains

@@ -7,11 +7,13 @@ import (
 	"time"
 
 	"cel.dev/cel-go/cel"
+
+	"github.com/sag-gateway/sag/identity"
 )
 
 // Conditions are CEL expressions over these variables:
 //
-//	user     map: sub, iss, groups, scopes, client_id
+//	user     map: sub, iss, groups, scopes, client_id, claims (every token claim)
 //	agent    string: the agent's SPIFFE ID ("" when unknown)
 //	act      map or null: the token's actor chain ({sub, act: {...}})
 //	session  map: usid, wsid, asid, msid, risk, counters
@@ -73,7 +75,7 @@ func conditionVars(req Request, now time.Time) map[string]any {
 	return map[string]any{
 		"user": map[string]any{
 			"sub": p.User, "iss": p.Issuer, "client_id": p.ClientID,
-			"groups": nonNil(p.Groups), "scopes": nonNil(p.Scopes),
+			"groups": nonNil(p.Groups), "scopes": nonNil(p.Scopes), "claims": claimsOf(p),
 		},
 		"agent": p.Agent,
 		"act":   act,
@@ -86,6 +88,13 @@ func conditionVars(req Request, now time.Time) map[string]any {
 		"args":     args,
 		"time":     now,
 	}
+}
+
+func claimsOf(p identity.Principal) map[string]any {
+	if p.Claims == nil {
+		return map[string]any{}
+	}
+	return p.Claims
 }
 
 func nonNil(s []string) []string {

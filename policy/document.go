@@ -50,6 +50,9 @@ type Principals struct {
 	Agents  []string `json:"agents,omitempty"`
 	Issuers []string `json:"issuers,omitempty"`
 	Scopes  []string `json:"scopes,omitempty"`
+	// Claims are token claims that must all have the given value (a claim
+	// holding a list matches when the list contains it).
+	Claims map[string]string `json:"claims,omitempty"`
 }
 
 // RateLimit is a token bucket per (principal, tool).

@@ -288,7 +288,27 @@ func (r *rule) matches(p *identity.Principal) bool {
 			return false
 		}
 	}
+	for name, want := range r.p.Claims {
+		if !claimHas(p.Claims[name], want) {
+			return false
+		}
+	}
 	return true
+}
+
+// claimHas reports whether a decoded claim value is want, or a list holding
+// it. Numbers and booleans compare by their JSON text.
+func claimHas(v any, want string) bool {
+	switch v := v.(type) {
+	case string:
+		return v == want
+	case []any:
+		return slices.ContainsFunc(v, func(e any) bool { return claimHas(e, want) })
+	case nil, map[string]any:
+		return false
+	default:
+		return fmt.Sprint(v) == want
+	}
 }
 
 func anyGlob(globs []string, s string) bool {

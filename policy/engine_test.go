@@ -47,6 +47,10 @@ rules:
     upstream: db
     tools: [vacuum]
     consent: never
+  - id: by-claims
+    upstream: hr
+    tools: [salaries]
+    principals: {claims: {department: finance, roles: payroll, level: "3"}}
 `
 
 type clock struct {
@@ -116,6 +120,10 @@ func TestAuthorize(t *testing.T) {
 		{"consent auto on a destructive tool", alice, Tool{Upstream: "db", Name: "drop_table", Destructive: true}, nil, true, "destructive-auto", true, ""},
 		{"consent auto on a safe tool", alice, Tool{Upstream: "db", Name: "drop_table"}, nil, true, "destructive-auto", false, ""},
 		{"consent never wins over the hint", alice, Tool{Upstream: "db", Name: "vacuum", Destructive: true}, nil, true, "destructive-never", false, ""},
+		{"claims match", identity.Principal{Claims: map[string]any{"department": "finance", "roles": []any{"payroll", "x"}, "level": 3.0}}, tool("hr", "salaries"), nil, true, "by-claims", false, ""},
+		{"a claim differs", identity.Principal{Claims: map[string]any{"department": "eng", "roles": []any{"payroll"}, "level": 3.0}}, tool("hr", "salaries"), nil, false, "", false, ""},
+		{"a list claim lacks the value", identity.Principal{Claims: map[string]any{"department": "finance", "roles": []any{"x"}, "level": 3.0}}, tool("hr", "salaries"), nil, false, "", false, ""},
+		{"a claim is missing", identity.Principal{Claims: map[string]any{"department": "finance", "roles": "payroll"}}, tool("hr", "salaries"), nil, false, "", false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := e.Authorize(context.Background(), Request{Principal: tc.p, Tool: tc.tool, Args: tc.args})
