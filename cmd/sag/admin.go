@@ -46,15 +46,23 @@ func adminFlags(fs *flag.FlagSet) func() (*adminClient, error) {
 	}
 }
 
+// yamlBody is a request body sent as it is, as YAML.
+type yamlBody []byte
+
 // do sends one admin request and decodes a JSON answer into out (if non-nil).
 func (c *adminClient) do(method, path string, body, out any) error {
 	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
+	contentType := "application/json"
+	switch b := body.(type) {
+	case nil:
+	case yamlBody:
+		rd, contentType = bytes.NewReader(b), "application/yaml"
+	default:
+		j, err := json.Marshal(body)
 		if err != nil {
 			return err
 		}
-		rd = bytes.NewReader(b)
+		rd = bytes.NewReader(j)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -64,7 +72,7 @@ func (c *adminClient) do(method, path string, body, out any) error {
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", contentType)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -92,7 +100,7 @@ func (c *adminClient) do(method, path string, body, out any) error {
 }
 
 func cmdUpstreams(args []string) error {
-	const use = "usage: sag upstreams add [flags] NAME URL | list [flags] | remove [flags] NAME"
+	const use = "usage: sag upstreams add [flags] NAME URL | list [flags] | remove [flags] NAME | allowlist [flags] NAME FILE|--remove | tools [flags] NAME | approve [flags] NAME TOOL [HASH]"
 	if len(args) == 0 {
 		return errors.New(use)
 	}
@@ -160,6 +168,82 @@ func cmdUpstreams(args []string) error {
 			return err
 		}
 		fmt.Println("removed", fs.Arg(0))
+		return nil
+	case "allowlist":
+		remove := fs.Bool("remove", false, "remove the upstream's allow-list")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 2 && !(*remove && fs.NArg() == 1) {
+			return errors.New("want NAME and FILE (or NAME --remove)\n" + use)
+		}
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		path := "/admin/upstreams/" + url.PathEscape(fs.Arg(0)) + "/allowlist"
+		if *remove {
+			if err := c.do(http.MethodDelete, path, nil, nil); err != nil {
+				return err
+			}
+			fmt.Println("removed the allow-list of", fs.Arg(0))
+			return nil
+		}
+		doc, err := os.ReadFile(fs.Arg(1))
+		if err != nil {
+			return err
+		}
+		var out server.AllowListResponse
+		if err := c.do(http.MethodPut, path, yamlBody(doc), &out); err != nil {
+			return err
+		}
+		fmt.Printf("allow-list %s (version %q, %d rules) registered with %s\n", out.ID, out.Version, out.Rules, out.Upstream)
+		return nil
+	case "tools":
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New("want NAME\n" + use)
+		}
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		var out []server.ToolPinResponse
+		if err := c.do(http.MethodGet, "/admin/upstreams/"+url.PathEscape(fs.Arg(0))+"/tools", nil, &out); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "TOOL\tSTATE\tAPPROVED\tPENDING")
+		for _, p := range out {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Tool, p.State, p.Approved, p.Pending)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		for _, p := range out {
+			if p.State == "quarantined" {
+				fmt.Printf("\n%s changed; its new definition (approve with: sag upstreams approve %s %s %s):\n%s\n", p.Tool, fs.Arg(0), p.Tool, p.Pending, p.PendingDef)
+			}
+		}
+		return nil
+	case "approve":
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 2 && fs.NArg() != 3 {
+			return errors.New("want NAME TOOL [HASH]\n" + use)
+		}
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		path := "/admin/upstreams/" + url.PathEscape(fs.Arg(0)) + "/tools/" + url.PathEscape(fs.Arg(1)) + "/approve"
+		if err := c.do(http.MethodPost, path, map[string]string{"hash": fs.Arg(2)}, nil); err != nil {
+			return err
+		}
+		fmt.Printf("approved the new definition of %s on %s\n", fs.Arg(1), fs.Arg(0))
 		return nil
 	}
 	return fmt.Errorf("unknown subcommand %q\n%s", args[0], use)

@@ -101,6 +101,29 @@ func TestUpstreamsCLI(t *testing.T) {
 		t.Errorf("audit has no record of the CLI's call:\n%s", out)
 	}
 
+	// A tool owner's allow-list: only echo stays callable.
+	allow := filepath.Join(t.TempDir(), "allow.yaml")
+	if err := os.WriteFile(allow, []byte("id: fx-owner\nversion: \"2\"\nrules: [{id: echo-only, tools: [echo]}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, ok = sag(t, append([]string{"upstreams", "allowlist"}, append(admin, "fx", allow)...)...)
+	if !ok || !strings.Contains(out, `allow-list fx-owner (version "2", 1 rules) registered with fx`) {
+		t.Fatalf("upstreams allowlist: ok=%v\n%s%s", ok, out, errOut)
+	}
+	if _, _, ok = sag(t, "call", "--url", mcpURL, "fx__echo", `{"text":"allowed"}`); !ok {
+		t.Error("echo is refused under the allow-list")
+	}
+	if _, errOut, ok = sag(t, "call", "--url", mcpURL, "fx__add", `{"a":1,"b":2}`); ok || !strings.Contains(errOut, "unknown tool") {
+		t.Errorf("add under the allow-list: ok=%v %s", ok, errOut)
+	}
+	out, errOut, ok = sag(t, append([]string{"upstreams", "tools"}, append(admin, "fx")...)...)
+	if !ok || !strings.Contains(out, "echo") || !strings.Contains(out, "approved") {
+		t.Errorf("upstreams tools: ok=%v\n%s%s", ok, out, errOut)
+	}
+	if _, errOut, ok = sag(t, append([]string{"upstreams", "approve"}, append(admin, "fx", "echo")...)...); ok || !strings.Contains(errOut, "not_found") {
+		t.Errorf("approving with nothing pending: ok=%v %s", ok, errOut)
+	}
+
 	// The kill-switch: the (only, anonymous) user is revoked, and later
 	// calls are refused.
 	out, errOut, ok = sag(t, append([]string{"kill"}, append(admin, "--user", "anonymous")...)...)
