@@ -19,35 +19,14 @@ type AllowList struct {
 // PutAllowList stores (or replaces) the allow-list of an upstream and returns
 // once it is committed.
 func (s *SQLite) PutAllowList(ctx context.Context, upstream string, doc []byte) error {
-	now := nanos(s.now())
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		_, err := tx.Exec(`INSERT INTO allowlists (upstream, document, updated) VALUES (?1, ?2, ?3)
-			ON CONFLICT (upstream) DO UPDATE SET document = excluded.document, updated = excluded.updated`, upstream, string(doc), now)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("store: put allow-list: %w", err)
-	}
-	return nil
+	return s.exec(ctx, "put allow-list", `INSERT INTO allowlists (upstream, document, updated) VALUES (?1, ?2, ?3)
+		ON CONFLICT (upstream) DO UPDATE SET document = excluded.document, updated = excluded.updated`, upstream, string(doc), nanos(s.now()))
 }
 
 // DeleteAllowList removes the allow-list of an upstream; ErrNotFound if it
 // has none.
 func (s *SQLite) DeleteAllowList(ctx context.Context, upstream string) error {
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		res, err := tx.Exec(`DELETE FROM allowlists WHERE upstream = ?`, upstream)
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err == nil && n == 0 {
-			return ErrNotFound
-		}
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("store: delete allow-list: %w", err)
-	}
-	return nil
+	return s.execOne(ctx, "delete allow-list", `DELETE FROM allowlists WHERE upstream = ?`, upstream)
 }
 
 // ListAllowLists returns every registered allow-list, by upstream name.

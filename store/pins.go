@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"time"
 )
@@ -23,18 +22,10 @@ type ToolPin struct {
 
 // PutToolPin stores (or replaces) a pin and returns once it is committed.
 func (s *SQLite) PutToolPin(ctx context.Context, p ToolPin) error {
-	now := nanos(s.now())
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		_, err := tx.Exec(`INSERT INTO tool_pins (upstream, tool, approved, pending, pending_def, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-			ON CONFLICT (upstream, tool) DO UPDATE SET approved = excluded.approved, pending = excluded.pending,
-			pending_def = excluded.pending_def, updated = excluded.updated`,
-			p.Upstream, p.Tool, p.Approved, p.Pending, string(p.PendingDef), now)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("store: put tool pin: %w", err)
-	}
-	return nil
+	return s.exec(ctx, "put tool pin", `INSERT INTO tool_pins (upstream, tool, approved, pending, pending_def, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+		ON CONFLICT (upstream, tool) DO UPDATE SET approved = excluded.approved, pending = excluded.pending,
+		pending_def = excluded.pending_def, updated = excluded.updated`,
+		p.Upstream, p.Tool, p.Approved, p.Pending, string(p.PendingDef), nanos(s.now()))
 }
 
 // ListToolPins returns every pin, by upstream and tool.

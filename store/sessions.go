@@ -303,19 +303,6 @@ func (s *SQLite) SetSessionRisk(ctx context.Context, id string, risk float64, co
 	if err != nil {
 		return fmt.Errorf("store: set session risk: %w", err)
 	}
-	now := nanos(s.now())
-	err = s.submit(ctx, func(tx *sql.Tx) error {
-		res, err := tx.Exec(`UPDATE sessions SET risk = ?1, counters = ?2, updated = ?3 WHERE id = ?4`, risk, string(b), now, id)
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err == nil && n == 0 {
-			return ErrNotFound
-		}
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("store: set session risk: %w", err)
-	}
-	return nil
+	return s.execOne(ctx, "set session risk", `UPDATE sessions SET risk = ?1, counters = ?2, updated = ?3 WHERE id = ?4`,
+		risk, string(b), nanos(s.now()), id)
 }

@@ -199,3 +199,35 @@ func nanos(t time.Time) int64 { return t.UnixNano() }
 
 // fromNanos converts a stored timestamp back to a UTC time.
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+// exec runs one statement in the writer and returns once it is committed;
+// errors say what failed ("store: <what>: …").
+func (s *SQLite) exec(ctx context.Context, what, query string, args ...any) error {
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		_, err := tx.Exec(query, args...)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: %s: %w", what, err)
+	}
+	return nil
+}
+
+// execOne is exec for a statement that must change a row: ErrNotFound when
+// it changes none.
+func (s *SQLite) execOne(ctx context.Context, what, query string, args ...any) error {
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		res, err := tx.Exec(query, args...)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err == nil && n == 0 {
+			return ErrNotFound
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: %s: %w", what, err)
+	}
+	return nil
+}

@@ -23,15 +23,8 @@ func (s *SQLite) PutMinted(ctx context.Context, m MintedToken) error {
 	if m.JTI == "" || m.Session == "" {
 		return errors.New("store: put minted token: jti and session are required")
 	}
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		_, err := tx.Exec(`INSERT INTO minted_tokens (jti, session, upstream, subject, expiry) VALUES (?, ?, ?, ?, ?)`,
-			m.JTI, m.Session, m.Upstream, m.Subject, nanos(m.Expiry))
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("store: put minted token: %w", err)
-	}
-	return nil
+	return s.exec(ctx, "put minted token", `INSERT INTO minted_tokens (jti, session, upstream, subject, expiry) VALUES (?, ?, ?, ?, ?)`,
+		m.JTI, m.Session, m.Upstream, m.Subject, nanos(m.Expiry))
 }
 
 // MintedStatus returns a minted token's lineage and whether it is active:
@@ -63,15 +56,8 @@ func (s *SQLite) MintedStatus(ctx context.Context, jti string) (MintedToken, boo
 // RevokeToken records that the token (issuer, jti) is revoked until it
 // expires.
 func (s *SQLite) RevokeToken(ctx context.Context, issuer, jti string, expiry time.Time) error {
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		_, err := tx.Exec(`INSERT INTO revoked_tokens (issuer, jti, expiry) VALUES (?, ?, ?)
-			ON CONFLICT (issuer, jti) DO NOTHING`, issuer, jti, nanos(expiry))
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("store: revoke token: %w", err)
-	}
-	return nil
+	return s.exec(ctx, "revoke token", `INSERT INTO revoked_tokens (issuer, jti, expiry) VALUES (?, ?, ?)
+		ON CONFLICT (issuer, jti) DO NOTHING`, issuer, jti, nanos(expiry))
 }
 
 // RevokedToken is one entry of the revocation list.
