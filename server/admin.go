@@ -74,8 +74,15 @@ const AdminScope = "sag:admin"
 
 // requireAdmin lets through requests with the admin token (for bootstrap and
 // operators) or, unless auth is open, with an access token carrying
-// AdminScope, authenticated like any other request (DPoP, mTLS or bearer).
+// AdminScope.
 func (g *Gateway) requireAdmin(next http.HandlerFunc) http.HandlerFunc {
+	return g.requireToken(AdminScope, next)
+}
+
+// requireToken lets through requests with the admin token or, unless auth is
+// open, with an access token carrying scope, authenticated like any other
+// request (DPoP, mTLS or bearer).
+func (g *Gateway) requireToken(scope string, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if g.hasAdminToken(r) {
 			next(w, r)
@@ -84,10 +91,10 @@ func (g *Gateway) requireAdmin(next http.HandlerFunc) http.HandlerFunc {
 		if g.auth.check != nil && r.Header.Get("Authorization") != "" {
 			p, err := g.auth.check.Authenticate(r)
 			if err == nil {
-				err = identity.RequireScopes(p, []string{AdminScope})
+				err = identity.RequireScopes(p, []string{scope})
 			}
 			if err != nil {
-				g.log.Info("admin request refused", "path", r.URL.Path, "reason", err.Error())
+				g.log.Info("request refused", "path", r.URL.Path, "reason", err.Error())
 				g.metrics.authFailures.Inc()
 				g.auth.check.WriteError(w, err)
 				return

@@ -296,6 +296,37 @@ func TestAdminWithAccessToken(t *testing.T) {
 	}
 }
 
+// TestMetricsNeedAuth: with authentication on, /metrics (which names
+// upstreams and tools) needs the admin token or a token with MetricsScope.
+func TestMetricsNeedAuth(t *testing.T) {
+	tg := startSecureGateway(t, config.AuthDPoP, nil)
+	resp, err := http.Get(tg.Base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("anonymous scrape: %d, want 401", resp.StatusCode)
+	}
+	if code, _ := tg.adminDo(t, http.MethodGet, "/metrics", nil); code != http.StatusOK {
+		t.Errorf("scrape with the admin token: %d", code)
+	}
+	for _, tc := range []struct {
+		scope string
+		want  int
+	}{{server.MetricsScope, 200}, {"", 403}} {
+		a := newAgent(t, tg, identity.Claims{Subject: "prometheus", Scope: tc.scope})
+		resp, err := a.client().Get(tg.Base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("scrape with scope %q: %d, want %d", tc.scope, resp.StatusCode, tc.want)
+		}
+	}
+}
+
 // TestResourceMetadata serves RFC 9728 metadata naming the gateway as the
 // resource and its issuer.
 func TestResourceMetadata(t *testing.T) {

@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/sag-gateway/sag/server/config"
 )
 
 // routes mounts every endpoint. The order of the wrappers around /mcp is the
@@ -24,11 +26,18 @@ func (g *Gateway) routes() http.Handler {
 		mux.Handle("/oauth/token", g.metrics.instrument("/oauth/token", g.auth.exchange))
 		mux.Handle("GET /.well-known/oauth-authorization-server", g.metrics.instrument("/.well-known/oauth-authorization-server", http.HandlerFunc(g.authorizationServerMetadata)))
 	}
-	mux.Handle("POST /oauth/introspect", g.metrics.instrument("/oauth/introspect", http.HandlerFunc(g.introspect)))
-	mux.Handle("POST /oauth/revoke", g.metrics.instrument("/oauth/revoke", http.HandlerFunc(g.revoke)))
+	mux.Handle("POST /oauth/introspect", g.metrics.instrument("/oauth/introspect", g.requireToken(IntrospectScope, g.introspect)))
+	mux.Handle("POST /oauth/revoke", g.metrics.instrument("/oauth/revoke", g.requireToken(IntrospectScope, g.revoke)))
 	mux.Handle("GET /healthz", g.metrics.instrument("/healthz", http.HandlerFunc(g.healthz)))
 	mux.Handle("GET /readyz", g.metrics.instrument("/readyz", http.HandlerFunc(g.readyz)))
-	mux.Handle("GET /metrics", g.metrics.handler())
+	// Metrics name upstreams and tools: behind authentication (the admin
+	// token or a token with MetricsScope) unless the gateway is an open
+	// loopback trial.
+	metrics := g.metrics.handler()
+	if g.cfg.Auth != config.AuthOpen {
+		metrics = g.requireToken(MetricsScope, metrics.ServeHTTP)
+	}
+	mux.Handle("GET /metrics", metrics)
 	g.adminRoutes(mux)
 	return mux
 }

@@ -13,6 +13,10 @@ import (
 	"github.com/sag-gateway/sag/upstreams"
 )
 
+// MetricsScope is the scope a scraper's access token needs for /metrics
+// when authentication is on.
+const MetricsScope = "sag:metrics"
+
 // metrics are SAG's Prometheus series, on their own registry.
 type metrics struct {
 	reg         *prometheus.Registry
