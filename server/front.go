@@ -197,12 +197,7 @@ func (f *front) sync(*upstreams.Catalog) {
 		}
 		seen[t.Name] = true
 		if changed(f.tools, t.Name, t.Def) {
-			name := t.Name
-			f.add("tool", name, f.tools, func() {
-				f.srv.AddTool(t.Def, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
-					return f.gw.callTool(ctx, name, req)
-				})
-			}, func() { f.srv.RemoveTools(name) })
+			f.add("tool", t.Name, f.tools, func() { f.addTool(t) }, func() { f.srv.RemoveTools(t.Name) })
 		}
 	}
 	f.srv.RemoveTools(gone(f.tools, seen)...)
@@ -285,6 +280,30 @@ func gone(have map[string][]byte, seen map[string]bool) []string {
 		}
 	}
 	return out
+}
+
+// addTool serves a catalog tool through the pipeline.
+func (f *front) addTool(t *upstreams.Tool) {
+	name := t.Name
+	f.srv.AddTool(t.Def, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		return f.gw.callTool(ctx, name, req)
+	})
+}
+
+// policyChanged tells every client to list its tools again: a policy reload
+// may change what each principal sees. The SDK sends
+// notifications/tools/list_changed only when its tool set changes, so one
+// served tool is added again, unchanged.
+func (f *front) policyChanged() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.gw.upstreams.Catalog()
+	for i := range c.Tools {
+		if _, served := f.tools[c.Tools[i].Name]; served {
+			f.addTool(&c.Tools[i])
+			return
+		}
+	}
 }
 
 // watched is an open downstream session and the principal it belongs to.

@@ -89,6 +89,7 @@ func (g *Gateway) ReloadPolicy(ctx context.Context) error {
 		return err
 	}
 	g.policy.Store(eng)
+	g.front.policyChanged()
 	g.logPolicy(n)
 	return nil
 }

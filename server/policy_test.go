@@ -186,7 +186,20 @@ func TestPolicy(t *testing.T) {
 // broken one is refused and the previous policy stays.
 func TestPolicyReload(t *testing.T) {
 	tg, file := startPolicyGateway(t, policyDoc)
-	bob := newAgent(t, tg, identity.Claims{Subject: "bob"}).connect(t, tg.MCP)
+	bobAgent := newAgent(t, tg, identity.Claims{Subject: "bob"})
+	bob := bobAgent.connect(t, tg.MCP)
+	// A session-based client is told to list again.
+	changed := make(chan struct{}, 10)
+	c := mcp.NewClient(&mcp.Implementation{Name: "watcher", Version: "1"}, &mcp.ClientOptions{
+		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) { changed <- struct{}{} },
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	watcher, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: tg.MCP, HTTPClient: bobAgent.client()}, &mcp.ClientSessionOptions{ProtocolVersion: legacy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close()
 	if got := visibleTools(t, bob); len(got) != 0 {
 		t.Fatalf("bob sees %v before the change", got)
 	}
@@ -195,6 +208,11 @@ func TestPolicyReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "bob's grant to take effect", func() bool { return slices.Equal(visibleTools(t, bob), []string{"fx__echo"}) })
+	select {
+	case <-changed:
+	case <-ctx.Done():
+		t.Error("no tools/list_changed after the reload")
+	}
 	if res := callTool(t, bob, "fx__echo", map[string]any{"text": "same session"}); res.IsError {
 		t.Fatalf("bob's call after the reload: %s", callText(res))
 	}
