@@ -178,9 +178,12 @@ func TestKillSwitch(t *testing.T) {
 	if r := rawPost(t, tg.MCP, `{"jsonrpc":"2.0","id":9,"method":"tools/list"}`, h); r.Status != http.StatusNotFound {
 		t.Errorf("request on the killed session: %d, want 404", r.Status)
 	}
-	// The audit trail has the kill.
+	// The audit trail has the kill, and the killed call says why it ended.
 	if recs := auditMethod(t, tg, "admin/kill"); len(recs) != 1 {
 		t.Errorf("%d kill records, want 1", len(recs))
+	}
+	if recs := auditRecords(t, tg, "fx__block"); len(recs) != 1 || recs[0].Decision != "error" || recs[0].Reason != "session killed" {
+		t.Errorf("the killed call's record: %+v", recs)
 	}
 }
 

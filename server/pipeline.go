@@ -102,22 +102,12 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	if wait := g.upstreamWait(t.Upstream); wait > 0 {
 		return g.deny(ctx, &rec, start, ids.MSID, "", fmt.Sprintf("upstream %s is at its rate limit; retry after %d s", t.Upstream, int(math.Ceil(wait.Seconds()))))
 	}
-	params := req.Params
-	if d.DLP != nil && len(params.Arguments) > 0 {
-		red, acts, err := d.DLP.RedactJSON(params.Arguments)
-		if err != nil {
-			return g.deny(ctx, &rec, start, ids.MSID, "", "arguments withheld: they could not be checked for secrets")
-		}
-		if len(acts) > 0 {
-			p := *params
-			p.Arguments = red
-			params = &p
-			for _, a := range acts {
-				rec.DLPActions = append(rec.DLPActions, a.Rule+"@/arguments"+a.Pointer)
-			}
-			g.countRisk(ctx, ids.MSID, policy.CountDLPHits, int64(len(acts)))
-		}
+	params, acts, err := redactArguments(d.DLP, req.Params)
+	if err != nil {
+		return g.deny(ctx, &rec, start, ids.MSID, "", err.Error())
 	}
+	rec.DLPActions = acts
+	g.countRisk(ctx, ids.MSID, policy.CountDLPHits, int64(len(acts)))
 	res, err := g.upstreams.CallTool(ctx, req.Session, t, params)
 	// 8. check output: structuredContent against the upstream's and the
 	// rule's outputSchema, then DLP redaction of what goes back.
@@ -147,7 +137,7 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	case errors.As(err, &ue):
 		rec.Decision, rec.Reason = decisionError, ue.Msg
 		res, err = toolError(ue.Error()), nil
-	case context.Cause(ctx) == errShuttingDown || context.Cause(ctx) == errSessionClosed:
+	case context.Cause(ctx) == errShuttingDown || context.Cause(ctx) == errSessionClosed || context.Cause(ctx) == errSessionKilled:
 		rec.Decision, rec.Reason = decisionError, context.Cause(ctx).Error()
 	default:
 		rec.Decision, rec.Reason = decisionError, errorReason(err)

@@ -358,6 +358,29 @@ func (g *Gateway) validateOutput(t *upstreams.Tool, rule *schemas.Schema, res *m
 	return ""
 }
 
+// redactArguments applies a rule's DLP profile to a call's arguments before
+// they reach the upstream. It returns the parameters to send (params itself
+// when nothing was redacted) and the actions, as rule@/arguments/pointer.
+func redactArguments(r *policy.Redactor, params *mcp.CallToolParamsRaw) (*mcp.CallToolParamsRaw, []string, error) {
+	if r == nil || len(params.Arguments) == 0 {
+		return params, nil, nil
+	}
+	red, acts, err := r.RedactJSON(params.Arguments)
+	if err != nil {
+		return nil, nil, errors.New("arguments withheld: they could not be checked for secrets")
+	}
+	if len(acts) == 0 {
+		return params, nil, nil
+	}
+	out := *params
+	out.Arguments = red
+	actions := make([]string, len(acts))
+	for i, a := range acts {
+		actions[i] = a.Rule + "@/arguments" + a.Pointer
+	}
+	return &out, actions, nil
+}
+
 // redactResult applies DLP to everything a tool returns (content of every
 // kind and structuredContent, with pointers relative to the result, e.g.
 // /structuredContent/password). It returns the redacted result and the
