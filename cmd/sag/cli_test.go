@@ -155,6 +155,7 @@ func TestServeRefusesBadConfig(t *testing.T) {
 		{[]string{"serve", "--upstream", "no-url"}, "NAME=URL"},
 		{[]string{"serve", "--upstream", "x=ftp://example.com", "--data", t.TempDir()}, "url"},
 		{[]string{"serve", "--prefix", "sometimes"}, "prefix"},
+		{[]string{"serve", "--policy", "no-such-allowlist.yaml", "--listen", "127.0.0.1:0", "--data", t.TempDir()}, "policy file"},
 	}
 	for _, tc := range cases {
 		_, errOut, ok := sag(t, tc.args...)

@@ -35,6 +35,7 @@ type serveFlags struct {
 	logLevel  string
 	logFormat string
 	upstreams repeated
+	policies  repeated
 }
 
 func newServeFlags(name string) *serveFlags {
@@ -48,6 +49,7 @@ func newServeFlags(name string) *serveFlags {
 	f.fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
 	f.fs.StringVar(&f.logFormat, "log-format", "", "text or json")
 	f.fs.Var(&f.upstreams, "upstream", "`NAME=URL` upstream (repeatable): http(s)://… Streamable HTTP, sse+http(s)://… legacy SSE, stdio:COMMAND ARGS")
+	f.fs.Var(&f.policies, "policy", "allow-list `FILE` (repeatable; reloaded when it changes)")
 	return f
 }
 
@@ -72,6 +74,7 @@ func (f *serveFlags) load() (*config.Config, error) {
 	set(&cfg.Prefix, f.prefix)
 	set(&cfg.Log.Level, f.logLevel)
 	set(&cfg.Log.Format, f.logFormat)
+	cfg.Policy.Files = append(cfg.Policy.Files, f.policies...)
 	for _, s := range f.upstreams {
 		u, err := config.ParseUpstreamFlag(s)
 		if err != nil {
