@@ -132,7 +132,7 @@ func TestUpstreamsCLI(t *testing.T) {
 	}
 	if _, errOut, ok = sag(t, "call", "--url", mcpURL, "fx__echo", `{"text":"after the kill"}`); ok {
 		t.Errorf("a call after the kill succeeded")
-	} else if !strings.Contains(errOut, "Forbidden") {
+	} else if !strings.Contains(errOut, "session_revoked") {
 		t.Errorf("a call after the kill failed without saying why: %s", errOut)
 	}
 	if _, errOut, ok = sag(t, append([]string{"kill"}, admin...)...); ok || !strings.Contains(errOut, "exactly one") {

@@ -1,13 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -22,13 +26,56 @@ func connect(ctx context.Context, url string, auth *clientAuth) (cs *mcp.ClientS
 	if err != nil {
 		return nil, nil, err
 	}
+	refusal := &refusals{base: hc.Transport}
+	if refusal.base == nil {
+		refusal.base = http.DefaultTransport
+	}
+	hc = &http.Client{Transport: refusal}
 	c := mcp.NewClient(&mcp.Implementation{Name: "sag-cli", Version: version}, nil)
 	cs, err = c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: hc, DisableStandaloneSSE: true}, nil)
 	if err != nil {
 		release()
-		return nil, nil, fmt.Errorf("connect to %s: %w", url, err)
+		return nil, nil, fmt.Errorf("connect to %s: %w%s", url, err, refusal.reason())
 	}
 	return cs, func() { cs.Close(); release() }, nil
+}
+
+// refusals remembers why the gateway last refused a request (its OAuth
+// error and description), which the MCP client reports only as a status.
+type refusals struct {
+	base http.RoundTripper
+	mu   sync.Mutex
+	last string
+}
+
+func (r *refusals) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := r.base.RoundTrip(req)
+	if err != nil || (resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden) {
+		return resp, err
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	var e struct {
+		Code string `json:"error"`
+		Desc string `json:"error_description"`
+	}
+	if json.Unmarshal(body, &e) == nil && e.Code != "" {
+		r.mu.Lock()
+		r.last = e.Code + ": " + e.Desc
+		r.mu.Unlock()
+	}
+	return resp, nil
+}
+
+// reason is " (error: description)" of the last refusal, or "".
+func (r *refusals) reason() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last == "" {
+		return ""
+	}
+	return " (" + r.last + ")"
 }
 
 func cmdTools(args []string) error {
