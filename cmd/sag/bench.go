@@ -112,6 +112,12 @@ func cmdBench(args []string) error {
 		{name: "direct", url: upURL, tool: "echo", http: hc},
 		{name: "sag", url: gw.url, tool: "up__echo", http: gwc},
 	}
+	// A verifying upstream fetches the gateway's keys only once the gateway
+	// serves, so its first discovery may fail and be retried: wait for the
+	// tool.
+	if err := sides[1].waitForTool(ctx, *protocol); err != nil {
+		return err
+	}
 	fmt.Printf("sag bench: echo tool, protocol %s, security %s, GOMAXPROCS=%d, one machine (client, gateway, upstream share the cores)\n\n", *protocol, *security, runtime.GOMAXPROCS(0))
 
 	// Latency at concurrency 1, interleaved in blocks of 100.
@@ -196,6 +202,23 @@ func (s side) connect(ctx context.Context, protocol string) (*mcp.ClientSession,
 		return nil, fmt.Errorf("%s: connect: %w", s.name, err)
 	}
 	return cs, nil
+}
+
+// waitForTool polls tools/list until the side's tool is there (30 s at most).
+func (s side) waitForTool(ctx context.Context, protocol string) error {
+	cs, err := s.connect(ctx, protocol)
+	if err != nil {
+		return err
+	}
+	defer cs.Close()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		for t, err := range cs.Tools(ctx, nil) {
+			if err == nil && t.Name == s.tool {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%s: tool %s not offered within 30s", s.name, s.tool)
 }
 
 func (s side) call(ctx context.Context, cs *mcp.ClientSession) (time.Duration, error) {
