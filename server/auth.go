@@ -223,9 +223,11 @@ func (g *Gateway) admit(w http.ResponseWriter, r *http.Request, scopes []string)
 			return nil
 		}
 	}
-	// The request is the server's to change: the caller's credential goes
-	// no further than here.
+	// The request is the server's to change: the caller's credentials go no
+	// further than here (nor stay in memory for a stream's whole life).
 	r.Header.Set("Authorization", "Bearer authenticated")
+	r.Header.Del("DPoP")
+	r.Header.Del(identity.AgentTokenHeader)
 	return r.WithContext(context.WithValue(r.Context(), principalCtxKey{}, p))
 }
 
