@@ -104,9 +104,10 @@ Kill everything alice runs: sag kill --server %[2]s --data %[1]s --user alice
 `, mcpURL)
 	}
 	fmt.Printf(`
-Allow-list: %s (edit it: the gateway reloads it). alpha__delete_everything is
-annotated destructive, so it is refused until consent exists; beta__add takes
-numbers up to 1000 only.
+Allow-list (edit it: the gateway reloads it): %s
+  alice may call alpha's tools and beta's echo and add; alpha__delete_everything
+  is annotated destructive, so it is refused until consent exists; beta__add
+  takes numbers up to 1000 only.
 Admin API token: %s
 Press Ctrl-C to stop.
 `, cfg.Policy.Files[len(cfg.Policy.Files)-1], adminTokenHint(cfg))
