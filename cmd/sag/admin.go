@@ -106,19 +106,24 @@ func cmdUpstreams(args []string) error {
 	}
 	fs := flag.NewFlagSet("sag upstreams "+args[0], flag.ContinueOnError)
 	client := adminFlags(fs)
+	// open parses the subcommand's flags, checks that it got between min
+	// and max arguments, and returns the admin client.
+	open := func(min, max int, want string) (*adminClient, error) {
+		if err := fs.Parse(args[1:]); err != nil {
+			return nil, err
+		}
+		if fs.NArg() < min || fs.NArg() > max {
+			return nil, errors.New("want " + want + "\n" + use)
+		}
+		return client()
+	}
 	switch args[0] {
 	case "add":
 		prefix := fs.String("prefix", "", "naming override: always, conditional or none")
 		timeout := fs.String("timeout", "", "per-call timeout (Go duration)")
 		var env repeated
 		fs.Var(&env, "env", "environment `VAR` passed to a stdio upstream (repeatable)")
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		if fs.NArg() != 2 {
-			return errors.New("want NAME and URL\n" + use)
-		}
-		c, err := client()
+		c, err := open(2, 2, "NAME and URL")
 		if err != nil {
 			return err
 		}
@@ -136,10 +141,7 @@ func cmdUpstreams(args []string) error {
 		}
 		return nil
 	case "list":
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		c, err := client()
+		c, err := open(0, 0, "no arguments")
 		if err != nil {
 			return err
 		}
@@ -154,13 +156,7 @@ func cmdUpstreams(args []string) error {
 		}
 		return tw.Flush()
 	case "remove":
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		if fs.NArg() != 1 {
-			return errors.New("want NAME\n" + use)
-		}
-		c, err := client()
+		c, err := open(1, 1, "NAME")
 		if err != nil {
 			return err
 		}
@@ -171,15 +167,12 @@ func cmdUpstreams(args []string) error {
 		return nil
 	case "allowlist":
 		remove := fs.Bool("remove", false, "remove the upstream's allow-list")
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		if fs.NArg() != 2 && !(*remove && fs.NArg() == 1) {
-			return errors.New("want NAME and FILE (or NAME --remove)\n" + use)
-		}
-		c, err := client()
+		c, err := open(1, 2, "NAME and FILE (or NAME --remove)")
 		if err != nil {
 			return err
+		}
+		if *remove != (fs.NArg() == 1) {
+			return errors.New("want NAME and FILE (or NAME --remove)\n" + use)
 		}
 		path := "/admin/upstreams/" + url.PathEscape(fs.Arg(0)) + "/allowlist"
 		if *remove {
@@ -200,13 +193,7 @@ func cmdUpstreams(args []string) error {
 		fmt.Printf("allow-list %s (version %q, %d rules) registered with %s\n", out.ID, out.Version, out.Rules, out.Upstream)
 		return nil
 	case "tools":
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		if fs.NArg() != 1 {
-			return errors.New("want NAME\n" + use)
-		}
-		c, err := client()
+		c, err := open(1, 1, "NAME")
 		if err != nil {
 			return err
 		}
@@ -229,13 +216,7 @@ func cmdUpstreams(args []string) error {
 		}
 		return nil
 	case "approve":
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		if fs.NArg() != 2 && fs.NArg() != 3 {
-			return errors.New("want NAME TOOL [HASH]\n" + use)
-		}
-		c, err := client()
+		c, err := open(2, 3, "NAME TOOL [HASH]")
 		if err != nil {
 			return err
 		}
