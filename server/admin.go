@@ -36,6 +36,7 @@ func (g *Gateway) adminRoutes(mux *http.ServeMux) {
 	mux.Handle("PUT /admin/upstreams/{name}/allowlist", h("/admin/upstreams/{name}/allowlist", g.putAllowList))
 	mux.Handle("DELETE /admin/upstreams/{name}/allowlist", h("/admin/upstreams/{name}/allowlist", g.deleteAllowList))
 	mux.Handle("POST /admin/policy/reload", h("/admin/policy/reload", g.reloadPolicyHandler))
+	mux.Handle("GET /admin/policy", h("/admin/policy", g.getPolicy))
 	mux.Handle("GET /admin/upstreams/{name}/tools", h("/admin/upstreams/{name}/tools", g.listPins))
 	mux.Handle("POST /admin/upstreams/{name}/tools/{tool}/approve", h("/admin/upstreams/{name}/tools/{tool}/approve", g.approvePin))
 }

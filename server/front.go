@@ -357,7 +357,7 @@ func (f *front) readResource(ctx context.Context, req *mcp.ReadResourceRequest) 
 	}
 	res, err := f.gw.upstreams.ReadResource(ctx, req.Session, up, req.Params)
 	if err == nil {
-		if r := f.gw.policy.Load().ContentDLP(up); r != nil {
+		if r := f.gw.policy.Load().engine.ContentDLP(up); r != nil {
 			var redacted mcp.ReadResourceResult
 			if err = redactJSON(r, res, &redacted); err == nil {
 				res = &redacted

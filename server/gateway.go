@@ -66,11 +66,11 @@ type Gateway struct {
 	admin     string // admin API token
 	auth      *authn
 	revoked   *revocations
-	policy    atomic.Pointer[policy.Engine] // swapped whole on reload
-	policyMu  sync.Mutex                    // serialises reloads
-	pins      *policy.Pins                  // tool pinning
-	upLimits  sync.Map                      // upstream rate limits: upstreamLimitKey → *rate.Limiter
-	risk      *risk                         // session risk counters
+	policy    atomic.Pointer[loadedPolicy] // swapped whole on reload
+	policyMu  sync.Mutex                   // serialises reloads
+	pins      *policy.Pins                 // tool pinning
+	upLimits  sync.Map                     // upstream rate limits: upstreamLimitKey → *rate.Limiter
+	risk      *risk                        // session risk counters
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).
 	toolSchemas     sync.Map
@@ -145,12 +145,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if len(g.upstreams.Specs()) == 0 {
 		log.Warn("no upstreams yet: add one with --upstream NAME=URL, the config file, or 'sag upstreams add'")
 	}
-	eng, docs, err := g.loadPolicy(ctx)
+	lp, err := g.loadPolicy(ctx)
 	if err != nil {
 		return nil, err
 	}
-	g.policy.Store(eng)
-	g.logPolicy(docs)
+	g.policy.Store(lp)
+	g.logPolicy(len(lp.Documents))
 	g.handler = g.routes()
 	return g, nil
 }

@@ -67,7 +67,7 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	if err != nil {
 		return nil, g.refuse(ctx, &rec, start, err)
 	}
-	d := g.policy.Load().Authorize(ctx, policy.Request{Principal: p, Tool: policyTool(t), Args: args, Session: g.policySession(ids)})
+	d := g.policy.Load().engine.Authorize(ctx, policy.Request{Principal: p, Tool: policyTool(t), Args: args, Session: g.policySession(ids)})
 	rec.PolicyID, rec.AllowListMatch = d.PolicyID+"@"+d.Version, d.RuleID
 	switch {
 	case d.Allow:
@@ -174,7 +174,7 @@ func (g *Gateway) getPrompt(ctx context.Context, name string, req *mcp.GetPrompt
 	rec.Upstream = pr.Upstream
 	res, err := g.upstreams.GetPrompt(ctx, req.Session, pr, req.Params)
 	if err == nil {
-		if r := g.policy.Load().ContentDLP(pr.Upstream); r != nil {
+		if r := g.policy.Load().engine.ContentDLP(pr.Upstream); r != nil {
 			var redacted mcp.GetPromptResult
 			if err = redactJSON(r, res, &redacted); err == nil {
 				res = &redacted

@@ -28,36 +28,72 @@ import (
 // loadPolicy builds a policy engine from the configured files and the
 // allow-lists registered with upstreams. Any broken document fails the whole
 // load, naming it: the caller keeps the previous engine.
-func (g *Gateway) loadPolicy(ctx context.Context) (*policy.Engine, int, error) {
+func (g *Gateway) loadPolicy(ctx context.Context) (*loadedPolicy, error) {
 	var docs []*policy.Document
+	lp := &loadedPolicy{Documents: []PolicyDocument{}}
 	for _, f := range g.cfg.Policy.Files {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return nil, 0, fmt.Errorf("policy file: %w", err)
+			return nil, fmt.Errorf("policy file: %w", err)
 		}
 		d, err := policy.Parse(f, b)
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		docs = append(docs, d)
+		lp.add(d, "file "+f)
 	}
 	registered, err := g.store.ListAllowLists(ctx)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	for _, a := range registered {
 		d, err := parseAllowList(a.Upstream, a.Document)
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		docs = append(docs, d)
+		lp.add(d, "registered with upstream "+a.Upstream)
 	}
+	lp.Mode = "deny without allow-lists"
 	mode := policy.DenyWithoutRules
 	if g.cfg.Auth == config.AuthOpen {
-		mode = policy.AllowWithoutRules
+		mode, lp.Mode = policy.AllowWithoutRules, "allow without allow-lists (loopback --auth open trial)"
 	}
-	eng, err := policy.NewEngine(policy.Options{Documents: docs, Mode: mode})
-	return eng, len(docs), err
+	if lp.engine, err = policy.NewEngine(policy.Options{Documents: docs, Mode: mode}); err != nil {
+		return nil, err
+	}
+	lp.Loaded = time.Now().UTC()
+	return lp, nil
+}
+
+// loadedPolicy is the active policy: the engine, and what it was built from
+// (GET /admin/policy).
+type loadedPolicy struct {
+	engine    *policy.Engine
+	Mode      string           `json:"mode"`
+	Loaded    time.Time        `json:"loaded"`
+	Documents []PolicyDocument `json:"documents"`
+}
+
+// PolicyDocument describes one loaded allow-list.
+type PolicyDocument struct {
+	ID       string `json:"id"`
+	Version  string `json:"version,omitempty"`
+	Upstream string `json:"upstream,omitempty"`
+	Rules    int    `json:"rules"`
+	Source   string `json:"source"`
+}
+
+func (lp *loadedPolicy) add(d *policy.Document, source string) {
+	lp.Documents = append(lp.Documents, PolicyDocument{ID: d.ID, Version: d.Version, Upstream: d.Upstream, Rules: len(d.Rules), Source: source})
+}
+
+// getPolicy serves GET /admin/policy: which allow-lists are active, from
+// where, since when.
+func (g *Gateway) getPolicy(w http.ResponseWriter, _ *http.Request) error {
+	writeJSON(w, http.StatusOK, g.policy.Load())
+	return nil
 }
 
 // parseAllowList parses an allow-list registered with an upstream: its rules
@@ -83,14 +119,14 @@ func parseAllowList(upstream string, data []byte) (*policy.Document, error) {
 func (g *Gateway) ReloadPolicy(ctx context.Context) error {
 	g.policyMu.Lock()
 	defer g.policyMu.Unlock()
-	eng, n, err := g.loadPolicy(ctx)
+	lp, err := g.loadPolicy(ctx)
 	if err != nil {
 		g.log.Error("policy not reloaded; the previous one stays active", "error", err)
 		return err
 	}
-	g.policy.Store(eng)
+	g.policy.Store(lp)
 	g.front.policyChanged()
-	g.logPolicy(n)
+	g.logPolicy(len(lp.Documents))
 	return nil
 }
 
@@ -150,7 +186,7 @@ func policyTool(t *upstreams.Tool) policy.Tool {
 // may call, each with the input schema tightened by the rule that allows
 // it (the upstream's schema plus an allOf of the rule's).
 func (g *Gateway) filterTools(p identity.Principal, res *mcp.ListToolsResult) {
-	eng := g.policy.Load()
+	eng := g.policy.Load().engine
 	cat := g.upstreams.Catalog()
 	out := make([]*mcp.Tool, 0, len(res.Tools)) // the SDK's slice is not ours to reuse
 	for _, def := range res.Tools {

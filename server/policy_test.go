@@ -260,6 +260,18 @@ func TestRegisteredAllowList(t *testing.T) {
 	if res := callTool(t, carol, "fx__add", map[string]any{"a": 1, "b": 2}); res.IsError {
 		t.Errorf("carol's grant is gone: %s", callText(res))
 	}
+	// The admin view lists both documents and where they came from.
+	code, body := tg.adminDo(t, http.MethodGet, "/admin/policy", nil)
+	var active struct {
+		Mode      string
+		Documents []server.PolicyDocument
+	}
+	if code != http.StatusOK || json.Unmarshal(body, &active) != nil || len(active.Documents) != 2 ||
+		active.Documents[0].ID != "tools-policy" || active.Documents[0].Version != "3" || !strings.HasPrefix(active.Documents[0].Source, "file ") ||
+		active.Documents[1].ID != "fx-owner" || active.Documents[1].Source != "registered with upstream fx" || active.Documents[1].Upstream != "fx" ||
+		!strings.HasPrefix(active.Mode, "deny") {
+		t.Errorf("GET /admin/policy: %d %s", code, body)
+	}
 	if code, _ := tg.adminDo(t, http.MethodDelete, "/admin/upstreams/fx/allowlist", nil); code != http.StatusNoContent {
 		t.Fatalf("delete: %d", code)
 	}
