@@ -280,7 +280,6 @@ func (g *Gateway) resourceMetadata(w http.ResponseWriter, _ *http.Request) {
 		"resource":                                   base,
 		"authorization_servers":                      servers,
 		"bearer_methods_supported":                   []string{"header"},
-		"resource_signing_alg_values_supported":      []string{"ES256"},
 		"dpop_signing_alg_values_supported":          algs,
 		"dpop_bound_access_tokens_required":          g.cfg.Auth == config.AuthDPoP,
 		"tls_client_certificate_bound_access_tokens": true,
