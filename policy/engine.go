@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"cel.dev/cel-go/cel"
-	"golang.org/x/time/rate"
 
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/schemas"
@@ -102,7 +101,7 @@ type Engine struct {
 	// upstream; the first document to name one for an upstream wins.
 	content map[string]*Redactor
 
-	limiters sync.Map // limiterKey → *rate.Limiter
+	limiters sync.Map // limiterKey → *Bucket
 	nlim     sync.Mutex
 	count    int
 }
@@ -398,10 +397,6 @@ func (e *Engine) take(r *rule, req Request) time.Duration {
 	k := limiterKey{rule: r.policyID + "/" + r.id, principal: req.Principal.Key(), tool: req.Tool.Upstream + "/" + req.Tool.Name}
 	v, ok := e.limiters.Load(k)
 	if !ok {
-		burst := r.limit.Burst
-		if burst == 0 {
-			burst = max(1, r.limit.PerMinute/6)
-		}
 		e.nlim.Lock()
 		if e.count >= maxLimiters {
 			e.limiters.Clear()
@@ -409,20 +404,9 @@ func (e *Engine) take(r *rule, req Request) time.Duration {
 		}
 		e.count++
 		e.nlim.Unlock()
-		v, _ = e.limiters.LoadOrStore(k, rate.NewLimiter(rate.Limit(float64(r.limit.PerMinute)/60), burst))
+		v, _ = e.limiters.LoadOrStore(k, NewBucket(r.limit.PerMinute, r.limit.Burst))
 	}
-	lim := v.(*rate.Limiter)
-	now := e.now()
-	if lim.AllowN(now, 1) {
-		return 0
-	}
-	res := lim.ReserveN(now, 1)
-	wait := res.DelayFrom(now)
-	res.CancelAt(now)
-	if wait <= 0 {
-		wait = time.Second
-	}
-	return wait
+	return v.(*Bucket).Take(e.now())
 }
 
 // ContentDLP returns the profile for resource contents and prompts of an

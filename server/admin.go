@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -177,7 +176,7 @@ func (g *Gateway) addUpstream(w http.ResponseWriter, r *http.Request) error {
 	// record and the live registry agree.
 	g.registry.Lock()
 	defer g.registry.Unlock()
-	if slices.ContainsFunc(g.upstreams.Specs(), func(s upstreams.Spec) bool { return s.Name == spec.Name }) {
+	if _, taken := g.upstreams.Spec(spec.Name); taken {
 		return &adminError{Status: http.StatusConflict, Code: "conflict", Description: "upstream " + spec.Name + " is already registered"}
 	}
 	opts, _ := json.Marshal(spec)

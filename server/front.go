@@ -359,7 +359,7 @@ func (f *front) readResource(ctx context.Context, req *mcp.ReadResourceRequest) 
 	if err == nil {
 		if r := f.gw.policy.Load().engine.ContentDLP(up); r != nil {
 			var redacted mcp.ReadResourceResult
-			if err = redactJSON(r, res, &redacted); err == nil {
+			if _, err = redactJSON(r, res, &redacted); err == nil {
 				res = &redacted
 			}
 		}

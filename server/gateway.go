@@ -69,7 +69,7 @@ type Gateway struct {
 	policy    atomic.Pointer[loadedPolicy] // swapped whole on reload
 	policyMu  sync.Mutex                   // serialises reloads
 	pins      *policy.Pins                 // tool pinning
-	upLimits  sync.Map                     // upstream rate limits: upstreamLimitKey → *rate.Limiter
+	upLimits  sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
 	risk      *risk                        // session risk counters
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).

@@ -49,11 +49,12 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	g.inflight.setNodes(ctx, ids.USID, ids.WSID, ids.ASID, ids.MSID) // the kill-switch finds it by any of them
 	// A session whose risk passed its thresholds is blocked, or needs the
 	// user's consent for every call (refused until consent exists).
-	switch level, score := g.risk.level(ids.MSID); level {
+	sess := g.policySession(ids)
+	switch g.risk.model.Level(sess.Risk) {
 	case policy.LevelBlock:
-		return g.deny(ctx, &rec, start, ids.MSID, "", fmt.Sprintf("session blocked: its risk score %.1f passed the limit", score))
+		return g.deny(ctx, &rec, start, ids.MSID, "", fmt.Sprintf("session blocked: its risk score %.1f passed the limit", sess.Risk))
 	case policy.LevelStepUp:
-		return g.deny(ctx, &rec, start, ids.MSID, policy.CountConsentDenied, fmt.Sprintf("step-up required: at risk score %.1f every call needs the user's consent, and no consent channel is available yet", score))
+		return g.deny(ctx, &rec, start, ids.MSID, policy.CountConsentDenied, fmt.Sprintf("step-up required: at risk score %.1f every call needs the user's consent, and no consent channel is available yet", sess.Risk))
 	}
 	// 3. authorize (policy): the first rule naming this principal and tool
 	// whose condition holds allows the call, within its rate limit. A tool
@@ -67,7 +68,7 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	if err != nil {
 		return nil, g.refuse(ctx, &rec, start, err)
 	}
-	d := g.policy.Load().engine.Authorize(ctx, policy.Request{Principal: p, Tool: policyTool(t), Args: args, Session: g.policySession(ids)})
+	d := g.policy.Load().engine.Authorize(ctx, policy.Request{Principal: p, Tool: policyTool(t), Args: args, Session: sess})
 	rec.PolicyID, rec.AllowListMatch = d.PolicyID+"@"+d.Version, d.RuleID
 	switch {
 	case d.Allow:
@@ -176,7 +177,7 @@ func (g *Gateway) getPrompt(ctx context.Context, name string, req *mcp.GetPrompt
 	if err == nil {
 		if r := g.policy.Load().engine.ContentDLP(pr.Upstream); r != nil {
 			var redacted mcp.GetPromptResult
-			if err = redactJSON(r, res, &redacted); err == nil {
+			if _, err = redactJSON(r, res, &redacted); err == nil {
 				res = &redacted
 			}
 		}

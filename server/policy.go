@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -236,7 +234,7 @@ type AllowListResponse struct {
 // broken document is refused with its errors and changes nothing.
 func (g *Gateway) putAllowList(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
-	if !slices.ContainsFunc(g.upstreams.Specs(), func(s upstreams.Spec) bool { return s.Name == name }) {
+	if _, ok := g.upstreams.Spec(name); !ok {
 		return &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no upstream " + name}
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4<<20))
@@ -423,20 +421,13 @@ func redactArguments(r *policy.Redactor, params *mcp.CallToolParamsRaw) (*mcp.Ca
 // actions taken (rule and JSON pointer, never the redacted text). A result
 // that cannot be checked is withheld (fail closed).
 func redactResult(r *policy.Redactor, res *mcp.CallToolResult) (*mcp.CallToolResult, []string) {
-	raw, err := json.Marshal(res)
+	var out mcp.CallToolResult
+	acts, err := redactJSON(r, res, &out)
 	if err != nil {
-		return toolError("result withheld: it could not be checked for secrets"), []string{"withheld@"}
-	}
-	red, acts, err := r.RedactJSON(raw)
-	if err != nil {
-		return toolError("result withheld: it could not be checked for secrets"), []string{"withheld@"}
+		return toolError(errWithheld.Message), []string{"withheld@"}
 	}
 	if len(acts) == 0 {
 		return res, nil
-	}
-	var out mcp.CallToolResult
-	if err := json.Unmarshal(red, &out); err != nil {
-		return toolError("result withheld: it could not be checked for secrets"), []string{"withheld@"}
 	}
 	actions := make([]string, len(acts))
 	for i, a := range acts {
@@ -531,47 +522,32 @@ type upstreamLimitKey struct {
 // how long until one is available. An upstream without a limit is never
 // held back.
 func (g *Gateway) upstreamWait(name string) time.Duration {
-	var limit *upstreams.RateLimit
-	for _, s := range g.upstreams.Specs() {
-		if s.Name == name {
-			limit = s.RateLimit
-		}
-	}
-	if limit == nil {
+	spec, ok := g.upstreams.Spec(name)
+	if !ok || spec.RateLimit == nil {
 		return 0
 	}
-	k := upstreamLimitKey{name, *limit} // a changed limit starts a new bucket
+	k := upstreamLimitKey{name, *spec.RateLimit} // a changed limit starts a new bucket
 	v, ok := g.upLimits.Load(k)
 	if !ok {
-		burst := limit.Burst
-		if burst == 0 {
-			burst = max(1, limit.PerMinute/6)
-		}
-		v, _ = g.upLimits.LoadOrStore(k, rate.NewLimiter(rate.Limit(float64(limit.PerMinute)/60), burst))
+		v, _ = g.upLimits.LoadOrStore(k, policy.NewBucket(spec.RateLimit.PerMinute, spec.RateLimit.Burst))
 	}
-	lim := v.(*rate.Limiter)
-	now := time.Now()
-	if lim.AllowN(now, 1) {
-		return 0
-	}
-	res := lim.ReserveN(now, 1)
-	defer res.CancelAt(now)
-	return max(res.DelayFrom(now), time.Second)
+	return v.(*policy.Bucket).Take(time.Now())
 }
 
 // errWithheld fails a result DLP could not check (fail closed).
 var errWithheld = &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "result withheld: it could not be checked for secrets"}
 
-// redactJSON redacts in (a prompt or resource result) into out through its
-// JSON form. Any failure withholds the result.
-func redactJSON(r *policy.Redactor, in, out any) error {
+// redactJSON redacts in (a tool, prompt or resource result) into out
+// through its JSON form and returns the actions. Any failure withholds the
+// result.
+func redactJSON(r *policy.Redactor, in, out any) ([]policy.DLPAction, error) {
 	raw, err := json.Marshal(in)
 	if err != nil {
-		return errWithheld
+		return nil, errWithheld
 	}
-	red, _, err := r.RedactJSON(raw)
+	red, acts, err := r.RedactJSON(raw)
 	if err != nil || json.Unmarshal(red, out) != nil {
-		return errWithheld
+		return nil, errWithheld
 	}
-	return nil
+	return acts, nil
 }

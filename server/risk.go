@@ -26,14 +26,6 @@ func newRisk(model policy.Risk) *risk {
 	return &risk{model: model, counts: map[string]map[string]int64{}}
 }
 
-// level returns a session's current level and score.
-func (r *risk) level(id string) (policy.Level, float64) {
-	r.mu.Lock()
-	score := r.model.Score(r.counts[id])
-	r.mu.Unlock()
-	return r.model.Level(score), score
-}
-
 // snapshot returns a session's score and a copy of its counters.
 func (r *risk) snapshot(id string) (float64, map[string]int64) {
 	r.mu.Lock()

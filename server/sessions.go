@@ -103,7 +103,9 @@ func userSession(p identity.Principal) string {
 }
 
 // agentSession is the ASID: (agent identity, USID).
-func agentSession(p identity.Principal) string { return derive("a_", p.Agent, userSession(p)) }
+func agentSession(p identity.Principal) string { return agentSessionOf(p.Agent, userSession(p)) }
+
+func agentSessionOf(agent, usid string) string { return derive("a_", agent, usid) }
 
 // protocolSession is the MSID: the MCP session, or for stateless requests
 // the ASID. Tokens minted for upstreams hang off it.
@@ -118,7 +120,8 @@ func protocolSession(p identity.Principal, ss *mcp.ServerSession) string {
 // any node on its path has been revoked.
 func (g *Gateway) session(ctx context.Context, p identity.Principal, ss *mcp.ServerSession, extra *mcp.RequestExtra) (sessionIDs, error) {
 	var ids sessionIDs
-	ids.USID, ids.ASID = userSession(p), agentSession(p)
+	ids.USID = userSession(p)
+	ids.ASID = agentSessionOf(p.Agent, ids.USID)
 	// WSID: the workflow header, scoped to the user so that another user's
 	// workflow id never joins their graph.
 	if wf := header(extra).Get(WorkflowHeader); wf != "" {

@@ -221,6 +221,15 @@ func (m *Manager) Specs() []Spec {
 	return out
 }
 
+// Spec returns the spec of one registered upstream.
+func (m *Manager) Spec(name string) (Spec, bool) {
+	u, ok := m.lookup(name)
+	if !ok {
+		return Spec{}, false
+	}
+	return u.spec, true
+}
+
 // Status is an upstream's health as the admin API and /metrics report it.
 type Status struct {
 	Spec
