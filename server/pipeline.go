@@ -11,6 +11,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/policy"
 	"github.com/sag-gateway/sag/store"
 	"github.com/sag-gateway/sag/upstreams"
@@ -32,19 +33,11 @@ func (g *Gateway) callTool(ctx context.Context, name string, req *mcp.CallToolRe
 	start := time.Now()
 	rec := store.AuditRecord{Method: "tools/call", Tool: name}
 
-	// 1. authenticate: who is calling. requireAuth verified the request
-	// (token, DPoP proof or mTLS binding, agent identity) before the SDK
-	// read it; front.receive marked ctx with the caller, for whom step 6
-	// mints upstream credentials and to whom a parked call is bound.
-	p, ok := g.principal(req.Extra)
-	if !ok {
-		return nil, g.refuse(ctx, &rec, start, errUnauthenticated)
-	}
-	// 2. session: place the call in the session graph; revoked sessions stop here.
-	ids, err := g.session(ctx, p, req.Session, req.Extra)
-	ids.fill(&rec, p)
+	// 1. authenticate and 2. session (identify): who is calling, and the
+	// call's place in the session graph; revoked sessions stop here.
+	p, ids, err := g.identify(ctx, &rec, start, req.Session, req.Extra)
 	if err != nil {
-		return nil, g.refuse(ctx, &rec, start, err)
+		return nil, err
 	}
 	g.inflight.setNodes(ctx, ids.USID, ids.WSID, ids.ASID, ids.MSID) // the kill-switch finds it by any of them
 	// A session whose risk passed its thresholds is blocked, or needs the
@@ -159,14 +152,8 @@ func (g *Gateway) getPrompt(ctx context.Context, name string, req *mcp.GetPrompt
 	defer done()
 	start := time.Now()
 	rec := store.AuditRecord{Method: "prompts/get", Tool: name, PolicyID: "open"}
-	p, ok := g.principal(req.Extra)
-	if !ok {
-		return nil, g.refuse(ctx, &rec, start, errUnauthenticated)
-	}
-	ids, err := g.session(ctx, p, req.Session, req.Extra)
-	ids.fill(&rec, p)
-	if err != nil {
-		return nil, g.refuse(ctx, &rec, start, err)
+	if _, _, err := g.identify(ctx, &rec, start, req.Session, req.Extra); err != nil {
+		return nil, err
 	}
 	pr, ok := g.upstreams.Catalog().Prompt(name)
 	if !ok {
@@ -190,6 +177,26 @@ func (g *Gateway) getPrompt(ctx context.Context, name string, req *mcp.GetPrompt
 		return nil, aerr
 	}
 	return res, protocolError(err)
+}
+
+// identify runs the first two pipeline steps for a request. 1. authenticate:
+// requireAuth verified the request (token, DPoP proof or mTLS binding, agent
+// identity) before the SDK read it; front.receive marked ctx with the caller,
+// for whom upstream credentials are minted and to whom a parked call is
+// bound. 2. session: the request's place in the session graph; revoked
+// sessions stop here. rec gets the principal and the ids; a refusal is
+// audited and returned as the client's error.
+func (g *Gateway) identify(ctx context.Context, rec *store.AuditRecord, start time.Time, ss *mcp.ServerSession, extra *mcp.RequestExtra) (identity.Principal, sessionIDs, error) {
+	p, ok := g.principal(extra)
+	if !ok {
+		return p, sessionIDs{}, g.refuse(ctx, rec, start, errUnauthenticated)
+	}
+	ids, err := g.session(ctx, p, ss, extra)
+	ids.fill(rec, p)
+	if err != nil {
+		return p, ids, g.refuse(ctx, rec, start, err)
+	}
+	return p, ids, nil
 }
 
 // errUnauthenticated fails closed a request that reached the pipeline
