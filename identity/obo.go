@@ -89,28 +89,53 @@ const maxMinted = 100_000
 // Apply sets the Authorization header (and, for DPoP, a fresh proof for this
 // request's method and URL, RFC 9449 §7) of a request to an upstream.
 func (m *Minter) Apply(req *http.Request, o OnBehalfOf) error {
+	c, err := m.Credential(req.Context(), o)
+	if err != nil {
+		return err
+	}
+	return c.Apply(req)
+}
+
+// Credential returns the token for o (minted, or cached for its session and
+// upstream): pipeline step 7 takes it here and hands it to the forwarder.
+func (m *Minter) Credential(ctx context.Context, o OnBehalfOf) (*Credential, error) {
 	binding := o.Binding
 	if binding == "" {
 		binding = "dpop"
 	}
-	tok, err := m.token(req.Context(), o, binding)
+	tok, err := m.token(ctx, o, binding)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if binding == "mtls" {
+	return &Credential{token: tok, binding: binding, key: m.o.Key}, nil
+}
+
+// Credential is a token minted for one upstream: Apply authenticates each
+// HTTP request sent with it. Its token never appears in its String form.
+type Credential struct {
+	token, binding string
+	key            *DPoPKey
+}
+
+// Apply sets req's Authorization header and, for a DPoP-bound token, a
+// fresh proof for req's method and URL (RFC 9449 §7: one proof per request).
+func (c *Credential) Apply(req *http.Request) error {
+	if c.binding == "mtls" {
 		// RFC 8705 §3: certificate-bound tokens use the Bearer scheme; the
 		// transport presents the certificate.
-		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Authorization", "Bearer "+c.token)
 		return nil
 	}
-	proof, err := m.o.Key.Proof(req.Method, req.URL.String(), tok, "")
+	proof, err := c.key.Proof(req.Method, req.URL.String(), c.token, "")
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "DPoP "+tok)
+	req.Header.Set("Authorization", "DPoP "+c.token)
 	req.Header.Set("DPoP", proof)
 	return nil
 }
+
+func (c *Credential) String() string { return "credential(" + c.binding + ")" }
 
 // token returns the cached token for (session, upstream), minting one when
 // there is none or it is close to expiry.

@@ -18,6 +18,7 @@ import (
 //	act      map or null: the token's actor chain ({sub, act: {...}})
 //	session  map: usid, wsid, asid, msid, risk, counters
 //	tool     map: name (the upstream's name for it), upstream, destructive
+//	target   map: kind ("tool", "prompt" or "resource"), name (a resource's URI), upstream
 //	upstream string
 //	args     map: the call's arguments
 //	time     timestamp: now
@@ -30,6 +31,7 @@ func conditionEnv() (*cel.Env, error) {
 		cel.Variable("act", cel.DynType),
 		cel.Variable("session", cel.MapType(cel.StringType, cel.DynType)),
 		cel.Variable("tool", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("target", cel.MapType(cel.StringType, cel.DynType)),
 		cel.Variable("upstream", cel.StringType),
 		cel.Variable("args", cel.MapType(cel.StringType, cel.DynType)),
 		cel.Variable("time", cel.TimestampType),
@@ -58,7 +60,7 @@ func compileCondition(env *cel.Env, expr string) (cel.Program, error) {
 
 // conditionVars builds the activation of one call.
 func conditionVars(req Request, now time.Time) map[string]any {
-	p := req.Principal
+	p, t := req.Principal, req.Target
 	var act any
 	if p.Act != nil {
 		b, _ := json.Marshal(p.Act)
@@ -83,8 +85,9 @@ func conditionVars(req Request, now time.Time) map[string]any {
 			"usid": req.Session.USID, "wsid": req.Session.WSID, "asid": req.Session.ASID, "msid": req.Session.MSID,
 			"risk": req.Session.Risk, "counters": counters,
 		},
-		"tool":     map[string]any{"name": req.Tool.Name, "upstream": req.Tool.Upstream, "destructive": req.Tool.Destructive},
-		"upstream": req.Tool.Upstream,
+		"tool":     map[string]any{"name": t.Name, "upstream": t.Upstream, "destructive": t.Destructive},
+		"target":   map[string]any{"kind": t.Kind.String(), "name": t.Name, "upstream": t.Upstream},
+		"upstream": t.Upstream,
 		"args":     args,
 		"time":     now,
 	}

@@ -9,8 +9,8 @@ import (
 	"github.com/sag-gateway/sag/schemas"
 )
 
-// Document is an allow-list: rules that allow principals to call tools
-// (schemas/policy.schema.json).
+// Document is an allow-list: rules that allow principals to use tools,
+// prompts and resources (schemas/policy.schema.json).
 type Document struct {
 	ID      string `json:"id"`
 	Version string `json:"version,omitempty"`
@@ -24,13 +24,15 @@ type Document struct {
 	Rules      []Rule `json:"rules"`
 }
 
-// Rule allows the principals it names to call the tools it names, under
-// its conditions and obligations.
+// Rule allows the principals it names to call the tools, get the prompts
+// and read the resources it names, under its conditions and obligations.
 type Rule struct {
 	ID          string          `json:"id"`
 	Description string          `json:"description,omitempty"`
 	Upstream    string          `json:"upstream,omitempty"`
-	Tools       []string        `json:"tools"`
+	Tools       []string        `json:"tools,omitempty"`
+	Prompts     []string        `json:"prompts,omitempty"`
+	Resources   []string        `json:"resources,omitempty"`
 	Principals  Principals      `json:"principals"`
 	InputSchema json.RawMessage `json:"input_schema,omitempty"`
 	// OutputSchema constrains structuredContent on top of the upstream's

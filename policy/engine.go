@@ -8,6 +8,7 @@ import (
 	"path"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,13 +18,36 @@ import (
 	"github.com/sag-gateway/sag/schemas"
 )
 
-// Tool is what the engine knows of a tool in the catalog.
-type Tool struct {
-	// Upstream is the upstream's name; Name the tool's name there (not the
-	// name the gateway exposes, which may carry a prefix).
+// TargetKind is the kind of thing a rule names.
+type TargetKind uint8
+
+// Kinds of targets.
+const (
+	KindTool TargetKind = iota
+	KindPrompt
+	KindResource
+)
+
+func (k TargetKind) String() string {
+	switch k {
+	case KindPrompt:
+		return "prompt"
+	case KindResource:
+		return "resource"
+	}
+	return "tool"
+}
+
+// Target is what the engine knows of a tool, prompt or resource in the
+// catalog.
+type Target struct {
+	Kind TargetKind
+	// Upstream is the upstream's name. Name is the tool's or prompt's name
+	// there (not the name the gateway exposes, which may carry a prefix),
+	// or the resource's URI (a resource template's URI template).
 	Upstream, Name string
-	// Destructive is the upstream's destructiveHint annotation, when it
-	// says true explicitly.
+	// Destructive is the upstream's destructiveHint annotation of a tool,
+	// when it says true explicitly.
 	Destructive bool
 }
 
@@ -37,7 +61,7 @@ type Session struct {
 // Request is one call to decide on.
 type Request struct {
 	Principal identity.Principal
-	Tool      Tool
+	Target    Target
 	// Args are the decoded arguments (a JSON object), nil for none.
 	Args    map[string]any
 	Session Session
@@ -47,9 +71,11 @@ type Request struct {
 // pipeline must enforce on an allowed call.
 type Decision struct {
 	Allow bool
-	// PolicyID and Version name the document that decided ("default" when
-	// no document is loaded); RuleID the rule that allowed, or the rule that
-	// refused (rate limit, condition), else "".
+	// PolicyID and Version name the document that decided; with no
+	// deciding document PolicyID is "default-deny" (no rule allows the
+	// call) or "open-trial" (--auth open without allow-lists). RuleID is
+	// the rule that allowed, or the rule that refused (rate limit,
+	// condition), else "".
 	PolicyID, Version, RuleID string
 	// Reason says why a call was denied, naming the rule, never its content.
 	Reason string
@@ -58,9 +84,18 @@ type Decision struct {
 	// Input and Output are the rule's schemas (on top of the upstream's),
 	// nil when it has none.
 	Input, Output *schemas.Schema
-	// Consent is true when the call needs the user's consent.
-	Consent bool
-	// DLP redacts the result, nil for none.
+	// Consent is true when the call needs the user's consent, and
+	// ConsentReason says why (the rule, the tool's annotation, or the
+	// session's risk asking for step-up).
+	Consent       bool
+	ConsentReason string
+	// Known is true when the caller may see the target (a rule names it
+	// for them): a refusal is then a denial it is told about; otherwise the
+	// target does not exist for the caller.
+	Known bool
+	// DLP redacts the arguments and the result, nil for none. For prompts
+	// and resources without a rule profile it is the upstream's
+	// content_dlp.
 	DLP *Redactor
 }
 
@@ -83,19 +118,24 @@ type Options struct {
 	Mode Mode
 	// Now is the clock of conditions and rate limits; nil means time.Now.
 	Now func() time.Time
+	// Risk scores a session's counters; the zero value never steps up or
+	// blocks.
+	Risk Risk
 }
 
 // Engine decides calls. It is immutable once built (a policy reload builds
 // a new one) and safe for concurrent use; only rate-limit buckets change.
 type Engine struct {
 	mode  Mode
+	risk  Risk
 	rules []*rule // in document order
-	// exact indexes rules whose upstream and tool are plain names;
-	// byUpstream the other rules of one upstream; anyUpstream those for
-	// every upstream.
-	exact       map[[2]string][]*rule
-	byUpstream  map[string][]*rule
-	anyUpstream []*rule
+	// exact indexes rules by (kind, upstream, name) for the names they
+	// give exactly and whose upstream is a plain name; byUpstream the rules
+	// of one upstream naming globs, by (kind, upstream); anyUpstream the
+	// rules whose upstream is a glob, by kind.
+	exact       map[exactKey][]*rule
+	byUpstream  map[upstreamKey][]*rule
+	anyUpstream [3][]*rule
 	now         func() time.Time
 	// content are the content DLP profiles: by upstream, "" for every
 	// upstream; the first document to name one for an upstream wins.
@@ -106,12 +146,23 @@ type Engine struct {
 	count    int
 }
 
+type exactKey struct {
+	kind           TargetKind
+	upstream, name string
+}
+
+type upstreamKey struct {
+	kind     TargetKind
+	upstream string
+}
+
 type rule struct {
 	seq               int
 	policyID, version string
 	id                string
 	upstream          string
-	tools             []string
+	names             [3][]string // by TargetKind: tool and prompt globs, resource patterns
+	uris              []*uriPattern
 	p                 Principals
 	input, output     *schemas.Schema
 	inputRaw          json.RawMessage
@@ -128,7 +179,7 @@ const maxLimiters = 200_000
 // profiles are checked and compiled once, here. Errors name the document and
 // the rule.
 func NewEngine(o Options) (*Engine, error) {
-	e := &Engine{mode: o.Mode, exact: map[[2]string][]*rule{}, byUpstream: map[string][]*rule{}, now: o.Now, content: map[string]*Redactor{}}
+	e := &Engine{mode: o.Mode, risk: o.Risk, exact: map[exactKey][]*rule{}, byUpstream: map[upstreamKey][]*rule{}, now: o.Now, content: map[string]*Redactor{}}
 	if e.now == nil {
 		e.now = time.Now
 	}
@@ -177,8 +228,12 @@ func compileRule(env *cel.Env, d *Document, src *Rule, dlp map[string]*Redactor)
 	if version == "" {
 		version = "0"
 	}
-	r := &rule{policyID: d.ID, version: version, id: src.ID, upstream: src.Upstream, tools: src.Tools, p: src.Principals,
+	r := &rule{policyID: d.ID, version: version, id: src.ID, upstream: src.Upstream, p: src.Principals,
+		names:    [3][]string{KindTool: src.Tools, KindPrompt: src.Prompts, KindResource: src.Resources},
 		inputRaw: src.InputSchema, consent: src.Consent, limit: src.RateLimit}
+	if len(src.Tools)+len(src.Prompts)+len(src.Resources) == 0 {
+		return nil, errors.New("names no tools, prompts or resources")
+	}
 	if r.upstream == "" {
 		r.upstream = "*"
 	}
@@ -189,10 +244,18 @@ func compileRule(env *cel.Env, d *Document, src *Rule, dlp map[string]*Redactor)
 		}
 		r.upstream = d.Upstream
 	}
-	for _, g := range append(append(append([]string{r.upstream}, r.tools...), r.p.Users...), r.p.Agents...) {
+	globs := slices.Concat([]string{r.upstream}, src.Tools, src.Prompts, r.p.Users, r.p.Agents)
+	for _, g := range globs {
 		if _, err := path.Match(g, ""); err != nil {
 			return nil, fmt.Errorf("bad glob %q", g)
 		}
+	}
+	for _, u := range src.Resources {
+		pat, err := compileURIPattern(u)
+		if err != nil {
+			return nil, fmt.Errorf("resources: %q: %w", u, err)
+		}
+		r.uris = append(r.uris, pat)
 	}
 	var err error
 	if len(src.InputSchema) > 0 {
@@ -223,35 +286,41 @@ func isGlob(s string) bool {
 }
 
 func (e *Engine) index(r *rule) {
-	switch {
-	case isGlob(r.upstream):
-		e.anyUpstream = append(e.anyUpstream, r)
-	case !slices.ContainsFunc(r.tools, isGlob):
-		for _, t := range r.tools {
-			k := [2]string{r.upstream, t}
-			e.exact[k] = append(e.exact[k], r)
+	for k, names := range r.names {
+		kind := TargetKind(k)
+		switch {
+		case len(names) == 0:
+		case isGlob(r.upstream):
+			e.anyUpstream[kind] = append(e.anyUpstream[kind], r)
+		case !slices.ContainsFunc(names, func(n string) bool { return isGlob(n) || kind == KindResource && strings.Contains(n, "{") }):
+			for _, n := range names {
+				k := exactKey{kind, r.upstream, n}
+				e.exact[k] = append(e.exact[k], r)
+			}
+		default:
+			k := upstreamKey{kind, r.upstream}
+			e.byUpstream[k] = append(e.byUpstream[k], r)
 		}
-	default:
-		e.byUpstream[r.upstream] = append(e.byUpstream[r.upstream], r)
 	}
 }
 
 // candidates returns the rules that name t, in document order.
-func (e *Engine) candidates(t Tool) []*rule {
-	exact := e.exact[[2]string{t.Upstream, t.Name}]
-	up := e.byUpstream[t.Upstream]
-	if len(up) == 0 && len(e.anyUpstream) == 0 {
+func (e *Engine) candidates(t Target) []*rule {
+	exact := e.exact[exactKey{t.Kind, t.Upstream, t.Name}]
+	up := e.byUpstream[upstreamKey{t.Kind, t.Upstream}]
+	anyUp := e.anyUpstream[t.Kind]
+	if len(up) == 0 && len(anyUp) == 0 {
 		return exact
 	}
-	out := make([]*rule, 0, len(exact)+len(up)+len(e.anyUpstream))
+	out := make([]*rule, 0, len(exact)+len(up)+len(anyUp))
 	out = append(out, exact...)
 	for _, r := range up {
-		if r.coversTool(t.Name) {
+		if r.covers(t) {
 			out = append(out, r)
 		}
 	}
-	for _, r := range e.anyUpstream {
-		if ok, _ := path.Match(r.upstream, t.Upstream); ok && r.coversTool(t.Name) {
+	for _, r := range anyUp {
+		if ok, _ := path.Match(r.upstream, t.Upstream); ok && r.covers(t) {
 			out = append(out, r)
 		}
 	}
@@ -259,13 +328,12 @@ func (e *Engine) candidates(t Tool) []*rule {
 	return out
 }
 
-func (r *rule) coversTool(name string) bool {
-	for _, g := range r.tools {
-		if ok, _ := path.Match(g, name); ok {
-			return true
-		}
+// covers reports whether the rule names t (its upstream aside).
+func (r *rule) covers(t Target) bool {
+	if t.Kind == KindResource {
+		return slices.ContainsFunc(r.uris, func(p *uriPattern) bool { return p.match(t.Name) })
 	}
-	return false
+	return anyGlob(r.names[t.Kind], t.Name)
 }
 
 // matches reports whether the rule is for p.
@@ -319,11 +387,11 @@ func anyGlob(globs []string, s string) bool {
 	return false
 }
 
-// Visible reports whether any rule lets p call t at all (before conditions
-// and rate limits, which depend on the call): tools/list shows exactly these.
+// Visible reports whether any rule lets p use t at all (before conditions
+// and rate limits, which depend on the call): lists show exactly these.
 // It also returns the first such rule's input schema, to show the tightened
 // schema.
-func (e *Engine) Visible(p identity.Principal, t Tool) (bool, json.RawMessage) {
+func (e *Engine) Visible(p identity.Principal, t Target) (bool, json.RawMessage) {
 	if len(e.rules) == 0 {
 		return e.mode == AllowWithoutRules, nil
 	}
@@ -336,19 +404,42 @@ func (e *Engine) Visible(p identity.Principal, t Tool) (bool, json.RawMessage) {
 }
 
 // Authorize decides one call: the first rule (in document order) that names
-// the tool and the principal and whose condition holds allows it, subject
-// to its rate limit. No such rule: denied (default deny).
+// the target and the principal and whose condition holds allows it, subject
+// to its rate limit. No such rule: denied (default deny). The session's risk
+// then applies: past its block level a call the caller could make is
+// denied, past step-up it needs the user's consent.
 func (e *Engine) Authorize(ctx context.Context, req Request) Decision {
-	if len(e.rules) == 0 {
-		d := Decision{PolicyID: "default", Version: "0", Allow: e.mode == AllowWithoutRules, Consent: req.Tool.Destructive}
-		if !d.Allow {
-			d.Reason = "no allow-list is loaded: everything is denied"
-		}
+	d := e.decide(ctx, req)
+	if !d.Known {
 		return d
+	}
+	switch score := req.Session.Risk; e.risk.Level(score) {
+	case LevelBlock:
+		d.Allow, d.RetryAfter = false, 0
+		d.Reason = fmt.Sprintf("session blocked: its risk score %.1f passed the limit", score)
+	case LevelStepUp:
+		if d.Allow && !d.Consent {
+			d.Consent = true
+			d.ConsentReason = fmt.Sprintf("step-up required: the session's risk score is %.1f", score)
+		}
+	}
+	return d
+}
+
+func (e *Engine) decide(ctx context.Context, req Request) Decision {
+	if len(e.rules) == 0 {
+		if e.mode == AllowWithoutRules {
+			d := Decision{PolicyID: "open-trial", Allow: true, Known: true, DLP: e.contentDLP(req.Target)}
+			if req.Target.Destructive {
+				d.Consent, d.ConsentReason = true, "the tool is annotated destructive"
+			}
+			return d
+		}
+		return Decision{PolicyID: "default-deny", Reason: "no allow-list is loaded: everything is denied"}
 	}
 	var vars map[string]any
 	var condFailed *rule
-	for _, r := range e.candidates(req.Tool) {
+	for _, r := range e.candidates(req.Target) {
 		if !r.matches(&req.Principal) {
 			continue
 		}
@@ -364,13 +455,18 @@ func (e *Engine) Authorize(ctx context.Context, req Request) Decision {
 				continue
 			}
 		}
-		d := Decision{PolicyID: r.policyID, Version: r.version, RuleID: r.id, Input: r.input, Output: r.output, DLP: r.dlp}
+		d := Decision{PolicyID: r.policyID, Version: r.version, RuleID: r.id, Input: r.input, Output: r.output, DLP: r.dlp, Known: true}
+		if d.DLP == nil {
+			d.DLP = e.contentDLP(req.Target)
+		}
 		switch r.consent {
 		case ConsentAlways:
-			d.Consent = true
+			d.Consent, d.ConsentReason = true, "rule "+r.id+" asks for consent"
 		case ConsentNever:
 		default:
-			d.Consent = req.Tool.Destructive
+			if req.Target.Destructive {
+				d.Consent, d.ConsentReason = true, "the tool is annotated destructive"
+			}
 		}
 		if r.limit != nil {
 			if wait := e.take(r, req); wait > 0 {
@@ -383,18 +479,18 @@ func (e *Engine) Authorize(ctx context.Context, req Request) Decision {
 		return d
 	}
 	if condFailed != nil {
-		return Decision{PolicyID: condFailed.policyID, Version: condFailed.version, RuleID: condFailed.id,
+		return Decision{PolicyID: condFailed.policyID, Version: condFailed.version, RuleID: condFailed.id, Known: true,
 			Reason: fmt.Sprintf("condition of rule %s not met", condFailed.id)}
 	}
-	return Decision{PolicyID: "default", Version: "0", Reason: "no rule allows this call"}
+	return Decision{PolicyID: "default-deny", Reason: "no rule allows this call"}
 }
 
-type limiterKey struct{ rule, principal, tool string }
+type limiterKey struct{ rule, principal, target string }
 
-// take spends a token of the (rule, principal, tool) bucket and returns 0,
+// take spends a token of the (rule, principal, target) bucket and returns 0,
 // or how long until a token is available.
 func (e *Engine) take(r *rule, req Request) time.Duration {
-	k := limiterKey{rule: r.policyID + "/" + r.id, principal: req.Principal.Key(), tool: req.Tool.Upstream + "/" + req.Tool.Name}
+	k := limiterKey{rule: r.policyID + "/" + r.id, principal: req.Principal.Key(), target: req.Target.Kind.String() + ":" + req.Target.Upstream + "/" + req.Target.Name}
 	v, ok := e.limiters.Load(k)
 	if !ok {
 		e.nlim.Lock()
@@ -409,10 +505,13 @@ func (e *Engine) take(r *rule, req Request) time.Duration {
 	return v.(*Bucket).Take(e.now())
 }
 
-// ContentDLP returns the profile for resource contents and prompts of an
-// upstream, nil for none.
-func (e *Engine) ContentDLP(upstream string) *Redactor {
-	if r, ok := e.content[upstream]; ok {
+// contentDLP returns the content_dlp profile that covers a prompt or
+// resource of t's upstream, nil for none (and for tools).
+func (e *Engine) contentDLP(t Target) *Redactor {
+	if t.Kind == KindTool {
+		return nil
+	}
+	if r, ok := e.content[t.Upstream]; ok {
 		return r
 	}
 	return e.content[""]

@@ -91,11 +91,11 @@ func TestAuthorize(t *testing.T) {
 	alice := identity.Principal{Issuer: "https://idp", User: "alice"}
 	bob := identity.Principal{Issuer: "https://idp", User: "bob", Groups: []string{"eng"}}
 	agent := identity.Principal{User: "carol", Agent: "spiffe://example.org/agents/builder", Scopes: []string{"files.write"}}
-	tool := func(up, name string) Tool { return Tool{Upstream: up, Name: name} }
+	tool := func(up, name string) Target { return Target{Upstream: up, Name: name} }
 	for _, tc := range []struct {
 		name    string
 		p       identity.Principal
-		tool    Tool
+		tool    Target
 		args    map[string]any
 		allow   bool
 		rule    string
@@ -117,16 +117,16 @@ func TestAuthorize(t *testing.T) {
 		{"condition false names the rule", alice, tool("files", "delete_file"), map[string]any{"path": "/etc/passwd"}, false, "business-hours", false, "condition of rule business-hours not met"},
 		{"condition on a missing argument is false", alice, tool("files", "delete_file"), nil, false, "business-hours", false, "condition of rule business-hours not met"},
 		{"condition on the user", bob, tool("files", "delete_file"), map[string]any{"path": "/srv/tmp/x"}, false, "business-hours", false, ""},
-		{"consent auto on a destructive tool", alice, Tool{Upstream: "db", Name: "drop_table", Destructive: true}, nil, true, "destructive-auto", true, ""},
-		{"consent auto on a safe tool", alice, Tool{Upstream: "db", Name: "drop_table"}, nil, true, "destructive-auto", false, ""},
-		{"consent never wins over the hint", alice, Tool{Upstream: "db", Name: "vacuum", Destructive: true}, nil, true, "destructive-never", false, ""},
+		{"consent auto on a destructive tool", alice, Target{Upstream: "db", Name: "drop_table", Destructive: true}, nil, true, "destructive-auto", true, ""},
+		{"consent auto on a safe tool", alice, Target{Upstream: "db", Name: "drop_table"}, nil, true, "destructive-auto", false, ""},
+		{"consent never wins over the hint", alice, Target{Upstream: "db", Name: "vacuum", Destructive: true}, nil, true, "destructive-never", false, ""},
 		{"claims match", identity.Principal{Claims: map[string]any{"department": "finance", "roles": []any{"payroll", "x"}, "level": 3.0}}, tool("hr", "salaries"), nil, true, "by-claims", false, ""},
 		{"a claim differs", identity.Principal{Claims: map[string]any{"department": "eng", "roles": []any{"payroll"}, "level": 3.0}}, tool("hr", "salaries"), nil, false, "", false, ""},
 		{"a list claim lacks the value", identity.Principal{Claims: map[string]any{"department": "finance", "roles": []any{"x"}, "level": 3.0}}, tool("hr", "salaries"), nil, false, "", false, ""},
 		{"a claim is missing", identity.Principal{Claims: map[string]any{"department": "finance", "roles": "payroll"}}, tool("hr", "salaries"), nil, false, "", false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := e.Authorize(context.Background(), Request{Principal: tc.p, Tool: tc.tool, Args: tc.args})
+			d := e.Authorize(context.Background(), Request{Principal: tc.p, Target: tc.tool, Args: tc.args})
 			if d.Allow != tc.allow || d.RuleID != tc.rule || d.Consent != tc.consent {
 				t.Fatalf("decision %+v, want allow=%v rule=%q consent=%v", d, tc.allow, tc.rule, tc.consent)
 			}
@@ -139,23 +139,23 @@ func TestAuthorize(t *testing.T) {
 		})
 	}
 	// Obligations travel with the decision.
-	d := e.Authorize(context.Background(), Request{Principal: alice, Tool: tool("files", "read_file"), Args: map[string]any{"path": "/srv/a"}})
+	d := e.Authorize(context.Background(), Request{Principal: alice, Target: tool("files", "read_file"), Args: map[string]any{"path": "/srv/a"}})
 	if d.Input == nil || d.Input.Validate(map[string]any{"path": "/etc"}) == nil {
 		t.Error("the rule's input schema is missing or does not tighten")
 	}
-	d = e.Authorize(context.Background(), Request{Principal: alice, Tool: tool("files", "delete_file"), Args: map[string]any{"path": "/srv/tmp/x"}})
+	d = e.Authorize(context.Background(), Request{Principal: alice, Target: tool("files", "delete_file"), Args: map[string]any{"path": "/srv/tmp/x"}})
 	if d.DLP == nil {
 		t.Error("the rule's DLP profile is missing")
 	}
 }
 
 func TestDefaultModes(t *testing.T) {
-	req := Request{Principal: identity.Anonymous(), Tool: Tool{Upstream: "a", Name: "b", Destructive: true}}
+	req := Request{Principal: identity.Anonymous(), Target: Target{Upstream: "a", Name: "b", Destructive: true}}
 	deny, _ := NewEngine(Options{})
 	if d := deny.Authorize(context.Background(), req); d.Allow || !strings.Contains(d.Reason, "no allow-list") {
 		t.Errorf("no documents, authenticated: %+v", d)
 	}
-	if ok, _ := deny.Visible(req.Principal, req.Tool); ok {
+	if ok, _ := deny.Visible(req.Principal, req.Target); ok {
 		t.Error("no documents, authenticated: the tool is visible")
 	}
 	allow, _ := NewEngine(Options{Mode: AllowWithoutRules})
@@ -176,7 +176,7 @@ func TestRateLimit(t *testing.T) {
 	agent := identity.Principal{User: "carol", Agent: "spiffe://example.org/agents/builder", Scopes: []string{"files.write"}}
 	other := agent
 	other.User = "dave"
-	req := Request{Principal: agent, Tool: Tool{Upstream: "files", Name: "write_file"}}
+	req := Request{Principal: agent, Target: Target{Upstream: "files", Name: "write_file"}}
 	for i := range 2 { // burst 2
 		if d := e.Authorize(context.Background(), req); !d.Allow {
 			t.Fatalf("call %d within the burst: %+v", i, d)
@@ -187,7 +187,7 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("third call: %+v", d)
 	}
 	// Buckets are per principal.
-	if d := e.Authorize(context.Background(), Request{Principal: other, Tool: req.Tool}); !d.Allow {
+	if d := e.Authorize(context.Background(), Request{Principal: other, Target: req.Target}); !d.Allow {
 		t.Errorf("another principal was limited: %+v", d)
 	}
 	c.Add(time.Second) // 60/min refills one token a second
@@ -203,17 +203,17 @@ rules:
   - {id: first, tools: [t], consent: always}
   - {id: second, tools: [t], consent: never}
 `)
-	if d := e.Authorize(context.Background(), Request{Tool: Tool{Upstream: "u", Name: "t"}}); d.RuleID != "first" || !d.Consent {
+	if d := e.Authorize(context.Background(), Request{Target: Target{Upstream: "u", Name: "t"}}); d.RuleID != "first" || !d.Consent {
 		t.Errorf("decision %+v, want the first rule", d)
 	}
 }
 
 func TestDocumentUpstreamConfines(t *testing.T) {
 	e := testEngine(t, nil, "id: owner\nupstream: files\nrules: [{id: all, tools: ['*']}]\n")
-	if ok, _ := e.Visible(identity.Anonymous(), Tool{Upstream: "mail", Name: "send"}); ok {
+	if ok, _ := e.Visible(identity.Anonymous(), Target{Upstream: "mail", Name: "send"}); ok {
 		t.Error("an upstream's allow-list opened another upstream's tool")
 	}
-	if ok, _ := e.Visible(identity.Anonymous(), Tool{Upstream: "files", Name: "read"}); !ok {
+	if ok, _ := e.Visible(identity.Anonymous(), Target{Upstream: "files", Name: "read"}); !ok {
 		t.Error("an upstream's allow-list does not cover its own tool")
 	}
 	d, _ := Parse("x", []byte("id: owner\nupstream: files\nrules: [{id: r, upstream: mail, tools: ['*']}]\n"))
@@ -224,7 +224,7 @@ func TestDocumentUpstreamConfines(t *testing.T) {
 
 func TestVisibleShowsTighterSchema(t *testing.T) {
 	e := testEngine(t, nil, testDoc)
-	ok, raw := e.Visible(identity.Principal{User: "alice"}, Tool{Upstream: "files", Name: "read_file"})
+	ok, raw := e.Visible(identity.Principal{User: "alice"}, Target{Upstream: "files", Name: "read_file"})
 	if !ok || !strings.Contains(string(raw), `"^/srv/"`) {
 		t.Errorf("Visible = %v, %s", ok, raw)
 	}
@@ -311,7 +311,7 @@ func BenchmarkAuthorize(b *testing.B) {
 		}
 	}
 	e := testEngine(b, nil, sb.String())
-	req := Request{Principal: identity.Principal{User: "user6"}, Tool: Tool{Upstream: "up2", Name: "tool502"}, Args: map[string]any{"n": 7.0}}
+	req := Request{Principal: identity.Principal{User: "user6"}, Target: Target{Upstream: "up2", Name: "tool502"}, Args: map[string]any{"n": 7.0}}
 	if d := e.Authorize(context.Background(), req); !d.Allow || d.RuleID != "r502" {
 		b.Fatalf("decision %+v", d)
 	}
@@ -327,13 +327,27 @@ func BenchmarkAuthorize(b *testing.B) {
 
 func TestContentDLP(t *testing.T) {
 	e := testEngine(t, nil,
-		"id: a\nupstream: files\ncontent_dlp: p\ndlp_profiles: {p: {builtins: [emails]}}\nrules: []\n",
-		"id: b\ncontent_dlp: q\ndlp_profiles: {q: {builtins: [jwt]}}\nrules: []\n")
-	if r := e.ContentDLP("files"); r == nil || r.Name() != "p" {
-		t.Errorf("files: %v, want the upstream's own profile", r)
-	}
-	if r := e.ContentDLP("mail"); r == nil || r.Name() != "q" {
-		t.Errorf("mail: %v, want the document-wide profile", r)
+		"id: a\nupstream: files\ncontent_dlp: p\ndlp_profiles: {p: {builtins: [emails]}, r: {builtins: [cloud_keys]}}\nrules:\n"+
+			"  - {id: docs, prompts: ['*'], resources: ['*']}\n  - {id: own, prompts: [own], dlp: r}\n  - {id: tools, tools: ['*']}\n",
+		"id: b\ncontent_dlp: q\ndlp_profiles: {q: {builtins: [jwt]}}\nrules:\n  - {id: all, prompts: ['*'], resources: ['*']}\n")
+	for _, tc := range []struct {
+		target Target
+		want   string
+	}{
+		{Target{Kind: KindPrompt, Upstream: "files", Name: "p1"}, "p"}, // the upstream's own profile
+		{Target{Kind: KindResource, Upstream: "files", Name: "file:///a"}, "p"},
+		{Target{Kind: KindPrompt, Upstream: "files", Name: "own"}, "p"},       // the first rule wins, with the content profile
+		{Target{Kind: KindResource, Upstream: "mail", Name: "mail://1"}, "q"}, // the document-wide profile
+		{Target{Kind: KindTool, Upstream: "files", Name: "t"}, ""},            // content_dlp is not for tools
+	} {
+		d := e.Authorize(context.Background(), Request{Target: tc.target})
+		got := ""
+		if d.DLP != nil {
+			got = d.DLP.Name()
+		}
+		if !d.Allow || got != tc.want {
+			t.Errorf("%v: allow %v, profile %q; want %q", tc.target, d.Allow, got, tc.want)
+		}
 	}
 	d, _ := Parse("x", []byte("id: x\ncontent_dlp: missing\nrules: []\n"))
 	if _, err := NewEngine(Options{Documents: []*Document{d}}); err == nil || !strings.Contains(err.Error(), `content_dlp: no profile "missing"`) {

@@ -13,6 +13,7 @@ var layers = [][]string{
 	{"cmd/sag"},
 	{"server", "server/config"},
 	{"agui", "a2a"},
+	{"pipeline"},
 	{"policy", "consent", "upstreams"},
 	{"identity"},
 	{"store", "schemas"},
@@ -90,4 +91,23 @@ func TestImportDirection(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestPipelineIsProtocolNeutral keeps protocol SDKs out of the pipeline:
+// channels translate, the pipeline decides.
+func TestPipelineIsProtocolNeutral(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if p.ImportPath != module+"pipeline" {
+			continue
+		}
+		for _, imp := range p.Imports {
+			for _, sdk := range []string{"github.com/modelcontextprotocol/go-sdk", "github.com/a2aproject/a2a-go", "github.com/mark3labs/mcp-go"} {
+				if strings.HasPrefix(imp, sdk) {
+					t.Errorf("pipeline imports %s: it must stay protocol-neutral", imp)
+				}
+			}
+		}
+		return
+	}
+	t.Fatal("package pipeline not found")
 }

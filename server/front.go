@@ -209,9 +209,7 @@ func (f *front) sync(*upstreams.Catalog) {
 		if changed(f.prompts, p.Name, p.Def) {
 			name := p.Name
 			f.add("prompt", name, f.prompts, func() {
-				f.srv.AddPrompt(p.Def, func(ctx context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
-					return f.gw.getPrompt(ctx, name, req)
-				})
+				f.srv.AddPrompt(p.Def, f.getPrompt)
 			}, func() { f.srv.RemovePrompts(name) })
 		}
 	}
@@ -284,10 +282,7 @@ func gone(have map[string][]byte, seen map[string]bool) []string {
 
 // addTool serves a catalog tool through the pipeline.
 func (f *front) addTool(t *upstreams.Tool) {
-	name := t.Name
-	f.srv.AddTool(t.Def, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
-		return f.gw.callTool(ctx, name, req)
-	})
+	f.srv.AddTool(t.Def, f.callTool)
 }
 
 // policyChanged tells every client to list its tools again: a policy reload
@@ -332,7 +327,7 @@ func (f *front) watch(ctx context.Context, ss *mcp.ServerSession, extra *mcp.Req
 		return
 	}
 	f.open.Add(1)
-	f.gw.sessionOpened(ctx, p, ss, extra)
+	f.gw.sessionOpened(ctx, p, ss.ID(), header(extra).Get(WorkflowHeader))
 	go func() {
 		_ = ss.Wait()
 		f.watched.Delete(ss.ID())
@@ -350,69 +345,6 @@ func (f *front) owner(id string) (string, bool) {
 	return w.(*watched).owner, true
 }
 
-func (f *front) readResource(ctx context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
-	up, ok := f.gw.upstreams.Catalog().ResourceUpstream(req.Params.URI)
-	if !ok {
-		return nil, mcp.ResourceNotFoundError(req.Params.URI)
-	}
-	res, err := f.gw.upstreams.ReadResource(ctx, req.Session, up, req.Params)
-	if err == nil {
-		if r := f.gw.policy.Load().engine.ContentDLP(up); r != nil {
-			var redacted mcp.ReadResourceResult
-			if _, err = redactJSON(r, res, &redacted); err == nil {
-				res = &redacted
-			}
-		}
-	}
-	return res, protocolError(err)
-}
-
-func (f *front) complete(ctx context.Context, req *mcp.CompleteRequest) (*mcp.CompleteResult, error) {
-	ref := req.Params.Ref
-	if ref == nil {
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "completion/complete: missing ref"}
-	}
-	cat := f.gw.upstreams.Catalog()
-	params := *req.Params
-	var up string
-	switch ref.Type {
-	case "ref/prompt":
-		p, ok := cat.Prompt(ref.Name)
-		if !ok {
-			return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "unknown prompt " + ref.Name}
-		}
-		r := *ref
-		r.Name = p.Original
-		params.Ref, up = &r, p.Upstream
-	case "ref/resource":
-		u, ok := cat.ResourceUpstream(ref.URI)
-		if !ok {
-			return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "unknown resource " + ref.URI}
-		}
-		up = u
-	default:
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "unknown ref type " + ref.Type}
-	}
-	res, err := f.gw.upstreams.Complete(ctx, req.Session, up, &params)
-	return res, protocolError(err)
-}
-
-func (f *front) subscribe(ctx context.Context, req *mcp.SubscribeRequest) error {
-	up, ok := f.gw.upstreams.Catalog().ResourceUpstream(req.Params.URI)
-	if !ok {
-		return mcp.ResourceNotFoundError(req.Params.URI)
-	}
-	return protocolError(f.gw.upstreams.Subscribe(ctx, req.Session, up, req.Params.URI))
-}
-
-func (f *front) unsubscribe(ctx context.Context, req *mcp.UnsubscribeRequest) error {
-	up, ok := f.gw.upstreams.Catalog().ResourceUpstream(req.Params.URI)
-	if !ok {
-		return mcp.ResourceNotFoundError(req.Params.URI)
-	}
-	return protocolError(f.gw.upstreams.Unsubscribe(ctx, req.Session, up, req.Params.URI))
-}
-
 // resourceUpdated delivers an upstream's resource update to the downstream
 // session it belongs to (to every subscriber when down is nil).
 func (f *front) resourceUpdated(down *mcp.ServerSession, p *mcp.ResourceUpdatedNotificationParams) {
@@ -424,39 +356,33 @@ func (f *front) resourceUpdated(down *mcp.ServerSession, p *mcp.ResourceUpdatedN
 }
 
 // receive sees every request before the SDK handles it: logging/setLevel is
-// forwarded to the upstreams (it has no hook of its own), and calls of
-// unknown tools are audited before the SDK refuses them.
+// forwarded to the upstreams (it has no hook of its own); calls the SDK
+// would refuse itself (a name it does not serve) and every prompts/get and
+// resources/read go to the pipeline directly, so that each is audited and
+// answered alike; lists are filtered per caller.
 func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 		ss, _ := req.GetSession().(*mcp.ServerSession)
 		f.watch(ctx, ss, req.GetExtra())
-		p, ok := f.gw.principal(req.GetExtra())
-		if ok {
-			ctx = upstreams.WithCaller(ctx, p, protocolSession(p, ss))
-		}
-		switch method {
-		case "logging/setLevel":
-			if p, ok := req.GetParams().(*mcp.SetLoggingLevelParams); ok {
-				f.gw.upstreams.SetLoggingLevel(ctx, ss, p.Level)
+		switch r := req.(type) {
+		case *mcp.CallToolRequest:
+			if _, known := f.gw.upstreams.Catalog().Tool(r.Params.Name); !known {
+				return f.callTool(ctx, r)
 			}
-		case "tools/call":
-			if p, ok := req.GetParams().(*mcp.CallToolParamsRaw); ok {
-				if _, known := f.gw.upstreams.Catalog().Tool(p.Name); !known {
-					f.gw.auditUnknownTool(ctx, ss, req.GetExtra(), p.Name)
-				}
+		case *mcp.GetPromptRequest:
+			return f.getPrompt(ctx, r)
+		case *mcp.ReadResourceRequest:
+			return f.readResource(ctx, r)
+		case *mcp.ServerRequest[*mcp.SetLoggingLevelParams]:
+			if p, ok := f.gw.principal(req.GetExtra()); ok {
+				f.gw.upstreams.SetLoggingLevel(upstreams.WithCaller(ctx, p, protocolSession(p, ss), nil), ss, r.Params.Level)
 			}
-		case "tools/list":
-			// Each principal sees exactly what it may call (the SDK's
-			// list is the whole catalog).
+		case *mcp.ListToolsRequest, *mcp.ListPromptsRequest, *mcp.ListResourcesRequest, *mcp.ListResourceTemplatesRequest:
 			res, err := next(ctx, method, req)
-			if lr, isList := res.(*mcp.ListToolsResult); err == nil && isList {
-				if !ok {
-					lr.Tools = nil
-				} else {
-					f.gw.filterTools(p, lr)
-				}
+			if err != nil {
+				return res, err
 			}
-			return res, err
+			return res, f.filter(ctx, method, req, res)
 		}
 		return next(ctx, method, req)
 	}
@@ -475,27 +401,4 @@ func (f *front) send(next mcp.MethodHandler) mcp.MethodHandler {
 func (f *front) allowUpdate(s mcp.Session) bool {
 	target := f.updateFor.Load()
 	return target == nil || s == mcp.Session(target)
-}
-
-// protocolError maps an upstream failure onto a JSON-RPC error for methods
-// that have no tool-error form; the upstream's own JSON-RPC errors pass as is.
-func protocolError(err error) error {
-	if err == nil {
-		return nil
-	}
-	var rpc *jsonrpc.Error
-	if errors.As(err, &rpc) {
-		return rpc
-	}
-	var ue *upstreams.Error
-	if errors.As(err, &ue) {
-		return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: ue.Error()}
-	}
-	if errors.Is(err, context.Canceled) {
-		return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "request cancelled"}
-	}
-	if errors.Is(err, errSessionRevoked) {
-		return &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: "session revoked"}
-	}
-	return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "internal error"}
 }

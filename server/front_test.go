@@ -121,7 +121,7 @@ func TestHTTPFront(t *testing.T) {
 	t.Run("unknown tool is audited", func(t *testing.T) {
 		found := false
 		for _, rec := range tg.audit(t, sid) {
-			if rec.Tool == "up__nope" && rec.Decision == "deny" && rec.Reason == "unknown tool" {
+			if rec.Tool == "up__nope" && rec.Decision == "deny" && strings.HasPrefix(rec.Reason, `unknown tool "up__nope"`) {
 				found = true
 			}
 		}

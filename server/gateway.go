@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/policy"
 	"github.com/sag-gateway/sag/server/config"
 	"github.com/sag-gateway/sag/store"
@@ -47,6 +48,7 @@ type Store interface {
 	FindSessions(ctx context.Context, kind store.SessionKind, who string, byAgent bool) ([]string, error)
 	RevokeToken(ctx context.Context, issuer, jti string, expiry time.Time) error
 	RevokedTokens(ctx context.Context) ([]store.RevokedToken, error)
+	RevokedSessions(ctx context.Context) ([]string, error)
 	Close() error
 }
 
@@ -62,7 +64,8 @@ type Gateway struct {
 	upstreams *upstreams.Manager
 	front     *front
 	metrics   *metrics
-	sessions  sessionCache
+	sessions  *sessionGraph
+	pipeline  *pipeline.Pipeline
 	admin     string // admin API token
 	auth      *authn
 	revoked   *revocations
@@ -70,7 +73,6 @@ type Gateway struct {
 	policyMu  sync.Mutex                   // serialises reloads
 	pins      *policy.Pins                 // tool pinning
 	upLimits  sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
-	risk      *risk                        // session risk counters
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).
 	toolSchemas     sync.Map
@@ -115,10 +117,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if g.pins, err = policy.LoadPins(ctx, st); err != nil {
 		return nil, err
 	}
-	model := policy.DefaultRisk()
-	model.StepUp, model.Block = cfg.Policy.Risk.StepUp, cfg.Policy.Risk.Block
-	maps.Copy(model.Weights, cfg.Policy.Risk.Weights)
-	g.risk = newRisk(model)
+	if g.sessions, err = newSessionGraph(ctx, st, log, newRisk(riskModel(cfg)), g.inflight); err != nil {
+		return nil, err
+	}
 	g.metrics = newMetrics()
 	g.front = newFront(g, version)
 	naming, err := upstreams.ParseNaming(cfg.Prefix)
@@ -151,8 +152,21 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	}
 	g.policy.Store(lp)
 	g.logPolicy(len(lp.Documents))
+	st2 := steps{g}
+	g.pipeline = &pipeline.Pipeline{
+		Sessions: g.sessions, Catalog: st2, Authorizer: st2, Validator: st2, Consent: pipeline.NoConsent{},
+		Credentials: st2, Forwarder: mcpForwarder{g}, Auditor: g.store, Clock: clock{}, Log: log,
+	}
 	g.handler = g.routes()
 	return g, nil
+}
+
+// riskModel is the configured session risk model.
+func riskModel(cfg *config.Config) policy.Risk {
+	model := policy.DefaultRisk()
+	model.StepUp, model.Block = cfg.Policy.Risk.StepUp, cfg.Policy.Risk.Block
+	maps.Copy(model.Weights, cfg.Policy.Risk.Weights)
+	return model
 }
 
 // registerUpstreams adds the config's upstreams, then those tool owners

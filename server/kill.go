@@ -11,6 +11,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/store"
 )
 
@@ -80,9 +81,7 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 	if len(res.Revoked) == 0 {
 		return KillResult{}, &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no such session"}
 	}
-	for _, id := range res.Revoked {
-		g.sessions.remember(id, store.StateRevoked)
-	}
+	g.sessions.revoke(res.Revoked...)
 	g.auth.minter.Forget(res.Revoked...)
 	// Cancelled calls answer their clients with an error before the
 	// sessions close: a client whose stream just vanished would retry
@@ -134,7 +133,7 @@ func (g *Gateway) killHandler(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	rec := store.AuditRecord{Method: "admin/kill", PolicyID: "admin", Decision: decisionAllow, Sub: req.User, SpiffeID: req.Agent, MSID: req.Session,
+	rec := store.AuditRecord{Method: "admin/kill", PolicyID: "admin", Decision: pipeline.DecisionAllow, Sub: req.User, SpiffeID: req.Agent, MSID: req.Session,
 		Reason: fmt.Sprintf("killed %d nodes, cancelled %d calls, closed %d sessions", len(res.Revoked), res.CancelledCalls, res.ClosedSessions)}
 	if aerr := g.audit(r.Context(), &rec, start); aerr != nil {
 		g.log.Error("kill not audited", "error", aerr)

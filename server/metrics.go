@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/upstreams"
 )
 
@@ -70,9 +71,9 @@ func (m *metrics) handler() http.Handler {
 func (m *metrics) toolCall(upstream, tool, decision string, res *mcp.CallToolResult, d time.Duration) {
 	outcome := "ok"
 	switch {
-	case decision == decisionDeny:
+	case decision == pipeline.DecisionDeny:
 		outcome = "denied"
-	case decision == decisionError:
+	case decision == pipeline.DecisionError:
 		outcome = "error"
 	case res != nil && res.IsError:
 		outcome = "tool_error"

@@ -12,10 +12,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/policy"
 	"github.com/sag-gateway/sag/schemas"
 	"github.com/sag-gateway/sag/server/config"
@@ -58,7 +57,7 @@ func (g *Gateway) loadPolicy(ctx context.Context) (*loadedPolicy, error) {
 	if g.cfg.Auth == config.AuthOpen {
 		mode, lp.Mode = policy.AllowWithoutRules, "allow without allow-lists (loopback --auth open trial)"
 	}
-	if lp.engine, err = policy.NewEngine(policy.Options{Documents: docs, Mode: mode}); err != nil {
+	if lp.engine, err = policy.NewEngine(policy.Options{Documents: docs, Mode: mode, Risk: riskModel(g.cfg)}); err != nil {
 		return nil, err
 	}
 	lp.Loaded = time.Now().UTC()
@@ -171,39 +170,6 @@ func (g *Gateway) watchPolicy(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// policyTool describes a catalog tool to the policy engine.
-func policyTool(t *upstreams.Tool) policy.Tool {
-	destructive := false
-	if a := t.Def.Annotations; a != nil && a.DestructiveHint != nil {
-		destructive = *a.DestructiveHint
-	}
-	return policy.Tool{Upstream: t.Upstream, Name: t.Original, Destructive: destructive}
-}
-
-// filterTools is tools/list seen through the policy: the tools the caller
-// may call, each with the input schema tightened by the rule that allows
-// it (the upstream's schema plus an allOf of the rule's).
-func (g *Gateway) filterTools(p identity.Principal, res *mcp.ListToolsResult) {
-	eng := g.policy.Load().engine
-	cat := g.upstreams.Catalog()
-	out := make([]*mcp.Tool, 0, len(res.Tools)) // the SDK's slice is not ours to reuse
-	for _, def := range res.Tools {
-		t, ok := cat.Tool(def.Name)
-		if !ok {
-			continue
-		}
-		visible, tighter := eng.Visible(p, policyTool(t))
-		if !visible {
-			continue
-		}
-		if len(tighter) > 0 {
-			def = tightenTool(def, tighter)
-		}
-		out = append(out, def)
-	}
-	res.Tools = out
-}
-
 // tightenTool returns a copy of def whose input schema also requires rule.
 func tightenTool(def *mcp.Tool, rule json.RawMessage) *mcp.Tool {
 	var schema map[string]any
@@ -287,50 +253,6 @@ func (g *Gateway) reloadPolicyHandler(w http.ResponseWriter, r *http.Request) er
 	return nil
 }
 
-// decodeArguments decodes a call's arguments: a JSON object, or nothing.
-func decodeArguments(raw json.RawMessage) (map[string]any, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
-	}
-	var args map[string]any
-	if err := json.Unmarshal(raw, &args); err != nil {
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "arguments must be a JSON object"}
-	}
-	return args, nil
-}
-
-// policySession is the call's place in the session graph and its session's
-// risk, for conditions.
-func (g *Gateway) policySession(s sessionIDs) policy.Session {
-	score, counters := g.risk.snapshot(s.MSID)
-	return policy.Session{USID: s.USID, WSID: s.WSID, ASID: s.ASID, MSID: s.MSID, Risk: score, Counters: counters}
-}
-
-// validateArguments checks args against the upstream's inputSchema and the
-// rule's, and returns "" or a message a model can act on: each problem with
-// its JSON pointer, what was expected and what was given.
-func (g *Gateway) validateArguments(t *upstreams.Tool, rule *schemas.Schema, args map[string]any) string {
-	var v any = map[string]any{}
-	if args != nil {
-		v = args
-	}
-	var problems []string
-	if up := g.toolSchema(t, false); up != nil {
-		if err := up.Validate(v); err != nil {
-			problems = append(problems, err.Error())
-		}
-	}
-	if rule != nil {
-		if err := rule.Validate(v); err != nil {
-			problems = append(problems, err.Error())
-		}
-	}
-	if len(problems) == 0 {
-		return ""
-	}
-	return "invalid arguments: " + strings.Join(problems, "; ")
-}
-
 // toolSchema is the upstream's compiled inputSchema (output false) or
 // outputSchema (output true) of t, nil when it has none or it does not
 // compile (the upstream then answers for its own data). Catalog definitions
@@ -366,76 +288,6 @@ type toolSchemaKey struct {
 // maxToolSchemas bounds the compiled input schemas kept.
 const maxToolSchemas = 10_000
 
-// validateOutput checks structuredContent against the upstream's
-// outputSchema and the rule's (MCP: a tool with an outputSchema must return
-// conforming structured content).
-func (g *Gateway) validateOutput(t *upstreams.Tool, rule *schemas.Schema, res *mcp.CallToolResult) string {
-	up := g.toolSchema(t, true)
-	if up == nil && rule == nil {
-		return ""
-	}
-	if res.StructuredContent == nil {
-		return "invalid result: the tool's output schema requires structured content"
-	}
-	raw, err := json.Marshal(res.StructuredContent)
-	if err != nil {
-		return "invalid result: structuredContent is not JSON"
-	}
-	for _, s := range []*schemas.Schema{up, rule} {
-		if s == nil {
-			continue
-		}
-		if err := s.ValidateJSON(raw); err != nil {
-			return "invalid result: structuredContent: " + err.Error()
-		}
-	}
-	return ""
-}
-
-// redactArguments applies a rule's DLP profile to a call's arguments before
-// they reach the upstream. It returns the parameters to send (params itself
-// when nothing was redacted) and the actions, as rule@/arguments/pointer.
-func redactArguments(r *policy.Redactor, params *mcp.CallToolParamsRaw) (*mcp.CallToolParamsRaw, []string, error) {
-	if r == nil || len(params.Arguments) == 0 {
-		return params, nil, nil
-	}
-	red, acts, err := r.RedactJSON(params.Arguments)
-	if err != nil {
-		return nil, nil, errors.New("arguments withheld: they could not be checked for secrets")
-	}
-	if len(acts) == 0 {
-		return params, nil, nil
-	}
-	out := *params
-	out.Arguments = red
-	actions := make([]string, len(acts))
-	for i, a := range acts {
-		actions[i] = a.Rule + "@/arguments" + a.Pointer
-	}
-	return &out, actions, nil
-}
-
-// redactResult applies DLP to everything a tool returns (content of every
-// kind and structuredContent, with pointers relative to the result, e.g.
-// /structuredContent/password). It returns the redacted result and the
-// actions taken (rule and JSON pointer, never the redacted text). A result
-// that cannot be checked is withheld (fail closed).
-func redactResult(r *policy.Redactor, res *mcp.CallToolResult) (*mcp.CallToolResult, []string) {
-	var out mcp.CallToolResult
-	acts, err := redactJSON(r, res, &out)
-	if err != nil {
-		return toolError(errWithheld.Message), []string{"withheld@"}
-	}
-	if len(acts) == 0 {
-		return res, nil
-	}
-	actions := make([]string, len(acts))
-	for i, a := range acts {
-		actions[i] = a.String()
-	}
-	return &out, actions
-}
-
 // pinned checks a catalog tool's definition against its pin and reports
 // whether the tool may be offered. A changed definition is quarantined,
 // logged and audited once; an unreadable pin store quarantines too (fail
@@ -454,7 +306,7 @@ func (g *Gateway) pinned(t *upstreams.Tool) bool {
 	case policy.NewlyQuarantined:
 		g.log.Warn("tool definition changed: quarantined until its owner approves it", "upstream", t.Upstream, "tool", t.Original)
 		rec := store.AuditRecord{Method: "catalog/quarantine", Upstream: t.Upstream, Tool: t.Name, PolicyID: "pinning",
-			Decision: decisionDeny, Reason: "tool definition changed since it was approved; quarantined"}
+			Decision: pipeline.DecisionDeny, Reason: "tool definition changed since it was approved; quarantined"}
 		_ = g.audit(context.Background(), &rec, time.Now())
 	}
 	return state == policy.Pinned || state == policy.FirstSeen
@@ -505,7 +357,7 @@ func (g *Gateway) approvePin(w http.ResponseWriter, r *http.Request) error {
 		}
 		return &adminError{Status: http.StatusConflict, Code: "conflict", Description: err.Error()}
 	}
-	rec := store.AuditRecord{Method: "catalog/approve", Upstream: upstream, Tool: tool, PolicyID: "pinning", Decision: decisionAllow,
+	rec := store.AuditRecord{Method: "catalog/approve", Upstream: upstream, Tool: tool, PolicyID: "pinning", Decision: pipeline.DecisionAllow,
 		Reason: "changed tool definition approved"}
 	_ = g.audit(r.Context(), &rec, time.Now())
 	g.front.sync(nil)
@@ -532,22 +384,4 @@ func (g *Gateway) upstreamWait(name string) time.Duration {
 		v, _ = g.upLimits.LoadOrStore(k, policy.NewBucket(spec.RateLimit.PerMinute, spec.RateLimit.Burst))
 	}
 	return v.(*policy.Bucket).Take(time.Now())
-}
-
-// errWithheld fails a result DLP could not check (fail closed).
-var errWithheld = &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "result withheld: it could not be checked for secrets"}
-
-// redactJSON redacts in (a tool, prompt or resource result) into out
-// through its JSON form and returns the actions. Any failure withholds the
-// result.
-func redactJSON(r *policy.Redactor, in, out any) ([]policy.DLPAction, error) {
-	raw, err := json.Marshal(in)
-	if err != nil {
-		return nil, errWithheld
-	}
-	red, acts, err := r.RedactJSON(raw)
-	if err != nil || json.Unmarshal(red, out) != nil {
-		return nil, errWithheld
-	}
-	return acts, nil
 }

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"maps"
 	"sync"
 
@@ -49,16 +48,4 @@ func (r *risk) count(id, counter string, n int64) (float64, map[string]int64) {
 	}
 	c[counter] += n
 	return r.model.Score(c), maps.Clone(c)
-}
-
-// countRisk records something that raises a session's risk, in memory and on
-// its session-graph node.
-func (g *Gateway) countRisk(ctx context.Context, session, counter string, n int64) {
-	if session == "" || counter == "" || n == 0 {
-		return
-	}
-	score, counters := g.risk.count(session, counter, n)
-	if err := g.store.SetSessionRisk(context.WithoutCancel(ctx), session, score, counters); err != nil {
-		g.log.Warn("session risk not recorded", "session", session, "error", err)
-	}
 }

@@ -1,19 +1,21 @@
 package server
 
 import (
+	"container/list"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/pipeline"
+	"github.com/sag-gateway/sag/policy"
 	"github.com/sag-gateway/sag/store"
 )
 
@@ -23,50 +25,237 @@ const WorkflowHeader = "Sag-Workflow-Id"
 
 var errSessionRevoked = errors.New("session revoked")
 
-// sessionIDs are the session-graph nodes a request belongs to (DESIGN.md,
-// "Sessions"): user, workflow (optional), agent and protocol session.
-type sessionIDs struct {
-	USID, WSID, ASID, MSID string
+// sessionGraph is the one sessions component (pipeline step 2): it resolves
+// a call's place in the session graph, refuses calls on revoked nodes,
+// records the nodes of admitted calls, tracks calls in flight for the
+// kill-switch and keeps each node's risk. Admission at the HTTP edge, the
+// pipeline and the kill-switch all ask it.
+//
+// Revocations are never forgotten: every revoked node is in memory, loaded
+// from the store at start and added by each kill. The nodes known to exist
+// are a bounded LRU that evicts one entry at a time; a miss only costs a
+// store read.
+type sessionGraph struct {
+	store    Store
+	log      *slog.Logger
+	risk     *risk
+	inflight *tracker
+
+	mu      sync.Mutex
+	revoked map[string]struct{}
+	known   *lruSet
 }
 
-func (s sessionIDs) fill(rec *store.AuditRecord, p identity.Principal) {
-	rec.USID, rec.WSID, rec.ASID, rec.MSID = s.USID, s.WSID, s.ASID, s.MSID
-	rec.Sub, rec.SpiffeID, rec.Act = p.User, p.Agent, p.Act.String()
-	if pr := p.Proof; pr != nil {
-		rec.DPoPJTI, rec.DPoPHTU, rec.DPoPHTM, rec.DPoPATH = pr.JTI, pr.HTU, pr.HTM, pr.ATH
+var _ pipeline.SessionGraph = (*sessionGraph)(nil)
+
+// maxKnownSessions bounds the nodes remembered as written.
+const maxKnownSessions = 100_000
+
+func newSessionGraph(ctx context.Context, st Store, log *slog.Logger, r *risk, inflight *tracker) (*sessionGraph, error) {
+	ids, err := st.RevokedSessions(ctx)
+	if err != nil {
+		return nil, err
 	}
-	rec.MTLSThumbprint = p.CertThumbprint
+	s := &sessionGraph{store: st, log: log, risk: r, inflight: inflight, revoked: make(map[string]struct{}, len(ids)), known: newLRUSet(maxKnownSessions)}
+	for _, id := range ids {
+		s.revoked[id] = struct{}{}
+	}
+	return s, nil
 }
 
-// sessionCache remembers the graph nodes already written, so the store is
-// touched once per node, not once per call. It is only a cache: past
-// maxCachedSessions entries it starts over, and the store answers again.
-type sessionCache struct {
-	known sync.Map // id → store.SessionState
-	size  atomic.Int64
+// resolve fills c.Sessions from its principal, workflow and protocol
+// session: USID from the token's sid or (iss, sub), WSID from the workflow
+// id scoped to the user, ASID from (agent, USID), MSID the protocol session
+// or, for stateless requests, the ASID.
+func resolve(c *pipeline.Call) error {
+	p := c.Principal
+	ids := &c.Sessions
+	ids.USID = userSession(p)
+	ids.ASID = agentSessionOf(p.Agent, ids.USID)
+	ids.MSID = c.ProtocolSession
+	if ids.MSID == "" {
+		ids.MSID = ids.ASID
+	}
+	if wf := c.Workflow; wf != "" {
+		if !validWorkflowID(wf) {
+			return &pipeline.Error{Code: pipeline.CodeInvalidRequest, Message: WorkflowHeader + " must be 1-128 visible ASCII characters"}
+		}
+		ids.WSID = derive("w_", ids.USID, wf)
+	}
+	return nil
 }
 
-const maxCachedSessions = 100_000
-
-// revoked reports whether id is known to be revoked.
-func (c *sessionCache) revoked(id string) bool {
-	st, ok := c.known.Load(id)
-	return ok && st.(store.SessionState) == store.StateRevoked
+// Admit implements pipeline.SessionGraph.
+func (s *sessionGraph) Admit(ctx context.Context, c *pipeline.Call) (context.Context, func(), error) {
+	if err := resolve(c); err != nil {
+		return ctx, nil, err
+	}
+	ids := c.Sessions
+	if id, ok := s.revokedAny(ids.USID, ids.WSID, ids.ASID, ids.MSID); ok {
+		return ctx, nil, &pipeline.Error{Code: pipeline.CodeRevoked, Message: "session revoked", Cause: fmt.Errorf("%w: %s", errSessionRevoked, id)}
+	}
+	if err := s.record(ctx, c.Principal, ids); err != nil {
+		return ctx, nil, err
+	}
+	ctx, done := s.inflight.call(ctx, ids.MSID)
+	s.inflight.setNodes(ctx, ids.USID, ids.WSID, ids.ASID, ids.MSID) // the kill-switch finds it by any of them
+	return ctx, done, nil
 }
 
-func (c *sessionCache) remember(id string, st store.SessionState) {
-	if _, loaded := c.known.Swap(id, st); loaded {
+// isRevoked reports whether any of ids is revoked.
+func (s *sessionGraph) isRevoked(ids ...string) bool {
+	_, ok := s.revokedAny(ids...)
+	return ok
+}
+
+// revokedAny returns the first of ids that is revoked.
+func (s *sessionGraph) revokedAny(ids ...string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		if _, ok := s.revoked[id]; ok && id != "" {
+			return id, true
+		}
+	}
+	return "", false
+}
+
+// revoke records revoked nodes (the kill-switch, after the store committed
+// them).
+func (s *sessionGraph) revoke(ids ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		s.revoked[id] = struct{}{}
+		s.known.remove(id)
+	}
+}
+
+// record makes sure the call's nodes exist in the store and are active.
+func (s *sessionGraph) record(ctx context.Context, p identity.Principal, ids pipeline.Sessions) error {
+	nodes := [4]store.Session{
+		{ID: ids.USID, Kind: store.KindUser, Subject: p.User},
+		{ID: ids.ASID, Kind: store.KindAgent, Parent: ids.USID, Subject: p.User, Agent: p.Agent},
+	}
+	n := 2
+	if ids.WSID != "" {
+		nodes[n] = store.Session{ID: ids.WSID, Kind: store.KindWorkflow, Parent: ids.USID, Subject: p.User}
+		n++
+	}
+	if ids.MSID != ids.ASID {
+		nodes[n] = store.Session{ID: ids.MSID, Kind: store.KindMCP, Parent: ids.ASID, Subject: p.User, Agent: p.Agent}
+		n++
+	}
+	for _, node := range nodes[:n] {
+		if err := s.ensure(ctx, node); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensure makes sure a node exists and is active.
+func (s *sessionGraph) ensure(ctx context.Context, n store.Session) error {
+	s.mu.Lock()
+	hit := s.known.has(n.ID)
+	s.mu.Unlock()
+	if hit {
+		return nil
+	}
+	existing, err := s.store.GetSession(ctx, n.ID)
+	switch {
+	case err == nil:
+		if existing.State == store.StateRevoked {
+			s.revoke(n.ID)
+			return &pipeline.Error{Code: pipeline.CodeRevoked, Message: "session revoked", Cause: fmt.Errorf("%w: %s", errSessionRevoked, n.ID)}
+		}
+		if existing.State != store.StateActive {
+			existing.State = store.StateActive
+			if err := s.store.PutSession(ctx, existing); err != nil {
+				return fmt.Errorf("store session: %w", err)
+			}
+		}
+	case errors.Is(err, store.ErrNotFound):
+		now := time.Now()
+		n.State, n.Created, n.Updated = store.StateActive, now, now
+		if err := s.store.PutSession(ctx, n); err != nil {
+			return fmt.Errorf("store session: %w", err)
+		}
+	default:
+		return fmt.Errorf("load session: %w", err)
+	}
+	s.mu.Lock()
+	s.known.add(n.ID)
+	s.mu.Unlock()
+	return nil
+}
+
+// Risk implements pipeline.SessionGraph.
+func (s *sessionGraph) Risk(c *pipeline.Call) policy.Session {
+	ids := c.Sessions
+	score, counters := s.risk.snapshot(ids.MSID)
+	return policy.Session{USID: ids.USID, WSID: ids.WSID, ASID: ids.ASID, MSID: ids.MSID, Risk: score, Counters: counters}
+}
+
+// Count implements pipeline.SessionGraph: risk is recorded in memory and on
+// the node.
+func (s *sessionGraph) Count(ctx context.Context, c *pipeline.Call, counter string, n int64) {
+	node := c.Sessions.MSID
+	if node == "" || counter == "" || n == 0 {
 		return
 	}
-	if c.size.Add(1) > maxCachedSessions {
-		c.known.Clear()
-		c.size.Store(0)
+	score, counters := s.risk.count(node, counter, n)
+	if err := s.store.SetSessionRisk(context.WithoutCancel(ctx), node, score, counters); err != nil {
+		s.log.Warn("session risk not recorded", "session", node, "error", err)
 	}
 }
 
-func (c *sessionCache) forget(id string) {
-	if _, loaded := c.known.LoadAndDelete(id); loaded {
-		c.size.Add(-1)
+// closed marks an MCP session closed.
+func (s *sessionGraph) closed(id string) {
+	s.mu.Lock()
+	s.known.remove(id)
+	s.mu.Unlock()
+	if err := s.store.SetSessionState(context.Background(), id, store.StateClosed); err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrClosed) {
+		s.log.Warn("session close not recorded", "msid", id, "error", err)
+	}
+}
+
+// lruSet is a bounded set that evicts its least recently used member.
+type lruSet struct {
+	max int
+	l   *list.List
+	m   map[string]*list.Element
+}
+
+func newLRUSet(max int) *lruSet {
+	return &lruSet{max: max, l: list.New(), m: map[string]*list.Element{}}
+}
+
+func (s *lruSet) has(k string) bool {
+	e, ok := s.m[k]
+	if ok {
+		s.l.MoveToFront(e)
+	}
+	return ok
+}
+
+func (s *lruSet) add(k string) {
+	if e, ok := s.m[k]; ok {
+		s.l.MoveToFront(e)
+		return
+	}
+	s.m[k] = s.l.PushFront(k)
+	if s.l.Len() > s.max {
+		old := s.l.Back()
+		s.l.Remove(old)
+		delete(s.m, old.Value.(string))
+	}
+}
+
+func (s *lruSet) remove(k string) {
+	if e, ok := s.m[k]; ok {
+		s.l.Remove(e)
+		delete(s.m, k)
 	}
 }
 
@@ -116,77 +305,14 @@ func protocolSession(p identity.Principal, ss *mcp.ServerSession) string {
 	return agentSession(p)
 }
 
-// session resolves a request's place in the session graph and refuses it if
-// any node on its path has been revoked.
-func (g *Gateway) session(ctx context.Context, p identity.Principal, ss *mcp.ServerSession, extra *mcp.RequestExtra) (sessionIDs, error) {
-	var ids sessionIDs
-	ids.USID = userSession(p)
-	ids.ASID = agentSessionOf(p.Agent, ids.USID)
-	// WSID: the workflow header, scoped to the user so that another user's
-	// workflow id never joins their graph.
-	if wf := header(extra).Get(WorkflowHeader); wf != "" {
-		if !validWorkflowID(wf) {
-			return ids, &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: WorkflowHeader + " must be 1-128 visible ASCII characters"}
-		}
-		ids.WSID = derive("w_", ids.USID, wf)
-	}
-	ids.MSID = protocolSession(p, ss)
-
-	nodes := []store.Session{
-		{ID: ids.USID, Kind: store.KindUser, Subject: p.User},
-		{ID: ids.ASID, Kind: store.KindAgent, Parent: ids.USID, Subject: p.User, Agent: p.Agent},
-	}
-	if ids.WSID != "" {
-		nodes = append(nodes, store.Session{ID: ids.WSID, Kind: store.KindWorkflow, Parent: ids.USID, Subject: p.User})
-	}
-	if ids.MSID != ids.ASID {
-		nodes = append(nodes, store.Session{ID: ids.MSID, Kind: store.KindMCP, Parent: ids.ASID, Subject: p.User, Agent: p.Agent})
-	}
-	for _, n := range nodes {
-		if err := g.ensureSession(ctx, n); err != nil {
-			return ids, err
-		}
-	}
-	return ids, nil
-}
-
-// ensureSession makes sure a node exists and is active.
-func (g *Gateway) ensureSession(ctx context.Context, n store.Session) error {
-	if st, ok := g.sessions.known.Load(n.ID); ok {
-		if st.(store.SessionState) != store.StateActive {
-			return fmt.Errorf("%w: %s", errSessionRevoked, n.ID)
-		}
-		return nil
-	}
-	existing, err := g.store.GetSession(ctx, n.ID)
-	switch {
-	case err == nil:
-		if existing.State == store.StateRevoked {
-			g.sessions.remember(n.ID, existing.State)
-			return fmt.Errorf("%w: %s", errSessionRevoked, n.ID)
-		}
-		if existing.State != store.StateActive {
-			existing.State = store.StateActive
-			if err := g.store.PutSession(ctx, existing); err != nil {
-				return fmt.Errorf("store session: %w", err)
-			}
-		}
-	case errors.Is(err, store.ErrNotFound):
-		now := time.Now()
-		n.State, n.Created, n.Updated = store.StateActive, now, now
-		if err := g.store.PutSession(ctx, n); err != nil {
-			return fmt.Errorf("store session: %w", err)
-		}
-	default:
-		return fmt.Errorf("load session: %w", err)
-	}
-	g.sessions.remember(n.ID, store.StateActive)
-	return nil
-}
-
 // sessionOpened records a new MCP session in the graph.
-func (g *Gateway) sessionOpened(ctx context.Context, p identity.Principal, ss *mcp.ServerSession, extra *mcp.RequestExtra) {
-	if _, err := g.session(ctx, p, ss, extra); err != nil {
+func (g *Gateway) sessionOpened(ctx context.Context, p identity.Principal, id, workflow string) {
+	c := pipeline.Call{Principal: p, ProtocolSession: id, Workflow: workflow}
+	err := resolve(&c)
+	if err == nil {
+		err = g.sessions.record(ctx, p, c.Sessions)
+	}
+	if err != nil {
 		g.log.Warn("session not recorded", "error", err)
 	}
 	g.metrics.sessions.Inc()
@@ -197,11 +323,7 @@ func (g *Gateway) sessionOpened(ctx context.Context, p identity.Principal, ss *m
 func (g *Gateway) sessionClosed(id string) {
 	g.metrics.sessions.Dec()
 	g.upstreams.Release(id)
-	if id == "" {
-		return
-	}
-	g.sessions.forget(id)
-	if err := g.store.SetSessionState(context.Background(), id, store.StateClosed); err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrClosed) {
-		g.log.Warn("session close not recorded", "msid", id, "error", err)
+	if id != "" {
+		g.sessions.closed(id)
 	}
 }

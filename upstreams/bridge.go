@@ -32,16 +32,19 @@ type callerKey struct{}
 
 // WithCaller marks ctx with the principal a downstream request comes from
 // and the session-graph node it belongs to. Upstream requests made for it
-// carry credentials minted for that principal, and a parked call resumes
-// only for a retry from the same principal.
-func WithCaller(ctx context.Context, p identity.Principal, session string) context.Context {
-	return context.WithValue(ctx, callerKey{}, &caller{p: p, session: session})
+// carry cred, the credential the pipeline minted for the call (nil: the
+// connection's credentials mint one for that principal when it needs one,
+// as for a session's initialize), and a parked call resumes only for a
+// retry from the same principal.
+func WithCaller(ctx context.Context, p identity.Principal, session string, cred *identity.Credential) context.Context {
+	return context.WithValue(ctx, callerKey{}, &caller{p: p, session: session, cred: cred})
 }
 
 // caller is what WithCaller records.
 type caller struct {
 	p       identity.Principal
 	session string
+	cred    *identity.Credential
 }
 
 func callerOf(ctx context.Context) *caller {

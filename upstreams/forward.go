@@ -469,6 +469,24 @@ func safeError(err error) string {
 	return s
 }
 
+// OnBehalfOf describes requests to the upstream name for minting their
+// credentials: its name, its URL (the token's audience) and the token
+// binding it takes.
+func (m *Manager) OnBehalfOf(name string) identity.OnBehalfOf {
+	u, ok := m.lookup(name)
+	if !ok {
+		return identity.OnBehalfOf{Upstream: name}
+	}
+	return identity.OnBehalfOf{Upstream: name, Audience: u.tgt.endpoint, Binding: u.spec.Auth}
+}
+
+// TakesCredentials reports whether requests to the upstream name carry a
+// minted token.
+func (m *Manager) TakesCredentials(name string) bool {
+	u, ok := m.lookup(name)
+	return ok && m.opts.Credentials != nil && u.spec.Auth != AuthNone
+}
+
 // httpClient returns the HTTP client of one connection: the shared
 // transport, credentials for the connection's caller on every request, and
 // the cancellation shim.
@@ -520,12 +538,18 @@ type credentialTransport struct {
 }
 
 func (t *credentialTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	o := identity.OnBehalfOf{Upstream: t.u.spec.Name, Audience: t.u.tgt.endpoint, Binding: t.u.spec.Auth}
-	if cl := t.c.caller.Load(); cl != nil {
-		o.Principal, o.Session = &cl.p, cl.session
-	}
 	req = req.Clone(req.Context())
-	if err := t.creds.Apply(req, o); err != nil {
+	var err error
+	if cl := t.c.caller.Load(); cl != nil && cl.cred != nil {
+		err = cl.cred.Apply(req) // minted by the pipeline for this call
+	} else {
+		o := t.u.m.OnBehalfOf(t.u.spec.Name)
+		if cl != nil {
+			o.Principal, o.Session = &cl.p, cl.session
+		}
+		err = t.creds.Apply(req, o)
+	}
+	if err != nil {
 		if req.Body != nil {
 			req.Body.Close()
 		}

@@ -1,0 +1,198 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/policy"
+	"github.com/sag-gateway/sag/schemas"
+	"github.com/sag-gateway/sag/store"
+)
+
+// Kind is what a call does.
+type Kind uint8
+
+// Kinds of calls.
+const (
+	ToolCall Kind = iota + 1
+	ResourceRead
+	Subscribe
+	Unsubscribe
+	PromptGet
+	Completion
+	List
+)
+
+// Method is the MCP method of the kind, which audit records name.
+func (k Kind) Method() string {
+	switch k {
+	case ToolCall:
+		return "tools/call"
+	case ResourceRead:
+		return "resources/read"
+	case Subscribe:
+		return "resources/subscribe"
+	case Unsubscribe:
+		return "resources/unsubscribe"
+	case PromptGet:
+		return "prompts/get"
+	case Completion:
+		return "completion/complete"
+	}
+	return "list"
+}
+
+// names is the kind of catalog entry a call of kind k names.
+func (k Kind) names() policy.TargetKind {
+	switch k {
+	case PromptGet:
+		return policy.KindPrompt
+	case ResourceRead, Subscribe, Unsubscribe:
+		return policy.KindResource
+	}
+	return policy.KindTool
+}
+
+// Channel is the protocol a call came in on.
+type Channel string
+
+// Channels.
+const (
+	MCP  Channel = "mcp"
+	A2A  Channel = "a2a"
+	AGUI Channel = "ag-ui"
+)
+
+// Sessions are the session-graph nodes a call belongs to (DESIGN.md,
+// "Sessions"): user, workflow (optional), agent and protocol session.
+type Sessions struct {
+	USID, WSID, ASID, MSID string
+}
+
+// Call is one request on its way to an upstream: who, from where, what.
+type Call struct {
+	Principal identity.Principal
+	// Workflow is the caller's workflow id (Sag-Workflow-Id, AG-UI
+	// threadId, A2A contextId), "" for none; ProtocolSession is the
+	// channel's session id (Mcp-Session-Id), "" for stateless requests.
+	// The sessions step derives Sessions from them and the principal.
+	Workflow, ProtocolSession string
+	Sessions                  Sessions
+	Channel                   Channel
+	Kind                      Kind
+	// Names is the kind of catalog entry Name names; set only for
+	// completions (a prompt or a resource template), derived from Kind
+	// otherwise.
+	Names policy.TargetKind
+	// Name is what the caller named: a tool or prompt as the gateway
+	// exposes it, a resource URI; for a list, the list method.
+	Name string
+	// Args are the raw JSON arguments (a tool's or a prompt's arguments
+	// object, a completion's argument), nil for none.
+	Args json.RawMessage
+	// Origin is the channel's own request. Only the channel's forwarder
+	// reads it; the pipeline never looks inside.
+	Origin any
+}
+
+// TargetKind is the kind of catalog entry the call names.
+func (c *Call) TargetKind() policy.TargetKind {
+	if c.Kind == Completion {
+		return c.Names
+	}
+	return c.Kind.names()
+}
+
+// Target is a catalog entry a call resolved to.
+type Target struct {
+	policy.Target
+	// Entry is the catalog's own entry, for the validator and the
+	// forwarder.
+	Entry any
+}
+
+// Outcome is how a call ended: a result, a tool error (tool calls only) or
+// a protocol error, and the audit record committed for it.
+type Outcome struct {
+	// Result is the upstream's answer after the output checks (raw JSON of
+	// the method's result object).
+	Result json.RawMessage
+	// ToolError is set when a tool call is answered with a tool execution
+	// error (isError) that the gateway wrote: a denial, invalid arguments
+	// or output, an upstream that did not answer.
+	ToolError string
+	// Err is a protocol error.
+	Err *Error
+	// Record is the audit record committed for the call.
+	Record store.AuditRecord
+}
+
+// The steps' interfaces, in pipeline order. Each is declared here, kept to
+// what Run needs, and implemented by the package that owns the step
+// (server wires them; tests use fakes).
+
+// SessionGraph is step 2: the one sessions component.
+type SessionGraph interface {
+	// Admit fills c.Sessions, refuses a call any of whose session-graph
+	// nodes is revoked (an *Error with CodeRevoked or CodeInvalidRequest)
+	// and otherwise records the nodes. It returns ctx made cancellable by the
+	// kill-switch and a func to call when the call is over.
+	Admit(ctx context.Context, c *Call) (context.Context, func(), error)
+	// Risk is the risk state of the call's node, for the authorizer.
+	Risk(c *Call) policy.Session
+	// Count raises the risk of the call's node.
+	Count(ctx context.Context, c *Call, counter string, n int64)
+}
+
+// Catalog resolves what a call names; ok is false for an entry the
+// gateway does not offer (unknown, or quarantined).
+type Catalog interface {
+	Resolve(c *Call) (t Target, ok bool)
+}
+
+// Authorizer is step 3 (policy): a decision with its obligations; for
+// lists, whether the caller may see an entry at all and the input schema
+// of the rule that shows it.
+type Authorizer interface {
+	Authorize(ctx context.Context, req policy.Request) policy.Decision
+	Visible(p identity.Principal, t policy.Target) (bool, json.RawMessage)
+}
+
+// Validator is steps 4 and 9 (schemas): it returns "" or the problems,
+// each with its JSON pointer, for a model to correct.
+type Validator interface {
+	Arguments(t Target, rule *schemas.Schema, args map[string]any) string
+	Output(t Target, rule *schemas.Schema, structured json.RawMessage) string
+}
+
+// Consent is step 6: it returns once the call may go on (an approval),
+// or an error (denied, expired, cancelled, or no way to ask).
+type Consent interface {
+	Await(ctx context.Context, c *Call, t Target, d policy.Decision, args json.RawMessage) (consentID string, err error)
+}
+
+// Credentials is step 7 (identity): the token minted for this call's
+// upstream, nil when the upstream takes none.
+type Credentials interface {
+	For(ctx context.Context, c *Call, t Target) (*identity.Credential, error)
+}
+
+// Forwarder is step 8: it sends the call, with args (after DLP) and the
+// credential of step 7, to the upstream and returns the raw result. An
+// *Error it returns is passed on as is (CodeUpstream for an upstream that
+// did not answer, CodeRateLimited, CodePassThrough for the upstream's own
+// protocol error).
+type Forwarder interface {
+	Forward(ctx context.Context, c *Call, t Target, args json.RawMessage, cred *identity.Credential) (json.RawMessage, error)
+}
+
+// Auditor is step 10: a call is not answered before its record is
+// committed.
+type Auditor interface {
+	Append(ctx context.Context, rec store.AuditRecord) error
+}
+
+// Clock is the time source.
+type Clock interface{ Now() time.Time }

@@ -1,0 +1,331 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/pipeline"
+	"github.com/sag-gateway/sag/policy"
+	"github.com/sag-gateway/sag/store"
+	"github.com/sag-gateway/sag/upstreams"
+)
+
+// The MCP channel's adapter: each method that reaches an upstream becomes a
+// pipeline.Call, and the Outcome becomes the method's result or JSON-RPC
+// error. Nothing here decides anything.
+
+// run takes one MCP request through the pipeline.
+func (f *front) run(ctx context.Context, req mcp.Request, kind pipeline.Kind, names policy.TargetKind, name string, args json.RawMessage) pipeline.Outcome {
+	p, ok := f.gw.principal(req.GetExtra())
+	if !ok {
+		return pipeline.Outcome{Err: &pipeline.Error{Code: pipeline.CodeInternal, Message: "request not authenticated"}}
+	}
+	ss, _ := req.GetSession().(*mcp.ServerSession)
+	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Kind: kind, Names: names, Name: name, Args: args, Origin: req,
+		Workflow: header(req.GetExtra()).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}
+	return f.gw.pipeline.Run(ctx, c)
+}
+
+func (f *front) callTool(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+	start := time.Now()
+	out := f.run(ctx, req, pipeline.ToolCall, 0, req.Params.Name, req.Params.Arguments)
+	res, err := decodeOutcome[mcp.CallToolResult](out, req.Params.Name)
+	if err == nil && out.ToolError != "" {
+		res = toolError(out.ToolError)
+	}
+	f.gw.metrics.toolCall(out.Record.Upstream, req.Params.Name, out.Record.Decision, res, time.Since(start))
+	return res, err
+}
+
+func (f *front) getPrompt(ctx context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+	var args json.RawMessage
+	if len(req.Params.Arguments) > 0 {
+		args, _ = json.Marshal(req.Params.Arguments) // a map of strings always encodes
+	}
+	return decodeOutcome[mcp.GetPromptResult](f.run(ctx, req, pipeline.PromptGet, 0, req.Params.Name, args), req.Params.Name)
+}
+
+func (f *front) readResource(ctx context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+	return decodeOutcome[mcp.ReadResourceResult](f.run(ctx, req, pipeline.ResourceRead, 0, req.Params.URI, nil), req.Params.URI)
+}
+
+func (f *front) subscribe(ctx context.Context, req *mcp.SubscribeRequest) error {
+	out := f.run(ctx, req, pipeline.Subscribe, 0, req.Params.URI, nil)
+	return rpcError(out.Err, req.Params.URI)
+}
+
+func (f *front) unsubscribe(ctx context.Context, req *mcp.UnsubscribeRequest) error {
+	out := f.run(ctx, req, pipeline.Unsubscribe, 0, req.Params.URI, nil)
+	return rpcError(out.Err, req.Params.URI)
+}
+
+func (f *front) complete(ctx context.Context, req *mcp.CompleteRequest) (*mcp.CompleteResult, error) {
+	ref := req.Params.Ref
+	if ref == nil {
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "completion/complete: missing ref"}
+	}
+	arg, _ := json.Marshal(req.Params.Argument)
+	var out pipeline.Outcome
+	switch ref.Type {
+	case "ref/prompt":
+		out = f.run(ctx, req, pipeline.Completion, policy.KindPrompt, ref.Name, arg)
+	case "ref/resource":
+		out = f.run(ctx, req, pipeline.Completion, policy.KindResource, ref.URI, arg)
+	default:
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "unknown ref type " + ref.Type}
+	}
+	return decodeOutcome[mcp.CompleteResult](out, ref.Name+ref.URI)
+}
+
+// decodeOutcome turns an outcome into the method's result or its JSON-RPC
+// error.
+func decodeOutcome[R any](out pipeline.Outcome, name string) (*R, error) {
+	if out.Err != nil {
+		return nil, rpcError(out.Err, name)
+	}
+	if out.Result == nil {
+		return nil, nil
+	}
+	res := new(R)
+	if err := json.Unmarshal(out.Result, res); err != nil {
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "the upstream's result could not be read"}
+	}
+	return res, nil
+}
+
+// rpcError is the one place pipeline errors become JSON-RPC errors.
+func rpcError(e *pipeline.Error, name string) error {
+	if e == nil {
+		return nil
+	}
+	var rpc *jsonrpc.Error
+	switch e.Code {
+	case pipeline.CodePassThrough:
+		if errors.As(e.Cause, &rpc) {
+			return rpc
+		}
+	case pipeline.CodeNotFound:
+		if len(name) > 0 && isURI(name) {
+			// MCP's own code for an unknown resource (-32002).
+			return &jsonrpc.Error{Code: mcp.CodeResourceNotFound, Message: e.Message}
+		}
+		return &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: e.Message}
+	case pipeline.CodeInvalidParams:
+		return &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: e.Message}
+	case pipeline.CodeInvalidRequest, pipeline.CodeRevoked, pipeline.CodeDenied, pipeline.CodeRateLimited, pipeline.CodeConsent:
+		return &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: e.Message}
+	}
+	return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: e.Message}
+}
+
+// isURI tells a resource URI from a tool or prompt name (which has no ':').
+func isURI(name string) bool {
+	for i := 0; i < len(name); i++ {
+		if name[i] == ':' {
+			return true
+		}
+	}
+	return false
+}
+
+// toolError is a tool execution error the model can read.
+func toolError(msg string) *mcp.CallToolResult {
+	return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: msg}}}
+}
+
+// mcpForwarder is the MCP channel's pipeline step 8: it sends a call to its
+// upstream on the connection of the downstream session it came from, so
+// that progress, logging, elicitation and sampling find their way back.
+type mcpForwarder struct{ g *Gateway }
+
+var _ pipeline.Forwarder = mcpForwarder{}
+
+// Forward implements pipeline.Forwarder.
+func (fw mcpForwarder) Forward(ctx context.Context, c *pipeline.Call, t pipeline.Target, args json.RawMessage, cred *identity.Credential) (json.RawMessage, error) {
+	g := fw.g
+	if err := g.upstreamLimited(t.Upstream); err != nil {
+		return nil, err
+	}
+	ctx = upstreams.WithCaller(ctx, c.Principal, c.Sessions.MSID, cred)
+	req, _ := c.Origin.(mcp.Request)
+	if req == nil {
+		return nil, errors.New("mcp forwarder: a call without its MCP request")
+	}
+	ss, _ := req.GetSession().(*mcp.ServerSession)
+	var res any
+	var err error
+	switch r := req.(type) {
+	case *mcp.CallToolRequest:
+		p := *r.Params
+		p.Arguments = args
+		res, err = g.upstreams.CallTool(ctx, ss, t.Entry.(*upstreams.Tool), &p)
+	case *mcp.GetPromptRequest:
+		p := *r.Params
+		p.Arguments = nil
+		if len(args) > 0 {
+			if err := json.Unmarshal(args, &p.Arguments); err != nil {
+				return nil, &pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "prompt arguments must be strings"}
+			}
+		}
+		res, err = g.upstreams.GetPrompt(ctx, ss, t.Entry.(*upstreams.Prompt), &p)
+	case *mcp.ReadResourceRequest:
+		res, err = g.upstreams.ReadResource(ctx, ss, t.Upstream, r.Params)
+	case *mcp.SubscribeRequest:
+		res, err = struct{}{}, g.upstreams.Subscribe(ctx, ss, t.Upstream, r.Params.URI)
+	case *mcp.UnsubscribeRequest:
+		res, err = struct{}{}, g.upstreams.Unsubscribe(ctx, ss, t.Upstream, r.Params.URI)
+	case *mcp.CompleteRequest:
+		p := *r.Params
+		if err := json.Unmarshal(args, &p.Argument); err != nil {
+			return nil, &pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "completion argument must be {name, value}"}
+		}
+		if pr, ok := t.Entry.(*upstreams.Prompt); ok {
+			ref := *p.Ref
+			ref.Name = pr.Original
+			p.Ref = &ref
+		}
+		res, err = g.upstreams.Complete(ctx, ss, t.Upstream, &p)
+	default:
+		return nil, errors.New("mcp forwarder: unexpected request type")
+	}
+	if err != nil {
+		return nil, upstreamError(err)
+	}
+	return json.Marshal(res)
+}
+
+// upstreamError classifies a forwarding failure for the pipeline.
+func upstreamError(err error) error {
+	var ue *upstreams.Error
+	var rpc *jsonrpc.Error
+	switch {
+	case errors.As(err, &ue):
+		return &pipeline.Error{Code: pipeline.CodeUpstream, Message: ue.Error(), Cause: err}
+	case errors.As(err, &rpc):
+		return &pipeline.Error{Code: pipeline.CodePassThrough, Message: rpc.Message, Cause: rpc}
+	}
+	return err
+}
+
+// sessionID is a downstream session's id, "" for stateless requests.
+func sessionID(ss *mcp.ServerSession) string {
+	if ss == nil {
+		return ""
+	}
+	return ss.ID()
+}
+
+// filter narrows a list result to what the caller may use (pipeline steps
+// 1-3, audited once per list), with each tool's input schema tightened by
+// the rule that shows it. The SDK's slices are not ours to reuse.
+func (f *front) filter(ctx context.Context, method string, req mcp.Request, res mcp.Result) error {
+	p, ok := f.gw.principal(req.GetExtra())
+	if !ok {
+		return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "request not authenticated"}
+	}
+	ss, _ := req.GetSession().(*mcp.ServerSession)
+	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Kind: pipeline.List, Name: method, Origin: req,
+		Workflow: header(req.GetExtra()).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}
+	cat := f.gw.upstreams.Catalog()
+	// entries maps each listed item to its catalog entry; an item the
+	// catalog lost since the SDK listed it is not shown (zero Target with
+	// an empty upstream never matches a rule... so it is dropped below).
+	var entries []policy.Target
+	switch lr := res.(type) {
+	case *mcp.ListToolsResult:
+		for _, def := range lr.Tools {
+			t, ok := cat.Tool(def.Name)
+			if ok {
+				entries = append(entries, policyTool(t))
+			} else {
+				entries = append(entries, policy.Target{})
+			}
+		}
+		vis, perr := f.gw.pipeline.List(ctx, c, entries)
+		if perr != nil {
+			return rpcError(perr, "")
+		}
+		out := make([]*mcp.Tool, 0, len(lr.Tools))
+		for i, def := range lr.Tools {
+			if vis[i].Shown && entries[i].Upstream != "" {
+				if len(vis[i].Input) > 0 {
+					def = tightenTool(def, vis[i].Input)
+				}
+				out = append(out, def)
+			}
+		}
+		lr.Tools = out
+	case *mcp.ListPromptsResult:
+		for _, def := range lr.Prompts {
+			pr, ok := cat.Prompt(def.Name)
+			if ok {
+				entries = append(entries, policy.Target{Kind: policy.KindPrompt, Upstream: pr.Upstream, Name: pr.Original})
+			} else {
+				entries = append(entries, policy.Target{})
+			}
+		}
+		vis, perr := f.gw.pipeline.List(ctx, c, entries)
+		if perr != nil {
+			return rpcError(perr, "")
+		}
+		lr.Prompts = shown(lr.Prompts, vis, entries)
+	case *mcp.ListResourcesResult:
+		for _, def := range lr.Resources {
+			up, _ := cat.ResourceUpstream(def.URI)
+			entries = append(entries, policy.Target{Kind: policy.KindResource, Upstream: up, Name: def.URI})
+		}
+		vis, perr := f.gw.pipeline.List(ctx, c, entries)
+		if perr != nil {
+			return rpcError(perr, "")
+		}
+		lr.Resources = shown(lr.Resources, vis, entries)
+	case *mcp.ListResourceTemplatesResult:
+		ups := make(map[string]string, len(cat.Templates))
+		for _, t := range cat.Templates {
+			ups[t.Def.URITemplate] = t.Upstream
+		}
+		for _, def := range lr.ResourceTemplates {
+			entries = append(entries, policy.Target{Kind: policy.KindResource, Upstream: ups[def.URITemplate], Name: def.URITemplate})
+		}
+		vis, perr := f.gw.pipeline.List(ctx, c, entries)
+		if perr != nil {
+			return rpcError(perr, "")
+		}
+		lr.ResourceTemplates = shown(lr.ResourceTemplates, vis, entries)
+	}
+	return nil
+}
+
+// shown keeps the items a list may show.
+func shown[T any](items []T, vis []pipeline.Visibility, entries []policy.Target) []T {
+	out := make([]T, 0, len(items))
+	for i, it := range items {
+		if vis[i].Shown && entries[i].Upstream != "" {
+			out = append(out, it)
+		}
+	}
+	return out
+}
+
+// header returns the HTTP header of a request, or an empty one.
+func header(extra *mcp.RequestExtra) http.Header {
+	if extra == nil || extra.Header == nil {
+		return http.Header{}
+	}
+	return extra.Header
+}
+
+// audit commits an audit record of the gateway's own (admin actions,
+// catalog quarantine); a failure is returned.
+func (g *Gateway) audit(ctx context.Context, rec *store.AuditRecord, start time.Time) error {
+	rec.Time = start.UTC()
+	rec.LatencyUS = time.Since(start).Microseconds()
+	return g.store.Append(context.WithoutCancel(ctx), *rec)
+}

@@ -1,0 +1,165 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/pipeline"
+	"github.com/sag-gateway/sag/policy"
+	"github.com/sag-gateway/sag/schemas"
+	"github.com/sag-gateway/sag/upstreams"
+)
+
+// The pipeline's steps as the gateway implements them (pipeline/call.go
+// declares them). Each reads the gateway's current state: the catalog, the
+// policy snapshot, the upstream registry.
+
+// steps implements pipeline.Catalog, Authorizer, Validator and Credentials
+// over the gateway's components.
+type steps struct{ g *Gateway }
+
+var (
+	_ pipeline.Catalog     = steps{}
+	_ pipeline.Authorizer  = steps{}
+	_ pipeline.Validator   = steps{}
+	_ pipeline.Credentials = steps{}
+)
+
+// Resolve finds what a call names in the catalog. A quarantined tool is
+// not offered.
+func (s steps) Resolve(c *pipeline.Call) (pipeline.Target, bool) {
+	cat := s.g.upstreams.Catalog()
+	switch c.TargetKind() {
+	case policy.KindTool:
+		t, ok := cat.Tool(c.Name)
+		if !ok || s.g.pins.Quarantined(t.Upstream, t.Original) {
+			return pipeline.Target{}, false
+		}
+		return pipeline.Target{Target: policyTool(t), Entry: t}, true
+	case policy.KindPrompt:
+		p, ok := cat.Prompt(c.Name)
+		if !ok {
+			return pipeline.Target{}, false
+		}
+		return pipeline.Target{Target: policy.Target{Kind: policy.KindPrompt, Upstream: p.Upstream, Name: p.Original}, Entry: p}, true
+	default:
+		up, ok := cat.ResourceUpstream(c.Name)
+		if !ok {
+			return pipeline.Target{}, false
+		}
+		return pipeline.Target{Target: policy.Target{Kind: policy.KindResource, Upstream: up, Name: c.Name}}, true
+	}
+}
+
+// policyTool describes a catalog tool to the policy engine.
+func policyTool(t *upstreams.Tool) policy.Target {
+	destructive := false
+	if a := t.Def.Annotations; a != nil && a.DestructiveHint != nil {
+		destructive = *a.DestructiveHint
+	}
+	return policy.Target{Kind: policy.KindTool, Upstream: t.Upstream, Name: t.Original, Destructive: destructive}
+}
+
+// Authorize decides with the current policy.
+func (s steps) Authorize(ctx context.Context, req policy.Request) policy.Decision {
+	return s.g.policy.Load().engine.Authorize(ctx, req)
+}
+
+// Visible reports whether the current policy shows t to p.
+func (s steps) Visible(p identity.Principal, t policy.Target) (bool, json.RawMessage) {
+	return s.g.policy.Load().engine.Visible(p, t)
+}
+
+// Arguments checks a tool's arguments against the upstream's inputSchema
+// and the rule's, a prompt's against the rule's.
+func (s steps) Arguments(t pipeline.Target, rule *schemas.Schema, args map[string]any) string {
+	var v any = map[string]any{}
+	if args != nil {
+		v = args
+	}
+	var problems []string
+	if tool, ok := t.Entry.(*upstreams.Tool); ok {
+		if up := s.g.toolSchema(tool, false); up != nil {
+			if err := up.Validate(v); err != nil {
+				problems = append(problems, err.Error())
+			}
+		}
+	}
+	if rule != nil && t.Kind != policy.KindResource {
+		if err := rule.Validate(v); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	if len(problems) == 0 {
+		return ""
+	}
+	return "invalid arguments: " + strings.Join(problems, "; ")
+}
+
+// Output checks a tool result's structuredContent against the upstream's
+// outputSchema and the rule's (MCP: a tool with an outputSchema must return
+// conforming structured content). Tool errors are not checked.
+func (s steps) Output(t pipeline.Target, rule *schemas.Schema, result json.RawMessage) string {
+	tool, _ := t.Entry.(*upstreams.Tool)
+	var up *schemas.Schema
+	if tool != nil {
+		up = s.g.toolSchema(tool, true)
+	}
+	if up == nil && rule == nil {
+		return ""
+	}
+	var res struct {
+		IsError           bool            `json:"isError"`
+		StructuredContent json.RawMessage `json:"structuredContent"`
+	}
+	if json.Unmarshal(result, &res) != nil {
+		return "invalid result: not a tool result"
+	}
+	if res.IsError {
+		return ""
+	}
+	if len(res.StructuredContent) == 0 || string(res.StructuredContent) == "null" {
+		return "invalid result: the tool's output schema requires structured content"
+	}
+	for _, sch := range []*schemas.Schema{up, rule} {
+		if sch == nil {
+			continue
+		}
+		if err := sch.ValidateJSON(res.StructuredContent); err != nil {
+			return "invalid result: structuredContent: " + err.Error()
+		}
+	}
+	return ""
+}
+
+// For mints (or takes from the cache) the token for the call's upstream:
+// aud the upstream, sub the user, the agent and the gateway in act, bound
+// to the gateway's key, hanging off the call's protocol session.
+func (s steps) For(ctx context.Context, c *pipeline.Call, t pipeline.Target) (*identity.Credential, error) {
+	if !s.g.upstreams.TakesCredentials(t.Upstream) {
+		return nil, nil
+	}
+	o := s.g.upstreams.OnBehalfOf(t.Upstream)
+	o.Principal, o.Session = &c.Principal, c.Sessions.MSID
+	return s.g.auth.minter.Credential(ctx, o)
+}
+
+// upstreamLimited spends a token of the upstream's own rate limit (all
+// callers together): a refusal is not the caller's fault.
+func (g *Gateway) upstreamLimited(name string) error {
+	if wait := g.upstreamWait(name); wait > 0 {
+		return &pipeline.Error{Code: pipeline.CodeRateLimited,
+			Message: fmt.Sprintf("upstream %s is at its rate limit; retry after %d s", name, int(math.Ceil(wait.Seconds())))}
+	}
+	return nil
+}
+
+// clock is the wall clock.
+type clock struct{}
+
+func (clock) Now() time.Time { return time.Now() }
