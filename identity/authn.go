@@ -241,7 +241,7 @@ func invalidTokenErr(desc, scheme string) *AuthError {
 func principalOf(c *Claims, method string) Principal {
 	return Principal{
 		Issuer: c.Issuer, User: c.Subject, Act: c.Act, TokenID: c.JTI, SessionID: c.SessionID,
-		ClientID: c.ClientID, Scopes: c.Scopes(), Groups: c.Groups, Claims: c.All, Expiry: time.Unix(c.Expiry, 0), Method: method,
+		ClientID: c.ClientID, Scopes: c.Scopes(), Groups: c.Groups, Claims: c.All, IssuedAt: time.Unix(c.IssuedAt, 0), Expiry: time.Unix(c.Expiry, 0), Method: method,
 	}
 }
 

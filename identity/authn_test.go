@@ -693,7 +693,7 @@ func TestAuthenticateDPoP(t *testing.T) {
 			p := e.mustAccept(t, e.dpopRequest(t, tok))
 			want := Principal{
 				Issuer: authPublicURL, User: "alice", TokenID: c.JTI, SessionID: "sess-1", ClientID: "client-1",
-				Scopes: []string{"tools:call", "tools:list"}, Expiry: testNow.Add(5 * time.Minute),
+				Scopes: []string{"tools:call", "tools:list"}, IssuedAt: testNow, Expiry: testNow.Add(5 * time.Minute),
 				Method: MethodDPoP, KeyThumbprint: e.key.Thumbprint(),
 			}
 			if p.Proof == nil {

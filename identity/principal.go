@@ -35,8 +35,9 @@ type Principal struct {
 	Groups []string
 	// Claims are all the token's claims (decoded JSON; read-only).
 	Claims map[string]any
-	// Expiry is when the token expires (zero under --auth open).
-	Expiry time.Time
+	// IssuedAt is the token's iat, Expiry when it expires (both zero under
+	// --auth open).
+	IssuedAt, Expiry time.Time
 	// Method is how the request was authenticated (Method* constants).
 	Method string
 	// Proof is the verified DPoP proof of this request, nil without DPoP.

@@ -210,7 +210,7 @@ func (g *Gateway) admit(w http.ResponseWriter, r *http.Request, scopes []string)
 	}
 	// A killed user or agent session stops here, before the SDK opens a new
 	// MCP session for it (the pipeline checks every node again).
-	if usid := userSession(p); g.sessions.isRevoked(usid, agentSessionOf(p.Agent, usid)) {
+	if !g.sessions.admitted(p) {
 		g.metrics.authFailures.Inc()
 		writeJSON(w, http.StatusForbidden, map[string]string{"error": "session_revoked", "error_description": "this user or agent session was revoked"})
 		return nil

@@ -40,7 +40,7 @@ func startSecureGateway(t *testing.T, mode string, mutate func(*config.Config)) 
 func allowAll(t testing.TB, c *config.Config) {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "allow-all.yaml")
-	if err := os.WriteFile(f, []byte("id: test-allow-all\nrules: [{id: all, tools: ['*'], consent: never}]\n"), 0o600); err != nil {
+	if err := os.WriteFile(f, []byte("id: test-allow-all\nrules: [{id: all, tools: ['*'], prompts: ['*'], resources: ['*'], consent: never}]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c.Policy.Files = append(c.Policy.Files, f)

@@ -375,7 +375,7 @@ func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 			return f.readResource(ctx, r)
 		case *mcp.ServerRequest[*mcp.SetLoggingLevelParams]:
 			if p, ok := f.gw.principal(req.GetExtra()); ok {
-				f.gw.upstreams.SetLoggingLevel(upstreams.WithCaller(ctx, p, protocolSession(p, ss), nil), ss, r.Params.Level)
+				f.gw.upstreams.SetLoggingLevel(upstreams.WithCaller(ctx, p, f.gw.sessions.protocolSession(p, ss), nil), ss, r.Params.Level)
 			}
 		case *mcp.ListToolsRequest, *mcp.ListPromptsRequest, *mcp.ListResourcesRequest, *mcp.ListResourceTemplatesRequest:
 			res, err := next(ctx, method, req)

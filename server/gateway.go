@@ -49,6 +49,8 @@ type Store interface {
 	RevokeToken(ctx context.Context, issuer, jti string, expiry time.Time) error
 	RevokedTokens(ctx context.Context) ([]store.RevokedToken, error)
 	RevokedSessions(ctx context.Context) ([]string, error)
+	PutUserKill(ctx context.Context, k store.UserKill) error
+	UserKills(ctx context.Context) ([]store.UserKill, error)
 	Close() error
 }
 

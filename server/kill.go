@@ -11,7 +11,9 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/pipeline"
+	"github.com/sag-gateway/sag/server/config"
 	"github.com/sag-gateway/sag/store"
 )
 
@@ -22,7 +24,9 @@ var errSessionKilled = errors.New("session killed")
 type KillRequest struct {
 	// Session is a USID, WSID, ASID or MSID.
 	Session string `json:"session,omitempty"`
-	// User kills every user session of this subject.
+	// User kills every session and token of this subject, of every issuer
+	// the gateway trusts, issued up to the kill; a token issued later (a
+	// fresh sign-in) works.
 	User string `json:"user,omitempty"`
 	// Agent kills every agent session of this agent (SPIFFE ID).
 	Agent string `json:"agent,omitempty"`
@@ -36,6 +40,9 @@ type KillResult struct {
 	CancelledCalls int `json:"cancelled_calls"`
 	// ClosedSessions is how many open MCP sessions were closed.
 	ClosedSessions int `json:"closed_sessions"`
+	// Issuers are the issuers whose tokens of the killed user were
+	// revoked (user kills only).
+	Issuers []string `json:"issuers,omitempty"`
 }
 
 // Kill revokes a session-graph node and everything under it, then stops what
@@ -54,6 +61,13 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 	case req.Session != "":
 		roots = []string{req.Session}
 	case req.User != "":
+		// Every token of the user issued up to now, whatever its sid, is
+		// refused from here on, first in the store.
+		for _, iss := range g.issuers() {
+			if err := g.sessions.killUser(ctx, iss, req.User, time.Now()); err != nil {
+				return KillResult{}, err
+			}
+		}
 		roots, err = g.store.FindSessions(ctx, store.KindUser, req.User, false)
 	default:
 		roots, err = g.store.FindSessions(ctx, store.KindAgent, req.Agent, true)
@@ -78,7 +92,9 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 			}
 		}
 	}
-	if len(res.Revoked) == 0 {
+	if req.User != "" {
+		res.Issuers = g.issuers()
+	} else if len(res.Revoked) == 0 {
 		return KillResult{}, &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no such session"}
 	}
 	g.sessions.revoke(res.Revoked...)
@@ -108,6 +124,19 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 	res.ClosedSessions = len(open)
 	slices.Sort(res.Revoked)
 	return res, nil
+}
+
+// issuers are the token issuers the gateway trusts: its own, the
+// configured ones, and "open" for the anonymous user of --auth open.
+func (g *Gateway) issuers() []string {
+	out := []string{g.cfg.ResolvedPublicURL()}
+	for _, is := range g.cfg.Identity.Issuers {
+		out = append(out, is.Issuer)
+	}
+	if g.cfg.Auth == config.AuthOpen {
+		out = append(out, identity.Anonymous().Issuer)
+	}
+	return out
 }
 
 func countSet(vals ...string) int {

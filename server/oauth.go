@@ -111,7 +111,7 @@ func (g *Gateway) introspect(w http.ResponseWriter, r *http.Request) {
 	}
 	switch _, active, err := g.store.MintedStatus(r.Context(), c.JTI); {
 	case errors.Is(err, store.ErrNotFound): // issued, not minted: its user session must be alive
-		if st, err := g.store.GetSession(r.Context(), userSession(identity.Principal{Issuer: c.Issuer, User: c.Subject, SessionID: c.SessionID})); err == nil && st.State == store.StateRevoked {
+		if !g.sessions.admitted(identity.Principal{Issuer: c.Issuer, User: c.Subject, SessionID: c.SessionID, IssuedAt: time.Unix(c.IssuedAt, 0)}) {
 			writeJSON(w, http.StatusOK, inactive)
 			return
 		}

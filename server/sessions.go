@@ -43,8 +43,12 @@ type sessionGraph struct {
 
 	mu      sync.Mutex
 	revoked map[string]struct{}
+	kills   map[userKey]time.Time // user kills: tokens issued at or before are refused
 	known   *lruSet
 }
+
+// userKey is a user of one issuer.
+type userKey struct{ issuer, subject string }
 
 var _ pipeline.SessionGraph = (*sessionGraph)(nil)
 
@@ -56,9 +60,17 @@ func newSessionGraph(ctx context.Context, st Store, log *slog.Logger, r *risk, i
 	if err != nil {
 		return nil, err
 	}
-	s := &sessionGraph{store: st, log: log, risk: r, inflight: inflight, revoked: make(map[string]struct{}, len(ids)), known: newLRUSet(maxKnownSessions)}
+	kills, err := st.UserKills(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &sessionGraph{store: st, log: log, risk: r, inflight: inflight, revoked: make(map[string]struct{}, len(ids)),
+		kills: make(map[userKey]time.Time, len(kills)), known: newLRUSet(maxKnownSessions)}
 	for _, id := range ids {
 		s.revoked[id] = struct{}{}
+	}
+	for _, k := range kills {
+		s.kills[userKey{k.Issuer, k.Subject}] = k.Killed
 	}
 	return s, nil
 }
@@ -67,10 +79,10 @@ func newSessionGraph(ctx context.Context, st Store, log *slog.Logger, r *risk, i
 // session: USID from the token's sid or (iss, sub), WSID from the workflow
 // id scoped to the user, ASID from (agent, USID), MSID the protocol session
 // or, for stateless requests, the ASID.
-func resolve(c *pipeline.Call) error {
+func (s *sessionGraph) resolve(c *pipeline.Call) error {
 	p := c.Principal
 	ids := &c.Sessions
-	ids.USID = userSession(p)
+	ids.USID = s.userSession(p)
 	ids.ASID = agentSessionOf(p.Agent, ids.USID)
 	ids.MSID = c.ProtocolSession
 	if ids.MSID == "" {
@@ -87,12 +99,12 @@ func resolve(c *pipeline.Call) error {
 
 // Admit implements pipeline.SessionGraph.
 func (s *sessionGraph) Admit(ctx context.Context, c *pipeline.Call) (context.Context, func(), error) {
-	if err := resolve(c); err != nil {
+	if err := s.resolve(c); err != nil {
 		return ctx, nil, err
 	}
 	ids := c.Sessions
-	if id, ok := s.revokedAny(ids.USID, ids.WSID, ids.ASID, ids.MSID); ok {
-		return ctx, nil, &pipeline.Error{Code: pipeline.CodeRevoked, Message: "session revoked", Cause: fmt.Errorf("%w: %s", errSessionRevoked, id)}
+	if err := s.check(c.Principal, ids.USID, ids.WSID, ids.ASID, ids.MSID); err != nil {
+		return ctx, nil, err
 	}
 	if err := s.record(ctx, c.Principal, ids); err != nil {
 		return ctx, nil, err
@@ -102,10 +114,57 @@ func (s *sessionGraph) Admit(ctx context.Context, c *pipeline.Call) (context.Con
 	return ctx, done, nil
 }
 
-// isRevoked reports whether any of ids is revoked.
-func (s *sessionGraph) isRevoked(ids ...string) bool {
-	_, ok := s.revokedAny(ids...)
-	return ok
+// check refuses a principal whose user was killed after its token was
+// issued, or a request on a revoked node of ids.
+func (s *sessionGraph) check(p identity.Principal, ids ...string) error {
+	if s.killedToken(p) {
+		return &pipeline.Error{Code: pipeline.CodeRevoked, Message: "session revoked", Cause: fmt.Errorf("%w: the user was killed after this token was issued", errSessionRevoked)}
+	}
+	if id, ok := s.revokedAny(ids...); ok {
+		return &pipeline.Error{Code: pipeline.CodeRevoked, Message: "session revoked", Cause: fmt.Errorf("%w: %s", errSessionRevoked, id)}
+	}
+	return nil
+}
+
+// killedToken reports whether p's user was killed at or after its token
+// was issued (iat has a resolution of seconds: a token of the kill's second
+// is refused). A token without iat is refused once its user was killed.
+func (s *sessionGraph) killedToken(p identity.Principal) bool {
+	s.mu.Lock()
+	killed, ok := s.kills[userKey{p.Issuer, p.User}]
+	s.mu.Unlock()
+	return ok && !p.IssuedAt.After(killed)
+}
+
+// killUser records a kill of every token of (issuer, subject) issued up to
+// now, in the store first.
+func (s *sessionGraph) killUser(ctx context.Context, issuer, subject string, now time.Time) error {
+	now = now.Truncate(time.Second)
+	if err := s.store.PutUserKill(ctx, store.UserKill{Issuer: issuer, Subject: subject, Killed: now}); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if now.After(s.kills[userKey{issuer, subject}]) {
+		s.kills[userKey{issuer, subject}] = now
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// userSession is the USID: the token's sid, else derived from (iss, sub)
+// and, once the user was killed, the time of the kill, so that a token
+// issued after a kill starts a new user session.
+func (s *sessionGraph) userSession(p identity.Principal) string {
+	if p.SessionID != "" {
+		return derive("u_", p.Issuer, "sid", p.SessionID)
+	}
+	s.mu.Lock()
+	killed, ok := s.kills[userKey{p.Issuer, p.User}]
+	s.mu.Unlock()
+	if ok {
+		return derive("u_", p.Issuer, p.User, "killed", killed.UTC().Format(time.RFC3339))
+	}
+	return derive("u_", p.Issuer, p.User)
 }
 
 // revokedAny returns the first of ids that is revoked.
@@ -283,32 +342,28 @@ func derive(prefix string, parts ...string) string {
 	return prefix + hex.EncodeToString(h.Sum(nil)[:12])
 }
 
-// userSession is the USID: the token's sid, else derived from (iss, sub).
-func userSession(p identity.Principal) string {
-	if p.SessionID != "" {
-		return derive("u_", p.Issuer, "sid", p.SessionID)
-	}
-	return derive("u_", p.Issuer, p.User)
-}
-
-// agentSession is the ASID: (agent identity, USID).
-func agentSession(p identity.Principal) string { return agentSessionOf(p.Agent, userSession(p)) }
-
 func agentSessionOf(agent, usid string) string { return derive("a_", agent, usid) }
 
 // protocolSession is the MSID: the MCP session, or for stateless requests
 // the ASID. Tokens minted for upstreams hang off it.
-func protocolSession(p identity.Principal, ss *mcp.ServerSession) string {
+func (s *sessionGraph) protocolSession(p identity.Principal, ss *mcp.ServerSession) string {
 	if ss != nil && ss.ID() != "" {
 		return ss.ID()
 	}
-	return agentSession(p)
+	return agentSessionOf(p.Agent, s.userSession(p))
+}
+
+// admitted is the check at the HTTP edge, before the SDK opens a session:
+// a killed user's token, or a revoked user or agent session, stops here.
+func (s *sessionGraph) admitted(p identity.Principal) bool {
+	usid := s.userSession(p)
+	return s.check(p, usid, agentSessionOf(p.Agent, usid)) == nil
 }
 
 // sessionOpened records a new MCP session in the graph.
 func (g *Gateway) sessionOpened(ctx context.Context, p identity.Principal, id, workflow string) {
 	c := pipeline.Call{Principal: p, ProtocolSession: id, Workflow: workflow}
-	err := resolve(&c)
+	err := g.sessions.resolve(&c)
 	if err == nil {
 		err = g.sessions.record(ctx, p, c.Sessions)
 	}

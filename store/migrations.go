@@ -144,6 +144,16 @@ CREATE TABLE tool_pins (
 	PRIMARY KEY (upstream, tool)
 );
 `,
+	// 6: user kills: every token of (issuer, subject) issued at or before
+	// killed is refused, whatever its sid.
+	`
+CREATE TABLE user_kills (
+	issuer  TEXT NOT NULL,
+	subject TEXT NOT NULL,
+	killed  INTEGER NOT NULL, -- Unix seconds (token iat resolution)
+	PRIMARY KEY (issuer, subject)
+);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

@@ -306,3 +306,56 @@ func (s *SQLite) SetSessionRisk(ctx context.Context, id string, risk float64, co
 	return s.execOne(ctx, "set session risk", `UPDATE sessions SET risk = ?1, counters = ?2, updated = ?3 WHERE id = ?4`,
 		risk, string(b), nanos(s.now()), id)
 }
+
+// RevokedSessions returns the ids of every revoked session. Revocation is
+// terminal and kills are rare, so the gateway keeps them all in memory.
+func (s *SQLite) RevokedSessions(ctx context.Context) ([]string, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT id FROM sessions WHERE state = 'revoked'`)
+	if err != nil {
+		return nil, fmt.Errorf("store: revoked sessions: %w", err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("store: revoked sessions: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
+// UserKill is a kill of every token of one user of one issuer issued at or
+// before Killed.
+type UserKill struct {
+	Issuer, Subject string
+	Killed          time.Time
+}
+
+// PutUserKill records a user kill (a later kill of the same user replaces
+// an earlier one) and returns once it is committed.
+func (s *SQLite) PutUserKill(ctx context.Context, k UserKill) error {
+	return s.exec(ctx, "put user kill", `INSERT INTO user_kills (issuer, subject, killed) VALUES (?1, ?2, ?3)
+		ON CONFLICT (issuer, subject) DO UPDATE SET killed = MAX(user_kills.killed, excluded.killed)`, k.Issuer, k.Subject, k.Killed.Unix())
+}
+
+// UserKills returns every user kill.
+func (s *SQLite) UserKills(ctx context.Context) ([]UserKill, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT issuer, subject, killed FROM user_kills`)
+	if err != nil {
+		return nil, fmt.Errorf("store: user kills: %w", err)
+	}
+	defer rows.Close()
+	var out []UserKill
+	for rows.Next() {
+		var k UserKill
+		var secs int64
+		if err := rows.Scan(&k.Issuer, &k.Subject, &secs); err != nil {
+			return nil, fmt.Errorf("store: user kills: %w", err)
+		}
+		k.Killed = time.Unix(secs, 0)
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}

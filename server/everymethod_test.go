@@ -1,0 +1,255 @@
+package server_test
+
+import (
+	"context"
+	"database/sql"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/pipeline"
+	"github.com/sag-gateway/sag/server"
+	"github.com/sag-gateway/sag/server/config"
+
+	_ "modernc.org/sqlite"
+)
+
+// breakAudit makes the database refuse audit records (a trigger), as a
+// full disk or a broken store would.
+func breakAudit(t *testing.T, path string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`PRAGMA busy_timeout = 5000; CREATE TRIGGER refuse_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END`); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// everyMethodPolicy allows alice one tool, the greet prompt and the readme;
+// bob nothing.
+const everyMethodPolicy = `id: every
+version: "2"
+rules:
+  - {id: alice-echo, upstream: fx, tools: [echo], principals: {users: [alice]}, consent: never}
+  - {id: alice-docs, upstream: fx, prompts: [greet], resources: ["fixture://readme", "fixture://items/{id}"], principals: {users: [alice]}}
+`
+
+// method is one MCP method that reaches an upstream, as a client calls it.
+type method struct {
+	name string // as audited
+	call func(ctx context.Context, cs *mcp.ClientSession) error
+}
+
+var upstreamMethods = []method{
+	{"tools/call", func(ctx context.Context, cs *mcp.ClientSession) error {
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "x"}})
+		if err == nil && res.IsError {
+			return errString(toolText(res))
+		}
+		return err
+	}},
+	{"resources/read", func(ctx context.Context, cs *mcp.ClientSession) error {
+		_, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "fixture://readme"})
+		return err
+	}},
+	{"resources/subscribe", func(ctx context.Context, cs *mcp.ClientSession) error {
+		return cs.Subscribe(ctx, &mcp.SubscribeParams{URI: "fixture://readme"})
+	}},
+	{"resources/unsubscribe", func(ctx context.Context, cs *mcp.ClientSession) error {
+		return cs.Unsubscribe(ctx, &mcp.UnsubscribeParams{URI: "fixture://readme"})
+	}},
+	{"prompts/get", func(ctx context.Context, cs *mcp.ClientSession) error {
+		_, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "fx__greet", Arguments: map[string]string{"name": "a"}})
+		return err
+	}},
+	{"completion/complete", func(ctx context.Context, cs *mcp.ClientSession) error {
+		_, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "fx__greet"},
+			Argument: mcp.CompleteParamsArgument{Name: "name", Value: "a"}})
+		return err
+	}},
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
+
+// restartGateway stops tg and starts a gateway on the same data directory,
+// address and config: what survives is what the store kept.
+func restartGateway(t *testing.T, tg *testGateway) *testGateway {
+	t.Helper()
+	if err := tg.stop(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := *tg.Cfg
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gw, err := server.New(ctx, &cfg, testLogger(), "test")
+	if err != nil {
+		cancel()
+		ln.Close()
+		t.Fatal(err)
+	}
+	ng := &testGateway{GW: gw, Cfg: &cfg, DataDir: cfg.DataDir, Base: tg.Base, MCP: tg.MCP, cancel: cancel, done: make(chan error, 1)}
+	go func() { ng.done <- gw.Serve(ctx, ln, 5*time.Second) }()
+	t.Cleanup(func() {
+		if err := ng.stop(); err != nil {
+			t.Errorf("gateway shutdown: %v", err)
+		}
+	})
+	return ng
+}
+
+// TestEveryMethodRunsThePipeline: every method that reaches an upstream is
+// refused without a rule, allowed with one and audited with the deciding
+// rule; lists show each principal what it may use; a killed user is
+// refused on every method, before and after a restart, whatever the sid of
+// the token, while a token issued after the kill works.
+func TestEveryMethodRunsThePipeline(t *testing.T) {
+	up, _ := httpFixture(t, "fx", false)
+	file := filepath.Join(t.TempDir(), "every.yaml")
+	if err := os.WriteFile(file, []byte(everyMethodPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tg := startGateway(t, func(c *config.Config) {
+		c.Auth = config.AuthDPoP
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+		c.Policy.Files = []string{file}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
+	defer cancel()
+
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice", SessionID: "s1"})
+	bob := newAgent(t, tg, identity.Claims{Subject: "bob"})
+	// resources/subscribe is a request of the session-based revisions;
+	// 2026-07-28 clients subscribe with subscriptions/listen.
+	csA, csB := alice.connectVersion(t, tg.MCP, legacy), bob.connectVersion(t, tg.MCP, legacy)
+	for _, m := range upstreamMethods {
+		if err := m.call(ctx, csA); err != nil {
+			t.Errorf("alice %s: %v", m.name, err)
+		}
+		err := m.call(ctx, csB)
+		if err == nil || !strings.Contains(err.Error(), "no such") && !strings.Contains(err.Error(), "not found") {
+			t.Errorf("bob %s: %v, want refused as unknown", m.name, err)
+		}
+	}
+	// Every call is audited, with the deciding rule for alice.
+	for _, who := range []struct {
+		sub, decision, rule, policy string
+	}{{"alice", pipeline.DecisionAllow, "alice-", "every@2"}, {"bob", pipeline.DecisionDeny, "", "default-deny"}} {
+		for _, m := range upstreamMethods {
+			found := false
+			for _, rec := range auditMethod(t, tg, m.name) {
+				if rec["sub"] == who.sub && rec["decision"] == who.decision && rec["policy_id"] == who.policy &&
+					strings.HasPrefix(str(rec["allow_list_match"]), who.rule) && rec["usid"] != nil && rec["asid"] != nil && rec["msid"] != nil &&
+					rec["dpop_jti"] != nil {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("no %s audit record of %s for %s", who.decision, m.name, who.sub)
+			}
+		}
+	}
+	// Lists.
+	lists := func(cs *mcp.ClientSession) (tools, prompts, resources, templates int) {
+		tr, err := cs.ListTools(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pr, err := cs.ListPrompts(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rr, err := cs.ListResources(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt, err := cs.ListResourceTemplates(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(tr.Tools), len(pr.Prompts), len(rr.Resources), len(rt.ResourceTemplates)
+	}
+	if a, b, c, d := lists(csA); a != 1 || b != 1 || c != 1 || d != 1 {
+		t.Errorf("alice sees %d tools, %d prompts, %d resources, %d templates; want 1 of each", a, b, c, d)
+	}
+	if a, b, c, d := lists(csB); a+b+c+d != 0 {
+		t.Errorf("bob sees %d tools, %d prompts, %d resources, %d templates; want nothing", a, b, c, d)
+	}
+
+	// Tokens of alice minted before the kill: another sid, no sid.
+	otherSID := newAgent(t, tg, identity.Claims{Subject: "alice", SessionID: "s2"})
+	noSID := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	time.Sleep(1100 * time.Millisecond) // iat has a resolution of seconds
+	if code, body := tg.adminDo(t, http.MethodPost, "/admin/kill", server.KillRequest{User: "alice"}); code != http.StatusOK || !strings.Contains(string(body), tg.Base) {
+		t.Fatalf("kill: %d %s", code, body)
+	}
+	refused := func(tg *testGateway, when string) {
+		t.Helper()
+		for name, a := range map[string]*agent{"the killed session's token": alice, "another sid": otherSID, "no sid": noSID} {
+			c := mcp.NewClient(&mcp.Implementation{Name: "again", Version: "1"}, nil)
+			cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: tg.MCP, HTTPClient: a.client()}, &mcp.ClientSessionOptions{ProtocolVersion: legacy})
+			if err == nil {
+				for _, m := range upstreamMethods {
+					if m.call(ctx, cs) == nil {
+						t.Errorf("%s: %s of alice (%s) succeeded", when, m.name, name)
+					}
+				}
+				cs.Close()
+			}
+		}
+	}
+	refused(tg, "after the kill")
+	tg = restartGateway(t, tg)
+	refused(tg, "after a restart")
+
+	// A token issued after the kill (a fresh sign-in) works on every method.
+	time.Sleep(1100 * time.Millisecond)
+	fresh := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	cs := fresh.connectVersion(t, tg.MCP, legacy)
+	for _, m := range upstreamMethods {
+		if err := m.call(ctx, cs); err != nil {
+			t.Errorf("fresh token, %s: %v", m.name, err)
+		}
+	}
+	if !introspect(t, tg, fresh.token) || introspect(t, tg, noSID.token) || introspect(t, tg, alice.token) {
+		t.Error("introspection: want the fresh token active and the killed ones inactive")
+	}
+}
+
+func str(v any) string {
+	s, _ := v.(string)
+	return s
+}
+
+// TestAuditFailsClosed: when the store refuses audit writes, calls are
+// refused.
+func TestAuditFailsClosed(t *testing.T) {
+	up, _ := httpFixture(t, "fx", false)
+	tg := startGateway(t, func(c *config.Config) { c.Upstreams = []config.Upstream{{Name: "fx", URL: up}} })
+	cs := connect(t, tg.MCP, "", nil)
+	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "before"}); toolText(res) != "before" {
+		t.Fatalf("before: %q", toolText(res))
+	}
+	// Make the audit table refuse writes.
+	breakAudit(t, filepath.Join(tg.DataDir, "sag.db"))
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "after"}})
+	if err == nil || !strings.Contains(err.Error(), "audit unavailable") {
+		t.Errorf("with the audit store failing: %v, want refused", err)
+	}
+}
