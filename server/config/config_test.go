@@ -158,7 +158,9 @@ func TestParseInvalid(t *testing.T) {
 		{name: "duplicate key", yaml: "listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n",
 			want: []string{`config sag.yaml: `, `"listen" already defined`}},
 		{name: "yaml syntax error", yaml: "log: [\n",
-			want: []string{"config sag.yaml: yaml: line"}},
+			want: []string{"config sag.yaml: yaml: line 1: "}},
+		{name: "yaml syntax error names its line", yaml: "listen: 127.0.0.1:1\nlog:\n  level: info\n format: text\n",
+			want: []string{"config sag.yaml: yaml: line 4: did not find expected key"}},
 		{name: "two documents", yaml: "listen: 127.0.0.1:1\n---\nlisten: 127.0.0.1:2\n",
 			want: []string{"config sag.yaml: more than one YAML document"}},
 	}
