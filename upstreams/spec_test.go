@@ -25,9 +25,10 @@ func TestParseTarget(t *testing.T) {
 		{url: "stdio:", err: "needs a command"},
 		{url: `stdio:"" arg`, err: "needs a command"},
 		{url: `stdio:server "unterminated`, err: "unterminated quote"},
-		{url: "ftp://example.com/mcp", err: "want http(s)://"},
-		{url: "http:///mcp", err: "want http(s)://"},
-		{url: "sse+ftp://x/y", err: "want http(s)://"},
+		{url: "ftp://example.com/mcp", err: `url "ftp://example.com/mcp": must be http(s)://HOST/…, sse+http(s)://HOST/… or stdio:COMMAND`},
+		{url: "http:///mcp", err: "must be http(s)://"},
+		{url: "sse+ftp://x/y", err: "must be http(s)://"},
+		{url: "http://[::1/mcp", err: `url "http://[::1/mcp": missing ']' in host; it must be http(s)://`},
 		{url: "http://user:secret@example.com/mcp", err: "credentials in the URL"},
 	}
 	for _, tc := range cases {
