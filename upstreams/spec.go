@@ -130,6 +130,16 @@ func (s Spec) Validate() error {
 // urlForms says what an upstream URL may be.
 const urlForms = "http(s)://HOST/…, sse+http(s)://HOST/… or stdio:COMMAND"
 
+// Transport returns the transport the spec's URL names, or "" when the URL
+// is not valid.
+func (s Spec) Transport() Transport {
+	t, err := parseTarget(s.URL)
+	if err != nil {
+		return ""
+	}
+	return t.transport
+}
+
 // parseTarget turns an upstream URL into a transport and its endpoint or command.
 func parseTarget(raw string) (target, error) {
 	if cmd, ok := strings.CutPrefix(raw, "stdio:"); ok {

@@ -79,6 +79,20 @@ func TestSpecValidate(t *testing.T) {
 	}
 }
 
+func TestSpecTransport(t *testing.T) {
+	for url, want := range map[string]Transport{
+		"http://127.0.0.1:1/mcp":   TransportHTTP,
+		"sse+https://h/sse":        TransportSSE,
+		"stdio:/bin/server --root": TransportStdio,
+		"stdio:":                   "",
+		"ftp://h/":                 "",
+	} {
+		if got := (Spec{Name: "x", URL: url}).Transport(); got != want {
+			t.Errorf("Spec{URL: %q}.Transport() = %q, want %q", url, got, want)
+		}
+	}
+}
+
 // TestCatalogNaming checks naming and collision reports without servers.
 func TestCatalogNaming(t *testing.T) {
 	tool := func(name string) *mcp.Tool {

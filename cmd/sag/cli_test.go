@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sag-gateway/sag/server/config"
 	"github.com/sag-gateway/sag/store"
 )
 
@@ -50,6 +51,11 @@ func TestUpstreamsCLI(t *testing.T) {
 	out, errOut, ok = sag(t, append([]string{"upstreams", "add"}, append(admin, "second", second)...)...)
 	if ok || !strings.Contains(errOut, "conflict") {
 		t.Errorf("adding a taken name: ok=%v, want a conflict error\n%s%s", ok, out, errOut)
+	}
+	// The gateway was started without --allow-stdio-registration.
+	out, errOut, ok = sag(t, append(append([]string{"upstreams", "add"}, admin...), "local", "stdio:/bin/true")...)
+	if ok || !strings.Contains(errOut, "forbidden") || !strings.Contains(errOut, "--allow-stdio-registration") || !strings.Contains(errOut, "HTTP 403") {
+		t.Errorf("adding a stdio upstream: ok=%v, want a 403 naming --allow-stdio-registration\n%s%s", ok, out, errOut)
 	}
 	out, _, ok = sag(t, append([]string{"upstreams", "list"}, admin...)...)
 	if !ok || !strings.Contains(out, "second") || !strings.Contains(out, "fx") || !strings.Contains(out, "config") {
@@ -256,4 +262,33 @@ func splitShellWords(s string) ([]string, error) {
 		s = rest
 	}
 	return out, nil
+}
+
+// TestServeFlags checks that flags override the config file.
+func TestServeFlags(t *testing.T) {
+	load := func(args ...string) *config.Config {
+		t.Helper()
+		f := newServeFlags("sag serve")
+		if err := f.fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := f.load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	if load().AllowStdioRegistration {
+		t.Error("stdio registration through the admin API is allowed by default")
+	}
+	if !load("--allow-stdio-registration").AllowStdioRegistration {
+		t.Error("--allow-stdio-registration did not allow stdio registration")
+	}
+	file := filepath.Join(t.TempDir(), "sag.yaml")
+	if err := os.WriteFile(file, []byte("allow_stdio_registration: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !load("--config", file).AllowStdioRegistration {
+		t.Error("allow_stdio_registration in the config file is lost")
+	}
 }
