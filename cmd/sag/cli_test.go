@@ -146,6 +146,25 @@ func TestUpstreamsCLI(t *testing.T) {
 	}
 }
 
+// TestToolsWithoutTools checks that sag tools says so, and fails, when the
+// gateway offers the caller no tool.
+func TestToolsWithoutTools(t *testing.T) {
+	allow := filepath.Join(t.TempDir(), "allow.yaml")
+	if err := os.WriteFile(allow, []byte("id: alice-only\nrules: [{id: alice, tools: ['*'], principals: {users: [alice]}}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startSag(t, startFixture(t), "--auth", "dpop", "--policy", allow)
+	mcpURL := p.base + "/mcp"
+	out, errOut, ok := sag(t, "tools", "--url", mcpURL, "--data", p.data, "--sub", "bob")
+	if ok || out != "" || !strings.Contains(errOut, "no tools are available to this caller") {
+		t.Errorf("tools for a user no rule names: ok=%v stdout %q stderr %q; want a failure saying so", ok, out, errOut)
+	}
+	out, errOut, ok = sag(t, "tools", "--url", mcpURL, "--data", p.data, "--sub", "alice")
+	if !ok || !strings.Contains(out, "fx__echo") {
+		t.Errorf("tools for alice: ok=%v\n%s%s", ok, out, errOut)
+	}
+}
+
 // TestServeRefusesBadConfig checks that a bad start fails naming the problem.
 func TestServeRefusesBadConfig(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "sag.yaml")
