@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -239,14 +241,27 @@ func TestDemoWorksAsPrinted(t *testing.T) {
 		}
 	}()
 
+	// Every command is printed as it runs from the repository: no bare sag.
+	bare := regexp.MustCompile(`(^|[\s(:])sag (serve|demo|tools|call|token|upstreams|kill|keys|audit|bench)\b`)
 	var ran int
+	vars := map[string]string{}
 	for _, l := range printed {
 		l = strings.TrimSpace(l)
+		if bare.MatchString(l) {
+			t.Errorf("printed command %q does not work as printed: run it with go run ./cmd/sag", l)
+		}
+		// NAME=$(go run ./cmd/sag …) keeps the output for "$NAME" below.
+		name, cmd, isAssign := strings.Cut(l, "=$(")
+		if isAssign && strings.HasSuffix(cmd, ")") {
+			l = strings.TrimSuffix(cmd, ")")
+		} else {
+			name = ""
+		}
 		args, isGoRun := strings.CutPrefix(l, "go run ./cmd/sag ")
 		if !isGoRun {
 			continue
 		}
-		argv, err := splitShellWords(args)
+		argv, err := splitShellWords(args, vars)
 		if err != nil {
 			t.Fatalf("printed command %q: %v", l, err)
 		}
@@ -254,17 +269,24 @@ func TestDemoWorksAsPrinted(t *testing.T) {
 		if !ok {
 			t.Errorf("printed command %q failed:\n%s%s", l, out, errOut)
 		}
+		if name != "" {
+			vars[name] = strings.TrimSpace(out)
+		}
 		ran++
 	}
 	t.Logf("ran %d printed commands", ran)
-	if ran < 3 {
-		t.Errorf("demo printed %d runnable commands, want at least 3:\n%s", ran, strings.Join(printed, "\n"))
+	if ran < 6 {
+		t.Errorf("demo printed %d runnable commands, want at least 6:\n%s", ran, strings.Join(printed, "\n"))
+	}
+	if !strings.Contains(strings.Join(printed, "\n"), "--url http://"+addr+"/mcp") {
+		t.Errorf("the demo listens on %s but its commands do not name --url http://%[1]s/mcp:\n%s", addr, strings.Join(printed, "\n"))
 	}
 }
 
 // splitShellWords splits a printed command line the way a POSIX shell would
-// for the simple forms the demo prints: words and single-quoted strings.
-func splitShellWords(s string) ([]string, error) {
+// for the simple forms the demo prints: words, single-quoted strings and
+// "$NAME" (a variable of vars).
+func splitShellWords(s string, vars map[string]string) ([]string, error) {
 	var out []string
 	for s = strings.TrimSpace(s); s != ""; s = strings.TrimSpace(s) {
 		if s[0] == '\'' {
@@ -277,6 +299,13 @@ func splitShellWords(s string) ([]string, error) {
 			continue
 		}
 		word, rest, _ := strings.Cut(s, " ")
+		if name, ok := strings.CutPrefix(word, `"$`); ok && strings.HasSuffix(name, `"`) {
+			v, ok := vars[strings.TrimSuffix(name, `"`)]
+			if !ok {
+				return nil, fmt.Errorf("%s is not set by an earlier command", word)
+			}
+			word = v
+		}
 		out = append(out, word)
 		s = rest
 	}
