@@ -167,6 +167,43 @@ func TestToolsWithoutTools(t *testing.T) {
 	}
 }
 
+// TestDPoPKeyFile checks that only sag token creates a DPoP key, saying so,
+// and that the client commands refuse a key file that does not exist rather
+// than sending proofs from a new key.
+func TestDPoPKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	allow := filepath.Join(dir, "allow.yaml")
+	if err := os.WriteFile(allow, []byte("id: alice-only\nrules: [{id: alice, tools: ['*'], principals: {users: [alice]}}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startSag(t, startFixture(t), "--auth", "dpop", "--policy", allow)
+	key := filepath.Join(dir, "alice.jwk")
+	tok, errOut, ok := sag(t, "token", "--data", p.data, "--url", p.base, "--sub", "alice", "--dpop-key", key)
+	if !ok || !strings.Contains(errOut, "created a new DPoP key in "+key) || strings.Count(strings.TrimSpace(tok), ".") != 2 {
+		t.Fatalf("sag token --dpop-key with a new file: ok=%v stdout %q stderr %q; want the token alone on stdout and a note on stderr", ok, tok, errOut)
+	}
+	tok = strings.TrimSpace(tok)
+	if _, errOut, _ := sag(t, "token", "--data", p.data, "--url", p.base, "--sub", "alice", "--dpop-key", key); strings.Contains(errOut, "created") {
+		t.Errorf("sag token with an existing key file created one: %s", errOut)
+	}
+	mcpURL := p.base + "/mcp"
+	if out, errOut, ok := sag(t, "call", "--url", mcpURL, "--token", tok, "--dpop-key", key, "fx__echo", `{"text":"bound"}`); !ok || !strings.Contains(out, "bound") {
+		t.Errorf("call with the token's key: ok=%v\n%s%s", ok, out, errOut)
+	}
+	typo := key + "x"
+	for _, cmd := range [][]string{
+		{"tools", "--url", mcpURL, "--token", tok, "--dpop-key", typo},
+		{"call", "--url", mcpURL, "--token", tok, "--dpop-key", typo, "fx__echo", `{"text":"x"}`},
+	} {
+		if _, errOut, ok := sag(t, cmd...); ok || !strings.Contains(errOut, "--dpop-key "+typo+": no such file") {
+			t.Errorf("sag %s with a missing key file: ok=%v, want an error naming it\n%s", cmd[0], ok, errOut)
+		}
+		if _, err := os.Stat(typo); err == nil {
+			t.Fatalf("sag %s created the missing key file", cmd[0])
+		}
+	}
+}
+
 // TestServeRefusesBadConfig checks that a bad start fails naming the problem.
 func TestServeRefusesBadConfig(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "sag.yaml")
