@@ -169,6 +169,11 @@ func (g *Gateway) addUpstream(w http.ResponseWriter, r *http.Request) error {
 	if err := spec.Validate(); err != nil {
 		return badRequest("%v", err)
 	}
+	if spec.Transport() == upstreams.TransportStdio && !g.cfg.AllowStdioRegistration {
+		// A stdio upstream is a command run on the gateway's host: only the
+		// operator who starts the gateway may let the admin API name one.
+		return &adminError{Status: http.StatusForbidden, Code: "forbidden", Description: "stdio: upstreams run a command on the gateway's host and cannot be registered through the admin API unless the operator starts the gateway with --allow-stdio-registration (allow_stdio_registration: true in the config file); config files and --upstream flags may name them"}
+	}
 	if g.configured[spec.Name] {
 		return &adminError{Status: http.StatusConflict, Code: "conflict", Description: "upstream " + spec.Name + " is defined in the config file"}
 	}

@@ -3,6 +3,8 @@ package server_test
 import (
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -170,6 +172,41 @@ func TestAdminUpstreams(t *testing.T) {
 		// The name is free again.
 		tg.addUpstream(t, server.UpstreamRequest{Name: "added", URL: newURL})
 	})
+}
+
+// TestAdminStdioRegistration checks that the admin API refuses stdio:
+// upstreams, which run a command on the gateway's host, without running
+// anything, unless the operator allowed it (allow_stdio_registration, the
+// --allow-stdio-registration flag of sag serve).
+func TestAdminStdioRegistration(t *testing.T) {
+	t.Parallel()
+	marker := filepath.Join(t.TempDir(), "ran")
+	touch := server.UpstreamRequest{Name: "touch", URL: "stdio:/bin/sh -c 'touch " + marker + "'"}
+
+	tg := startGateway(t, nil)
+	code, body := tg.adminDo(t, http.MethodPost, "/admin/upstreams", touch)
+	var e struct {
+		Error       string `json:"error"`
+		Description string `json:"error_description"`
+	}
+	if code != http.StatusForbidden || json.Unmarshal(body, &e) != nil || e.Error != "forbidden" ||
+		!strings.Contains(e.Description, "--allow-stdio-registration") {
+		t.Errorf("POST of a stdio upstream: %d %s, want 403 forbidden naming --allow-stdio-registration", code, body)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("the refused stdio command ran")
+	}
+	if n := len(tg.upstreamStatuses(t)); n != 0 {
+		t.Errorf("%d upstreams after the refusal, want 0", n)
+	}
+	// HTTP upstreams are not concerned.
+	httpURL, _ := httpFixture(t, "web", true)
+	tg.addUpstream(t, server.UpstreamRequest{Name: "web", URL: httpURL})
+
+	allowed := startGateway(t, func(c *config.Config) { c.AllowStdioRegistration = true })
+	if rep := allowed.addUpstream(t, server.UpstreamRequest{Name: "local", URL: stdioFixture(t, "local")}); !rep.Connected {
+		t.Errorf("stdio upstream registered with allow_stdio_registration: %+v", rep)
+	}
 }
 
 // TestAdminPersistence registers an upstream, restarts the gateway on the

@@ -150,6 +150,7 @@ func TestNoLeaks(t *testing.T) {
 	stops = append(stops, stop)
 
 	tg := startGateway(t, func(c *config.Config) {
+		c.AllowStdioRegistration = true
 		c.Upstreams = []config.Upstream{
 			{Name: "stateless", URL: statelessURL},
 			{Name: "sse", URL: "sse+" + sseURL},
@@ -234,6 +235,7 @@ func TestSessionRelease(t *testing.T) {
 	sessionURL, _ := httpFixture(t, "s", false)
 	tg := startGateway(t, func(c *config.Config) {
 		c.Limits.SessionIdleTimeout = config.Duration(time.Second)
+		c.AllowStdioRegistration = true
 	})
 	tg.addUpstream(t, server.UpstreamRequest{Name: "http", URL: sessionURL, ProtocolVersion: legacy})
 	tg.addUpstream(t, server.UpstreamRequest{Name: "sse", URL: sseFixture(t, "s"), ProtocolVersion: legacy})

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -455,16 +457,29 @@ var (
 	addrRE = regexp.MustCompile(`(\b(?:dial|read|write) (?:tcp[46]?|udp[46]?|unix)|\blookup) \S+?(:? |:?$)`)
 )
 
-// safeError shortens an error for logs and clients: the first line, URLs and
-// upstream addresses redacted, bounded.
+// maxErrorText bounds the text of an error passed on to logs and clients.
+const maxErrorText = 300
+
+// safeError shortens an error for logs and clients: one line (line breaks,
+// runs of white space and control characters become one space, so that a
+// pretty-printed JSON body keeps its content), URLs and upstream addresses
+// redacted, at most maxErrorText bytes and an ellipsis.
 func safeError(err error) string {
-	s := urlRE.ReplaceAllString(err.Error(), "<url>")
+	s := strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, err.Error())
+	s = strings.Join(strings.Fields(s), " ")
+	s = urlRE.ReplaceAllString(s, "<url>")
 	s = addrRE.ReplaceAllString(s, "$1 <address>$2")
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	if len(s) > 300 {
-		s = s[:300] + "…"
+	if len(s) > maxErrorText {
+		n := maxErrorText
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		s = s[:n] + "…"
 	}
 	return s
 }

@@ -127,6 +127,19 @@ func (s Spec) Validate() error {
 	return nil
 }
 
+// urlForms says what an upstream URL may be.
+const urlForms = "http(s)://HOST/…, sse+http(s)://HOST/… or stdio:COMMAND"
+
+// Transport returns the transport the spec's URL names, or "" when the URL
+// is not valid.
+func (s Spec) Transport() Transport {
+	t, err := parseTarget(s.URL)
+	if err != nil {
+		return ""
+	}
+	return t.transport
+}
+
 // parseTarget turns an upstream URL into a transport and its endpoint or command.
 func parseTarget(raw string) (target, error) {
 	if cmd, ok := strings.CutPrefix(raw, "stdio:"); ok {
@@ -146,10 +159,14 @@ func parseTarget(raw string) (target, error) {
 	}
 	u, err := url.Parse(endpoint)
 	if err != nil {
-		return target{}, fmt.Errorf("url %q: %v", raw, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, quoted once already
+		}
+		return target{}, fmt.Errorf("url %q: %v; it must be %s", raw, err, urlForms)
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return target{}, fmt.Errorf("url %q: want http(s)://HOST/…, sse+http(s)://HOST/… or stdio:COMMAND", raw)
+		return target{}, fmt.Errorf("url %q: must be %s", raw, urlForms)
 	}
 	if u.User != nil {
 		return target{}, errors.New("url: credentials in the URL are not allowed; SAG mints upstream credentials itself")

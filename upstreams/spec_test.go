@@ -1,11 +1,13 @@
 package upstreams
 
 import (
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -25,9 +27,10 @@ func TestParseTarget(t *testing.T) {
 		{url: "stdio:", err: "needs a command"},
 		{url: `stdio:"" arg`, err: "needs a command"},
 		{url: `stdio:server "unterminated`, err: "unterminated quote"},
-		{url: "ftp://example.com/mcp", err: "want http(s)://"},
-		{url: "http:///mcp", err: "want http(s)://"},
-		{url: "sse+ftp://x/y", err: "want http(s)://"},
+		{url: "ftp://example.com/mcp", err: `url "ftp://example.com/mcp": must be http(s)://HOST/…, sse+http(s)://HOST/… or stdio:COMMAND`},
+		{url: "http:///mcp", err: "must be http(s)://"},
+		{url: "sse+ftp://x/y", err: "must be http(s)://"},
+		{url: "http://[::1/mcp", err: `url "http://[::1/mcp": missing ']' in host; it must be http(s)://`},
 		{url: "http://user:secret@example.com/mcp", err: "credentials in the URL"},
 	}
 	for _, tc := range cases {
@@ -72,6 +75,20 @@ func TestSpecValidate(t *testing.T) {
 		err := s.Validate()
 		if (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
 			t.Errorf("Validate(%+v) = %v, want %q", s, err, tc.err)
+		}
+	}
+}
+
+func TestSpecTransport(t *testing.T) {
+	for url, want := range map[string]Transport{
+		"http://127.0.0.1:1/mcp":   TransportHTTP,
+		"sse+https://h/sse":        TransportSSE,
+		"stdio:/bin/server --root": TransportStdio,
+		"stdio:":                   "",
+		"ftp://h/":                 "",
+	} {
+		if got := (Spec{Name: "x", URL: url}).Transport(); got != want {
+			t.Errorf("Spec{URL: %q}.Transport() = %q, want %q", url, got, want)
 		}
 	}
 }
@@ -133,11 +150,28 @@ func TestSafeError(t *testing.T) {
 		`Post "http://10.0.0.7:9000/mcp?token=s3cret": dial tcp 10.0.0.7:9000: connect: connection refused`: `Post "<url>": dial tcp <address>: connect: connection refused`,
 		"dial tcp [::1]:8080: connect: connection refused":                                                  "dial tcp <address>: connect: connection refused",
 		"lookup internal.example on 10.0.0.2:53: no such host":                                              "lookup <address> on 10.0.0.2:53: no such host",
-		"first line\nsecond line": "first line",
+		"first line\nsecond line": "first line second line",
+		// A pretty-printed JSON body: its first line alone would be "[".
+		"[\n  {\n    \"error\": \"quota exceeded\",\n    \"retry\": \"https://api.example/retry?key=s3cret\"\n  }\n]\n": `[ { "error": "quota exceeded", "retry": "<url>" } ]`,
+		"tabs\tand\r\n\r\nblank lines\x1b[31m":                                                      "tabs and blank lines [31m",
+		"upstream at\nPost \"http://10.0.0.7:9000/mcp\": dial tcp 10.0.0.7:9000:\nconnect: refused": `upstream at Post "<url>": dial tcp <address>: connect: refused`,
+		strings.Repeat("é", 200):                                                                    strings.Repeat("é", 150) + "…",
+		strings.Repeat("x", 301):                                                                    strings.Repeat("x", 300) + "…",
 	}
 	for in, want := range cases {
 		if got := safeError(errors.New(in)); got != want {
 			t.Errorf("safeError(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestBoundedRPCError checks that an upstream's multi-line JSON-RPC error
+// reaches the client as one line with its content.
+func TestBoundedRPCError(t *testing.T) {
+	in := &jsonrpc.Error{Code: -32000, Message: "validation failed:\n{\n  \"field\": \"path\",\n  \"reason\": \"must be absolute\"\n}", Data: json.RawMessage(`{"n":1}`)}
+	got := boundedRPCError(in)
+	want := `validation failed: { "field": "path", "reason": "must be absolute" }`
+	if got.Code != in.Code || got.Message != want || string(got.Data) != `{"n":1}` {
+		t.Errorf("boundedRPCError = %d %q %s, want %d %q and the data", got.Code, got.Message, got.Data, in.Code, want)
 	}
 }

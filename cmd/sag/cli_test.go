@@ -4,13 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sag-gateway/sag/server/config"
 	"github.com/sag-gateway/sag/store"
 )
 
@@ -50,6 +53,11 @@ func TestUpstreamsCLI(t *testing.T) {
 	out, errOut, ok = sag(t, append([]string{"upstreams", "add"}, append(admin, "second", second)...)...)
 	if ok || !strings.Contains(errOut, "conflict") {
 		t.Errorf("adding a taken name: ok=%v, want a conflict error\n%s%s", ok, out, errOut)
+	}
+	// The gateway was started without --allow-stdio-registration.
+	out, errOut, ok = sag(t, append(append([]string{"upstreams", "add"}, admin...), "local", "stdio:/bin/true")...)
+	if ok || !strings.Contains(errOut, "forbidden") || !strings.Contains(errOut, "--allow-stdio-registration") || !strings.Contains(errOut, "HTTP 403") {
+		t.Errorf("adding a stdio upstream: ok=%v, want a 403 naming --allow-stdio-registration\n%s%s", ok, out, errOut)
 	}
 	out, _, ok = sag(t, append([]string{"upstreams", "list"}, admin...)...)
 	if !ok || !strings.Contains(out, "second") || !strings.Contains(out, "fx") || !strings.Contains(out, "config") {
@@ -140,6 +148,62 @@ func TestUpstreamsCLI(t *testing.T) {
 	}
 }
 
+// TestToolsWithoutTools checks that sag tools says so, and fails, when the
+// gateway offers the caller no tool.
+func TestToolsWithoutTools(t *testing.T) {
+	allow := filepath.Join(t.TempDir(), "allow.yaml")
+	if err := os.WriteFile(allow, []byte("id: alice-only\nrules: [{id: alice, tools: ['*'], principals: {users: [alice]}}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startSag(t, startFixture(t), "--auth", "dpop", "--policy", allow)
+	mcpURL := p.base + "/mcp"
+	out, errOut, ok := sag(t, "tools", "--url", mcpURL, "--data", p.data, "--sub", "bob")
+	if ok || out != "" || !strings.Contains(errOut, "no tools are available to this caller") {
+		t.Errorf("tools for a user no rule names: ok=%v stdout %q stderr %q; want a failure saying so", ok, out, errOut)
+	}
+	out, errOut, ok = sag(t, "tools", "--url", mcpURL, "--data", p.data, "--sub", "alice")
+	if !ok || !strings.Contains(out, "fx__echo") {
+		t.Errorf("tools for alice: ok=%v\n%s%s", ok, out, errOut)
+	}
+}
+
+// TestDPoPKeyFile checks that only sag token creates a DPoP key, saying so,
+// and that the client commands refuse a key file that does not exist rather
+// than sending proofs from a new key.
+func TestDPoPKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	allow := filepath.Join(dir, "allow.yaml")
+	if err := os.WriteFile(allow, []byte("id: alice-only\nrules: [{id: alice, tools: ['*'], principals: {users: [alice]}}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startSag(t, startFixture(t), "--auth", "dpop", "--policy", allow)
+	key := filepath.Join(dir, "alice.jwk")
+	tok, errOut, ok := sag(t, "token", "--data", p.data, "--url", p.base, "--sub", "alice", "--dpop-key", key)
+	if !ok || !strings.Contains(errOut, "created a new DPoP key in "+key) || strings.Count(strings.TrimSpace(tok), ".") != 2 {
+		t.Fatalf("sag token --dpop-key with a new file: ok=%v stdout %q stderr %q; want the token alone on stdout and a note on stderr", ok, tok, errOut)
+	}
+	tok = strings.TrimSpace(tok)
+	if _, errOut, _ := sag(t, "token", "--data", p.data, "--url", p.base, "--sub", "alice", "--dpop-key", key); strings.Contains(errOut, "created") {
+		t.Errorf("sag token with an existing key file created one: %s", errOut)
+	}
+	mcpURL := p.base + "/mcp"
+	if out, errOut, ok := sag(t, "call", "--url", mcpURL, "--token", tok, "--dpop-key", key, "fx__echo", `{"text":"bound"}`); !ok || !strings.Contains(out, "bound") {
+		t.Errorf("call with the token's key: ok=%v\n%s%s", ok, out, errOut)
+	}
+	typo := key + "x"
+	for _, cmd := range [][]string{
+		{"tools", "--url", mcpURL, "--token", tok, "--dpop-key", typo},
+		{"call", "--url", mcpURL, "--token", tok, "--dpop-key", typo, "fx__echo", `{"text":"x"}`},
+	} {
+		if _, errOut, ok := sag(t, cmd...); ok || !strings.Contains(errOut, "--dpop-key "+typo+": no such file") {
+			t.Errorf("sag %s with a missing key file: ok=%v, want an error naming it\n%s", cmd[0], ok, errOut)
+		}
+		if _, err := os.Stat(typo); err == nil {
+			t.Fatalf("sag %s created the missing key file", cmd[0])
+		}
+	}
+}
+
 // TestServeRefusesBadConfig checks that a bad start fails naming the problem.
 func TestServeRefusesBadConfig(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "sag.yaml")
@@ -214,14 +278,27 @@ func TestDemoWorksAsPrinted(t *testing.T) {
 		}
 	}()
 
+	// Every command is printed as it runs from the repository: no bare sag.
+	bare := regexp.MustCompile(`(^|[\s(:])sag (serve|demo|tools|call|token|upstreams|kill|keys|audit|bench)\b`)
 	var ran int
+	vars := map[string]string{}
 	for _, l := range printed {
 		l = strings.TrimSpace(l)
+		if bare.MatchString(l) {
+			t.Errorf("printed command %q does not work as printed: run it with go run ./cmd/sag", l)
+		}
+		// NAME=$(go run ./cmd/sag …) keeps the output for "$NAME" below.
+		name, cmd, isAssign := strings.Cut(l, "=$(")
+		if isAssign && strings.HasSuffix(cmd, ")") {
+			l = strings.TrimSuffix(cmd, ")")
+		} else {
+			name = ""
+		}
 		args, isGoRun := strings.CutPrefix(l, "go run ./cmd/sag ")
 		if !isGoRun {
 			continue
 		}
-		argv, err := splitShellWords(args)
+		argv, err := splitShellWords(args, vars)
 		if err != nil {
 			t.Fatalf("printed command %q: %v", l, err)
 		}
@@ -229,17 +306,24 @@ func TestDemoWorksAsPrinted(t *testing.T) {
 		if !ok {
 			t.Errorf("printed command %q failed:\n%s%s", l, out, errOut)
 		}
+		if name != "" {
+			vars[name] = strings.TrimSpace(out)
+		}
 		ran++
 	}
 	t.Logf("ran %d printed commands", ran)
-	if ran < 3 {
-		t.Errorf("demo printed %d runnable commands, want at least 3:\n%s", ran, strings.Join(printed, "\n"))
+	if ran < 6 {
+		t.Errorf("demo printed %d runnable commands, want at least 6:\n%s", ran, strings.Join(printed, "\n"))
+	}
+	if !strings.Contains(strings.Join(printed, "\n"), "--url http://"+addr+"/mcp") {
+		t.Errorf("the demo listens on %s but its commands do not name --url http://%[1]s/mcp:\n%s", addr, strings.Join(printed, "\n"))
 	}
 }
 
 // splitShellWords splits a printed command line the way a POSIX shell would
-// for the simple forms the demo prints: words and single-quoted strings.
-func splitShellWords(s string) ([]string, error) {
+// for the simple forms the demo prints: words, single-quoted strings and
+// "$NAME" (a variable of vars).
+func splitShellWords(s string, vars map[string]string) ([]string, error) {
 	var out []string
 	for s = strings.TrimSpace(s); s != ""; s = strings.TrimSpace(s) {
 		if s[0] == '\'' {
@@ -252,8 +336,44 @@ func splitShellWords(s string) ([]string, error) {
 			continue
 		}
 		word, rest, _ := strings.Cut(s, " ")
+		if name, ok := strings.CutPrefix(word, `"$`); ok && strings.HasSuffix(name, `"`) {
+			v, ok := vars[strings.TrimSuffix(name, `"`)]
+			if !ok {
+				return nil, fmt.Errorf("%s is not set by an earlier command", word)
+			}
+			word = v
+		}
 		out = append(out, word)
 		s = rest
 	}
 	return out, nil
+}
+
+// TestServeFlags checks that flags override the config file.
+func TestServeFlags(t *testing.T) {
+	load := func(args ...string) *config.Config {
+		t.Helper()
+		f := newServeFlags("sag serve")
+		if err := f.fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := f.load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	if load().AllowStdioRegistration {
+		t.Error("stdio registration through the admin API is allowed by default")
+	}
+	if !load("--allow-stdio-registration").AllowStdioRegistration {
+		t.Error("--allow-stdio-registration did not allow stdio registration")
+	}
+	file := filepath.Join(t.TempDir(), "sag.yaml")
+	if err := os.WriteFile(file, []byte("allow_stdio_registration: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !load("--config", file).AllowStdioRegistration {
+		t.Error("allow_stdio_registration in the config file is lost")
+	}
 }

@@ -78,13 +78,24 @@ func (r *refusals) reason() string {
 	return " (" + r.last + ")"
 }
 
+// errNoTools is what sag tools says when the gateway lists no tool.
+var errNoTools = errors.New("no tools are available to this caller (no allow-list rule names it, or no upstream offers any)")
+
 func cmdTools(args []string) error {
 	fs := flag.NewFlagSet("sag tools", flag.ContinueOnError)
 	url := fs.String("url", defaultURL, "gateway MCP `URL`")
 	var auth clientAuth
 	auth.register(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: sag tools [--url URL] [--token T [--dpop-key F] | --data DIR --sub USER]")
+		fmt.Fprintln(fs.Output(), "Lists the tools the gateway offers this caller. Exits 1 when there is none, saying so on stderr.")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -95,11 +106,16 @@ func cmdTools(args []string) error {
 		return err
 	}
 	defer done()
+	n := 0
 	for t, err := range cs.Tools(ctx, nil) {
 		if err != nil {
 			return err
 		}
 		fmt.Printf("%-32s %s\n", t.Name, t.Description)
+		n++
+	}
+	if n == 0 {
+		return errNoTools
 	}
 	return nil
 }

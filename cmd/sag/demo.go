@@ -92,12 +92,15 @@ Try it from another terminal (in this repository):
   go run ./cmd/sag call%s%s beta__add '{"a":2,"b":40}'
 `, cfg.Auth, mcpURL, strings.Join(upstreams, "\n"), urlFlag, as, urlFlag, as, urlFlag, as)
 	if cfg.Auth != config.AuthOpen {
+		key := filepath.Join(cfg.DataDir, "alice.jwk")
 		fmt.Printf(`Each call sends an access token bound to a fresh DPoP key, with a new proof per request;
-the upstreams receive tokens SAG minted for them, never yours. To hold a token yourself:
-  go run ./cmd/sag token --data %s --url %s --sub alice --dpop-key %s
-  (then: sag call --token TOKEN --dpop-key %[3]s ...)
-Kill everything alice runs: sag kill --server %[2]s --data %[1]s --user alice
-`, cfg.DataDir, base, filepath.Join(cfg.DataDir, "alice.jwk"))
+the upstreams receive tokens SAG minted for them, never yours. To hold a token yourself
+(a POSIX shell):
+  TOKEN=$(go run ./cmd/sag token --data %s --url %s --sub alice --dpop-key %s)
+  go run ./cmd/sag call --url %s --token "$TOKEN" --dpop-key %[3]s alpha__echo '{"text":"with my own token"}'
+Kill everything alice runs:
+  go run ./cmd/sag kill --server %[2]s --data %[1]s --user alice
+`, cfg.DataDir, base, key, mcpURL)
 	} else {
 		fmt.Printf(`Or with the MCP Inspector CLI (Node.js):
   npx -y @modelcontextprotocol/inspector@2.12.0 --cli %s --transport http --method tools/list

@@ -78,14 +78,15 @@ func freeAddr(t *testing.T) string {
 	return addr
 }
 
-// startSag runs `sag serve` with a fixture upstream and waits until it is
-// ready.
-func startSag(t *testing.T, upstreamURL string) *gatewayProcess {
+// startSag runs `sag serve` with a fixture upstream, and the flags in extra,
+// and waits until it is ready.
+func startSag(t *testing.T, upstreamURL string, extra ...string) *gatewayProcess {
 	t.Helper()
 	bin := sagBinary(t)
 	addr := freeAddr(t)
 	p := &gatewayProcess{base: "http://" + addr, data: t.TempDir(), stderr: &bytes.Buffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, "serve", "--listen", addr, "--data", p.data, "--auth", "open", "--log-level", "warn", "--upstream", "fx="+upstreamURL)
+	args := append([]string{"serve", "--listen", addr, "--data", p.data, "--auth", "open", "--log-level", "warn", "--upstream", "fx=" + upstreamURL}, extra...)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

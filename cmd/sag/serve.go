@@ -36,6 +36,9 @@ type serveFlags struct {
 	logFormat string
 	upstreams repeated
 	policies  repeated
+	// allowStdio only turns allow_stdio_registration on; the config file
+	// is the place to state that it is off.
+	allowStdio bool
 }
 
 func newServeFlags(name string) *serveFlags {
@@ -50,6 +53,7 @@ func newServeFlags(name string) *serveFlags {
 	f.fs.StringVar(&f.logFormat, "log-format", "", "text or json")
 	f.fs.Var(&f.upstreams, "upstream", "`NAME=URL` upstream (repeatable): http(s)://… Streamable HTTP, sse+http(s)://… legacy SSE, stdio:COMMAND ARGS")
 	f.fs.Var(&f.policies, "policy", "allow-list `FILE` (repeatable; reloaded when it changes)")
+	f.fs.BoolVar(&f.allowStdio, "allow-stdio-registration", false, "let the admin API register stdio: upstreams, which run commands on this host (--upstream and the config file always may)")
 	return f
 }
 
@@ -74,6 +78,9 @@ func (f *serveFlags) load() (*config.Config, error) {
 	set(&cfg.Prefix, f.prefix)
 	set(&cfg.Log.Level, f.logLevel)
 	set(&cfg.Log.Format, f.logFormat)
+	if f.allowStdio {
+		cfg.AllowStdioRegistration = true
+	}
 	cfg.Policy.Files = append(cfg.Policy.Files, f.policies...)
 	for _, s := range f.upstreams {
 		u, err := config.ParseUpstreamFlag(s)

@@ -26,7 +26,7 @@ func cmdToken(args []string) error {
 	sub := fs.String("sub", "", "the user (`sub` claim); required")
 	agent := fs.String("agent", "", "the agent acting for the user (act.sub), a `SPIFFE_ID`; it must then authenticate as that agent")
 	jkt := fs.String("jkt", "", "bind the token to this DPoP key `THUMBPRINT` (cnf.jkt)")
-	keyFile := fs.String("dpop-key", "", "bind the token to the DPoP key in `FILE` (a private JWK, created if missing)")
+	keyFile := fs.String("dpop-key", "", "bind the token to the DPoP key in `FILE` (a private JWK); a missing FILE is created, and said so on stderr")
 	aud := fs.String("aud", "", "audience `URL` (default: the gateway's public URL)")
 	scope := fs.String("scope", "", "space-separated `SCOPES`")
 	ttl := fs.Duration("ttl", time.Hour, "lifetime")
@@ -45,9 +45,14 @@ func cmdToken(args []string) error {
 		return errors.New("--jkt and --dpop-key are mutually exclusive")
 	}
 	if *keyFile != "" {
+		_, err := os.Stat(*keyFile)
+		created := errors.Is(err, os.ErrNotExist)
 		k, err := identity.LoadOrCreateDPoPKey(*keyFile)
 		if err != nil {
 			return err
+		}
+		if created {
+			fmt.Fprintf(os.Stderr, "sag token: created a new DPoP key in %s\n", *keyFile)
 		}
 		*jkt = k.Thumbprint()
 	}
@@ -99,7 +104,7 @@ type clientAuth struct {
 
 func (a *clientAuth) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.token, "token", os.Getenv("SAG_TOKEN"), "access `TOKEN` (default $SAG_TOKEN)")
-	fs.StringVar(&a.keyFile, "dpop-key", "", "DPoP private key `FILE` the token is bound to (sends DPoP proofs)")
+	fs.StringVar(&a.keyFile, "dpop-key", "", "DPoP private key `FILE` the token is bound to (sends DPoP proofs); it must exist: 'sag token --dpop-key FILE' creates one")
 	fs.StringVar(&a.data, "data", "", "development: mint a DPoP-bound token with the gateway keys in `DIR` (needs --sub)")
 	fs.StringVar(&a.sub, "sub", "", "development: the `USER` of the minted token")
 	fs.StringVar(&a.scope, "scope", "", "development: `SCOPES` of the minted token")
@@ -156,7 +161,7 @@ func (a *clientAuth) httpClient(mcpURL string, base http.RoundTripper) (*http.Cl
 		}
 		return &http.Client{Transport: base}, nil
 	case a.keyFile != "":
-		if key, err = identity.LoadOrCreateDPoPKey(a.keyFile); err != nil {
+		if key, err = loadDPoPKey(a.keyFile); err != nil {
 			return nil, err
 		}
 	}
@@ -164,6 +169,19 @@ func (a *clientAuth) httpClient(mcpURL string, base http.RoundTripper) (*http.Cl
 		return &http.Client{Transport: &bearer{base: base, token: tok}}, nil
 	}
 	return &http.Client{Transport: &identity.DPoPTransport{Base: base, Key: key, Token: func(context.Context) (string, error) { return tok, nil }}}, nil
+}
+
+// loadDPoPKey reads the DPoP key a token is bound to. Unlike sag token, the
+// client commands never create one: a new key cannot match the token, and
+// a mistyped path must not pass for it.
+func loadDPoPKey(path string) (*identity.DPoPKey, error) {
+	if _, err := os.Stat(path); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("--dpop-key %s: no such file (the key the token is bound to; 'sag token --dpop-key FILE' creates one)", path)
+		}
+		return nil, fmt.Errorf("--dpop-key: %w", err)
+	}
+	return identity.LoadOrCreateDPoPKey(path)
 }
 
 // bearer sends a token with the Bearer scheme.

@@ -27,6 +27,10 @@ type Config struct {
 	AdminToken string `yaml:"admin_token" json:"admin_token"`
 	// AdminTokenFile is the path of a file holding the admin token.
 	AdminTokenFile string `yaml:"admin_token_file" json:"admin_token_file"`
+	// AllowStdioRegistration lets the admin API register stdio: upstreams,
+	// which run a command on the gateway's host. It is off by default; the
+	// config file and --upstream flags may always name stdio upstreams.
+	AllowStdioRegistration bool `yaml:"allow_stdio_registration" json:"allow_stdio_registration"`
 	// Prefix is how tool names carry their upstream's name: "always",
 	// "conditional" or "none".
 	Prefix string `yaml:"prefix" json:"prefix"`

@@ -100,21 +100,23 @@ func TestParseInvalid(t *testing.T) {
 		{name: "zero duration", yaml: "limits:\n  upstream_idle_timeout: 0s\n",
 			want: []string{"config sag.yaml: limits.upstream_idle_timeout: got 0s, want more than 0"}},
 		{name: "bad upstream name", yaml: "upstreams:\n  - {name: -files, url: 'http://127.0.0.1:9000/mcp'}\n",
-			want: []string{"config sag.yaml: upstreams[0].name: '-files' does not match pattern"}},
+			want: []string{"config sag.yaml: upstreams[0].name: '-files' must be 1 to 64 letters, digits, '_' or '-', starting with a letter or digit"}},
 		{name: "missing upstream url", yaml: "upstreams:\n  - {name: files}\n",
 			want: []string{"config sag.yaml: upstreams[0]: missing property 'url'"}},
 		{name: "duplicate upstream", yaml: "upstreams:\n  - {name: files, url: 'http://127.0.0.1:9000/mcp'}\n  - {name: git, url: 'stdio:git-mcp'}\n  - {name: files, url: 'stdio:other'}\n",
 			want: []string{`config sag.yaml: upstreams[2].name: "files" is already the name of upstreams[0]`}},
 		{name: "bad url scheme", yaml: "upstreams:\n  - {name: a, url: 'stdio:x'}\n  - {name: b, url: 'ftp://files.example.com/'}\n",
-			want: []string{"config sag.yaml: upstreams[1].url: 'ftp://files.example.com/' does not match pattern"}},
+			want: []string{"config sag.yaml: upstreams[1].url: 'ftp://files.example.com/' must be http(s)://…, sse+http(s)://… or stdio:COMMAND"}},
 		{name: "url without host", yaml: "upstreams:\n  - {name: a, url: 'http:///mcp'}\n",
-			want: []string{`config sag.yaml: upstreams[0].url: "http:///mcp": want http(s)://`}},
+			want: []string{`config sag.yaml: upstreams[0].url: "http:///mcp" must be http(s)://…, sse+http(s)://… or stdio:COMMAND`}},
+		{name: "credentials in a url of the wrong scheme are not echoed", yaml: "upstreams:\n  - {name: a, url: 'ftp://user:" + token + "@example.com/'}\n",
+			want: []string{"config sag.yaml: upstreams[0].url: must be http(s)://…, sse+http(s)://… or stdio:COMMAND"}},
 		{name: "credentials in url are not echoed", yaml: "upstreams:\n  - {name: a, url: 'https://user:" + token + "@example.com/mcp'}\n",
 			want: []string{"config sag.yaml: upstreams[0].url: must not carry credentials"}},
 		{name: "env on an http upstream", yaml: "upstreams:\n  - {name: a, url: 'http://127.0.0.1:1/mcp', env: [HOME]}\n",
 			want: []string{"config sag.yaml: upstreams[0].env: only stdio upstreams take env"}},
 		{name: "bad env name", yaml: "upstreams:\n  - {name: a, url: 'stdio:x', env: [A=B]}\n",
-			want: []string{"upstreams[0].env[0]: 'A=B' does not match pattern"}},
+			want: []string{"upstreams[0].env[0]: 'A=B' must be an environment variable name"}},
 		{name: "bad upstream prefix", yaml: "upstreams:\n  - {name: a, url: 'stdio:x', prefix: sometimes}\n",
 			want: []string{"upstreams[0].prefix: value must be one of"}},
 		{name: "auth open on 0.0.0.0 refused", yaml: "auth: open\nlisten: 0.0.0.0:8080\n",
@@ -136,15 +138,15 @@ func TestParseInvalid(t *testing.T) {
 		{name: "unknown upstream auth", yaml: "upstreams:\n  - {name: a, url: 'http://x/mcp', auth: basic}\n",
 			want: []string{`upstreams[0].auth: value must be one of 'dpop', 'mtls', 'none'`}},
 		{name: "listen without port", yaml: "listen: 127.0.0.1\n",
-			want: []string{"config sag.yaml: listen: '127.0.0.1' does not match pattern"}},
+			want: []string{"config sag.yaml: listen: '127.0.0.1' must be host:port"}},
 		{name: "listen port out of range", yaml: "listen: 127.0.0.1:99999\n",
 			want: []string{`config sag.yaml: listen: port "99999" is not a number from 0 to 65535`}},
 		{name: "public_url with a query", yaml: "public_url: https://sag.example.com/?x=1\n",
-			want: []string{"config sag.yaml: public_url: 'https://sag.example.com/?x=1' does not match pattern"}},
+			want: []string{"config sag.yaml: public_url: 'https://sag.example.com/?x=1' must be an http(s):// URL without query or fragment"}},
 		{name: "public_url without host", yaml: "public_url: https://:80\n",
 			want: []string{`config sag.yaml: public_url: "https://:80" is not an absolute http(s) URL`}},
 		{name: "origin with a path", yaml: "allowed_origins: ['https://app.example.com/x']\n",
-			want: []string{"config sag.yaml: allowed_origins[0]: 'https://app.example.com/x' does not match pattern"}},
+			want: []string{"config sag.yaml: allowed_origins[0]: 'https://app.example.com/x' must be an origin"}},
 		{name: "both admin token fields", yaml: "admin_token: " + token + "\nadmin_token_file: /run/secrets/admin\n",
 			want: []string{"config sag.yaml: admin_token and admin_token_file are mutually exclusive"}},
 		{name: "admin token of the wrong type", yaml: "admin_token: [" + token + "]\n",
@@ -158,7 +160,9 @@ func TestParseInvalid(t *testing.T) {
 		{name: "duplicate key", yaml: "listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n",
 			want: []string{`config sag.yaml: `, `"listen" already defined`}},
 		{name: "yaml syntax error", yaml: "log: [\n",
-			want: []string{"config sag.yaml: yaml: line"}},
+			want: []string{"config sag.yaml: yaml: line 1: "}},
+		{name: "yaml syntax error names its line", yaml: "listen: 127.0.0.1:1\nlog:\n  level: info\n format: text\n",
+			want: []string{"config sag.yaml: yaml: line 4: did not find expected key"}},
 		{name: "two documents", yaml: "listen: 127.0.0.1:1\n---\nlisten: 127.0.0.1:2\n",
 			want: []string{"config sag.yaml: more than one YAML document"}},
 	}
@@ -307,7 +311,7 @@ func TestValidate(t *testing.T) {
 		{name: "empty stdio command", mutate: func(c *Config) { c.Upstreams = []Upstream{{Name: "a", URL: "stdio:  "}} },
 			want: "upstreams[0].url: stdio: needs a command"},
 		{name: "bad upstream name", mutate: func(c *Config) { c.Upstreams = []Upstream{{Name: "a b", URL: "stdio:x"}} },
-			want: `upstreams[0].name: "a b" does not match`},
+			want: `upstreams[0].name: "a b" must be 1 to 64 letters`},
 		{name: "upstream name with the separator", mutate: func(c *Config) { c.Upstreams = []Upstream{{Name: "a__b", URL: "stdio:x"}} },
 			want: `upstreams[0].name: "a__b" must not contain "__"`},
 		{name: "duplicate env", mutate: func(c *Config) { c.Upstreams = []Upstream{{Name: "a", URL: "stdio:x", Env: []string{"HOME", "HOME"}}} },
@@ -342,10 +346,10 @@ func TestParseUpstreamFlag(t *testing.T) {
 		{flag: "old=sse+https://legacy.example.com/sse", want: Upstream{Name: "old", URL: "sse+https://legacy.example.com/sse"}},
 		{flag: "git=stdio:mcp-git --repo=/srv/repo", want: Upstream{Name: "git", URL: "stdio:mcp-git --repo=/srv/repo"}},
 		{flag: "files", err: `upstream flag "files": want NAME=URL`},
-		{flag: "=http://127.0.0.1:1", err: `upstream flag "=http://127.0.0.1:1": name: '' does not match pattern`},
-		{flag: "a.b=http://127.0.0.1:1", err: `upstream flag "a.b=http://127.0.0.1:1": name: 'a.b' does not match pattern`},
-		{flag: "a=ftp://x", err: `upstream flag "a=ftp://x": url: 'ftp://x' does not match pattern`},
-		{flag: "a=stdio: ", err: `upstream flag "a=stdio: ": url: 'stdio: ' does not match pattern`},
+		{flag: "=http://127.0.0.1:1", err: `upstream flag "=http://127.0.0.1:1": name: '' must be 1 to 64 letters`},
+		{flag: "a.b=http://127.0.0.1:1", err: `upstream flag "a.b=http://127.0.0.1:1": name: 'a.b' must be 1 to 64 letters`},
+		{flag: "a=ftp://x", err: `upstream flag "a=ftp://x": url: 'ftp://x' must be http(s)://…, sse+http(s)://… or stdio:COMMAND`},
+		{flag: "a=stdio: ", err: `upstream flag "a=stdio: ": url: 'stdio: ' must be http(s)://…`},
 		{flag: "a=https://x:y@example.com", err: `upstream flag "a=https://x:y@example.com": url: must not carry credentials`},
 	}
 	for _, tt := range tests {
@@ -511,4 +515,57 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("json.Marshal: %v", err)
 		}
 	})
+}
+
+// TestPatternsInWords checks that every pattern of the config schema has
+// its words, so that no error shows a regular expression, and that a value
+// that breaks a pattern gets them.
+func TestPatternsInWords(t *testing.T) {
+	var schema any
+	if err := json.Unmarshal(schemas.ConfigSchema(), &schema); err != nil {
+		t.Fatal(err)
+	}
+	var patterns []string
+	var walk func(any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, e := range v {
+				if p, ok := e.(string); ok && k == "pattern" {
+					patterns = append(patterns, p)
+				}
+				walk(e)
+			}
+		case []any:
+			for _, e := range v {
+				walk(e)
+			}
+		}
+	}
+	walk(schema)
+	if len(patterns) < 5 {
+		t.Fatalf("found %d patterns in the config schema; the walk is broken", len(patterns))
+	}
+	for _, p := range patterns {
+		if patternWords[p] == "" {
+			t.Errorf("pattern %s of the config schema has no words in patternWords", p)
+		}
+	}
+
+	bad := "listen: nowhere\npublic_url: 'x y'\nallowed_origins: [o]\nidentity:\n  required_scopes: ['a b']\n" +
+		"  spiffe: {trust_domain: A, workload_api: x}\n  issuers: [{issuer: i, jwks_url: 'ftp://x'}]\n" +
+		"limits: {call_timeout: -5m}\nupstreams: [{name: '-x', url: 'ftp://x', env: ['1A']}]\n"
+	_, err := Parse("sag.yaml", []byte(bad))
+	if err == nil {
+		t.Fatal("Parse succeeded")
+	}
+	errs := unjoin(err)
+	if len(errs) != 11 {
+		t.Errorf("%d errors, want one per field:\n%v", len(errs), err)
+	}
+	for _, e := range errs {
+		if msg := e.Error(); strings.Contains(msg, "pattern") || strings.Contains(msg, "^") || !strings.Contains(msg, " must be ") {
+			t.Errorf("error not in words: %s", msg)
+		}
+	}
 }

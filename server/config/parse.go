@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -86,13 +87,64 @@ func fieldErrors(what string, err error, within ...string) error {
 		for _, w := range within {
 			field = strings.TrimPrefix(field, w)
 		}
+		msg := patternInWords(p.Message)
 		if field == "" {
-			errs = append(errs, fmt.Errorf("%s: %s", what, p.Message))
+			errs = append(errs, fmt.Errorf("%s: %s", what, msg))
 			continue
 		}
-		errs = append(errs, fmt.Errorf("%s: %s: %s", what, field, p.Message))
+		errs = append(errs, fmt.Errorf("%s: %s: %s", what, field, msg))
 	}
 	return errors.Join(errs...)
+}
+
+// patternWords says in words what each pattern of the config schema
+// accepts; a test checks that every pattern of the schema is here.
+var patternWords = map[string]string{
+	`^(\[[0-9A-Fa-f:.%a-zA-Z]+\]|[^\s:\[\]]*):[0-9]{1,5}$`: "must be host:port, e.g. 127.0.0.1:8080, [::1]:8080 or :8080",
+	`^https?://[^\s?#]+$`:         "must be an http(s):// URL without query or fragment",
+	`^https?://[^\s/?#]+$`:        "must be an origin: http(s)://HOST[:PORT], without a path",
+	`^https?://[^\s]+$`:           "must be an http(s):// URL",
+	`^[\x21\x23-\x5B\x5D-\x7E]+$`: "must be a scope: printable ASCII without spaces, '\"' or '\\'",
+	`^[a-z0-9._-]+$`:              "must be a trust domain: lowercase letters, digits, '.', '_' and '-'",
+	`^(unix|tcp)://.+$`:           "must be unix:///PATH or tcp://HOST:PORT",
+	`^(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$`: "must be a Go duration such as 30s, 5m or 1h30m",
+	`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`:                        "must be 1 to 64 letters, digits, '_' or '-', starting with a letter or digit",
+	`^((sse\+)?https?://[^\s]+|stdio:.*\S.*)$`:                "must be " + upstreamURLForms,
+	`^[A-Za-z_][A-Za-z0-9_]*$`:                                "must be an environment variable name: letters, digits and '_', not starting with a digit",
+}
+
+// patternInWords replaces the schema validator's message for a value that
+// does not match a pattern, which shows the regular expression, with what
+// the field accepts in words: "'-x' must be 1 to 64 letters, …". A value
+// with an '@' is left out, as it may be a URL with credentials. Other
+// messages are returned as they are.
+func patternInWords(msg string) string {
+	const marker = " does not match pattern "
+	i := strings.LastIndex(msg, marker)
+	if i < 0 {
+		return msg
+	}
+	value, pattern := msg[:i], msg[i+len(marker):]
+	words := "is not in the form this field takes (see schemas/config.schema.json)"
+	for p, w := range patternWords {
+		if pattern == quotePattern(p) {
+			words = w
+			break
+		}
+	}
+	if strings.Contains(value, "@") {
+		return words
+	}
+	return value + " " + words
+}
+
+// quotePattern quotes a pattern as the schema validator does in its
+// messages: Go-quoted, in single quotes.
+func quotePattern(s string) string {
+	q := strconv.Quote(s)
+	q = strings.ReplaceAll(q, `\"`, `"`)
+	q = strings.ReplaceAll(q, `'`, `\'`)
+	return "'" + q[1:len(q)-1] + "'"
 }
 
 // prefixErrors prefixes each error that Validate joined.

@@ -123,7 +123,7 @@ func (u Upstream) validate() error {
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
 	if !upstreamNameRE.MatchString(u.Name) {
-		add("name: %q does not match %s", u.Name, upstreamNameRE)
+		add("name: %q must be 1 to 64 letters, digits, '_' or '-', starting with a letter or digit", u.Name)
 	} else if strings.Contains(u.Name, "__") {
 		add("name: %q must not contain \"__\" (it separates an upstream's name from its tool names)", u.Name)
 	}
@@ -207,12 +207,14 @@ func (id Identity) validate() error {
 	return errors.Join(errs...)
 }
 
+// upstreamURLForms says what an upstream URL may be.
+const upstreamURLForms = "http(s)://…, sse+http(s)://… or stdio:COMMAND"
+
 // checkUpstreamURL accepts http(s)://host… and sse+http(s)://host….
 func checkUpstreamURL(raw string) error {
-	const want = "want http(s)://…, sse+http(s)://… or stdio:COMMAND"
 	u, err := url.Parse(strings.TrimPrefix(raw, "sse+"))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
-		return fmt.Errorf("%q: %s", raw, want)
+		return fmt.Errorf("%q must be %s", raw, upstreamURLForms)
 	}
 	if u.User != nil {
 		// Do not echo the URL: it holds the credentials.
