@@ -73,6 +73,20 @@ func TestUpstreamsCLI(t *testing.T) {
 	if !ok || !strings.Contains(out, "via the CLI") {
 		t.Errorf("call:\n%s%s", out, errOut)
 	}
+	// Arguments from a file and from stdin.
+	argsFile := filepath.Join(t.TempDir(), "args.json")
+	if err := os.WriteFile(argsFile, []byte("{\n  \"text\": \"from a file\"\n}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, ok = sag(t, "call", "--url", mcpURL, "second__echo", "@"+argsFile)
+	if !ok || !strings.Contains(out, "from a file") {
+		t.Errorf("call with @FILE:\n%s%s", out, errOut)
+	}
+	stdinCall := exec.Command(sagBinary(t), "call", "--url", mcpURL, "second__echo", "-")
+	stdinCall.Stdin = strings.NewReader(`{"text": "from stdin"}`)
+	if b, err := stdinCall.CombinedOutput(); err != nil || !strings.Contains(string(b), "from stdin") {
+		t.Errorf("call with - (stdin): %v\n%s", err, b)
+	}
 	_, errOut, ok = sag(t, "call", "--url", mcpURL, "second__fail")
 	if ok || !strings.Contains(errOut, "the tool reported an error") {
 		t.Errorf("call of a failing tool: ok=%v\n%s", ok, errOut)
