@@ -143,7 +143,7 @@ Kill everything alice runs:
   go run ./cmd/sag kill --server %[2]s --data %[1]s --user alice
 `, cfg.DataDir, base, key, mcpURL)
 	} else {
-		fmt.Printf(`Or with the MCP Inspector CLI (Node.js):
+		fmt.Printf(`Or with the MCP Inspector CLI (Node.js 22.19 or later):
   npx -y @modelcontextprotocol/inspector@2.12.0 --cli %s --transport http --method tools/list
 `, mcpURL)
 	}
