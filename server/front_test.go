@@ -291,6 +291,21 @@ func TestWorkflowSession(t *testing.T) {
 	if code != http.StatusOK || json.Unmarshal(body, &node) != nil || node.Kind != store.KindWorkflow || node.Parent != usid {
 		t.Errorf("GET /admin/sessions/%s: %d %s, want a workflow node under %s", wsid, code, body, usid)
 	}
+	// Its names are snake_case, like the rest of the admin API.
+	var fields map[string]any
+	if err := json.Unmarshal(body, &fields); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"id", "kind", "parent", "subject", "state", "created", "updated", "risk"} {
+		if _, ok := fields[k]; !ok {
+			t.Errorf("GET /admin/sessions/%s has no %q: %s", wsid, k, body)
+		}
+	}
+	for k := range fields {
+		if strings.ToLower(k) != k {
+			t.Errorf("GET /admin/sessions/%s has the field %q, not snake_case: %s", wsid, k, body)
+		}
+	}
 }
 
 // TestMaxSessions checks that limits.max_sessions refuses new sessions with

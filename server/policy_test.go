@@ -372,8 +372,8 @@ func TestSessionRisk(t *testing.T) {
 	}
 	code, body := tg.adminDo(t, http.MethodGet, "/admin/sessions/"+cs.ID(), nil)
 	var s struct {
-		Risk     float64
-		Counters map[string]int64
+		Risk     float64          `json:"risk"`
+		Counters map[string]int64 `json:"counters"`
 	}
 	if code != http.StatusOK || json.Unmarshal(body, &s) != nil || s.Risk < 5 || s.Counters["validation_failures"] != 3 || s.Counters["consent_denied"] < 1 {
 		t.Errorf("session record: %d %s", code, body)

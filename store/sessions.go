@@ -35,19 +35,20 @@ const (
 	StateRevoked SessionState = "revoked"
 )
 
-// Session is one node of the session graph.
+// Session is one node of the session graph. Its JSON form (the admin API's
+// GET /admin/sessions/{id}) uses snake_case names like the rest of the API.
 type Session struct {
-	ID      string
-	Kind    SessionKind
-	Parent  string // "" for roots
-	Subject string // principal key the session is bound to (user sub, or agent id)
-	Agent   string // agent identity if known
-	State   SessionState
-	Created time.Time
-	Updated time.Time
-	Risk    float64
+	ID      string       `json:"id"`
+	Kind    SessionKind  `json:"kind"`
+	Parent  string       `json:"parent,omitempty"` // "" for roots
+	Subject string       `json:"subject"`          // principal key the session is bound to (user sub, or agent id)
+	Agent   string       `json:"agent,omitempty"`  // agent identity if known
+	State   SessionState `json:"state"`
+	Created time.Time    `json:"created"`
+	Updated time.Time    `json:"updated"`
+	Risk    float64      `json:"risk"`
 	// Counters are free-form per-session counts, stored as JSON.
-	Counters map[string]int64
+	Counters map[string]int64 `json:"counters,omitempty"`
 }
 
 const putSessionSQL = `

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -72,6 +73,20 @@ func TestUpstreamsCLI(t *testing.T) {
 	out, errOut, ok = sag(t, "call", "--url", mcpURL, "second__echo", `{"text":"via the CLI"}`)
 	if !ok || !strings.Contains(out, "via the CLI") {
 		t.Errorf("call:\n%s%s", out, errOut)
+	}
+	// Arguments from a file and from stdin.
+	argsFile := filepath.Join(t.TempDir(), "args.json")
+	if err := os.WriteFile(argsFile, []byte("{\n  \"text\": \"from a file\"\n}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, ok = sag(t, "call", "--url", mcpURL, "second__echo", "@"+argsFile)
+	if !ok || !strings.Contains(out, "from a file") {
+		t.Errorf("call with @FILE:\n%s%s", out, errOut)
+	}
+	stdinCall := exec.Command(sagBinary(t), "call", "--url", mcpURL, "second__echo", "-")
+	stdinCall.Stdin = strings.NewReader(`{"text": "from stdin"}`)
+	if b, err := stdinCall.CombinedOutput(); err != nil || !strings.Contains(string(b), "from stdin") {
+		t.Errorf("call with - (stdin): %v\n%s", err, b)
 	}
 	_, errOut, ok = sag(t, "call", "--url", mcpURL, "second__fail")
 	if ok || !strings.Contains(errOut, "the tool reported an error") {
@@ -237,6 +252,8 @@ func TestDemoWorksAsPrinted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -318,6 +335,31 @@ func TestDemoWorksAsPrinted(t *testing.T) {
 	if !strings.Contains(strings.Join(printed, "\n"), "--url http://"+addr+"/mcp") {
 		t.Errorf("the demo listens on %s but its commands do not name --url http://%[1]s/mcp:\n%s", addr, strings.Join(printed, "\n"))
 	}
+	// The demo does not warn about what it does on purpose (its fixtures
+	// serve the same resources); the kill it prints is worth a warning.
+	for _, l := range strings.Split(stderr.String(), "\n") {
+		if strings.Contains(l, "level=WARN") && !strings.Contains(l, "msg=kill-switch") {
+			t.Errorf("the demo logged a warning: %s", l)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writing process and a reading test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // splitShellWords splits a printed command line the way a POSIX shell would

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"time"
 
@@ -127,7 +128,8 @@ func cmdCall(args []string) error {
 	var auth clientAuth
 	auth.register(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: sag call [--url URL] [--token T [--dpop-key F] | --data DIR --sub USER] TOOL ['{\"arg\": \"value\"}']")
+		fmt.Fprintln(fs.Output(), "usage: sag call [--url URL] [--token T [--dpop-key F] | --data DIR --sub USER] TOOL ['{\"arg\": \"value\"}' | - | @FILE]")
+		fmt.Fprintln(fs.Output(), "The arguments are a JSON object: given inline, read from stdin (-) or from FILE (@FILE).")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -139,8 +141,9 @@ func cmdCall(args []string) error {
 	}
 	var arguments map[string]any
 	if fs.NArg() == 2 {
-		if err := json.Unmarshal([]byte(fs.Arg(1)), &arguments); err != nil {
-			return fmt.Errorf("arguments: %w", err)
+		var err error
+		if arguments, err = readArguments(fs.Arg(1), os.Stdin); err != nil {
+			return err
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -165,4 +168,43 @@ func cmdCall(args []string) error {
 		return errors.New("the tool reported an error")
 	}
 	return nil
+}
+
+// maxArguments bounds the arguments read from stdin or a file.
+const maxArguments = 64 << 20
+
+// readArguments decodes the arguments of sag call: a JSON object given
+// inline, "-" for one read from stdin, or "@FILE" for one read from FILE.
+func readArguments(arg string, stdin io.Reader) (map[string]any, error) {
+	what, raw := "arguments", []byte(arg)
+	var src io.Reader
+	switch {
+	case arg == "-":
+		what, src = "arguments from stdin", stdin
+	case strings.HasPrefix(arg, "@"):
+		f, err := os.Open(arg[1:])
+		if err != nil {
+			return nil, fmt.Errorf("arguments: %w", err)
+		}
+		defer f.Close()
+		what, src = "arguments from "+arg[1:], f
+	}
+	if src != nil {
+		var err error
+		if raw, err = io.ReadAll(io.LimitReader(src, maxArguments+1)); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		if len(raw) > maxArguments {
+			return nil, fmt.Errorf("%s: more than %d MiB", what, maxArguments>>20)
+		}
+	}
+	var arguments map[string]any
+	if err := json.Unmarshal(raw, &arguments); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field == "" {
+			return nil, fmt.Errorf("%s: got a JSON %s, want an object", what, te.Value)
+		}
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return arguments, nil
 }

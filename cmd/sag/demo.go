@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -64,7 +65,47 @@ func cmdDemo(args []string) error {
 	cfg.Policy.Files = append(cfg.Policy.Files, allow)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return run(ctx, cfg, func(base string) { printDemo(cfg, base, list) })
+	log := slog.New(fixtureConflicts{newLogger(cfg).Handler()})
+	return run(ctx, cfg, log, func(base string) { printDemo(cfg, base, list) })
+}
+
+// fixtureConflicts logs at debug level, instead of as warnings, the catalog
+// conflicts the demo causes on purpose: its two fixtures serve the same
+// resources, and beta's are left out. Every other record passes unchanged,
+// so that a real problem still shows.
+type fixtureConflicts struct{ slog.Handler }
+
+func (h fixtureConflicts) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level == slog.LevelWarn && (r.Message == "catalog conflict" || r.Message == "upstream conflict") && isFixtureConflict(r) {
+		if !h.Handler.Enabled(ctx, slog.LevelDebug) {
+			return nil
+		}
+		r.Level = slog.LevelDebug
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h fixtureConflicts) WithAttrs(as []slog.Attr) slog.Handler {
+	return fixtureConflicts{h.Handler.WithAttrs(as)}
+}
+
+func (h fixtureConflicts) WithGroup(name string) slog.Handler {
+	return fixtureConflicts{h.Handler.WithGroup(name)}
+}
+
+// isFixtureConflict reports whether r's detail is a resource of the beta
+// fixture left out because the alpha fixture serves it.
+func isFixtureConflict(r slog.Record) bool {
+	found := false
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "detail" {
+			d := a.Value.String()
+			found = strings.HasPrefix(d, "resource fixture://") && strings.HasSuffix(d, " from upstream beta left out: already served by upstream alpha")
+			return false
+		}
+		return true
+	})
+	return found
 }
 
 func printDemo(cfg *config.Config, base string, upstreams []string) {
@@ -102,7 +143,7 @@ Kill everything alice runs:
   go run ./cmd/sag kill --server %[2]s --data %[1]s --user alice
 `, cfg.DataDir, base, key, mcpURL)
 	} else {
-		fmt.Printf(`Or with the MCP Inspector CLI (Node.js):
+		fmt.Printf(`Or with the MCP Inspector CLI (Node.js 22.19 or later):
   npx -y @modelcontextprotocol/inspector@2.12.0 --cli %s --transport http --method tools/list
 `, mcpURL)
 	}

@@ -121,13 +121,13 @@ func cmdServe(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return run(ctx, cfg, nil)
+	return run(ctx, cfg, newLogger(cfg), nil)
 }
 
-// run starts a gateway for cfg and serves until ctx ends. ready, if set, is
-// called with the gateway's base URL once it accepts connections.
-func run(ctx context.Context, cfg *config.Config, ready func(baseURL string)) error {
-	log := newLogger(cfg)
+// run starts a gateway for cfg, logging to log, and serves until ctx ends.
+// ready, if set, is called with the gateway's base URL once it accepts
+// connections.
+func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready func(baseURL string)) error {
 	switch cfg.Auth {
 	case config.AuthOpen:
 		log.Warn("authentication is OFF (--auth open): every local process can use this gateway; loopback only")
