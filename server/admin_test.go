@@ -203,9 +203,24 @@ func TestAdminStdioRegistration(t *testing.T) {
 	httpURL, _ := httpFixture(t, "web", true)
 	tg.addUpstream(t, server.UpstreamRequest{Name: "web", URL: httpURL})
 
-	allowed := startGateway(t, func(c *config.Config) { c.AllowStdioRegistration = true })
+	dir := t.TempDir()
+	allowed := startGateway(t, func(c *config.Config) { c.AllowStdioRegistration = true; c.DataDir = dir })
 	if rep := allowed.addUpstream(t, server.UpstreamRequest{Name: "local", URL: stdioFixture(t, "local")}); !rep.Connected {
 		t.Errorf("stdio upstream registered with allow_stdio_registration: %+v", rep)
+	}
+	allowed.addUpstream(t, server.UpstreamRequest{Name: "touch", URL: touch.URL})
+	os.Remove(marker)
+	if err := allowed.stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Restarted without the permission, the gateway does not run the
+	// commands registered while it had it.
+	restarted := startGateway(t, func(c *config.Config) { c.DataDir = dir })
+	if n := len(restarted.upstreamStatuses(t)); n != 0 {
+		t.Errorf("%d upstreams started without allow_stdio_registration, want 0", n)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("a stored stdio command ran without allow_stdio_registration")
 	}
 }
 

@@ -198,6 +198,13 @@ func (g *Gateway) registerUpstreams(ctx context.Context) error {
 			g.log.Error("registered upstream unreadable; skipped", "upstream", su.Name)
 			continue
 		}
+		if spec.Transport() == upstreams.TransportStdio && !g.cfg.AllowStdioRegistration {
+			// Registered through the admin API while it was allowed: it
+			// runs a command on this host, which the operator no longer
+			// allows.
+			g.log.Error("registered stdio upstream not started: start the gateway with --allow-stdio-registration to run it", "upstream", su.Name)
+			continue
+		}
 		specs = append(specs, spec)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
