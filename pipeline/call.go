@@ -141,7 +141,7 @@ type SessionGraph interface {
 	// kill-switch and a func to call when the call is over.
 	Admit(ctx context.Context, c *Call) (context.Context, func(), error)
 	// Risk is the risk state of the call's node, for the authorizer.
-	Risk(c *Call) policy.Session
+	Risk(ctx context.Context, c *Call) policy.Session
 	// Count raises the risk of the call's node.
 	Count(ctx context.Context, c *Call, counter string, n int64)
 }

@@ -65,7 +65,7 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 	if err != nil {
 		return r.refuse(ctx, err)
 	}
-	d := p.Authorizer.Authorize(ctx, policy.Request{Principal: c.Principal, Target: t.Target, Args: args, Session: p.Sessions.Risk(c)})
+	d := p.Authorizer.Authorize(ctx, policy.Request{Principal: c.Principal, Target: t.Target, Args: args, Session: p.Sessions.Risk(ctx, c)})
 	r.rec.PolicyID, r.rec.AllowListMatch = policyID(d), d.RuleID
 	switch {
 	case d.Allow:

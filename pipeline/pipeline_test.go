@@ -32,7 +32,7 @@ func (s *fakeSessions) Admit(ctx context.Context, c *Call) (context.Context, fun
 	return ctx, func() {}, nil
 }
 
-func (s *fakeSessions) Risk(c *Call) policy.Session {
+func (s *fakeSessions) Risk(_ context.Context, c *Call) policy.Session {
 	return policy.Session{USID: c.Sessions.USID, MSID: c.Sessions.MSID}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/store"
 	"github.com/sag-gateway/sag/upstreams"
 )
@@ -30,6 +31,7 @@ func (g *Gateway) adminRoutes(mux *http.ServeMux) {
 	mux.Handle("DELETE /admin/upstreams/{name}", h("/admin/upstreams/{name}", g.removeUpstream))
 	mux.Handle("GET /admin/audit", h("/admin/audit", g.queryAudit))
 	mux.Handle("GET /admin/sessions/{id}", h("/admin/sessions/{id}", g.getSession))
+	mux.Handle("DELETE /admin/sessions/{id}/risk", h("/admin/sessions/{id}/risk", g.clearRisk))
 	mux.Handle("POST /admin/kill", h("/admin/kill", g.killHandler))
 	mux.Handle("POST /admin/keys/rotate", h("/admin/keys/rotate", g.rotateKeys))
 	mux.Handle("PUT /admin/upstreams/{name}/allowlist", h("/admin/upstreams/{name}/allowlist", g.putAllowList))
@@ -263,7 +265,29 @@ func (g *Gateway) getSession(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("get session: %w", err)
 	}
+	// The stored score is as of the node's last update; show it decayed
+	// to now.
+	s.Risk, _ = g.sessions.risk.snapshot(r.Context(), s.ID)
 	writeJSON(w, http.StatusOK, s)
+	return nil
+}
+
+// clearRisk serves DELETE /admin/sessions/{id}/risk: an operator resets a
+// node's risk score and counters (audited).
+func (g *Gateway) clearRisk(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	start := time.Now()
+	if err := g.sessions.risk.clear(r.Context(), id); errors.Is(err, store.ErrNotFound) {
+		return &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no such session"}
+	} else if err != nil {
+		return fmt.Errorf("clear risk: %w", err)
+	}
+	rec := store.AuditRecord{Method: "admin/clear-risk", MSID: id, PolicyID: "admin", Decision: pipeline.DecisionAllow, Reason: "session risk cleared"}
+	if err := g.audit(r.Context(), &rec, start); err != nil {
+		g.log.Error("risk clear not audited", "error", err)
+	}
+	g.log.Warn("session risk cleared", "session", id)
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

@@ -119,7 +119,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if g.pins, err = policy.LoadPins(ctx, st); err != nil {
 		return nil, err
 	}
-	if g.sessions, err = newSessionGraph(ctx, st, log, newRisk(riskModel(cfg)), g.inflight); err != nil {
+	if g.sessions, err = newSessionGraph(ctx, st, log, newRisk(riskModel(cfg), time.Duration(cfg.Policy.Risk.HalfLife), st, time.Now), g.inflight); err != nil {
 		return nil, err
 	}
 	g.metrics = newMetrics()

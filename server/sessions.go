@@ -249,22 +249,41 @@ func (s *sessionGraph) ensure(ctx context.Context, n store.Session) error {
 	return nil
 }
 
-// Risk implements pipeline.SessionGraph.
-func (s *sessionGraph) Risk(c *pipeline.Call) policy.Session {
+// riskNode is the node a call's risk belongs to: its workflow, else its
+// MCP session, else (a stateless request) its agent session: never one
+// node shared by unrelated clients, so the anonymous stateless requests of
+// --auth open, which share everything, earn no risk.
+func riskNode(c *pipeline.Call) string {
 	ids := c.Sessions
-	score, counters := s.risk.snapshot(ids.MSID)
-	return policy.Session{USID: ids.USID, WSID: ids.WSID, ASID: ids.ASID, MSID: ids.MSID, Risk: score, Counters: counters}
+	switch {
+	case ids.WSID != "":
+		return ids.WSID
+	case ids.MSID != ids.ASID:
+		return ids.MSID
+	case c.Principal.Method == identity.MethodOpen:
+		return ""
+	}
+	return ids.ASID
+}
+
+// Risk implements pipeline.SessionGraph.
+func (s *sessionGraph) Risk(ctx context.Context, c *pipeline.Call) policy.Session {
+	ids := c.Sessions
+	out := policy.Session{USID: ids.USID, WSID: ids.WSID, ASID: ids.ASID, MSID: ids.MSID}
+	if node := riskNode(c); node != "" {
+		out.Risk, out.Counters = s.risk.snapshot(ctx, node)
+	}
+	return out
 }
 
 // Count implements pipeline.SessionGraph: risk is recorded in memory and on
 // the node.
 func (s *sessionGraph) Count(ctx context.Context, c *pipeline.Call, counter string, n int64) {
-	node := c.Sessions.MSID
+	node := riskNode(c)
 	if node == "" || counter == "" || n == 0 {
 		return
 	}
-	score, counters := s.risk.count(node, counter, n)
-	if err := s.store.SetSessionRisk(context.WithoutCancel(ctx), node, score, counters); err != nil {
+	if err := s.risk.count(ctx, node, counter, n); err != nil {
 		s.log.Warn("session risk not recorded", "session", node, "error", err)
 	}
 }

@@ -288,6 +288,42 @@ func cmdKill(args []string) error {
 	for _, id := range res.Revoked {
 		fmt.Println("  " + id)
 	}
+	if len(res.Issuers) > 0 {
+		fmt.Printf("every token of %s issued until now is refused, from these issuers:\n", req.User)
+		for _, iss := range res.Issuers {
+			fmt.Println("  " + iss)
+		}
+	}
+	return nil
+}
+
+// cmdRisk clears a session-graph node's risk: "sag risk clear ID".
+func cmdRisk(args []string) error {
+	fs := flag.NewFlagSet("sag risk", flag.ContinueOnError)
+	client := adminFlags(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: sag risk clear ID [--server URL] [--admin-token T | --data DIR]\n\nresets the risk score and counters of a workflow, agent or MCP session (audited)")
+		fs.PrintDefaults()
+	}
+	if len(args) < 2 || args[0] != "clear" || strings.HasPrefix(args[1], "-") {
+		fs.Usage()
+		return errors.New("want: sag risk clear ID")
+	}
+	id := args[1]
+	if err := fs.Parse(args[2:]); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	c, err := client()
+	if err != nil {
+		return err
+	}
+	if err := c.do(http.MethodDelete, "/admin/sessions/"+url.PathEscape(id)+"/risk", nil, nil); err != nil {
+		return err
+	}
+	fmt.Println("risk of", id, "cleared")
 	return nil
 }
 

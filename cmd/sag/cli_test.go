@@ -147,10 +147,15 @@ func TestUpstreamsCLI(t *testing.T) {
 		t.Errorf("approving with nothing pending: ok=%v %s", ok, errOut)
 	}
 
+	// Clearing a session's risk: an unknown node is refused.
+	if _, errOut, ok = sag(t, append([]string{"risk", "clear", "u_nosuchnode"}, admin...)...); ok || !strings.Contains(errOut, "not_found") {
+		t.Errorf("risk clear of an unknown node: ok=%v %s", ok, errOut)
+	}
+
 	// The kill-switch: the (only, anonymous) user is revoked, and later
 	// calls are refused.
 	out, errOut, ok = sag(t, append([]string{"kill"}, append(admin, "--user", "anonymous")...)...)
-	if !ok || !strings.Contains(out, "revoked ") {
+	if !ok || !strings.Contains(out, "revoked ") || !strings.Contains(out, "every token of anonymous") {
 		t.Fatalf("kill: ok=%v\n%s%s", ok, out, errOut)
 	}
 	if _, errOut, ok = sag(t, "call", "--url", mcpURL, "fx__echo", `{"text":"after the kill"}`); ok {

@@ -34,6 +34,7 @@ commands:
   token       print an access token from the gateway's development issuer
   upstreams   add, list or remove upstreams (admin API)
   kill        revoke a session, a user or an agent, and all that hangs off it
+  risk        clear a session's risk score (risk clear ID)
   keys        rotate the gateway's signing key (keys rotate)
   audit       print recent audit records as JSON lines
   bench       measure added latency and throughput
@@ -55,6 +56,7 @@ func main() {
 		"token":     cmdToken,
 		"upstreams": cmdUpstreams,
 		"kill":      cmdKill,
+		"risk":      cmdRisk,
 		"keys":      cmdKeys,
 		"audit":     cmdAudit,
 		"bench":     cmdBench,

@@ -113,6 +113,8 @@ type Risk struct {
 	Weights map[string]float64 `yaml:"weights" json:"weights,omitempty"`
 	StepUp  float64            `yaml:"step_up" json:"step_up"`
 	Block   float64            `yaml:"block" json:"block"`
+	// HalfLife is how fast a score decays (0: never).
+	HalfLife Duration `yaml:"half_life" json:"half_life"`
 }
 
 // Issuer is a trusted token issuer with its keys: a JWKS URL or a file.
@@ -240,7 +242,7 @@ func Default() *Config {
 			UpstreamTokenTTL: Duration(5 * time.Minute),
 			Exchange:         Exchange{TTL: Duration(10 * time.Minute)},
 		},
-		Policy: Policy{Risk: Risk{Weights: map[string]float64{}, StepUp: 10, Block: 25}},
+		Policy: Policy{Risk: Risk{Weights: map[string]float64{}, StepUp: 10, Block: 25, HalfLife: Duration(time.Hour)}},
 	}
 }
 
