@@ -163,6 +163,27 @@ func TestEveryMethodRunsThePipeline(t *testing.T) {
 			}
 		}
 	}
+	// 2026-07-28 clients subscribe through subscriptions/listen, which
+	// runs the same pipeline.
+	subscribes := func(sub, decision string) int {
+		n := 0
+		for _, rec := range auditMethod(t, tg, "resources/subscribe") {
+			if rec["sub"] == sub && rec["decision"] == decision {
+				n++
+			}
+		}
+		return n
+	}
+	allowedBefore, deniedBefore := subscribes("alice", pipeline.DecisionAllow), subscribes("bob", pipeline.DecisionDeny)
+	for _, a := range []*agent{alice, bob} {
+		if err := a.connectVersion(t, tg.MCP, modern).Subscribe(ctx, &mcp.SubscribeParams{URI: "fixture://readme"}); err != nil {
+			t.Errorf("2026-07-28 subscribe: %v", err)
+		}
+	}
+	eventually(t, "the 2026-07-28 subscriptions to be decided and audited", func() bool {
+		return subscribes("alice", pipeline.DecisionAllow) > allowedBefore && subscribes("bob", pipeline.DecisionDeny) > deniedBefore
+	})
+
 	// Lists.
 	lists := func(cs *mcp.ClientSession) (tools, prompts, resources, templates int) {
 		tr, err := cs.ListTools(ctx, nil)

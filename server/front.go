@@ -364,6 +364,10 @@ func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 		ss, _ := req.GetSession().(*mcp.ServerSession)
 		f.watch(ctx, ss, req.GetExtra())
+		// Requests the SDK makes up itself (the resources/subscribe of a
+		// 2026-07-28 subscriptions/listen) carry no extra: they belong to
+		// the request they came from.
+		ctx = context.WithValue(ctx, extraKey{}, req.GetExtra())
 		switch r := req.(type) {
 		case *mcp.CallToolRequest:
 			if _, known := f.gw.upstreams.Catalog().Tool(r.Params.Name); !known {

@@ -23,13 +23,17 @@ import (
 
 // run takes one MCP request through the pipeline.
 func (f *front) run(ctx context.Context, req mcp.Request, kind pipeline.Kind, names policy.TargetKind, name string, args json.RawMessage) pipeline.Outcome {
-	p, ok := f.gw.principal(req.GetExtra())
+	extra := req.GetExtra()
+	if extra == nil {
+		extra, _ = ctx.Value(extraKey{}).(*mcp.RequestExtra)
+	}
+	p, ok := f.gw.principal(extra)
 	if !ok {
 		return pipeline.Outcome{Err: &pipeline.Error{Code: pipeline.CodeInternal, Message: "request not authenticated"}}
 	}
 	ss, _ := req.GetSession().(*mcp.ServerSession)
 	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Kind: kind, Names: names, Name: name, Args: args, Origin: req,
-		Workflow: header(req.GetExtra()).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}
+		Workflow: header(extra).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}
 	return f.gw.pipeline.Run(ctx, c)
 }
 
@@ -313,6 +317,9 @@ func shown[T any](items []T, vis []pipeline.Visibility, entries []policy.Target)
 	}
 	return out
 }
+
+// extraKey carries the extra of the request being served (front.receive).
+type extraKey struct{}
 
 // header returns the HTTP header of a request, or an empty one.
 func header(extra *mcp.RequestExtra) http.Header {
