@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -272,5 +274,80 @@ func TestAuditFailsClosed(t *testing.T) {
 	_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "after"}})
 	if err == nil || !strings.Contains(err.Error(), "audit unavailable") {
 		t.Errorf("with the audit store failing: %v, want refused", err)
+	}
+}
+
+// countingWorkflow names a new workflow on every request.
+type countingWorkflow struct {
+	base http.RoundTripper
+	n    atomic.Int64
+}
+
+func (c *countingWorkflow) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set(server.WorkflowHeader, "wf-"+strconv.FormatInt(c.n.Add(1), 10))
+	return c.base.RoundTrip(r)
+}
+
+// TestKillSurvivesCacheFlood is the cache-wipe attack: after a kill,
+// another principal floods the node cache far past its bound with new
+// workflows; the killed user stays refused on every method. The same
+// flood past limits.max_workflows is refused with a clear error.
+func TestKillSurvivesCacheFlood(t *testing.T) {
+	defer server.SetMaxKnownSessions(8)()
+	up, _ := httpFixture(t, "fx", false)
+	tg := startGateway(t, func(c *config.Config) {
+		c.Auth = config.AuthDPoP
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+		c.Limits.MaxWorkflows = 40
+		allowAll(t, c)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
+	defer cancel()
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice", SessionID: "s1"})
+	csA := alice.connectVersion(t, tg.MCP, legacy)
+	for _, m := range upstreamMethods {
+		if err := m.call(ctx, csA); err != nil {
+			t.Fatalf("alice %s before the kill: %v", m.name, err)
+		}
+	}
+	var usid string
+	for _, rec := range tg.audit(t, csA.ID()) {
+		usid = rec.USID
+	}
+	if code, body := tg.adminDo(t, http.MethodPost, "/admin/kill", server.KillRequest{Session: usid}); code != http.StatusOK {
+		t.Fatalf("kill of alice's user session: %d %s", code, body)
+	}
+
+	mallory := newAgent(t, tg, identity.Claims{Subject: "mallory"})
+	flood := &http.Client{Transport: &countingWorkflow{base: mallory.client().Transport}}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "flood", Version: "1"}, nil).Connect(ctx,
+		&mcp.StreamableClientTransport{Endpoint: tg.MCP, HTTPClient: flood}, &mcp.ClientSessionOptions{ProtocolVersion: legacy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	var refusal error
+	for range 50 {
+		if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "x"}}); err != nil {
+			refusal = err
+			break
+		}
+	}
+	if refusal == nil || !strings.Contains(refusal.Error(), "too many open workflows") {
+		t.Errorf("50 new workflows past max_workflows 40: %v, want refused", refusal)
+	}
+	// Revocations are not cached: the flood evicted nothing that matters.
+	// A new MCP session of the killed user session is refused, or, if one
+	// opened, every method on it is.
+	c := mcp.NewClient(&mcp.Implementation{Name: "again", Version: "1"}, nil)
+	again, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: tg.MCP, HTTPClient: alice.client()}, &mcp.ClientSessionOptions{ProtocolVersion: legacy})
+	if err == nil {
+		defer again.Close()
+		for _, m := range upstreamMethods {
+			if m.call(ctx, again) == nil {
+				t.Errorf("%s of the killed user session succeeded after the flood", m.name)
+			}
+		}
 	}
 }

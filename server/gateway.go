@@ -119,7 +119,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if g.pins, err = policy.LoadPins(ctx, st); err != nil {
 		return nil, err
 	}
-	if g.sessions, err = newSessionGraph(ctx, st, log, newRisk(riskModel(cfg), time.Duration(cfg.Policy.Risk.HalfLife), st, time.Now), g.inflight); err != nil {
+	if g.sessions, err = newSessionGraph(ctx, st, log, newRisk(riskModel(cfg), time.Duration(cfg.Policy.Risk.HalfLife), st, time.Now), g.inflight,
+		sessionOptions{MaxWorkflows: cfg.Limits.MaxWorkflows, WorkflowIdle: time.Duration(cfg.Limits.WorkflowIdleTimeout), Now: time.Now}); err != nil {
 		return nil, err
 	}
 	g.metrics = newMetrics()
@@ -284,6 +285,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener, grace time.Duratio
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	go g.watchPolicy(ctx, 2*time.Second)
+	go g.sessions.janitor(ctx, time.Minute)
 	select {
 	case err := <-errc:
 		g.Close()

@@ -2,6 +2,9 @@ package server
 
 import (
 	"context"
+	"io"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,5 +60,47 @@ func TestRiskDecays(t *testing.T) {
 	}
 	if err := r2.clear(ctx, "unknown"); err == nil {
 		t.Error("clearing an unknown node succeeded")
+	}
+}
+
+// TestWorkflowBound: a user session opens at most MaxWorkflows live
+// workflows; a used one is not counted twice; idle ones are collected and
+// their nodes closed, which makes room again.
+func TestWorkflowBound(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1_800_000_000, 0)
+	clock := func() time.Time { return now }
+	st, err := store.Open(ctx, t.TempDir(), store.Options{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s, err := newSessionGraph(ctx, st, slog.New(slog.NewTextHandler(io.Discard, nil)), newRisk(policy.Risk{}, 0, st, clock), newTracker(),
+		sessionOptions{MaxWorkflows: 2, WorkflowIdle: time.Hour, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, wf := range []string{"w1", "w2", "w1"} {
+		if err := s.useWorkflow("u", wf); err != nil {
+			t.Fatalf("%s: %v", wf, err)
+		}
+	}
+	err = s.useWorkflow("u", "w3")
+	if err == nil || !strings.Contains(err.Error(), "too many open workflows") {
+		t.Fatalf("a third workflow: %v", err)
+	}
+	if err := s.useWorkflow("other", "w3"); err != nil {
+		t.Errorf("another user session is bounded by this one's workflows: %v", err)
+	}
+	now = now.Add(30 * time.Minute)
+	if err := s.useWorkflow("u", "w2"); err != nil { // w2 stays in use
+		t.Fatal(err)
+	}
+	now = now.Add(45 * time.Minute) // w1 idle 75 min, w2 45 min
+	if n := s.collectWorkflows(ctx, now); n != 2 { // w1 of u, w3 of other
+		t.Errorf("collected %d idle workflows, want 2", n)
+	}
+	if err := s.useWorkflow("u", "w3"); err != nil {
+		t.Errorf("after w1 idled out: %v", err)
 	}
 }

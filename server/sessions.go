@@ -41,10 +41,17 @@ type sessionGraph struct {
 	risk     *risk
 	inflight *tracker
 
+	now          func() time.Time
+	maxWorkflows int
+	workflowIdle time.Duration
+
 	mu      sync.Mutex
 	revoked map[string]struct{}
 	kills   map[userKey]time.Time // user kills: tokens issued at or before are refused
 	known   *lruSet
+	// workflows are the live workflow nodes of each user session (USID →
+	// WSID → last use): at most maxWorkflows each, closed when idle.
+	workflows map[string]map[string]time.Time
 }
 
 // userKey is a user of one issuer.
@@ -52,10 +59,18 @@ type userKey struct{ issuer, subject string }
 
 var _ pipeline.SessionGraph = (*sessionGraph)(nil)
 
-// maxKnownSessions bounds the nodes remembered as written.
-const maxKnownSessions = 100_000
+// maxKnownSessions bounds the nodes remembered as written (a variable for
+// tests).
+var maxKnownSessions = 100_000
 
-func newSessionGraph(ctx context.Context, st Store, log *slog.Logger, r *risk, inflight *tracker) (*sessionGraph, error) {
+// sessionOptions are the sessions component's limits and clock.
+type sessionOptions struct {
+	MaxWorkflows int
+	WorkflowIdle time.Duration
+	Now          func() time.Time
+}
+
+func newSessionGraph(ctx context.Context, st Store, log *slog.Logger, r *risk, inflight *tracker, o sessionOptions) (*sessionGraph, error) {
 	ids, err := st.RevokedSessions(ctx)
 	if err != nil {
 		return nil, err
@@ -64,8 +79,9 @@ func newSessionGraph(ctx context.Context, st Store, log *slog.Logger, r *risk, i
 	if err != nil {
 		return nil, err
 	}
-	s := &sessionGraph{store: st, log: log, risk: r, inflight: inflight, revoked: make(map[string]struct{}, len(ids)),
-		kills: make(map[userKey]time.Time, len(kills)), known: newLRUSet(maxKnownSessions)}
+	s := &sessionGraph{store: st, log: log, risk: r, inflight: inflight, now: o.Now, maxWorkflows: o.MaxWorkflows, workflowIdle: o.WorkflowIdle,
+		revoked: make(map[string]struct{}, len(ids)), kills: make(map[userKey]time.Time, len(kills)), known: newLRUSet(maxKnownSessions),
+		workflows: map[string]map[string]time.Time{}}
 	for _, id := range ids {
 		s.revoked[id] = struct{}{}
 	}
@@ -104,6 +120,9 @@ func (s *sessionGraph) Admit(ctx context.Context, c *pipeline.Call) (context.Con
 	}
 	ids := c.Sessions
 	if err := s.check(c.Principal, ids.USID, ids.WSID, ids.ASID, ids.MSID); err != nil {
+		return ctx, nil, err
+	}
+	if err := s.useWorkflow(ids.USID, ids.WSID); err != nil {
 		return ctx, nil, err
 	}
 	if err := s.record(ctx, c.Principal, ids); err != nil {
@@ -165,6 +184,70 @@ func (s *sessionGraph) userSession(p identity.Principal) string {
 		return derive("u_", p.Issuer, p.User, "killed", killed.UTC().Format(time.RFC3339))
 	}
 	return derive("u_", p.Issuer, p.User)
+}
+
+// useWorkflow counts a request of workflow wsid of user session usid: a
+// user session opens at most maxWorkflows live workflows, so no principal
+// can grow the graph without bound.
+func (s *sessionGraph) useWorkflow(usid, wsid string) error {
+	if wsid == "" {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	live := s.workflows[usid]
+	if _, ok := live[wsid]; !ok && len(live) >= s.maxWorkflows {
+		return &pipeline.Error{Code: pipeline.CodeInvalidRequest, Message: fmt.Sprintf(
+			"too many open workflows: this user session has %d (limits.max_workflows); reuse one, or wait until one has been idle for %s", len(live), s.workflowIdle)}
+	}
+	if live == nil {
+		live = map[string]time.Time{}
+		s.workflows[usid] = live
+	}
+	live[wsid] = s.now()
+	return nil
+}
+
+// collectWorkflows closes the workflows idle since before now minus the
+// idle timeout: they no longer count, and their nodes are marked closed
+// (a later request reopens them; risk and audit stay).
+func (s *sessionGraph) collectWorkflows(ctx context.Context, now time.Time) int {
+	cutoff := now.Add(-s.workflowIdle)
+	var idle []string
+	s.mu.Lock()
+	for usid, live := range s.workflows {
+		for wsid, used := range live {
+			if used.Before(cutoff) {
+				delete(live, wsid)
+				s.known.remove(wsid)
+				idle = append(idle, wsid)
+			}
+		}
+		if len(live) == 0 {
+			delete(s.workflows, usid)
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range idle {
+		if err := s.store.SetSessionState(ctx, id, store.StateClosed); err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.log.Warn("idle workflow not closed", "wsid", id, "error", err)
+		}
+	}
+	return len(idle)
+}
+
+// janitor collects idle workflows every interval until ctx ends.
+func (s *sessionGraph) janitor(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.collectWorkflows(ctx, s.now())
+		}
+	}
 }
 
 // revokedAny returns the first of ids that is revoked.
@@ -235,7 +318,7 @@ func (s *sessionGraph) ensure(ctx context.Context, n store.Session) error {
 			}
 		}
 	case errors.Is(err, store.ErrNotFound):
-		now := time.Now()
+		now := s.now()
 		n.State, n.Created, n.Updated = store.StateActive, now, now
 		if err := s.store.PutSession(ctx, n); err != nil {
 			return fmt.Errorf("store session: %w", err)

@@ -71,6 +71,10 @@ type Limits struct {
 	// MaxSessions caps open downstream MCP sessions; past it new sessions
 	// are refused with 503.
 	MaxSessions int `yaml:"max_sessions" json:"max_sessions"`
+	// MaxWorkflows caps the live workflow nodes of one user session.
+	MaxWorkflows int `yaml:"max_workflows" json:"max_workflows"`
+	// WorkflowIdleTimeout closes workflows without requests.
+	WorkflowIdleTimeout Duration `yaml:"workflow_idle_timeout" json:"workflow_idle_timeout"`
 }
 
 // Identity configures who may call the gateway and how SAG authenticates
@@ -235,6 +239,8 @@ func Default() *Config {
 			UpstreamIdleTimeout: Duration(5 * time.Minute),
 			MaxUpstreamSessions: 256,
 			MaxSessions:         10000,
+			MaxWorkflows:        1000,
+			WorkflowIdleTimeout: Duration(time.Hour),
 		},
 		Identity: Identity{
 			TokenSkew:        Duration(30 * time.Second),

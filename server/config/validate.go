@@ -82,6 +82,7 @@ func (c *Config) Validate() error {
 		{"limits.call_timeout", l.CallTimeout},
 		{"limits.session_idle_timeout", l.SessionIdleTimeout},
 		{"limits.upstream_idle_timeout", l.UpstreamIdleTimeout},
+		{"limits.workflow_idle_timeout", l.WorkflowIdleTimeout},
 	} {
 		if d.v <= 0 {
 			add("%s: got %s, want more than 0", d.field, d.v)
@@ -89,6 +90,9 @@ func (c *Config) Validate() error {
 	}
 	if l.MaxSessions < 1 {
 		add("limits.max_sessions: got %d, want at least 1", l.MaxSessions)
+	}
+	if l.MaxWorkflows < 1 {
+		add("limits.max_workflows: got %d, want at least 1", l.MaxWorkflows)
 	}
 	if l.MaxUpstreamSessions < 1 {
 		add("limits.max_upstream_sessions: got %d, want at least 1", l.MaxUpstreamSessions)
