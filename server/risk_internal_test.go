@@ -96,7 +96,7 @@ func TestWorkflowBound(t *testing.T) {
 	if err := s.useWorkflow("u", "w2"); err != nil { // w2 stays in use
 		t.Fatal(err)
 	}
-	now = now.Add(45 * time.Minute) // w1 idle 75 min, w2 45 min
+	now = now.Add(45 * time.Minute)                // w1 idle 75 min, w2 45 min
 	if n := s.collectWorkflows(ctx, now); n != 2 { // w1 of u, w3 of other
 		t.Errorf("collected %d idle workflows, want 2", n)
 	}
