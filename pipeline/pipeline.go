@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync/atomic"
 	"time"
 
 	"github.com/sag-gateway/sag/policy"
@@ -33,6 +34,10 @@ type Pipeline struct {
 	Auditor     Auditor
 	Clock       Clock
 	Log         *slog.Logger
+
+	// auditDown is set while the last audit write failed: no call reaches
+	// an upstream until a record commits again.
+	auditDown atomic.Bool
 }
 
 // Run takes one call through the pipeline, top to bottom, and returns how
@@ -106,6 +111,12 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 		if err != nil {
 			return r.deny(ctx, policy.CountConsentDenied, CodeConsent, err.Error())
 		}
+	}
+
+	// Nothing reaches an upstream while calls cannot be recorded (fail
+	// closed until an audit record commits again).
+	if p.auditDown.Load() {
+		return r.refuse(ctx, errAuditDown)
 	}
 
 	// 7. credentials: the token minted for this upstream on the caller's
@@ -213,6 +224,9 @@ func (r *run) checkOutput(ctx context.Context, t Target, d policy.Decision, res 
 	return red, nil
 }
 
+// errAuditDown refuses calls while the audit store fails.
+var errAuditDown = &Error{Code: CodeUnavailable, Message: "audit unavailable; call refused"}
+
 // toolFailure is a tool call that ends in a tool error the gateway writes
 // (decision "error"): an invalid result.
 type toolFailure struct{ msg string }
@@ -299,9 +313,11 @@ func (r *run) commit(ctx context.Context, out Outcome) Outcome {
 	r.rec.LatencyUS = now.Sub(r.start).Microseconds()
 	// The record must be committed even if the caller gave up.
 	if err := r.p.Auditor.Append(context.WithoutCancel(ctx), r.rec); err != nil {
-		r.p.Log.Error("audit append failed; refusing the call", "method", r.rec.Method, "error", err)
-		return Outcome{Err: &Error{Code: CodeUnavailable, Message: "audit unavailable; call refused", Cause: err}, Record: r.rec}
+		r.p.auditDown.Store(true)
+		r.p.Log.Error("audit append failed; refusing calls until a record commits", "method", r.rec.Method, "error", err)
+		return Outcome{Err: &Error{Code: CodeUnavailable, Message: errAuditDown.Message, Cause: err}, Record: r.rec}
 	}
+	r.p.auditDown.Store(false)
 	out.Record = r.rec
 	if r.rec.Decision != DecisionAllow || r.p.Log.Enabled(ctx, slog.LevelDebug) {
 		level := slog.LevelInfo

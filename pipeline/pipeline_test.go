@@ -259,11 +259,23 @@ func TestRunFailsClosed(t *testing.T) {
 		t.Errorf("without credentials: forwarded %d, outcome %+v", r.fwd.calls, out)
 	}
 
+	// An audit store that refuses writes: the call is refused, and no
+	// later call reaches the upstream until a record commits again.
 	r = newRig(t)
 	r.audit.err = errors.New("disk full")
-	out = r.p.Run(context.Background(), &Call{Principal: alice, Kind: ToolCall, Name: "up__echo"})
-	if out.Err == nil || out.Err.Code != CodeUnavailable || out.Result != nil {
-		t.Errorf("audit down: outcome %+v, want refused", out)
+	for i := range 2 {
+		out = r.p.Run(context.Background(), &Call{Principal: alice, Kind: ToolCall, Name: "up__echo"})
+		if out.Err == nil || out.Err.Code != CodeUnavailable || out.Result != nil {
+			t.Errorf("audit down, call %d: outcome %+v, want refused", i, out)
+		}
+	}
+	if r.fwd.calls != 1 {
+		t.Errorf("%d calls reached the upstream while the audit store failed, want only the first", r.fwd.calls)
+	}
+	r.audit.err = nil
+	r.p.Run(context.Background(), &Call{Principal: alice, Kind: ToolCall, Name: "up__echo"}) // refused, and its record commits
+	if out := r.p.Run(context.Background(), &Call{Principal: alice, Kind: ToolCall, Name: "up__echo"}); out.Err != nil || r.fwd.calls != 2 {
+		t.Errorf("after the audit store recovered: %+v, %d calls forwarded", out, r.fwd.calls)
 	}
 }
 

@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"net"
 	"net/http"
 	"os"
@@ -13,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	mcpgo "github.com/mark3labs/mcp-go/mcp"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/fixtures"
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/server"
@@ -259,21 +262,36 @@ func str(v any) string {
 }
 
 // TestAuditFailsClosed: when the store refuses audit writes, calls are
-// refused.
+// refused, and after the first failure none reaches the upstream until a
+// record commits again.
 func TestAuditFailsClosed(t *testing.T) {
-	up, _ := httpFixture(t, "fx", false)
+	f := fixtures.NewServer(fixtures.Options{Name: "fx"})
+	var reached atomic.Int64
+	f.MCPServer().AddTool(mcpgo.NewToolWithRawSchema("count", "Counts its calls.", json.RawMessage(`{"type":"object"}`)),
+		func(context.Context, mcpgo.CallToolRequest) (*mcpgo.CallToolResult, error) {
+			return mcpgo.NewToolResultText(strconv.FormatInt(reached.Add(1), 10)), nil
+		})
+	up, stop, err := f.StartHTTP(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
 	tg := startGateway(t, func(c *config.Config) { c.Upstreams = []config.Upstream{{Name: "fx", URL: up}} })
-	cs := connect(t, tg.MCP, "", nil)
-	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "before"}); toolText(res) != "before" {
+	cs := connect(t, tg.MCP, legacy, nil)
+	if res := callTool(t, cs, "fx__count", map[string]any{}); toolText(res) != "1" {
 		t.Fatalf("before: %q", toolText(res))
 	}
-	// Make the audit table refuse writes.
 	breakAudit(t, filepath.Join(tg.DataDir, "sag.db"))
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "after"}})
-	if err == nil || !strings.Contains(err.Error(), "audit unavailable") {
-		t.Errorf("with the audit store failing: %v, want refused", err)
+	for i := range 3 {
+		_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__count", Arguments: map[string]any{}})
+		if err == nil || !strings.Contains(err.Error(), "audit unavailable") {
+			t.Errorf("call %d with the audit store failing: %v, want refused", i, err)
+		}
+	}
+	if n := reached.Load(); n != 2 {
+		t.Errorf("the upstream saw %d calls, want 2 (none after the first refused record)", n)
 	}
 }
 

@@ -29,7 +29,7 @@ func (f *front) run(ctx context.Context, req mcp.Request, kind pipeline.Kind, na
 	}
 	p, ok := f.gw.principal(extra)
 	if !ok {
-		return pipeline.Outcome{Err: &pipeline.Error{Code: pipeline.CodeInternal, Message: "request not authenticated"}}
+		return pipeline.Outcome{Err: errUnauthenticated}
 	}
 	ss, _ := req.GetSession().(*mcp.ServerSession)
 	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Kind: kind, Names: names, Name: name, Args: args, Origin: req,
@@ -73,7 +73,7 @@ func (f *front) unsubscribe(ctx context.Context, req *mcp.UnsubscribeRequest) er
 func (f *front) complete(ctx context.Context, req *mcp.CompleteRequest) (*mcp.CompleteResult, error) {
 	ref := req.Params.Ref
 	if ref == nil {
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "completion/complete: missing ref"}
+		return nil, rpcError(&pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "completion/complete: missing ref"}, "")
 	}
 	arg, _ := json.Marshal(req.Params.Argument)
 	var out pipeline.Outcome
@@ -83,7 +83,7 @@ func (f *front) complete(ctx context.Context, req *mcp.CompleteRequest) (*mcp.Co
 	case "ref/resource":
 		out = f.run(ctx, req, pipeline.Completion, policy.KindResource, ref.URI, arg)
 	default:
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "unknown ref type " + ref.Type}
+		return nil, rpcError(&pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "unknown ref type " + ref.Type}, "")
 	}
 	return decodeOutcome[mcp.CompleteResult](out, ref.Name+ref.URI)
 }
@@ -99,12 +99,17 @@ func decodeOutcome[R any](out pipeline.Outcome, name string) (*R, error) {
 	}
 	res := new(R)
 	if err := json.Unmarshal(out.Result, res); err != nil {
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "the upstream's result could not be read"}
+		return nil, rpcError(&pipeline.Error{Code: pipeline.CodeInternal, Message: "the upstream's result could not be read"}, "")
 	}
 	return res, nil
 }
 
-// rpcError is the one place pipeline errors become JSON-RPC errors.
+// errUnauthenticated fails closed a request that reached the MCP front
+// without a principal, which requireAuth never lets happen.
+var errUnauthenticated = &pipeline.Error{Code: pipeline.CodeInternal, Message: "request not authenticated"}
+
+// rpcError is the one place errors of MCP methods become JSON-RPC errors
+// (writeRPCError writes those refused before the SDK reads a request).
 func rpcError(e *pipeline.Error, name string) error {
 	if e == nil {
 		return nil
@@ -232,33 +237,27 @@ func sessionID(ss *mcp.ServerSession) string {
 func (f *front) filter(ctx context.Context, method string, req mcp.Request, res mcp.Result) error {
 	p, ok := f.gw.principal(req.GetExtra())
 	if !ok {
-		return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "request not authenticated"}
+		return rpcError(errUnauthenticated, "")
 	}
 	ss, _ := req.GetSession().(*mcp.ServerSession)
 	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Kind: pipeline.List, Name: method, Origin: req,
 		Workflow: header(req.GetExtra()).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}
-	cat := f.gw.upstreams.Catalog()
-	// entries maps each listed item to its catalog entry; an item the
-	// catalog lost since the SDK listed it is not shown (zero Target with
-	// an empty upstream never matches a rule... so it is dropped below).
-	var entries []policy.Target
+	pl, cat := f.gw.pipeline, f.gw.upstreams.Catalog()
+	var err error
 	switch lr := res.(type) {
 	case *mcp.ListToolsResult:
-		for _, def := range lr.Tools {
-			t, ok := cat.Tool(def.Name)
-			if ok {
-				entries = append(entries, policyTool(t))
-			} else {
-				entries = append(entries, policy.Target{})
+		var vis []pipeline.Visibility
+		if vis, err = visible(ctx, pl, c, lr.Tools, func(def *mcp.Tool) policy.Target {
+			if t, ok := cat.Tool(def.Name); ok {
+				return policyTool(t)
 			}
-		}
-		vis, perr := f.gw.pipeline.List(ctx, c, entries)
-		if perr != nil {
-			return rpcError(perr, "")
+			return policy.Target{}
+		}); err != nil {
+			return err
 		}
 		out := make([]*mcp.Tool, 0, len(lr.Tools))
 		for i, def := range lr.Tools {
-			if vis[i].Shown && entries[i].Upstream != "" {
+			if vis[i].Shown {
 				if len(vis[i].Input) > 0 {
 					def = tightenTool(def, vis[i].Input)
 				}
@@ -267,55 +266,59 @@ func (f *front) filter(ctx context.Context, method string, req mcp.Request, res 
 		}
 		lr.Tools = out
 	case *mcp.ListPromptsResult:
-		for _, def := range lr.Prompts {
-			pr, ok := cat.Prompt(def.Name)
-			if ok {
-				entries = append(entries, policy.Target{Kind: policy.KindPrompt, Upstream: pr.Upstream, Name: pr.Original})
-			} else {
-				entries = append(entries, policy.Target{})
+		lr.Prompts, err = keep(ctx, pl, c, lr.Prompts, func(def *mcp.Prompt) policy.Target {
+			if pr, ok := cat.Prompt(def.Name); ok {
+				return policy.Target{Kind: policy.KindPrompt, Upstream: pr.Upstream, Name: pr.Original}
 			}
-		}
-		vis, perr := f.gw.pipeline.List(ctx, c, entries)
-		if perr != nil {
-			return rpcError(perr, "")
-		}
-		lr.Prompts = shown(lr.Prompts, vis, entries)
+			return policy.Target{}
+		})
 	case *mcp.ListResourcesResult:
-		for _, def := range lr.Resources {
+		lr.Resources, err = keep(ctx, pl, c, lr.Resources, func(def *mcp.Resource) policy.Target {
 			up, _ := cat.ResourceUpstream(def.URI)
-			entries = append(entries, policy.Target{Kind: policy.KindResource, Upstream: up, Name: def.URI})
-		}
-		vis, perr := f.gw.pipeline.List(ctx, c, entries)
-		if perr != nil {
-			return rpcError(perr, "")
-		}
-		lr.Resources = shown(lr.Resources, vis, entries)
+			return policy.Target{Kind: policy.KindResource, Upstream: up, Name: def.URI}
+		})
 	case *mcp.ListResourceTemplatesResult:
 		ups := make(map[string]string, len(cat.Templates))
 		for _, t := range cat.Templates {
 			ups[t.Def.URITemplate] = t.Upstream
 		}
-		for _, def := range lr.ResourceTemplates {
-			entries = append(entries, policy.Target{Kind: policy.KindResource, Upstream: ups[def.URITemplate], Name: def.URITemplate})
-		}
-		vis, perr := f.gw.pipeline.List(ctx, c, entries)
-		if perr != nil {
-			return rpcError(perr, "")
-		}
-		lr.ResourceTemplates = shown(lr.ResourceTemplates, vis, entries)
+		lr.ResourceTemplates, err = keep(ctx, pl, c, lr.ResourceTemplates, func(def *mcp.ResourceTemplate) policy.Target {
+			return policy.Target{Kind: policy.KindResource, Upstream: ups[def.URITemplate], Name: def.URITemplate}
+		})
 	}
-	return nil
+	return err
 }
 
-// shown keeps the items a list may show.
-func shown[T any](items []T, vis []pipeline.Visibility, entries []policy.Target) []T {
+// visible asks the pipeline which items of a list the caller may see. An
+// item the catalog no longer has (no upstream) is not shown.
+func visible[T any](ctx context.Context, pl *pipeline.Pipeline, c *pipeline.Call, items []T, target func(T) policy.Target) ([]pipeline.Visibility, error) {
+	entries := make([]policy.Target, len(items))
+	for i, it := range items {
+		entries[i] = target(it)
+	}
+	vis, perr := pl.List(ctx, c, entries)
+	if perr != nil {
+		return nil, rpcError(perr, "")
+	}
+	for i := range vis {
+		vis[i].Shown = vis[i].Shown && entries[i].Upstream != ""
+	}
+	return vis, nil
+}
+
+// keep is the items of a list the caller may see.
+func keep[T any](ctx context.Context, pl *pipeline.Pipeline, c *pipeline.Call, items []T, target func(T) policy.Target) ([]T, error) {
+	vis, err := visible(ctx, pl, c, items, target)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]T, 0, len(items))
 	for i, it := range items {
-		if vis[i].Shown && entries[i].Upstream != "" {
+		if vis[i].Shown {
 			out = append(out, it)
 		}
 	}
-	return out
+	return out, nil
 }
 
 // extraKey carries the extra of the request being served (front.receive).

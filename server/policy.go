@@ -2,24 +2,16 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"slices"
-	"strings"
 	"time"
 
-	"github.com/modelcontextprotocol/go-sdk/mcp"
-
-	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/policy"
-	"github.com/sag-gateway/sag/schemas"
 	"github.com/sag-gateway/sag/server/config"
 	"github.com/sag-gateway/sag/store"
-	"github.com/sag-gateway/sag/upstreams"
 )
 
 // loadPolicy builds a policy engine from the configured files and the
@@ -170,23 +162,6 @@ func (g *Gateway) watchPolicy(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// tightenTool returns a copy of def whose input schema also requires rule.
-func tightenTool(def *mcp.Tool, rule json.RawMessage) *mcp.Tool {
-	var schema map[string]any
-	if b, err := json.Marshal(def.InputSchema); err != nil || json.Unmarshal(b, &schema) != nil || schema == nil {
-		schema = map[string]any{"type": "object"}
-	}
-	var extra any
-	if json.Unmarshal(rule, &extra) != nil {
-		return def
-	}
-	all, _ := schema["allOf"].([]any)
-	schema["allOf"] = append(all, extra)
-	c := *def
-	c.InputSchema = schema
-	return &c
-}
-
 // AllowListResponse answers the allow-list admin routes.
 type AllowListResponse struct {
 	Upstream string `json:"upstream"`
@@ -251,137 +226,4 @@ func (g *Gateway) reloadPolicyHandler(w http.ResponseWriter, r *http.Request) er
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
-}
-
-// toolSchema is the upstream's compiled inputSchema (output false) or
-// outputSchema (output true) of t, nil when it has none or it does not
-// compile (the upstream then answers for its own data). Catalog definitions
-// are immutable, so each is compiled once.
-func (g *Gateway) toolSchema(t *upstreams.Tool, output bool) *schemas.Schema {
-	key := toolSchemaKey{t.Def, output}
-	if v, ok := g.toolSchemas.Load(key); ok {
-		return v.(*schemas.Schema)
-	}
-	src := t.Def.InputSchema
-	if output {
-		src = t.Def.OutputSchema
-	}
-	var s *schemas.Schema
-	if src != nil {
-		if raw, err := json.Marshal(src); err == nil {
-			s, _ = schemas.Compile(raw)
-		}
-	}
-	if g.toolSchemaCount.Add(1) > maxToolSchemas { // catalog churn: start over
-		g.toolSchemas.Clear()
-		g.toolSchemaCount.Store(0)
-	}
-	g.toolSchemas.Store(key, s)
-	return s
-}
-
-type toolSchemaKey struct {
-	def    *mcp.Tool
-	output bool
-}
-
-// maxToolSchemas bounds the compiled input schemas kept.
-const maxToolSchemas = 10_000
-
-// pinned checks a catalog tool's definition against its pin and reports
-// whether the tool may be offered. A changed definition is quarantined,
-// logged and audited once; an unreadable pin store quarantines too (fail
-// closed).
-func (g *Gateway) pinned(t *upstreams.Tool) bool {
-	def := *t.Def
-	def.Name = t.Original // the upstream's definition, not the gateway's name for it
-	state, err := g.pins.Check(context.Background(), t.Upstream, t.Original, &def)
-	if err != nil {
-		g.log.Error("tool pin unavailable; the tool is withheld", "upstream", t.Upstream, "tool", t.Original, "error", err)
-		return false
-	}
-	switch state {
-	case policy.FirstSeen:
-		g.log.Info("tool pinned", "upstream", t.Upstream, "tool", t.Original)
-	case policy.NewlyQuarantined:
-		g.log.Warn("tool definition changed: quarantined until its owner approves it", "upstream", t.Upstream, "tool", t.Original)
-		rec := store.AuditRecord{Method: "catalog/quarantine", Upstream: t.Upstream, Tool: t.Name, PolicyID: "pinning",
-			Decision: pipeline.DecisionDeny, Reason: "tool definition changed since it was approved; quarantined"}
-		_ = g.audit(context.Background(), &rec, time.Now())
-	}
-	return state == policy.Pinned || state == policy.FirstSeen
-}
-
-// ToolPinResponse is one tool of GET /admin/upstreams/{name}/tools.
-type ToolPinResponse struct {
-	Tool        string          `json:"tool"`
-	State       string          `json:"state"` // "approved" or "quarantined"
-	Approved    string          `json:"approved"`
-	Pending     string          `json:"pending,omitempty"`
-	PendingDef  json.RawMessage `json:"pending_definition,omitempty"`
-	LastChanged time.Time       `json:"last_changed"`
-}
-
-// listPins serves GET /admin/upstreams/{name}/tools: each tool's pin, and
-// the changed definitions awaiting approval.
-func (g *Gateway) listPins(w http.ResponseWriter, r *http.Request) error {
-	out := []ToolPinResponse{}
-	for _, p := range g.pins.List(r.PathValue("name")) {
-		tp := ToolPinResponse{Tool: p.Tool, State: "approved", Approved: p.Approved, Pending: p.Pending, LastChanged: p.Updated}
-		if p.Pending != "" {
-			tp.State, tp.PendingDef = "quarantined", p.PendingDef
-		}
-		out = append(out, tp)
-	}
-	slices.SortFunc(out, func(a, b ToolPinResponse) int { return strings.Compare(a.Tool, b.Tool) })
-	writeJSON(w, http.StatusOK, out)
-	return nil
-}
-
-// approvePin serves POST /admin/upstreams/{name}/tools/{tool}/approve with
-// an optional {"hash": …} (the pending hash the owner reviewed): the changed
-// definition becomes the approved one and the tool is offered again.
-func (g *Gateway) approvePin(w http.ResponseWriter, r *http.Request) error {
-	var body struct {
-		Hash string `json:"hash"`
-	}
-	if r.ContentLength != 0 {
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&body); err != nil {
-			return badRequest("body: %v", err)
-		}
-	}
-	upstream, tool := r.PathValue("name"), r.PathValue("tool")
-	if err := g.pins.Approve(r.Context(), upstream, tool, body.Hash); err != nil {
-		if errors.Is(err, policy.ErrNothingPending) {
-			return &adminError{Status: http.StatusNotFound, Code: "not_found", Description: err.Error()}
-		}
-		return &adminError{Status: http.StatusConflict, Code: "conflict", Description: err.Error()}
-	}
-	rec := store.AuditRecord{Method: "catalog/approve", Upstream: upstream, Tool: tool, PolicyID: "pinning", Decision: pipeline.DecisionAllow,
-		Reason: "changed tool definition approved"}
-	_ = g.audit(r.Context(), &rec, time.Now())
-	g.front.sync(nil)
-	w.WriteHeader(http.StatusNoContent)
-	return nil
-}
-
-type upstreamLimitKey struct {
-	name string
-	rate upstreams.RateLimit
-}
-
-// upstreamWait spends a token of upstream's rate limit and returns 0, or
-// how long until one is available. An upstream without a limit is never
-// held back.
-func (g *Gateway) upstreamWait(name string) time.Duration {
-	spec, ok := g.upstreams.Spec(name)
-	if !ok || spec.RateLimit == nil {
-		return 0
-	}
-	k := upstreamLimitKey{name, *spec.RateLimit} // a changed limit starts a new bucket
-	v, ok := g.upLimits.Load(k)
-	if !ok {
-		v, _ = g.upLimits.LoadOrStore(k, policy.NewBucket(spec.RateLimit.PerMinute, spec.RateLimit.Burst))
-	}
-	return v.(*policy.Bucket).Take(time.Now())
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/policy"
@@ -163,3 +165,76 @@ func (g *Gateway) upstreamLimited(name string) error {
 type clock struct{}
 
 func (clock) Now() time.Time { return time.Now() }
+
+// tightenTool returns a copy of def whose input schema also requires rule.
+func tightenTool(def *mcp.Tool, rule json.RawMessage) *mcp.Tool {
+	var schema map[string]any
+	if b, err := json.Marshal(def.InputSchema); err != nil || json.Unmarshal(b, &schema) != nil || schema == nil {
+		schema = map[string]any{"type": "object"}
+	}
+	var extra any
+	if json.Unmarshal(rule, &extra) != nil {
+		return def
+	}
+	all, _ := schema["allOf"].([]any)
+	schema["allOf"] = append(all, extra)
+	c := *def
+	c.InputSchema = schema
+	return &c
+}
+
+// toolSchema is the upstream's compiled inputSchema (output false) or
+// outputSchema (output true) of t, nil when it has none or it does not
+// compile (the upstream then answers for its own data). Catalog definitions
+// are immutable, so each is compiled once.
+func (g *Gateway) toolSchema(t *upstreams.Tool, output bool) *schemas.Schema {
+	key := toolSchemaKey{t.Def, output}
+	if v, ok := g.toolSchemas.Load(key); ok {
+		return v.(*schemas.Schema)
+	}
+	src := t.Def.InputSchema
+	if output {
+		src = t.Def.OutputSchema
+	}
+	var s *schemas.Schema
+	if src != nil {
+		if raw, err := json.Marshal(src); err == nil {
+			s, _ = schemas.Compile(raw)
+		}
+	}
+	if g.toolSchemaCount.Add(1) > maxToolSchemas { // catalog churn: start over
+		g.toolSchemas.Clear()
+		g.toolSchemaCount.Store(0)
+	}
+	g.toolSchemas.Store(key, s)
+	return s
+}
+
+type toolSchemaKey struct {
+	def    *mcp.Tool
+	output bool
+}
+
+// maxToolSchemas bounds the compiled input schemas kept.
+const maxToolSchemas = 10_000
+
+type upstreamLimitKey struct {
+	name string
+	rate upstreams.RateLimit
+}
+
+// upstreamWait spends a token of upstream's rate limit and returns 0, or
+// how long until one is available. An upstream without a limit is never
+// held back.
+func (g *Gateway) upstreamWait(name string) time.Duration {
+	spec, ok := g.upstreams.Spec(name)
+	if !ok || spec.RateLimit == nil {
+		return 0
+	}
+	k := upstreamLimitKey{name, *spec.RateLimit} // a changed limit starts a new bucket
+	v, ok := g.upLimits.Load(k)
+	if !ok {
+		v, _ = g.upLimits.LoadOrStore(k, policy.NewBucket(spec.RateLimit.PerMinute, spec.RateLimit.Burst))
+	}
+	return v.(*policy.Bucket).Take(time.Now())
+}
