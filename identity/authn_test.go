@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/sag-gateway/sag/store"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 const (
@@ -61,7 +63,7 @@ func (f *fakeRevocations) TokenRevoked(_ context.Context, iss, jti string) (bool
 // Issuer, a TokenVerifier, a DPoPVerifier with a memory replay cache) on a
 // fake clock. Options may be changed until the first call of auth.
 type authEnv struct {
-	clock      *fakeClock
+	clock      *testutil.Clock
 	keys       *Keys
 	issuer     *Issuer
 	key, other *DPoPKey
@@ -71,7 +73,7 @@ type authEnv struct {
 
 func newAuthEnv(t testing.TB, mode string) *authEnv {
 	t.Helper()
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	keys, err := LoadKeys(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

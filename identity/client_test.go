@@ -19,10 +19,12 @@ import (
 	"time"
 
 	"github.com/sag-gateway/sag/store"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 func TestDPoPKeyProof(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	k := newDPoPKeyAt(t, clock.Now)
 	v := newTestVerifier(t, clock, nil)
 	const tok = "access-token"
@@ -445,7 +447,7 @@ func scriptedResponse(status int, hdr ...string) *http.Response {
 
 func TestDPoPTransportResendsBody(t *testing.T) {
 	const tok = "opaque-access-token"
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	k := newDPoPKeyAt(t, clock.Now)
 	base := &scriptedTransport{answers: []*http.Response{
 		scriptedResponse(401, "WWW-Authenticate", `DPoP error="use_dpop_nonce", error_description="nonce required"`, "DPoP-Nonce", "n-1"),

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/sag-gateway/sag/store"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 // BenchmarkVerifyDPoP measures one proof verification (parse, signature,
@@ -14,7 +16,7 @@ import (
 func BenchmarkVerifyDPoP(b *testing.B) {
 	for _, alg := range []string{"ES256", "EdDSA", "RS256"} {
 		b.Run(alg, func(b *testing.B) {
-			clock := &fakeClock{t: testNow}
+			clock := testutil.NewClock(testNow, 0)
 			v := newTestVerifier(b, clock, func(o *DPoPOptions) { o.Replay = store.NewMemoryReplay(b.N+1, clock.Now) })
 			s := newSigner(b, alg)
 			proofs := make([]string, b.N)

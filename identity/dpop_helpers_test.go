@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/lestrrat-go/jwx/v3/jwk"
 )
@@ -151,22 +150,4 @@ func hs256(t testing.TB, header, claims map[string]any, secret []byte) string {
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte(input))
 	return input + "." + b64url(m.Sum(nil))
-}
-
-// fakeClock is an injectable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
 }

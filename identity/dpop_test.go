@@ -18,6 +18,8 @@ import (
 	"github.com/lestrrat-go/jwx/v3/jwk"
 
 	"github.com/sag-gateway/sag/store"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 const (
@@ -32,7 +34,7 @@ func athOf(token string) string {
 	return b64url(sum[:])
 }
 
-func newTestVerifier(t testing.TB, clock *fakeClock, mod func(*DPoPOptions)) *DPoPVerifier {
+func newTestVerifier(t testing.TB, clock *testutil.Clock, mod func(*DPoPOptions)) *DPoPVerifier {
 	t.Helper()
 	o := DPoPOptions{Replay: store.NewMemoryReplay(1024, clock.Now), Now: clock.Now}
 	if mod != nil {
@@ -116,7 +118,7 @@ func TestDPoPRFC9449Examples(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := &fakeClock{t: time.Unix(tc.iat, 0)}
+			clock := testutil.NewClock(time.Unix(tc.iat, 0), 0)
 			v := newTestVerifier(t, clock, nil)
 			req := DPoPRequest{Proofs: []string{tc.proof}, Method: tc.method, URL: tc.url, AccessToken: tc.token}
 			p, err := v.Verify(context.Background(), req)
@@ -154,7 +156,7 @@ func isDPoPError(err error, code, desc string) bool {
 func TestDPoPAcceptsAlgs(t *testing.T) {
 	for _, alg := range []string{"ES256", "EdDSA", "Ed25519", "RS256", "PS256"} {
 		t.Run(alg, func(t *testing.T) {
-			clock := &fakeClock{t: testNow}
+			clock := testutil.NewClock(testNow, 0)
 			v := newTestVerifier(t, clock, nil)
 			s := newSigner(t, alg)
 			claims := validClaims(t)
@@ -178,7 +180,7 @@ func TestDPoPAcceptsAlgs(t *testing.T) {
 }
 
 func TestDPoPOnlyConfiguredAlgs(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	v := newTestVerifier(t, clock, func(o *DPoPOptions) { o.Algs = []string{"ES256"} })
 	s := newSigner(t, "RS256")
 	_, err := v.Verify(context.Background(), validRequest(s.sign(t, nil, validClaims(t))))
@@ -196,7 +198,7 @@ func TestDPoPOnlyConfiguredAlgs(t *testing.T) {
 }
 
 func TestNewDPoPVerifierRefuses(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	replay := store.NewMemoryReplay(10, clock.Now)
 	for _, o := range []DPoPOptions{
 		{},
@@ -230,7 +232,7 @@ func TestDPoPHTUNormalisation(t *testing.T) {
 		{"https://gw.example.com", "https://gw.example.com/"},
 	}
 	for _, tc := range cases {
-		clock := &fakeClock{t: testNow}
+		clock := testutil.NewClock(testNow, 0)
 		v := newTestVerifier(t, clock, nil)
 		s := newSigner(t, "ES256")
 		req := validRequest(s.sign(t, nil, with(validClaims(t), "htu", tc.htu)))
@@ -242,7 +244,7 @@ func TestDPoPHTUNormalisation(t *testing.T) {
 }
 
 func TestDPoPNonceAccepted(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	v := newTestVerifier(t, clock, nil)
 	s := newSigner(t, "ES256")
 	req := validRequest(s.sign(t, nil, with(validClaims(t), "nonce", "n-1")))
@@ -255,7 +257,7 @@ func TestDPoPNonceAccepted(t *testing.T) {
 func TestDPoPWindowEdges(t *testing.T) {
 	s := newSigner(t, "ES256")
 	for _, d := range []time.Duration{-60 * time.Second, 5 * time.Second} {
-		clock := &fakeClock{t: testNow}
+		clock := testutil.NewClock(testNow, 0)
 		v := newTestVerifier(t, clock, nil)
 		claims := with(validClaims(t), "iat", testNow.Add(d).Unix())
 		if _, err := v.Verify(context.Background(), validRequest(s.sign(t, nil, claims))); err != nil {
@@ -265,7 +267,7 @@ func TestDPoPWindowEdges(t *testing.T) {
 }
 
 func TestDPoPReplayCacheFailureRefuses(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	v := newTestVerifier(t, clock, func(o *DPoPOptions) { o.Replay = store.NewMemoryReplay(1, clock.Now) })
 	s := newSigner(t, "ES256")
 	if _, err := v.Verify(context.Background(), validRequest(s.sign(t, nil, validClaims(t)))); err != nil {
@@ -293,7 +295,7 @@ func TestDPoPChallenge(t *testing.T) {
 
 // TestDPoPErrorsDoNotLeak checks that no refusal repeats the proof or token.
 func TestDPoPErrorsDoNotLeak(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	v := newTestVerifier(t, clock, nil)
 	s := newSigner(t, "ES256")
 	proof := s.sign(t, nil, with(validClaims(t), "ath", "wrong"))
@@ -504,7 +506,7 @@ func publicJWKWithPrivate(t *testing.T, s *testSigner) map[string]any {
 func TestDPoPAttacks(t *testing.T) {
 	for _, a := range attacks() {
 		t.Run(a.name, func(t *testing.T) {
-			clock := &fakeClock{t: testNow}
+			clock := testutil.NewClock(testNow, 0)
 			v := newTestVerifier(t, clock, nil)
 			s := newSigner(t, "ES256")
 			var primed DPoPRequest
@@ -527,7 +529,7 @@ func TestDPoPAttacks(t *testing.T) {
 }
 
 func FuzzVerifyDPoP(f *testing.F) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	s := newSigner(f, "ES256")
 	f.Add(s.sign(f, nil, validClaims(f)))
 	f.Add(s.sign(f, map[string]any{"jwk": map[string]any{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}}, validClaims(f)))
@@ -555,7 +557,7 @@ func FuzzVerifyDPoP(f *testing.F) {
 // TestDPoPIssuedAfter: a verifier whose replay cache started empty refuses
 // proofs issued before it started, which it cannot know it has seen.
 func TestDPoPIssuedAfter(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	s := newSigner(t, "ES256")
 	proof := s.sign(t, nil, validClaims(t)) // iat = testNow
 	v := newTestVerifier(t, clock, func(o *DPoPOptions) { o.IssuedAfter = testNow.Add(time.Second) })
@@ -573,7 +575,7 @@ func TestDPoPIssuedAfter(t *testing.T) {
 // TestDPoPConcurrentReplay: of many concurrent uses of one proof, exactly
 // one is accepted.
 func TestDPoPConcurrentReplay(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	v := newTestVerifier(t, clock, nil)
 	s := newSigner(t, "ES256")
 	req := validRequest(s.sign(t, nil, validClaims(t)))

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v3/jwk"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 // jwksKids returns the kids of a JWKS document, checking that no key
@@ -137,7 +139,7 @@ func TestKeysRotate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := &fakeClock{t: time.Now()}
+	clock := testutil.NewClock(time.Now(), 0)
 	iss := &Issuer{URL: tokIssuer, Keys: keys, Now: clock.Now}
 	v, err := NewTokenVerifier(TokenOptions{
 		Audience: tokAudience,

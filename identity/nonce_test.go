@@ -5,10 +5,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 func TestNoncesSteps(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	n := NewNonces(time.Minute, clock.Now)
 	cur := n.Current()
 	if !n.Valid(cur) {
@@ -38,7 +40,7 @@ func TestNoncesSteps(t *testing.T) {
 }
 
 func TestNoncesRefuse(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	n := NewNonces(time.Minute, clock.Now)
 	cur := n.Current()
 	raw, err := b64.DecodeString(cur)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v3/jwk"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 const (
@@ -72,7 +74,7 @@ func signerOf(t testing.TB, keys *Keys) *testSigner {
 // tokenEnv is a TokenVerifier trusting two issuers, each with its own Keys,
 // on a fake clock.
 type tokenEnv struct {
-	clock       *fakeClock
+	clock       *testutil.Clock
 	keys, other *Keys
 	signer      *testSigner // active key of keys
 	otherSigner *testSigner // active key of other
@@ -93,7 +95,7 @@ func newTokenEnv(t testing.TB, mod func(e *tokenEnv, o *TokenOptions)) *tokenEnv
 		t.Fatal(err)
 	}
 	e := &tokenEnv{
-		clock:       &fakeClock{t: testNow},
+		clock:       testutil.NewClock(testNow, 0),
 		keys:        keys,
 		other:       other,
 		signer:      signerOf(t, keys),

@@ -14,6 +14,8 @@ import (
 	"github.com/sag-gateway/sag/policy"
 	"github.com/sag-gateway/sag/schemas"
 	"github.com/sag-gateway/sag/store"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 // Fakes of every step: each records what it saw and does what the test
@@ -98,10 +100,6 @@ func (a *fakeAuditor) Append(_ context.Context, rec store.AuditRecord) error {
 	return nil
 }
 
-type fakeClock struct{ t time.Time }
-
-func (c *fakeClock) Now() time.Time { c.t = c.t.Add(time.Millisecond); return c.t }
-
 type engineAuthorizer struct{ e *policy.Engine }
 
 func (a engineAuthorizer) Authorize(ctx context.Context, req policy.Request) policy.Decision {
@@ -143,7 +141,7 @@ func newRig(t testing.TB) *rig {
 	r := &rig{sessions: &fakeSessions{}, fwd: &fakeForwarder{result: json.RawMessage(`{"content":[{"type":"text","text":"ok"}]}`)}, audit: &fakeAuditor{}}
 	r.p = &Pipeline{Sessions: r.sessions, Catalog: fakeCatalog{}, Authorizer: engineAuthorizer{e}, Validator: fakeValidator{},
 		Consent: NoConsent{}, Credentials: fakeCredentials{}, Forwarder: r.fwd, Auditor: r.audit,
-		Clock: &fakeClock{t: time.Unix(1_800_000_000, 0)}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		Clock: testutil.NewClock(time.Unix(1_800_000_000, 0), time.Millisecond), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	return r
 }
 

@@ -4,11 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sag-gateway/sag/identity"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 const testDoc = `
@@ -53,19 +54,7 @@ rules:
     principals: {claims: {department: finance, roles: payroll, level: "3"}}
 `
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func testEngine(t testing.TB, c *clock, docs ...string) *Engine {
+func testEngine(t testing.TB, c *testutil.Clock, docs ...string) *Engine {
 	t.Helper()
 	var parsed []*Document
 	for i, src := range docs {
@@ -171,7 +160,7 @@ func TestDefaultModes(t *testing.T) {
 }
 
 func TestRateLimit(t *testing.T) {
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := testutil.NewClock(time.Unix(1_800_000_000, 0), 0)
 	e := testEngine(t, c, testDoc)
 	agent := identity.Principal{User: "carol", Agent: "spiffe://example.org/agents/builder", Scopes: []string{"files.write"}}
 	other := agent

@@ -50,10 +50,11 @@ const DPoPKeyFile = "dpop.jwk"
 
 // newAuthn builds token verification, DPoP and the gateway's own issuer from
 // the configuration. ctx bounds the background JWKS refreshes.
-func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Store, revocations identity.RevocationChecker) (_ *authn, err error) {
-	keys, err := identity.LoadKeys(filepath.Join(cfg.DataDir, KeysDir))
-	if err != nil {
-		return nil, err
+func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Store, keys *identity.Keys, revocations identity.RevocationChecker) (_ *authn, err error) {
+	if keys == nil {
+		if keys, err = identity.LoadKeys(filepath.Join(cfg.DataDir, KeysDir)); err != nil {
+			return nil, err
+		}
 	}
 	base := cfg.ResolvedPublicURL()
 	// Background work lives as long as the gateway (until close), not as

@@ -47,7 +47,7 @@ func benchGateway(b *testing.B, upstreamURL string) string {
 		b.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	gw, err := server.New(ctx, cfg, testLogger(), "bench")
+	gw, err := server.New(ctx, cfg, server.Deps{Log: testLogger(), Version: "bench"})
 	if err != nil {
 		cancel()
 		b.Fatal(err)
@@ -158,7 +158,7 @@ func BenchmarkPipelineSecure(b *testing.B) {
 	allowAll(b, cfg)
 	cfg.Listen = ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
-	gw, err := server.New(ctx, cfg, testLogger(), "bench")
+	gw, err := server.New(ctx, cfg, server.Deps{Log: testLogger(), Version: "bench"})
 	if err != nil {
 		cancel()
 		b.Fatal(err)

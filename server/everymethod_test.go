@@ -100,21 +100,7 @@ func restartGateway(t *testing.T, tg *testGateway) *testGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	gw, err := server.New(ctx, &cfg, testLogger(), "test")
-	if err != nil {
-		cancel()
-		ln.Close()
-		t.Fatal(err)
-	}
-	ng := &testGateway{GW: gw, Cfg: &cfg, DataDir: cfg.DataDir, Base: tg.Base, MCP: tg.MCP, cancel: cancel, done: make(chan error, 1)}
-	go func() { ng.done <- gw.Serve(ctx, ln, 5*time.Second) }()
-	t.Cleanup(func() {
-		if err := ng.stop(); err != nil {
-			t.Errorf("gateway shutdown: %v", err)
-		}
-	})
-	return ng
+	return launch(t, &cfg, server.Deps{}, ln, 5*time.Second)
 }
 
 // TestEveryMethodRunsThePipeline: every method that reaches an upstream is

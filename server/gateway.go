@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/policy"
 	"github.com/sag-gateway/sag/server/config"
@@ -88,11 +89,38 @@ type Gateway struct {
 	closeErr   error
 }
 
-// New builds a gateway from a validated config: it opens the store, registers
-// the configured and persisted upstreams and mounts the routes. It starts no
-// listener; call Serve.
-func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) (g *Gateway, err error) {
-	gw := &Gateway{cfg: cfg, log: log, version: version, configured: map[string]bool{}, inflight: newTracker()}
+// Deps are what a gateway is built from besides its config. Each may be
+// left zero for its default; tests inject their own (a store that fails on
+// demand, a fake clock).
+type Deps struct {
+	// Log receives the gateway's logs; nil means slog.Default().
+	Log *slog.Logger
+	// Version is the gateway's version, reported to MCP clients.
+	Version string
+	// Store is the gateway's database; nil opens SQLite in the config's
+	// data directory. The gateway closes it either way.
+	Store Store
+	// Keys are the gateway's signing keys; nil loads (or generates) them
+	// in the data directory.
+	Keys *identity.Keys
+	// Now is the clock of the session graph, session risk and the
+	// pipeline; nil means time.Now. (Token and proof verification keep the
+	// wall clock: clients sign with it.)
+	Now func() time.Time
+}
+
+// New builds a gateway from a validated config and its dependencies: it
+// opens the store, registers the configured and persisted upstreams and
+// mounts the routes. It starts no listener; call Serve.
+func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err error) {
+	if deps.Log == nil {
+		deps.Log = slog.Default()
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	log := deps.Log
+	gw := &Gateway{cfg: cfg, log: log, version: deps.Version, configured: map[string]bool{}, inflight: newTracker()}
 	g = gw
 	defer func() {
 		if err != nil {
@@ -100,9 +128,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		}
 	}()
 
-	st, err := store.Open(ctx, cfg.DataDir, store.Options{})
-	if err != nil {
-		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
+	st := deps.Store
+	if st == nil {
+		if st, err = store.Open(ctx, cfg.DataDir, store.Options{}); err != nil {
+			return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
+		}
 	}
 	g.store = st
 
@@ -112,19 +142,19 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	if g.revoked, err = loadRevocations(ctx, g.store); err != nil {
 		return nil, err
 	}
-	if g.auth, err = newAuthn(ctx, cfg, log, g.store, g.revoked); err != nil {
+	if g.auth, err = newAuthn(ctx, cfg, log, g.store, deps.Keys, g.revoked); err != nil {
 		return nil, err
 	}
 
 	if g.pins, err = policy.LoadPins(ctx, st); err != nil {
 		return nil, err
 	}
-	if g.sessions, err = newSessionGraph(ctx, st, log, newRisk(riskModel(cfg), time.Duration(cfg.Policy.Risk.HalfLife), st, time.Now), g.inflight,
-		sessionOptions{MaxWorkflows: cfg.Limits.MaxWorkflows, WorkflowIdle: time.Duration(cfg.Limits.WorkflowIdleTimeout), Now: time.Now}); err != nil {
+	if g.sessions, err = newSessionGraph(ctx, st, log, newRisk(riskModel(cfg), time.Duration(cfg.Policy.Risk.HalfLife), st, deps.Now), g.inflight,
+		sessionOptions{MaxWorkflows: cfg.Limits.MaxWorkflows, WorkflowIdle: time.Duration(cfg.Limits.WorkflowIdleTimeout), Now: deps.Now}); err != nil {
 		return nil, err
 	}
 	g.metrics = newMetrics()
-	g.front = newFront(g, version)
+	g.front = newFront(g, deps.Version)
 	naming, err := upstreams.ParseNaming(cfg.Prefix)
 	if err != nil {
 		return nil, err
@@ -139,7 +169,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 		OnResourceUpdated: g.front.resourceUpdated,
 		Credentials:       g.auth.minter,
 		MTLS:              g.auth.clientTLS(),
-		Version:           version,
+		Version:           deps.Version,
 	})
 	g.metrics.watch(g.upstreams)
 
@@ -158,7 +188,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version stri
 	st2 := steps{g}
 	g.pipeline = &pipeline.Pipeline{
 		Sessions: g.sessions, Catalog: st2, Authorizer: st2, Validator: st2, Consent: pipeline.NoConsent{},
-		Credentials: st2, Forwarder: mcpForwarder{g}, Auditor: g.store, Clock: clock{}, Log: log,
+		Credentials: st2, Forwarder: mcpForwarder{g}, Auditor: g.store, Clock: clock(deps.Now), Log: log,
 	}
 	g.handler = g.routes()
 	return g, nil

@@ -11,8 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +22,8 @@ import (
 	"github.com/sag-gateway/sag/server"
 	"github.com/sag-gateway/sag/server/config"
 	"github.com/sag-gateway/sag/store"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 // The two client generations: session-based (initialize, Mcp-Session-Id) and
@@ -39,41 +39,16 @@ const adminToken = "test-admin-token"
 // waitFor bounds every wait for something asynchronous.
 const waitFor = 10 * time.Second
 
-// binDir holds binaries built once per test run (the stdio fixture).
-var binDir string
-
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "sag-server-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
 	code := m.Run()
-	_ = os.RemoveAll(dir)
+	testutil.Cleanup()
 	os.Exit(code)
 }
 
-var (
-	fixtureOnce sync.Once
-	fixturePath string
-	fixtureErr  error
-)
-
-// fixtureBinary builds fixtures/cmd/sag-fixture once per test run.
+// fixtureBinary is fixtures/cmd/sag-fixture, built once per test run.
 func fixtureBinary(t *testing.T) string {
 	t.Helper()
-	fixtureOnce.Do(func() {
-		fixturePath = filepath.Join(binDir, "sag-fixture")
-		out, err := exec.Command("go", "build", "-o", fixturePath, "github.com/sag-gateway/sag/fixtures/cmd/sag-fixture").CombinedOutput()
-		if err != nil {
-			fixtureErr = fmt.Errorf("go build sag-fixture: %v\n%s", err, out)
-		}
-	})
-	if fixtureErr != nil {
-		t.Fatal(fixtureErr)
-	}
-	return fixturePath
+	return testutil.Build(t, "github.com/sag-gateway/sag/fixtures/cmd/sag-fixture")
 }
 
 // testGateway is a gateway serving on a loopback port for one test.
@@ -131,13 +106,21 @@ func startGatewayGrace(t *testing.T, cfg *config.Config, grace time.Duration) *t
 		t.Fatal(err)
 	}
 	cfg.Listen = ln.Addr().String()
+	return launch(t, cfg, server.Deps{}, ln, grace)
+}
+
+// launch builds a gateway for cfg (validated here) and deps and serves it on
+// ln until the test ends.
+func launch(t *testing.T, cfg *config.Config, deps server.Deps, ln net.Listener, grace time.Duration) *testGateway {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		ln.Close()
 		t.Fatalf("config: %v", err)
 	}
+	deps.Log, deps.Version = testLogger(), "test"
 	ctx, cancel := context.WithCancel(context.Background())
 	newCtx, newCancel := context.WithTimeout(ctx, 30*time.Second)
-	gw, err := server.New(newCtx, cfg, testLogger(), "test")
+	gw, err := server.New(newCtx, cfg, deps)
 	newCancel()
 	if err != nil {
 		cancel()

@@ -2,10 +2,13 @@ package server_test
 
 import (
 	"context"
+	"errors"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +17,9 @@ import (
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/server"
 	"github.com/sag-gateway/sag/server/config"
+	"github.com/sag-gateway/sag/store"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 // withHeader sets a header on every request of a client.
@@ -122,5 +128,90 @@ func TestOpenModeRiskNotShared(t *testing.T) {
 	other := connect(t, tg.MCP, modern, nil)
 	if res := callTool(t, other, "fx__echo", map[string]any{"text": "fine"}); res.IsError {
 		t.Errorf("another anonymous client is locked out: %s", callText(res))
+	}
+}
+
+// startGatewayDeps is startGateway with dependencies injected.
+func startGatewayDeps(t *testing.T, deps server.Deps, mutate func(*config.Config)) *testGateway {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Auth = config.AuthOpen
+	cfg.DataDir = t.TempDir()
+	cfg.AdminToken = adminToken
+	if mutate != nil {
+		mutate(cfg)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen = ln.Addr().String()
+	return launch(t, cfg, deps, ln, 5*time.Second)
+}
+
+// TestRiskDecaysOnTheGatewayClock: a blocked workflow is usable again once
+// its score has decayed below the limit, on the gateway's (injected) clock.
+func TestRiskDecaysOnTheGatewayClock(t *testing.T) {
+	up, _ := httpFixture(t, "fx", false)
+	clk := testutil.NewClock(time.Now(), 0)
+	tg := startGatewayDeps(t, server.Deps{Now: clk.Now}, func(c *config.Config) {
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+		c.Policy.Risk = config.Risk{Block: 2, Weights: map[string]float64{"validation_failures": 1}, HalfLife: config.Duration(time.Hour)}
+	})
+	cs := connect(t, tg.MCP, legacy, nil)
+	for range 3 {
+		if res := callTool(t, cs, "fx__add", map[string]any{"a": "x"}); !res.IsError {
+			t.Fatal("an invalid call succeeded")
+		}
+	}
+	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "x"}); !strings.Contains(callText(res), "session blocked") {
+		t.Fatalf("at score 3: %s", callText(res))
+	}
+	clk.Add(2 * time.Hour) // 3 → 0.75
+	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "x"}); res.IsError {
+		t.Errorf("two half-lives later: %s", callText(res))
+	}
+}
+
+// failingStore is the real store with writes of session nodes failing on
+// demand.
+type failingStore struct {
+	server.Store
+	fail atomic.Bool
+}
+
+func (s *failingStore) PutSession(ctx context.Context, n store.Session) error {
+	if s.fail.Load() {
+		return errors.New("disk I/O error")
+	}
+	return s.Store.PutSession(ctx, n)
+}
+
+// TestSessionStoreFailureFailsClosed: a request whose session-graph nodes
+// cannot be recorded is refused, with an error that says nothing of the
+// cause, and audited.
+func TestSessionStoreFailureFailsClosed(t *testing.T) {
+	up, _ := httpFixture(t, "fx", false)
+	dir := t.TempDir()
+	st, err := store.Open(context.Background(), dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := &failingStore{Store: st}
+	tg := startGatewayDeps(t, server.Deps{Store: fs}, func(c *config.Config) {
+		c.DataDir = dir
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+	})
+	fs.fail.Store(true)
+	cs := connect(t, tg.MCP, modern, nil) // stateless: nothing recorded before the call
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	_, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "x"}})
+	if err == nil || !strings.Contains(err.Error(), "internal error") || strings.Contains(err.Error(), "disk") {
+		t.Errorf("with the session store failing: %v, want a bare internal error", err)
+	}
+	fs.fail.Store(false)
+	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "back"}); toolText(res) != "back" {
+		t.Errorf("after the store recovered: %q", toolText(res))
 	}
 }

@@ -161,10 +161,10 @@ func (g *Gateway) upstreamLimited(name string) error {
 	return nil
 }
 
-// clock is the wall clock.
-type clock struct{}
+// clock adapts a clock function to pipeline.Clock.
+type clock func() time.Time
 
-func (clock) Now() time.Time { return time.Now() }
+func (c clock) Now() time.Time { return c() }
 
 // tightenTool returns a copy of def whose input schema also requires rule.
 func tightenTool(def *mcp.Tool, rule json.RawMessage) *mcp.Tool {

@@ -45,7 +45,7 @@ func fullRecord() AuditRecord {
 
 func TestAuditRoundTrip(t *testing.T) {
 	ctx := context.Background()
-	clock := &testClock{}
+	clock := newTestClock()
 	s := openTest(t, Options{Now: clock.Now})
 	full := fullRecord()
 	minimal := AuditRecord{Decision: "deny", Reason: "no rule"} // zero Time from the clock

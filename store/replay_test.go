@@ -8,10 +8,12 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
 func TestMemoryReplaySeen(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	m := NewMemoryReplay(10, clock.Now)
 	ctx := context.Background()
 	exp := testNow.Add(time.Minute)
@@ -27,7 +29,7 @@ func TestMemoryReplaySeen(t *testing.T) {
 }
 
 func TestMemoryReplayExpiry(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	m := NewMemoryReplay(10, clock.Now)
 	ctx := context.Background()
 	if _, err := m.Seen(ctx, "a", testNow.Add(time.Minute)); err != nil {
@@ -54,7 +56,7 @@ func TestMemoryReplayExpiry(t *testing.T) {
 }
 
 func TestMemoryReplayFailsClosedWhenFull(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	m := NewMemoryReplay(3, clock.Now)
 	ctx := context.Background()
 	for i := range 3 {
@@ -103,7 +105,7 @@ func TestMemoryReplayCanceledContext(t *testing.T) {
 }
 
 func TestMemoryReplayConcurrent(t *testing.T) {
-	clock := &fakeClock{t: testNow}
+	clock := testutil.NewClock(testNow, 0)
 	m := NewMemoryReplay(1000, clock.Now)
 	ctx := context.Background()
 	const workers, keys = 16, 200
@@ -136,21 +138,3 @@ func TestMemoryReplayConcurrent(t *testing.T) {
 
 // testNow is the replay tests' fixed starting time.
 var testNow = time.Unix(1_800_000_000, 0)
-
-// fakeClock is a settable clock for the replay cache.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}

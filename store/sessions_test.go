@@ -60,7 +60,7 @@ func TestPutGetSession(t *testing.T) {
 		{name: "bad state", put: Session{ID: "x", Kind: KindUser, State: "paused"}, err: errAny},
 		{name: "own parent", put: Session{ID: "x", Kind: KindUser, Parent: "x", State: StateActive}, err: errAny},
 	}
-	clock := &testClock{}
+	clock := newTestClock()
 	s := openTest(t, Options{Now: clock.Now})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -181,7 +181,7 @@ func TestSetSessionState(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := &testClock{}
+			clock := newTestClock()
 			s := openTest(t, Options{Now: clock.Now})
 			putAll(t, s, Session{ID: "u", Kind: KindUser, Subject: "alice", State: tc.start})
 			before := mustGet(t, s, "u")
@@ -284,7 +284,7 @@ func TestRevokedParentRevokesNewChildren(t *testing.T) {
 
 func TestListSessions(t *testing.T) {
 	ctx := context.Background()
-	clock := &testClock{}
+	clock := newTestClock()
 	s := openTest(t, Options{Now: clock.Now})
 	if got, err := s.ListSessions(ctx, 10); err != nil || len(got) != 0 {
 		t.Fatalf("ListSessions on empty store = %v, %v; want none", got, err)

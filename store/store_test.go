@@ -5,18 +5,18 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// testClock is an injectable clock that advances one second per reading.
-type testClock struct{ n atomic.Int64 }
+	"github.com/sag-gateway/sag/internal/testutil"
+)
 
 var clockBase = time.Date(2026, 7, 28, 12, 0, 0, 0, time.UTC)
 
-func (c *testClock) Now() time.Time {
-	return clockBase.Add(time.Duration(c.n.Add(1)) * time.Second)
+// newTestClock is a clock that advances one second per reading: reading n
+// is clockBase + n seconds.
+func newTestClock() *testutil.Clock {
+	return testutil.NewClock(clockBase.Add(time.Second), time.Second)
 }
 
 // openTest opens a store in a fresh temporary directory and closes it when

@@ -12,7 +12,7 @@ import (
 func TestUpstreams(t *testing.T) {
 	ctx := context.Background()
 	t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
-	clock := &testClock{}
+	clock := newTestClock()
 	s := openTest(t, Options{Now: clock.Now})
 
 	if got, err := s.ListUpstreams(ctx); err != nil || len(got) != 0 {

@@ -19,40 +19,19 @@ import (
 
 	"github.com/sag-gateway/sag/fixtures"
 	"github.com/sag-gateway/sag/store"
+
+	"github.com/sag-gateway/sag/internal/testutil"
 )
 
-var (
-	sagOnce sync.Once
-	sagPath string
-	sagErr  error
-)
-
-// sagBinary builds this command once per test run.
+// sagBinary is this command, built once per test run.
 func sagBinary(t *testing.T) string {
 	t.Helper()
-	sagOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sag-cmd-test")
-		if err != nil {
-			sagErr = err
-			return
-		}
-		sagPath = filepath.Join(dir, "sag")
-		out, err := exec.Command("go", "build", "-o", sagPath, ".").CombinedOutput()
-		if err != nil {
-			sagErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if sagErr != nil {
-		t.Fatal(sagErr)
-	}
-	return sagPath
+	return testutil.Build(t, "github.com/sag-gateway/sag/cmd/sag")
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if sagPath != "" {
-		_ = os.RemoveAll(filepath.Dir(sagPath))
-	}
+	testutil.Cleanup()
 	os.Exit(code)
 }
 
@@ -307,10 +286,7 @@ func TestSIGTERMDrains(t *testing.T) {
 func TestSIGKILLTakesStdioChildren(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	fixture := filepath.Join(dir, "sag-fixture")
-	if out, err := exec.Command("go", "build", "-o", fixture, "../../fixtures/cmd/sag-fixture").CombinedOutput(); err != nil {
-		t.Fatalf("build fixture: %v\n%s", err, out)
-	}
+	fixture := testutil.Build(t, "github.com/sag-gateway/sag/fixtures/cmd/sag-fixture")
 	marker := fmt.Sprintf("%d", 800000+time.Now().UnixNano()%99999)
 	wrapper := filepath.Join(dir, "linger.sh")
 	script := "#!/bin/sh\n" + fixture + " -stdio\nexec sleep " + marker + "\n"

@@ -142,7 +142,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger, ready func(b
 		// Tokens and DPoP proofs name the real URL, not port 0.
 		cfg.PublicURL = "http://" + ln.Addr().String()
 	}
-	gw, err := server.New(ctx, cfg, log, version)
+	gw, err := server.New(ctx, cfg, server.Deps{Log: log, Version: version})
 	if err != nil {
 		ln.Close()
 		return err
