@@ -27,7 +27,7 @@ const (
 // AgentAuthenticator identifies the calling agent from its request: the
 // SPIFFE ID of its X.509-SVID over mTLS, or of a JWT-SVID in
 // AgentTokenHeader. It returns "" and no error when the request carries no
-// agent credential, and a *AuthError when it carries a bad one.
+// agent credential, and a *OAuthError when it carries a bad one.
 type AgentAuthenticator interface {
 	Agent(ctx context.Context, r *http.Request) (string, error)
 }
@@ -36,31 +36,6 @@ type AgentAuthenticator interface {
 // revoked, for example by the kill-switch or RFC 7009 revocation.
 type RevocationChecker interface {
 	TokenRevoked(ctx context.Context, issuer, jti string) (bool, error)
-}
-
-// AuthError is a refused request with its HTTP status and RFC 6750 / RFC 9449
-// error code. Code is "" when the request carried no credentials at all
-// (RFC 6750 §3.1). Description never contains a token.
-type AuthError struct {
-	Status      int
-	Code        string
-	Description string
-	// Scheme is the authorization scheme the error is about ("DPoP" or
-	// "Bearer"); "" for the mode's default.
-	Scheme string
-	// Scope lists the scopes needed, for insufficient_scope.
-	Scope []string
-}
-
-func (e *AuthError) Error() string {
-	if e.Code == "" {
-		return "authentication required"
-	}
-	return e.Code + ": " + e.Description
-}
-
-func authErr(status int, code, desc string) *AuthError {
-	return &AuthError{Status: status, Code: code, Description: desc}
 }
 
 // AuthOptions configure an Authenticator.
@@ -98,21 +73,21 @@ func NewAuthenticator(o AuthOptions) (*Authenticator, error) {
 	return &Authenticator{o: o}, nil
 }
 
-// Authenticate establishes the principal of r. Errors are *AuthError, ready
+// Authenticate establishes the principal of r. Errors are *OAuthError, ready
 // for WriteError.
 func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 	ctx := r.Context()
 	authz := r.Header.Values("Authorization")
 	switch len(authz) {
 	case 0:
-		return Principal{}, &AuthError{Status: http.StatusUnauthorized}
+		return Principal{}, &OAuthError{Status: http.StatusUnauthorized}
 	case 1:
 	default:
-		return Principal{}, authErr(http.StatusBadRequest, ErrCodeInvalidRequest, "more than one Authorization header")
+		return Principal{}, oauthErr(http.StatusBadRequest, ErrCodeInvalidRequest, "more than one Authorization header")
 	}
 	scheme, token, ok := strings.Cut(authz[0], " ")
 	if !ok || !validToken68(token) {
-		return Principal{}, authErr(http.StatusBadRequest, ErrCodeInvalidRequest, "malformed Authorization header")
+		return Principal{}, oauthErr(http.StatusBadRequest, ErrCodeInvalidRequest, "malformed Authorization header")
 	}
 	// Scheme names compare case-insensitively (RFC 9110 §11.1); errors
 	// name them in their canonical spelling.
@@ -122,7 +97,7 @@ func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 	case strings.EqualFold(scheme, "Bearer"):
 		scheme = "Bearer"
 	default:
-		return Principal{}, &AuthError{Status: http.StatusUnauthorized}
+		return Principal{}, &OAuthError{Status: http.StatusUnauthorized}
 	}
 	// Bound the token before parsing it.
 	if len(token) > a.o.Tokens.max {
@@ -146,16 +121,16 @@ func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 		}
 		proof, err := a.o.DPoP.Verify(ctx, req)
 		if err != nil {
-			var de *DPoPError
-			if errors.As(err, &de) {
-				return Principal{}, &AuthError{Status: http.StatusUnauthorized, Code: de.Code, Description: de.Description, Scheme: "DPoP"}
+			var oe *OAuthError
+			if errors.As(err, &oe) {
+				return Principal{}, oe
 			}
 			return Principal{}, err
 		}
 		// RFC 9449 §4.3 point 12 and §6.1: the proof's key is the key the
 		// token is bound to. A stolen token with another key fails here.
 		if subtle.ConstantTimeCompare([]byte(proof.JKT), []byte(c.Cnf.JKT)) != 1 {
-			return Principal{}, &AuthError{Status: http.StatusUnauthorized, Code: ErrCodeInvalidDPoPProof, Description: "proof key does not match the token's cnf.jkt", Scheme: "DPoP"}
+			return Principal{}, &OAuthError{Status: http.StatusUnauthorized, Code: ErrCodeInvalidDPoPProof, Description: "proof key does not match the token's cnf.jkt", Scheme: "DPoP"}
 		}
 		p = principalOf(c, MethodDPoP)
 		p.Proof, p.KeyThumbprint = proof, proof.JKT
@@ -166,7 +141,7 @@ func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 		}
 	case "Bearer":
 		if len(proofs) > 0 {
-			return Principal{}, authErr(http.StatusBadRequest, ErrCodeInvalidRequest, "a DPoP proof goes with the DPoP scheme, not Bearer")
+			return Principal{}, oauthErr(http.StatusBadRequest, ErrCodeInvalidRequest, "a DPoP proof goes with the DPoP scheme, not Bearer")
 		}
 		c, err := a.token(ctx, token, "Bearer")
 		if err != nil {
@@ -221,21 +196,21 @@ func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 	return p, nil
 }
 
-// token verifies an access token, mapping failures to AuthErrors.
+// token verifies an access token, mapping failures to OAuthErrors.
 func (a *Authenticator) token(ctx context.Context, token, scheme string) (*Claims, error) {
 	c, err := a.o.Tokens.Verify(ctx, token)
 	if err != nil {
-		var te *TokenError
-		if errors.As(err, &te) {
-			return nil, invalidTokenErr(te.Description, scheme)
+		var oe *OAuthError
+		if errors.As(err, &oe) {
+			return nil, invalidTokenErr(oe.Description, scheme)
 		}
-		return nil, &AuthError{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", Description: "issuer keys unavailable", Scheme: scheme}
+		return nil, &OAuthError{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", Description: "issuer keys unavailable", Scheme: scheme}
 	}
 	return c, nil
 }
 
-func invalidTokenErr(desc, scheme string) *AuthError {
-	return &AuthError{Status: http.StatusUnauthorized, Code: ErrCodeInvalidToken, Description: desc, Scheme: scheme}
+func invalidTokenErr(desc, scheme string) *OAuthError {
+	return &OAuthError{Status: http.StatusUnauthorized, Code: ErrCodeInvalidToken, Description: desc, Scheme: scheme}
 }
 
 func principalOf(c *Claims, method string) Principal {
@@ -276,7 +251,7 @@ func RequireScopes(p Principal, need []string) error {
 			if p.Method == MethodDPoP {
 				scheme = "DPoP"
 			}
-			return &AuthError{Status: http.StatusForbidden, Code: ErrCodeInsufficientScope, Description: "the token lacks a required scope", Scope: need, Scheme: scheme}
+			return &OAuthError{Status: http.StatusForbidden, Code: ErrCodeInsufficientScope, Description: "the token lacks a required scope", Scope: need, Scheme: scheme}
 		}
 	}
 	return nil
@@ -286,11 +261,11 @@ func RequireScopes(p Principal, need []string) error {
 // (RFC 6750 §3, RFC 9449 §7.1, RFC 9728 §5.1), DPoP-Nonce when a nonce is
 // needed, and a JSON body with error and error_description.
 func (a *Authenticator) WriteError(w http.ResponseWriter, err error) {
-	var ae *AuthError
+	var ae *OAuthError
 	if !errors.As(err, &ae) {
 		// Not the caller's fault (a full replay cache, an unreachable
 		// revocation list): try again later, never a 500.
-		ae = &AuthError{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", Description: "authentication unavailable; try again"}
+		ae = &OAuthError{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", Description: "authentication unavailable; try again"}
 	}
 	scheme := ae.Scheme
 	if scheme == "" {
@@ -328,7 +303,7 @@ func (a *Authenticator) WriteError(w http.ResponseWriter, err error) {
 }
 
 // challenge builds one WWW-Authenticate value; withError attaches ae's code.
-func (a *Authenticator) challenge(scheme string, ae *AuthError, withError bool) string {
+func (a *Authenticator) challenge(scheme string, ae *OAuthError, withError bool) string {
 	var b strings.Builder
 	b.WriteString(scheme)
 	sep := " "

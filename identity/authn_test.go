@@ -521,7 +521,7 @@ func authRefusals() []authRefusal {
 			return e.dpopRequest(t, tok)
 		}, status: 401, code: badToken, desc: "authenticated agent is not the token's actor"},
 		{name: "bad agent credential", req: func(t *testing.T, e *authEnv) *http.Request {
-			e.opts.Agents = fakeAgents{err: &AuthError{Status: 401, Code: ErrCodeInvalidToken, Description: "invalid agent token", Scheme: "DPoP"}}
+			e.opts.Agents = fakeAgents{err: &OAuthError{Status: 401, Code: ErrCodeInvalidToken, Description: "invalid agent token", Scheme: "DPoP"}}
 			return e.dpopRequest(t, e.bound(t))
 		}, status: 401, code: badToken, desc: "invalid agent token"},
 		// Revocation.
@@ -607,9 +607,9 @@ func TestAuthenticateRefuses(t *testing.T) {
 			if err == nil {
 				t.Fatalf("accepted: %+v", p)
 			}
-			var ae *AuthError
+			var ae *OAuthError
 			if !errors.As(err, &ae) {
-				t.Fatalf("err = %T %v, want *AuthError", err, err)
+				t.Fatalf("err = %T %v, want *OAuthError", err, err)
 			}
 			if ae.Status != tc.status || ae.Code != tc.code || ae.Description != tc.desc {
 				t.Fatalf("err = %d %q %q, want %d %q %q", ae.Status, ae.Code, ae.Description, tc.status, tc.code, tc.desc)
@@ -869,7 +869,7 @@ func TestAuthenticateIssuerKeysUnavailable(t *testing.T) {
 	e.opts.Tokens = tokens
 	tok := e.bound(t)
 	_, err = e.auth(t).Authenticate(e.dpopRequest(t, tok))
-	var ae *AuthError
+	var ae *OAuthError
 	if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable {
 		t.Fatalf("err = %v, want 503", err)
 	}
@@ -982,7 +982,7 @@ func TestWriteErrorChallenges(t *testing.T) {
 			dpopPlain,
 			challengeOf("Bearer", append([]string{"error", "insufficient_scope", "error_description", "the token lacks a required scope", "scope", "admin"}, rm...)...),
 		}, wantErr: ErrCodeInsufficientScope},
-		{name: "not an AuthError", mode: ModeDPoP, err: func(*testing.T, *authEnv) error {
+		{name: "not an OAuthError", mode: ModeDPoP, err: func(*testing.T, *authEnv) error {
 			return errors.New("secret internal detail")
 		}, status: 503, wantErr: "temporarily_unavailable"},
 	}
@@ -1025,7 +1025,7 @@ func TestWriteErrorWithoutResourceMetadata(t *testing.T) {
 	e := newAuthEnv(t, ModeDPoP)
 	e.opts.ResourceMetadataURL = ""
 	rec := httptest.NewRecorder()
-	e.auth(t).WriteError(rec, &AuthError{Status: http.StatusUnauthorized})
+	e.auth(t).WriteError(rec, &OAuthError{Status: http.StatusUnauthorized})
 	if got, want := rec.Header().Values("WWW-Authenticate"), []string{`DPoP algs="` + authAlgs + `"`}; !slices.Equal(got, want) {
 		t.Errorf("WWW-Authenticate = %q, want %q", got, want)
 	}
@@ -1034,7 +1034,7 @@ func TestWriteErrorWithoutResourceMetadata(t *testing.T) {
 func TestWriteErrorQuotesSafely(t *testing.T) {
 	e := newAuthEnv(t, ModeDPoP)
 	rec := httptest.NewRecorder()
-	e.auth(t).WriteError(rec, &AuthError{Status: 401, Code: ErrCodeInvalidToken, Description: "bad \"quote\" \\ and\r\nnewline"})
+	e.auth(t).WriteError(rec, &OAuthError{Status: 401, Code: ErrCodeInvalidToken, Description: "bad \"quote\" \\ and\r\nnewline"})
 	got := rec.Header().Get("WWW-Authenticate")
 	if strings.ContainsAny(got, "\r\n\\") || strings.Count(got, `"`)%2 != 0 || !strings.Contains(got, `error_description="bad quote  andnewline"`) {
 		t.Errorf("WWW-Authenticate = %q", got)
@@ -1050,7 +1050,7 @@ func TestRequireScopes(t *testing.T) {
 		t.Errorf("held scopes: %v", err)
 	}
 	err := RequireScopes(p, []string{"tools:call", "admin"})
-	var ae *AuthError
+	var ae *OAuthError
 	if !errors.As(err, &ae) || ae.Status != http.StatusForbidden || ae.Code != ErrCodeInsufficientScope || !slices.Equal(ae.Scope, []string{"tools:call", "admin"}) {
 		t.Errorf("err = %+v", err)
 	}

@@ -197,7 +197,7 @@ func (s *nonceServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	})
 	w.Header().Set("DPoP-Nonce", s.nonce)
 	if err != nil {
-		var de *DPoPError
+		var de *OAuthError
 		if !errors.As(err, &de) {
 			w.WriteHeader(http.StatusInternalServerError)
 			return
@@ -355,7 +355,7 @@ func TestDPoPTransportAgainstAuthenticator(t *testing.T) {
 		defer mu.Unlock()
 		p, err := a.Authenticate(r)
 		if err != nil {
-			var ae *AuthError
+			var ae *OAuthError
 			if errors.As(err, &ae) {
 				status = append(status, ae.Status)
 			} else {

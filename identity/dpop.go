@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -244,60 +245,6 @@ type DPoPProof struct {
 	ATH string
 }
 
-// DPoPError is a refusal of a DPoP proof. Code is ErrCodeInvalidDPoPProof or
-// ErrCodeUseDPoPNonce. Description is short and safe to show to the client:
-// it never contains the proof, the token or any other request value.
-type DPoPError struct {
-	Code        string
-	Description string
-	cause       error
-}
-
-func (e *DPoPError) Error() string { return "dpop: " + e.Code + ": " + e.Description }
-
-// Unwrap returns the internal cause, if any. It may contain request values:
-// log it, never send it.
-func (e *DPoPError) Unwrap() error { return e.cause }
-
-// Challenge returns the value of the WWW-Authenticate header for this error
-// (RFC 9449 §7.1), for example
-//
-//	DPoP error="invalid_dpop_proof", error_description="proof replayed", algs="ES256 EdDSA"
-//
-// Characters that RFC 6750 §3 does not allow inside the quoted values are
-// dropped. algs may be nil to leave the algs parameter out.
-func (e *DPoPError) Challenge(algs []string) string {
-	var b strings.Builder
-	b.WriteString("DPoP error=")
-	writeQuoted(&b, e.Code)
-	if e.Description != "" {
-		b.WriteString(", error_description=")
-		writeQuoted(&b, e.Description)
-	}
-	if len(algs) > 0 {
-		b.WriteString(", algs=")
-		writeQuoted(&b, strings.Join(algs, " "))
-	}
-	return b.String()
-}
-
-// writeQuoted writes s as a quoted string keeping only the characters
-// %x20-21 / %x23-5B / %x5D-7E (RFC 6750 §3), so no escaping is needed.
-func writeQuoted(b *strings.Builder, s string) {
-	b.WriteByte('"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c <= 0x7e && c != '"' && c != '\\' {
-			b.WriteByte(c)
-		}
-	}
-	b.WriteByte('"')
-}
-
-func invalidProof(desc string, cause error) *DPoPError {
-	return &DPoPError{Code: ErrCodeInvalidDPoPProof, Description: desc, cause: cause}
-}
-
 // b64 is base64url without padding, refusing non-canonical trailing bits.
 var b64 = base64.RawURLEncoding.Strict()
 
@@ -325,7 +272,7 @@ var privateJWKMembers = []string{"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 
 // Verify checks the DPoP proof of r against every rule of RFC 9449 §4.3
 // and records its jti. It returns the verified proof, or an error:
-// a *DPoPError when the request is at fault (render it with Challenge and
+// a *OAuthError when the request is at fault (render it with Challenge and
 // status 401), any other error when the server could not complete the
 // check (replay store failure, misconfigured URL); refuse the request in
 // both cases. Binding the proof key to the access token (cnf.jkt) is the
@@ -479,12 +426,12 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 	// carries it; otherwise the client must retry with the current nonce.
 	if r.Nonce != "" || r.CheckNonce != nil {
 		if c.Nonce == nil {
-			return nil, &DPoPError{Code: ErrCodeUseDPoPNonce, Description: "nonce required"}
+			return nil, &OAuthError{Status: http.StatusUnauthorized, Code: ErrCodeUseDPoPNonce, Description: "nonce required", Scheme: "DPoP"}
 		}
 		valid := r.CheckNonce != nil && r.CheckNonce(*c.Nonce) ||
 			r.CheckNonce == nil && subtle.ConstantTimeCompare([]byte(*c.Nonce), []byte(r.Nonce)) == 1
 		if !valid {
-			return nil, &DPoPError{Code: ErrCodeUseDPoPNonce, Description: "nonce invalid or expired"}
+			return nil, &OAuthError{Status: http.StatusUnauthorized, Code: ErrCodeUseDPoPNonce, Description: "nonce invalid or expired", Scheme: "DPoP"}
 		}
 	}
 	// §11.1: the jti is single-use "in the context of the target URI" for as
@@ -509,7 +456,7 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 }
 
 // cachedProofKey is proofKey, remembered per (jwk bytes, alg).
-func (v *DPoPVerifier) cachedProofKey(raw json.RawMessage, alg string) (any, string, *DPoPError) {
+func (v *DPoPVerifier) cachedProofKey(raw json.RawMessage, alg string) (any, string, *OAuthError) {
 	k := alg + "\x00" + string(raw)
 	v.keysMu.Lock()
 	e, ok := v.keys[k]
@@ -533,7 +480,7 @@ func (v *DPoPVerifier) cachedProofKey(raw json.RawMessage, alg string) (any, str
 // proofKey parses the jwk header and returns the raw public key and its
 // thumbprint, refusing private and symmetric keys (§4.2, §4.3 point 7) and
 // keys that do not suit alg.
-func (v *DPoPVerifier) proofKey(raw json.RawMessage, alg string) (any, string, *DPoPError) {
+func (v *DPoPVerifier) proofKey(raw json.RawMessage, alg string) (any, string, *OAuthError) {
 	var members map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &members); err != nil || members == nil {
 		return nil, "", invalidProof("malformed jwk", err)

@@ -149,7 +149,7 @@ func TestDPoPRFC9449Examples(t *testing.T) {
 }
 
 func isDPoPError(err error, code, desc string) bool {
-	var de *DPoPError
+	var de *OAuthError
 	return errors.As(err, &de) && de.Code == code && de.Description == desc
 }
 
@@ -274,20 +274,20 @@ func TestDPoPReplayCacheFailureRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := v.Verify(context.Background(), validRequest(s.sign(t, nil, validClaims(t))))
-	var de *DPoPError
+	var de *OAuthError
 	if err == nil || errors.As(err, &de) || !errors.Is(err, store.ErrReplayCacheFull) {
 		t.Fatalf("err = %v, want a server-side store.ErrReplayCacheFull", err)
 	}
 }
 
 func TestDPoPChallenge(t *testing.T) {
-	e := &DPoPError{Code: ErrCodeInvalidDPoPProof, Description: `bad "proof"\` + "\n"}
+	e := &OAuthError{Code: ErrCodeInvalidDPoPProof, Description: `bad "proof"\` + "\n"}
 	got := e.Challenge([]string{"ES256", "EdDSA"})
 	want := `DPoP error="invalid_dpop_proof", error_description="bad proof", algs="ES256 EdDSA"`
 	if got != want {
 		t.Errorf("Challenge = %s\nwant        %s", got, want)
 	}
-	e = &DPoPError{Code: ErrCodeUseDPoPNonce}
+	e = &OAuthError{Code: ErrCodeUseDPoPNonce}
 	if got := e.Challenge(nil); got != `DPoP error="use_dpop_nonce"` {
 		t.Errorf("Challenge = %s", got)
 	}
@@ -300,7 +300,7 @@ func TestDPoPErrorsDoNotLeak(t *testing.T) {
 	s := newSigner(t, "ES256")
 	proof := s.sign(t, nil, with(validClaims(t), "ath", "wrong"))
 	_, err := v.Verify(context.Background(), validRequest(proof))
-	var de *DPoPError
+	var de *OAuthError
 	if !errors.As(err, &de) {
 		t.Fatalf("err = %v", err)
 	}
@@ -546,7 +546,7 @@ func FuzzVerifyDPoP(f *testing.F) {
 			t.Fatalf("p = %v, err = %v", p, err)
 		}
 		if err != nil {
-			var de *DPoPError
+			var de *OAuthError
 			if errors.As(err, &de) {
 				_ = de.Challenge(v.Algs())
 			}
@@ -562,7 +562,7 @@ func TestDPoPIssuedAfter(t *testing.T) {
 	proof := s.sign(t, nil, validClaims(t)) // iat = testNow
 	v := newTestVerifier(t, clock, func(o *DPoPOptions) { o.IssuedAfter = testNow.Add(time.Second) })
 	_, err := v.Verify(context.Background(), validRequest(proof))
-	var de *DPoPError
+	var de *OAuthError
 	if !errors.As(err, &de) || de.Description != "proof issued before the server started" {
 		t.Fatalf("proof from before the start: %v", err)
 	}

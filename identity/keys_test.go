@@ -519,7 +519,7 @@ func TestRemoteKeysUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = v.Verify(context.Background(), tok)
-	var te *TokenError
+	var te *OAuthError
 	if err == nil || errors.As(err, &te) {
 		t.Fatalf("err = %v, want a key-source failure (not invalid_token)", err)
 	}

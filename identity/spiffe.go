@@ -192,7 +192,7 @@ func (s *SPIFFE) Agent(_ context.Context, r *http.Request) (string, error) {
 		}
 		fromJWT = id
 	default:
-		return "", &AuthError{Status: http.StatusBadRequest, Code: ErrCodeInvalidRequest, Description: "more than one " + AgentTokenHeader + " header"}
+		return "", &OAuthError{Status: http.StatusBadRequest, Code: ErrCodeInvalidRequest, Description: "more than one " + AgentTokenHeader + " header"}
 	}
 	if fromCert != "" && fromJWT != "" && fromCert != fromJWT {
 		return "", agentErr("client certificate and " + AgentTokenHeader + " name different agents")
@@ -232,8 +232,8 @@ func (s *SPIFFE) VerifyActor(_ context.Context, token, tokenType string) (string
 	return s.VerifyJWTSVID(token)
 }
 
-func agentErr(desc string) *AuthError {
-	return &AuthError{Status: http.StatusUnauthorized, Code: ErrCodeInvalidToken, Description: desc}
+func agentErr(desc string) *OAuthError {
+	return &OAuthError{Status: http.StatusUnauthorized, Code: ErrCodeInvalidToken, Description: desc}
 }
 
 // jwtTokenType is the RFC 8693 §3 token type of a JWT (a JWT-SVID).

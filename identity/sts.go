@@ -214,37 +214,15 @@ func (e *Exchange) Metadata() map[string]any {
 	return m
 }
 
-// ExchangeError is a refused token request: its HTTP status and the OAuth
-// error code (RFC 6749 §5.2, RFC 8693 §2.2.2, RFC 9449 §5). Description is
-// safe to send: it never contains a token, a proof or any other value of
-// the request.
-type ExchangeError struct {
-	Status      int
-	Code        string
-	Description string
-	cause       error
-	// scheme is the authentication scheme of a refused Authorization
-	// header, for the 401 challenge.
-	scheme string
-}
-
-func (e *ExchangeError) Error() string { return "token exchange: " + e.Code + ": " + e.Description }
-
-// Unwrap returns the internal cause, if any. It is logged only for server
-// failures and never sent.
-func (e *ExchangeError) Unwrap() error { return e.cause }
-
-func badRequest(code, desc string) *ExchangeError {
-	return &ExchangeError{Status: http.StatusBadRequest, Code: code, Description: desc}
-}
+func badRequest(code, desc string) *OAuthError { return oauthErr(http.StatusBadRequest, code, desc) }
 
 // invalidRequest is the RFC 8693 §2.2.2 error for a request that is not
 // valid, or whose subject or actor token is invalid or unacceptable by
 // policy.
-func invalidRequest(desc string) *ExchangeError { return badRequest(ErrCodeInvalidRequest, desc) }
+func invalidRequest(desc string) *OAuthError { return badRequest(ErrCodeInvalidRequest, desc) }
 
-func serverError(status int, code, desc string, cause error) *ExchangeError {
-	return &ExchangeError{Status: status, Code: code, Description: desc, cause: cause}
+func serverError(status int, code, desc string, cause error) *OAuthError {
+	return &OAuthError{Status: status, Code: code, Description: desc, cause: cause}
 }
 
 // tokenRequest is a syntactically valid token exchange request.
@@ -353,7 +331,7 @@ func (e *Exchange) exchange(w http.ResponseWriter, r *http.Request) (*tokenRespo
 func (e *Exchange) decode(w http.ResponseWriter, r *http.Request) (*tokenRequest, error) {
 	// RFC 6749 §3.2: the client MUST use POST.
 	if r.Method != http.MethodPost {
-		return nil, &ExchangeError{Status: http.StatusMethodNotAllowed, Code: ErrCodeInvalidRequest, Description: "use POST"}
+		return nil, &OAuthError{Status: http.StatusMethodNotAllowed, Code: ErrCodeInvalidRequest, Description: "use POST"}
 	}
 	ct := r.Header.Values("Content-Type")
 	if len(ct) != 1 {
@@ -370,7 +348,7 @@ func (e *Exchange) decode(w http.ResponseWriter, r *http.Request) (*tokenRequest
 	// A declared length over the bound is refused before reading; the
 	// MaxBytesReader below is the bound for bodies of unknown length.
 	if r.ContentLength > maxTokenRequestBytes {
-		return nil, &ExchangeError{Status: http.StatusRequestEntityTooLarge, Code: ErrCodeInvalidRequest, Description: "request too large"}
+		return nil, &OAuthError{Status: http.StatusRequestEntityTooLarge, Code: ErrCodeInvalidRequest, Description: "request too large"}
 	}
 	var body []byte
 	if r.Body != nil {
@@ -378,7 +356,7 @@ func (e *Exchange) decode(w http.ResponseWriter, r *http.Request) (*tokenRequest
 		if err != nil {
 			var tooBig *http.MaxBytesError
 			if errors.As(err, &tooBig) {
-				return nil, &ExchangeError{Status: http.StatusRequestEntityTooLarge, Code: ErrCodeInvalidRequest, Description: "request too large"}
+				return nil, &OAuthError{Status: http.StatusRequestEntityTooLarge, Code: ErrCodeInvalidRequest, Description: "request too large"}
 			}
 			return nil, invalidRequest("could not read the request body")
 		}
@@ -425,7 +403,7 @@ func (e *Exchange) decode(w http.ResponseWriter, r *http.Request) (*tokenRequest
 	// with 401 and a matching challenge when the Authorization header was
 	// used.
 	if authz := r.Header.Values("Authorization"); len(authz) > 0 {
-		return nil, &ExchangeError{Status: http.StatusUnauthorized, Code: ErrCodeInvalidClient, Description: "client authentication is not supported (method none)", scheme: schemeOf(authz[0])}
+		return nil, &OAuthError{Status: http.StatusUnauthorized, Code: ErrCodeInvalidClient, Description: "client authentication is not supported (method none)", Scheme: schemeOf(authz[0])}
 	}
 	if get("client_secret") != "" || get("client_assertion") != "" || get("client_assertion_type") != "" {
 		return nil, badRequest(ErrCodeInvalidClient, "client authentication is not supported (method none)")
@@ -499,7 +477,7 @@ func (e *Exchange) proof(ctx context.Context, r *http.Request) (*DPoPProof, erro
 	}
 	proof, err := e.o.DPoP.Verify(ctx, req)
 	if err != nil {
-		var de *DPoPError
+		var de *OAuthError
 		if errors.As(err, &de) {
 			// RFC 9449 §5 and §8: token endpoint errors are RFC 6749
 			// §5.2 responses (400) with invalid_dpop_proof or
@@ -516,7 +494,7 @@ func (e *Exchange) proof(ctx context.Context, r *http.Request) (*DPoPProof, erro
 func (e *Exchange) subject(ctx context.Context, r *http.Request, req *tokenRequest, proof *DPoPProof) (*Claims, error) {
 	c, err := e.o.Subjects.Verify(ctx, req.subjectToken)
 	if err != nil {
-		var te *TokenError
+		var te *OAuthError
 		if errors.As(err, &te) {
 			return nil, invalidRequest("invalid subject_token: " + te.Description)
 		}
@@ -557,14 +535,14 @@ func (e *Exchange) actor(ctx context.Context, r *http.Request, req *tokenRequest
 		}
 		id, err := e.o.Actors.VerifyActor(ctx, req.actorToken, req.actorType)
 		if err != nil || id == "" {
-			return "", &ExchangeError{Status: http.StatusBadRequest, Code: ErrCodeInvalidRequest, Description: "invalid actor_token", cause: err}
+			return "", &OAuthError{Status: http.StatusBadRequest, Code: ErrCodeInvalidRequest, Description: "invalid actor_token", cause: err}
 		}
 		fromToken = id
 	}
 	if e.o.Agents != nil {
 		id, err := e.o.Agents.Agent(ctx, r)
 		if err != nil {
-			var ae *AuthError
+			var ae *OAuthError
 			if errors.As(err, &ae) {
 				return "", invalidRequest("invalid agent credential")
 			}
@@ -718,7 +696,7 @@ func schemeOf(authz string) string {
 
 // writeError renders err as an RFC 6749 §5.2 error response.
 func (e *Exchange) writeError(w http.ResponseWriter, err error) {
-	var xe *ExchangeError
+	var xe *OAuthError
 	if !errors.As(err, &xe) {
 		xe = serverError(http.StatusInternalServerError, ErrCodeServerError, "token exchange failed", err)
 	}
@@ -735,7 +713,7 @@ func (e *Exchange) writeError(w http.ResponseWriter, err error) {
 		w.Header().Set("Allow", http.MethodPost)
 	case xe.Status == http.StatusUnauthorized:
 		// RFC 6749 §5.2: a challenge matching the scheme the client used.
-		w.Header().Set("WWW-Authenticate", cmp.Or(xe.scheme, "Basic")+` realm="token"`)
+		w.Header().Set("WWW-Authenticate", cmp.Or(xe.Scheme, "Basic")+` realm="token"`)
 	case xe.Code == ErrCodeUseDPoPNonce && e.o.Nonces != nil:
 		// RFC 9449 §8: the nonce to use comes with the error.
 		w.Header().Set("DPoP-Nonce", e.o.Nonces.Current())

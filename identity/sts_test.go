@@ -666,7 +666,7 @@ func stsCases() []stsCase {
 		{
 			name: "bad agent credential",
 			opts: func(o *identity.ExchangeOptions) {
-				o.Agents = stsAgents{err: &identity.AuthError{Status: 401, Code: "invalid_token"}}
+				o.Agents = stsAgents{err: &identity.OAuthError{Status: 401, Code: "invalid_token"}}
 			},
 			mod:    noActorToken,
 			status: 400, code: "invalid_request", desc: "invalid agent credential",
@@ -838,7 +838,7 @@ func TestExchangeTokenAcceptedByGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ae *identity.AuthError
+	var ae *identity.OAuthError
 	if _, err := call(other); !errors.As(err, &ae) || ae.Code != identity.ErrCodeInvalidDPoPProof {
 		t.Errorf("token used with another key: %v", err)
 	}

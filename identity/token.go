@@ -36,19 +36,6 @@ const (
 	cacheFor = 5 * time.Minute
 )
 
-// TokenError is an access token refused by a resource server, with the
-// RFC 6750 error code. Description never contains the token.
-type TokenError struct {
-	Code        string
-	Description string
-}
-
-func (e *TokenError) Error() string { return "token: " + e.Code + ": " + e.Description }
-
-func invalidToken(desc string) *TokenError {
-	return &TokenError{Code: ErrCodeInvalidToken, Description: desc}
-}
-
 // Actor is one link of an RFC 8693 §4.1 actor chain: the outermost is the
 // current actor, Act the one before it.
 type Actor struct {
@@ -249,7 +236,7 @@ type tokenHeader struct {
 	Crit json.RawMessage `json:"crit"`
 }
 
-// Verify checks token and returns its claims. Errors are *TokenError
+// Verify checks token and returns its claims. Errors are *OAuthError
 // (invalid_token) unless the issuer's keys cannot be fetched.
 func (v *TokenVerifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	// Bound the input before any parsing (RFC 9449 §11.1 in spirit: no
@@ -388,7 +375,7 @@ func (v *TokenVerifier) verify(ctx context.Context, token string, now time.Time)
 }
 
 // checkTimes checks exp, nbf and iat (RFC 7519 §4.1.4-6) with the skew.
-func (v *TokenVerifier) checkTimes(c *Claims, now time.Time) *TokenError {
+func (v *TokenVerifier) checkTimes(c *Claims, now time.Time) *OAuthError {
 	switch {
 	case !now.Before(time.Unix(c.Expiry, 0).Add(v.skew)):
 		return invalidToken("token expired")

@@ -158,7 +158,7 @@ func signRaw(t testing.TB, s *testSigner, header, payload string) string {
 }
 
 func isTokenError(err error, desc string) bool {
-	var te *TokenError
+	var te *OAuthError
 	return errors.As(err, &te) && te.Code == ErrCodeInvalidToken && te.Description == desc
 }
 
@@ -560,9 +560,9 @@ func TestTokenVerifyKeySourceFailure(t *testing.T) {
 	e := newTokenEnv(t, nil)
 	e.src.err = errors.New("connection refused")
 	_, err := e.v.Verify(context.Background(), e.token(t))
-	var te *TokenError
+	var te *OAuthError
 	if err == nil || errors.As(err, &te) {
-		t.Fatalf("err = %v, want a non-TokenError (server-side failure)", err)
+		t.Fatalf("err = %v, want a non-OAuthError (server-side failure)", err)
 	}
 }
 
