@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -109,16 +108,7 @@ func restartGateway(t *testing.T, tg *testGateway) *testGateway {
 // refused on every method, before and after a restart, whatever the sid of
 // the token, while a token issued after the kill works.
 func TestEveryMethodRunsThePipeline(t *testing.T) {
-	up, _ := httpFixture(t, "fx", false)
-	file := filepath.Join(t.TempDir(), "every.yaml")
-	if err := os.WriteFile(file, []byte(everyMethodPolicy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tg := startGateway(t, func(c *config.Config) {
-		c.Auth = config.AuthDPoP
-		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
-		c.Policy.Files = []string{file}
-	})
+	tg, _ := startPolicyGateway(t, everyMethodPolicy)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
 	defer cancel()
 

@@ -80,6 +80,12 @@ func testLogger() *slog.Logger {
 // serves it on an ephemeral loopback port until the test ends.
 func startGateway(t *testing.T, mutate func(*config.Config)) *testGateway {
 	t.Helper()
+	return startGatewayDeps(t, server.Deps{}, mutate)
+}
+
+// startGatewayDeps is startGateway with dependencies injected.
+func startGatewayDeps(t *testing.T, deps server.Deps, mutate func(*config.Config)) *testGateway {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Auth = config.AuthOpen
 	cfg.DataDir = t.TempDir()
@@ -87,7 +93,12 @@ func startGateway(t *testing.T, mutate func(*config.Config)) *testGateway {
 	if mutate != nil {
 		mutate(cfg)
 	}
-	return startGatewayConfig(t, cfg)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen = ln.Addr().String()
+	return launch(t, cfg, deps, ln, 5*time.Second)
 }
 
 // startGatewayConfig serves a gateway for cfg; cfg.Listen is set to the

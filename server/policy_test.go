@@ -52,8 +52,9 @@ rules:
 `
 
 // startPolicyGateway serves a DPoP gateway in front of fixture fx with the
-// allow-list doc in a file it watches.
-func startPolicyGateway(t *testing.T, doc string) (*testGateway, string) {
+// allow-list doc in a file it watches; mutate, if given, adjusts the
+// config further.
+func startPolicyGateway(t *testing.T, doc string, mutate ...func(*config.Config)) (*testGateway, string) {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "allow.yaml")
 	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
@@ -64,6 +65,9 @@ func startPolicyGateway(t *testing.T, doc string) (*testGateway, string) {
 		c.Auth = config.AuthDPoP
 		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
 		c.Policy.Files = []string{file}
+		for _, m := range mutate {
+			m(c)
+		}
 	})
 	return tg, file
 }
@@ -343,15 +347,7 @@ func TestToolPinning(t *testing.T) {
 // call needs consent, past block every call is refused; the admin session
 // API shows score and counters; another session is untouched.
 func TestSessionRisk(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "allow.yaml")
-	if err := os.WriteFile(file, []byte(policyDoc), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	up, _ := httpFixture(t, "fx", false)
-	tg := startGateway(t, func(c *config.Config) {
-		c.Auth = config.AuthDPoP
-		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
-		c.Policy.Files = []string{file}
+	tg, _ := startPolicyGateway(t, policyDoc, func(c *config.Config) {
 		c.Policy.Risk = config.Risk{StepUp: 3, Block: 5, Weights: map[string]float64{"validation_failures": 1}}
 	})
 	a := newAgent(t, tg, identity.Claims{Subject: "alice"})

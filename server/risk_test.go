@@ -3,10 +3,7 @@ package server_test
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -53,15 +50,7 @@ func connectWorkflow(t *testing.T, a *agent, url, wf string) *mcp.ClientSession 
 // workflow (another workflow of the same agent is untouched), survives a
 // restart, and an operator can clear it.
 func TestRiskBelongsToItsNode(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "allow.yaml")
-	if err := os.WriteFile(file, []byte(policyDoc), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	up, _ := httpFixture(t, "fx", false)
-	tg := startGateway(t, func(c *config.Config) {
-		c.Auth = config.AuthDPoP
-		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
-		c.Policy.Files = []string{file}
+	tg, _ := startPolicyGateway(t, policyDoc, func(c *config.Config) {
 		c.Policy.Risk = config.Risk{Block: 2, Weights: map[string]float64{"validation_failures": 1}, HalfLife: config.Duration(time.Hour)}
 	})
 	a := newAgent(t, tg, identity.Claims{Subject: "alice"})
@@ -129,24 +118,6 @@ func TestOpenModeRiskNotShared(t *testing.T) {
 	if res := callTool(t, other, "fx__echo", map[string]any{"text": "fine"}); res.IsError {
 		t.Errorf("another anonymous client is locked out: %s", callText(res))
 	}
-}
-
-// startGatewayDeps is startGateway with dependencies injected.
-func startGatewayDeps(t *testing.T, deps server.Deps, mutate func(*config.Config)) *testGateway {
-	t.Helper()
-	cfg := config.Default()
-	cfg.Auth = config.AuthOpen
-	cfg.DataDir = t.TempDir()
-	cfg.AdminToken = adminToken
-	if mutate != nil {
-		mutate(cfg)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Listen = ln.Addr().String()
-	return launch(t, cfg, deps, ln, 5*time.Second)
 }
 
 // TestRiskDecaysOnTheGatewayClock: a blocked workflow is usable again once

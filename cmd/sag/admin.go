@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -297,52 +298,48 @@ func cmdKill(args []string) error {
 	return nil
 }
 
-// cmdRisk clears a session-graph node's risk: "sag risk clear ID".
-func cmdRisk(args []string) error {
-	fs := flag.NewFlagSet("sag risk", flag.ContinueOnError)
+// verbCommand parses "sag NAME VERB ARG… [flags]" for an admin command
+// with one verb: it returns the admin client and the positional arguments
+// (exactly nargs, none of them a flag).
+func verbCommand(name, verb string, nargs int, usage string, args []string) (*adminClient, []string, error) {
+	fs := flag.NewFlagSet("sag "+name, flag.ContinueOnError)
 	client := adminFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: sag risk clear ID [--server URL] [--admin-token T | --data DIR]\n\nresets the risk score and counters of a workflow, agent or MCP session (audited)")
+		fmt.Fprintln(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
-	if len(args) < 2 || args[0] != "clear" || strings.HasPrefix(args[1], "-") {
+	want := fmt.Errorf("want: sag %s %s%s", name, verb, strings.Repeat(" ID", nargs))
+	if len(args) < 1+nargs || args[0] != verb || slices.ContainsFunc(args[1:1+nargs], func(a string) bool { return strings.HasPrefix(a, "-") }) {
 		fs.Usage()
-		return errors.New("want: sag risk clear ID")
+		return nil, nil, want
 	}
-	id := args[1]
-	if err := fs.Parse(args[2:]); err != nil {
-		return err
+	if err := fs.Parse(args[1+nargs:]); err != nil {
+		return nil, nil, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return nil, nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	c, err := client()
+	return c, args[1 : 1+nargs], err
+}
+
+// cmdRisk clears a session-graph node's risk: "sag risk clear ID".
+func cmdRisk(args []string) error {
+	c, pos, err := verbCommand("risk", "clear", 1, "usage: sag risk clear ID [--server URL] [--admin-token T | --data DIR]\n\n"+
+		"resets the risk score and counters of a workflow, agent or MCP session (audited)", args)
 	if err != nil {
 		return err
 	}
-	if err := c.do(http.MethodDelete, "/admin/sessions/"+url.PathEscape(id)+"/risk", nil, nil); err != nil {
+	if err := c.do(http.MethodDelete, "/admin/sessions/"+url.PathEscape(pos[0])+"/risk", nil, nil); err != nil {
 		return err
 	}
-	fmt.Println("risk of", id, "cleared")
+	fmt.Println("risk of", pos[0], "cleared")
 	return nil
 }
 
 // cmdKeys manages the gateway's signing keys: "sag keys rotate".
 func cmdKeys(args []string) error {
-	fs := flag.NewFlagSet("sag keys", flag.ContinueOnError)
-	client := adminFlags(fs)
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: sag keys rotate [--server URL] [--admin-token T | --data DIR]")
-		fs.PrintDefaults()
-	}
-	if len(args) == 0 || args[0] != "rotate" {
-		fs.Usage()
-		return errors.New("want: sag keys rotate")
-	}
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
-	}
-	c, err := client()
+	c, _, err := verbCommand("keys", "rotate", 0, "usage: sag keys rotate [--server URL] [--admin-token T | --data DIR]", args)
 	if err != nil {
 		return err
 	}
