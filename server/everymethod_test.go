@@ -191,6 +191,23 @@ func TestEveryMethodRunsThePipeline(t *testing.T) {
 	if a, b, c, d := lists(csB); a+b+c+d != 0 {
 		t.Errorf("bob sees %d tools, %d prompts, %d resources, %d templates; want nothing", a, b, c, d)
 	}
+	// Each list is audited once, saying how much of it the caller saw.
+	for _, m := range []string{"tools/list", "prompts/list", "resources/list", "resources/templates/list"} {
+		var got []string
+		alice, bob := false, false
+		for _, rec := range auditMethod(t, tg, m) {
+			line := str(rec["sub"]) + " " + str(rec["reason"])
+			got = append(got, line)
+			if rec["usid"] == nil || rec["msid"] == nil || rec["decision"] != pipeline.DecisionAllow {
+				continue
+			}
+			alice = alice || strings.HasPrefix(line, "alice 1 of ")
+			bob = bob || strings.HasPrefix(line, "bob 0 of ")
+		}
+		if !alice || !bob {
+			t.Errorf("%s audit records: %q, want alice shown 1, bob 0", m, got)
+		}
+	}
 
 	// Tokens of alice minted before the kill: another sid, no sid.
 	otherSID := newAgent(t, tg, identity.Claims{Subject: "alice", SessionID: "s2"})
