@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -361,4 +362,62 @@ func TestKillSurvivesCacheFlood(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestKillEndsListenStreams: a 2026-07-28 notification stream
+// (subscriptions/listen) asks the sessions component when it opens, and a
+// kill of its user ends it.
+func TestKillEndsListenStreams(t *testing.T) {
+	tg, _ := startPolicyGateway(t, everyMethodPolicy)
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tg.MCP,
+		strings.NewReader(modernBody("subscriptions/listen", `"notifications":{"toolsListChanged":true}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header = modernHeader("subscriptions/listen", "")
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	resp, err := alice.client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("listen: %d", resp.StatusCode)
+	}
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	for acked := false; !acked; {
+		l, open := <-lines
+		if !open {
+			t.Fatal("the stream ended before it was acknowledged")
+		}
+		acked = strings.Contains(l, "subscriptions/acknowledged")
+	}
+	if code, body := tg.adminDo(t, http.MethodPost, "/admin/kill", server.KillRequest{User: "alice"}); code != http.StatusOK {
+		t.Fatalf("kill: %d %s", code, body)
+	}
+	deadline := time.After(3 * time.Second)
+	for {
+		select {
+		case _, open := <-lines:
+			if !open {
+				return // the stream ended
+			}
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	resp.Body.Close() // ends the reader
+	t.Fatal("the killed user's notification stream is still open 3 s after the kill")
 }

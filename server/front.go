@@ -15,6 +15,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/upstreams"
 )
 
@@ -381,6 +382,25 @@ func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 			if p, ok := f.gw.principal(req.GetExtra()); ok {
 				f.gw.upstreams.SetLoggingLevel(upstreams.WithCaller(ctx, p, f.gw.sessions.protocolSession(p, ss), nil), ss, r.Params.Level)
 			}
+		case *mcp.SubscriptionsListenRequest:
+			// A 2026-07-28 notification stream lives as long as its
+			// request: the sessions component admits it, and a kill of any
+			// node on its path ends it.
+			p, ok := f.gw.principal(req.GetExtra())
+			if !ok {
+				return nil, rpcError(errUnauthenticated, "")
+			}
+			c := &pipeline.Call{Principal: p, Workflow: header(req.GetExtra()).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}
+			ctx, done, err := f.gw.sessions.Admit(ctx, c)
+			if err != nil {
+				var pe *pipeline.Error
+				if !errors.As(err, &pe) {
+					pe = &pipeline.Error{Code: pipeline.CodeInternal, Message: "internal error", Cause: err}
+				}
+				return nil, rpcError(pe, "")
+			}
+			defer done()
+			return next(ctx, method, req)
 		case *mcp.ListToolsRequest, *mcp.ListPromptsRequest, *mcp.ListResourcesRequest, *mcp.ListResourceTemplatesRequest:
 			res, err := next(ctx, method, req)
 			if err != nil {
