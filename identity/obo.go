@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
+
+	"github.com/sag-gateway/sag/internal/lru"
 )
 
 // OnBehalfOf describes one outgoing request to an upstream: where it goes
@@ -59,10 +60,8 @@ type MinterOptions struct {
 // per (session, upstream) until shortly before they expire. The caller's own
 // token is never forwarded. Minter implements upstreams.Credentials.
 type Minter struct {
-	o MinterOptions
-
-	mu    sync.Mutex
-	cache map[mintKey]*mintedToken
+	o     MinterOptions
+	cache *lru.Cache[mintKey, *mintedToken]
 }
 
 type mintKey struct{ session, upstream, binding string }
@@ -80,10 +79,11 @@ func NewMinter(o MinterOptions) (*Minter, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Minter{o: o, cache: map[mintKey]*mintedToken{}}, nil
+	return &Minter{o: o, cache: lru.New[mintKey, *mintedToken](maxMinted)}, nil
 }
 
-// maxMinted bounds the token cache; past it the cache starts over.
+// maxMinted bounds the token cache; past it the least recently used token
+// is dropped.
 const maxMinted = 100_000
 
 // Apply sets the Authorization header (and, for DPoP, a fresh proof for this
@@ -145,9 +145,7 @@ func (m *Minter) token(ctx context.Context, o OnBehalfOf, binding string) (strin
 		k.session = ""
 	}
 	now := m.o.Now()
-	m.mu.Lock()
-	t, ok := m.cache[k]
-	m.mu.Unlock()
+	t, ok := m.cache.Get(k)
 	if ok && now.Before(t.refresh) {
 		return t.token, nil
 	}
@@ -193,12 +191,7 @@ func (m *Minter) token(ctx context.Context, o OnBehalfOf, binding string) (strin
 	// Renew once 80% of the lifetime has passed, so that a token never
 	// expires in flight.
 	refresh := now.Add(m.o.TTL * 4 / 5)
-	m.mu.Lock()
-	if len(m.cache) >= maxMinted {
-		clear(m.cache)
-	}
-	m.cache[k] = &mintedToken{token: tok, refresh: refresh}
-	m.mu.Unlock()
+	m.cache.Add(k, &mintedToken{token: tok, refresh: refresh})
 	return tok, nil
 }
 
@@ -209,11 +202,5 @@ func (m *Minter) Forget(sessions ...string) {
 	for _, s := range sessions {
 		drop[s] = true
 	}
-	m.mu.Lock()
-	for k := range m.cache {
-		if drop[k.session] {
-			delete(m.cache, k)
-		}
-	}
-	m.mu.Unlock()
+	m.cache.RemoveFunc(func(k mintKey) bool { return drop[k.session] })
 }

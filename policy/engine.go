@@ -9,10 +9,11 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"cel.dev/cel-go/cel"
+
+	"github.com/sag-gateway/sag/internal/lru"
 
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/schemas"
@@ -141,9 +142,7 @@ type Engine struct {
 	// upstream; the first document to name one for an upstream wins.
 	content map[string]*Redactor
 
-	limiters sync.Map // limiterKey → *Bucket
-	nlim     sync.Mutex
-	count    int
+	limiters *lru.Cache[limiterKey, *Bucket]
 }
 
 type exactKey struct {
@@ -172,14 +171,16 @@ type rule struct {
 	cond              cel.Program
 }
 
-// maxLimiters bounds the rate-limit buckets; past it they start over.
-const maxLimiters = 200_000
+// maxLimiters bounds the rate-limit buckets; past it the least recently
+// used one is dropped (a flood of new callers cannot reset the others'). A
+// variable for tests.
+var maxLimiters = 200_000
 
 // NewEngine compiles documents: globs, schemas, CEL conditions and DLP
 // profiles are checked and compiled once, here. Errors name the document and
 // the rule.
 func NewEngine(o Options) (*Engine, error) {
-	e := &Engine{mode: o.Mode, risk: o.Risk, exact: map[exactKey][]*rule{}, byUpstream: map[upstreamKey][]*rule{}, now: o.Now, content: map[string]*Redactor{}}
+	e := &Engine{mode: o.Mode, risk: o.Risk, exact: map[exactKey][]*rule{}, byUpstream: map[upstreamKey][]*rule{}, now: o.Now, content: map[string]*Redactor{}, limiters: lru.New[limiterKey, *Bucket](maxLimiters)}
 	if e.now == nil {
 		e.now = time.Now
 	}
@@ -491,18 +492,8 @@ type limiterKey struct{ rule, principal, target string }
 // or how long until a token is available.
 func (e *Engine) take(r *rule, req Request) time.Duration {
 	k := limiterKey{rule: r.policyID + "/" + r.id, principal: req.Principal.Key(), target: req.Target.Kind.String() + ":" + req.Target.Upstream + "/" + req.Target.Name}
-	v, ok := e.limiters.Load(k)
-	if !ok {
-		e.nlim.Lock()
-		if e.count >= maxLimiters {
-			e.limiters.Clear()
-			e.count = 0
-		}
-		e.count++
-		e.nlim.Unlock()
-		v, _ = e.limiters.LoadOrStore(k, NewBucket(r.limit.PerMinute, r.limit.Burst))
-	}
-	return v.(*Bucket).Take(e.now())
+	b := e.limiters.GetOrAdd(k, func() *Bucket { return NewBucket(r.limit.PerMinute, r.limit.Burst) })
+	return b.Take(e.now())
 }
 
 // contentDLP returns the content_dlp profile that covers a prompt or

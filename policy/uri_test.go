@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/sag-gateway/sag/identity"
@@ -83,5 +84,26 @@ rules:
 	}
 	if _, err := Parse("x", []byte("id: x\nrules:\n  - {id: r, principals: {users: [a]}}\n")); err == nil {
 		t.Error("a rule naming nothing parsed")
+	}
+}
+
+// TestRateLimitSurvivesAFlood: buckets are a bounded LRU; a flood of new
+// callers evicts the least recently used buckets one at a time and never
+// resets a caller who keeps calling.
+func TestRateLimitSurvivesAFlood(t *testing.T) {
+	defer func(old int) { maxLimiters = old }(maxLimiters)
+	maxLimiters = 10
+	e := testEngine(t, nil, "id: d\nrules:\n  - {id: r, upstream: up, tools: [t], rate_limit: {per_minute: 1, burst: 1}}\n")
+	call := func(user string) Decision {
+		return e.Authorize(context.Background(), Request{Principal: identity.Principal{User: user}, Target: Target{Upstream: "up", Name: "t"}})
+	}
+	if !call("alice").Allow || call("alice").Allow {
+		t.Fatal("the limit of 1 does not hold")
+	}
+	for i := range 100 {
+		call(fmt.Sprint("flood", i))
+		if i%5 == 0 && call("alice").Allow { // alice keeps calling, and stays limited
+			t.Fatalf("after %d flooding callers alice's bucket was reset", i+1)
+		}
 	}
 }

@@ -17,6 +17,7 @@ var layers = [][]string{
 	{"policy", "consent", "upstreams"},
 	{"identity"},
 	{"store", "schemas"},
+	{"internal/lru"},
 }
 
 const module = "github.com/sag-gateway/sag/"

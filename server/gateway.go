@@ -20,8 +20,10 @@ import (
 	"time"
 
 	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/internal/lru"
 	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/policy"
+	"github.com/sag-gateway/sag/schemas"
 	"github.com/sag-gateway/sag/server/config"
 	"github.com/sag-gateway/sag/store"
 	"github.com/sag-gateway/sag/upstreams"
@@ -78,8 +80,7 @@ type Gateway struct {
 	upLimits  sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).
-	toolSchemas     sync.Map
-	toolSchemaCount atomic.Int64
+	toolSchemas *lru.Cache[toolSchemaKey, *schemas.Schema]
 
 	configured map[string]bool // upstreams from the config file or flags (not removable at run time)
 	registry   sync.Mutex      // serialises admin changes to the upstream registry
@@ -120,7 +121,8 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		deps.Now = time.Now
 	}
 	log := deps.Log
-	gw := &Gateway{cfg: cfg, log: log, version: deps.Version, configured: map[string]bool{}, inflight: newTracker()}
+	gw := &Gateway{cfg: cfg, log: log, version: deps.Version, configured: map[string]bool{}, inflight: newTracker(),
+		toolSchemas: lru.New[toolSchemaKey, *schemas.Schema](maxToolSchemas)}
 	g = gw
 	defer func() {
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sag-gateway/sag/internal/lru"
 	"github.com/sag-gateway/sag/policy"
 )
 
@@ -22,8 +23,8 @@ type risk struct {
 	store    Store
 	now      func() time.Time
 
-	mu    sync.Mutex
-	nodes map[string]*riskState
+	mu    sync.Mutex // serialises updates of a node's state
+	nodes *lru.Cache[string, *riskState]
 }
 
 type riskState struct {
@@ -32,12 +33,12 @@ type riskState struct {
 	counters map[string]int64
 }
 
-// maxRiskNodes bounds the nodes whose risk is kept in memory; past it one
-// entry is dropped (the store keeps it).
+// maxRiskNodes bounds the nodes whose risk is kept in memory; past it the
+// least recently used is dropped (the store keeps it).
 const maxRiskNodes = 100_000
 
 func newRisk(model policy.Risk, halfLife time.Duration, st Store, now func() time.Time) *risk {
-	return &risk{model: model, halfLife: halfLife, store: st, now: now, nodes: map[string]*riskState{}}
+	return &risk{model: model, halfLife: halfLife, store: st, now: now, nodes: lru.New[string, *riskState](maxRiskNodes)}
 }
 
 // decayed is s's score at t.
@@ -51,24 +52,16 @@ func (r *risk) decayed(s *riskState, t time.Time) float64 {
 // state returns a node's risk, loading it from the store when it is not in
 // memory. r.mu is held.
 func (r *risk) state(ctx context.Context, node string) *riskState {
-	if s, ok := r.nodes[node]; ok {
+	return r.nodes.GetOrAdd(node, func() *riskState {
+		s := &riskState{at: r.now(), counters: map[string]int64{}}
+		if n, err := r.store.GetSession(ctx, node); err == nil {
+			s.score, s.at = n.Risk, n.Updated
+			if n.Counters != nil {
+				s.counters = n.Counters
+			}
+		}
 		return s
-	}
-	s := &riskState{at: r.now(), counters: map[string]int64{}}
-	if n, err := r.store.GetSession(ctx, node); err == nil {
-		s.score, s.at = n.Risk, n.Updated
-		if n.Counters != nil {
-			s.counters = n.Counters
-		}
-	}
-	if len(r.nodes) >= maxRiskNodes {
-		for k := range r.nodes { // drop one
-			delete(r.nodes, k)
-			break
-		}
-	}
-	r.nodes[node] = s
-	return s
+	})
 }
 
 // snapshot returns a node's current score and a copy of its counters.
@@ -100,8 +93,6 @@ func (r *risk) clear(ctx context.Context, node string) error {
 	if err := r.store.SetSessionRisk(ctx, node, 0, map[string]int64{}); err != nil {
 		return err
 	}
-	r.mu.Lock()
-	delete(r.nodes, node)
-	r.mu.Unlock()
+	r.nodes.Remove(node)
 	return nil
 }

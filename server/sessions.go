@@ -1,7 +1,6 @@
 package server
 
 import (
-	"container/list"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,6 +13,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/internal/lru"
 	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/policy"
 	"github.com/sag-gateway/sag/store"
@@ -45,10 +45,11 @@ type sessionGraph struct {
 	maxWorkflows int
 	workflowIdle time.Duration
 
+	known *lru.Cache[string, struct{}] // nodes known to exist and be active
+
 	mu      sync.Mutex
 	revoked map[string]struct{}
 	kills   map[userKey]time.Time // user kills: tokens issued at or before are refused
-	known   *lruSet
 	// workflows are the live workflow nodes of each user session (USID →
 	// WSID → last use): at most maxWorkflows each, closed when idle.
 	workflows map[string]map[string]time.Time
@@ -80,7 +81,7 @@ func newSessionGraph(ctx context.Context, st Store, log *slog.Logger, r *risk, i
 		return nil, err
 	}
 	s := &sessionGraph{store: st, log: log, risk: r, inflight: inflight, now: o.Now, maxWorkflows: o.MaxWorkflows, workflowIdle: o.WorkflowIdle,
-		revoked: make(map[string]struct{}, len(ids)), kills: make(map[userKey]time.Time, len(kills)), known: newLRUSet(maxKnownSessions),
+		revoked: make(map[string]struct{}, len(ids)), kills: make(map[userKey]time.Time, len(kills)), known: lru.New[string, struct{}](maxKnownSessions),
 		workflows: map[string]map[string]time.Time{}}
 	for _, id := range ids {
 		s.revoked[id] = struct{}{}
@@ -219,7 +220,7 @@ func (s *sessionGraph) collectWorkflows(ctx context.Context, now time.Time) int 
 		for wsid, used := range live {
 			if used.Before(cutoff) {
 				delete(live, wsid)
-				s.known.remove(wsid)
+				s.known.Remove(wsid)
 				idle = append(idle, wsid)
 			}
 		}
@@ -269,7 +270,7 @@ func (s *sessionGraph) revoke(ids ...string) {
 	defer s.mu.Unlock()
 	for _, id := range ids {
 		s.revoked[id] = struct{}{}
-		s.known.remove(id)
+		s.known.Remove(id)
 	}
 }
 
@@ -298,10 +299,7 @@ func (s *sessionGraph) record(ctx context.Context, p identity.Principal, ids pip
 
 // ensure makes sure a node exists and is active.
 func (s *sessionGraph) ensure(ctx context.Context, n store.Session) error {
-	s.mu.Lock()
-	hit := s.known.has(n.ID)
-	s.mu.Unlock()
-	if hit {
+	if _, hit := s.known.Get(n.ID); hit {
 		return nil
 	}
 	existing, err := s.store.GetSession(ctx, n.ID)
@@ -326,9 +324,7 @@ func (s *sessionGraph) ensure(ctx context.Context, n store.Session) error {
 	default:
 		return fmt.Errorf("load session: %w", err)
 	}
-	s.mu.Lock()
-	s.known.add(n.ID)
-	s.mu.Unlock()
+	s.known.Add(n.ID, struct{}{})
 	return nil
 }
 
@@ -373,50 +369,9 @@ func (s *sessionGraph) Count(ctx context.Context, c *pipeline.Call, counter stri
 
 // closed marks an MCP session closed.
 func (s *sessionGraph) closed(id string) {
-	s.mu.Lock()
-	s.known.remove(id)
-	s.mu.Unlock()
+	s.known.Remove(id)
 	if err := s.store.SetSessionState(context.Background(), id, store.StateClosed); err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrClosed) {
 		s.log.Warn("session close not recorded", "msid", id, "error", err)
-	}
-}
-
-// lruSet is a bounded set that evicts its least recently used member.
-type lruSet struct {
-	max int
-	l   *list.List
-	m   map[string]*list.Element
-}
-
-func newLRUSet(max int) *lruSet {
-	return &lruSet{max: max, l: list.New(), m: map[string]*list.Element{}}
-}
-
-func (s *lruSet) has(k string) bool {
-	e, ok := s.m[k]
-	if ok {
-		s.l.MoveToFront(e)
-	}
-	return ok
-}
-
-func (s *lruSet) add(k string) {
-	if e, ok := s.m[k]; ok {
-		s.l.MoveToFront(e)
-		return
-	}
-	s.m[k] = s.l.PushFront(k)
-	if s.l.Len() > s.max {
-		old := s.l.Back()
-		s.l.Remove(old)
-		delete(s.m, old.Value.(string))
-	}
-}
-
-func (s *lruSet) remove(k string) {
-	if e, ok := s.m[k]; ok {
-		s.l.Remove(e)
-		delete(s.m, k)
 	}
 }
 

@@ -188,26 +188,21 @@ func tightenTool(def *mcp.Tool, rule json.RawMessage) *mcp.Tool {
 // compile (the upstream then answers for its own data). Catalog definitions
 // are immutable, so each is compiled once.
 func (g *Gateway) toolSchema(t *upstreams.Tool, output bool) *schemas.Schema {
-	key := toolSchemaKey{t.Def, output}
-	if v, ok := g.toolSchemas.Load(key); ok {
-		return v.(*schemas.Schema)
-	}
-	src := t.Def.InputSchema
-	if output {
-		src = t.Def.OutputSchema
-	}
-	var s *schemas.Schema
-	if src != nil {
-		if raw, err := json.Marshal(src); err == nil {
-			s, _ = schemas.Compile(raw)
+	return g.toolSchemas.GetOrAdd(toolSchemaKey{t.Def, output}, func() *schemas.Schema {
+		src := t.Def.InputSchema
+		if output {
+			src = t.Def.OutputSchema
 		}
-	}
-	if g.toolSchemaCount.Add(1) > maxToolSchemas { // catalog churn: start over
-		g.toolSchemas.Clear()
-		g.toolSchemaCount.Store(0)
-	}
-	g.toolSchemas.Store(key, s)
-	return s
+		if src == nil {
+			return nil
+		}
+		raw, err := json.Marshal(src)
+		if err != nil {
+			return nil
+		}
+		s, _ := schemas.Compile(raw)
+		return s
+	})
 }
 
 type toolSchemaKey struct {
