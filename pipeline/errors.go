@@ -38,8 +38,9 @@ func (e *Error) Error() string { return e.Message }
 
 func (e *Error) Unwrap() error { return e.Cause }
 
-// asError classifies any error of a step as an *Error.
-func asError(ctx context.Context, err error) *Error {
+// AsError classifies any error of a step as an *Error (channels use it for
+// the steps they call themselves, as a notification stream does).
+func AsError(ctx context.Context, err error) *Error {
 	var e *Error
 	switch {
 	case errors.As(err, &e):

@@ -266,7 +266,7 @@ func (r *run) deny(ctx context.Context, counter string, code Code, msg string) O
 
 // refuse refuses a call with a protocol error.
 func (r *run) refuse(ctx context.Context, err error) Outcome {
-	e := asError(ctx, err)
+	e := AsError(ctx, err)
 	r.rec.Decision = DecisionDeny
 	if r.rec.Reason == "" {
 		r.rec.Reason = e.Message
@@ -288,7 +288,7 @@ func (r *run) finish(ctx context.Context, res json.RawMessage, err error) Outcom
 		r.rec.Reason = tf.msg
 		return r.commit(ctx, Outcome{ToolError: tf.msg})
 	}
-	e := asError(ctx, err)
+	e := AsError(ctx, err)
 	r.rec.Reason = e.Message
 	switch {
 	case r.c.Kind == ToolCall && (e.Code == CodeUpstream || e.Code == CodeRateLimited):

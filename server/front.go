@@ -388,16 +388,12 @@ func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 			// node on its path ends it.
 			p, ok := f.gw.principal(req.GetExtra())
 			if !ok {
-				return nil, rpcError(errUnauthenticated, "")
+				return nil, rpcError(errUnauthenticated, false)
 			}
 			c := &pipeline.Call{Principal: p, Workflow: header(req.GetExtra()).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}
 			ctx, done, err := f.gw.sessions.Admit(ctx, c)
 			if err != nil {
-				var pe *pipeline.Error
-				if !errors.As(err, &pe) {
-					pe = &pipeline.Error{Code: pipeline.CodeInternal, Message: "internal error", Cause: err}
-				}
-				return nil, rpcError(pe, "")
+				return nil, rpcError(pipeline.AsError(ctx, err), false)
 			}
 			defer done()
 			return next(ctx, method, req)

@@ -40,7 +40,7 @@ func (f *front) run(ctx context.Context, req mcp.Request, kind pipeline.Kind, na
 func (f *front) callTool(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 	start := time.Now()
 	out := f.run(ctx, req, pipeline.ToolCall, 0, req.Params.Name, req.Params.Arguments)
-	res, err := decodeOutcome[mcp.CallToolResult](out, req.Params.Name)
+	res, err := decodeOutcome[mcp.CallToolResult](out, false)
 	if err == nil && out.ToolError != "" {
 		res = toolError(out.ToolError)
 	}
@@ -53,27 +53,25 @@ func (f *front) getPrompt(ctx context.Context, req *mcp.GetPromptRequest) (*mcp.
 	if len(req.Params.Arguments) > 0 {
 		args, _ = json.Marshal(req.Params.Arguments) // a map of strings always encodes
 	}
-	return decodeOutcome[mcp.GetPromptResult](f.run(ctx, req, pipeline.PromptGet, 0, req.Params.Name, args), req.Params.Name)
+	return decodeOutcome[mcp.GetPromptResult](f.run(ctx, req, pipeline.PromptGet, 0, req.Params.Name, args), false)
 }
 
 func (f *front) readResource(ctx context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
-	return decodeOutcome[mcp.ReadResourceResult](f.run(ctx, req, pipeline.ResourceRead, 0, req.Params.URI, nil), req.Params.URI)
+	return decodeOutcome[mcp.ReadResourceResult](f.run(ctx, req, pipeline.ResourceRead, 0, req.Params.URI, nil), true)
 }
 
 func (f *front) subscribe(ctx context.Context, req *mcp.SubscribeRequest) error {
-	out := f.run(ctx, req, pipeline.Subscribe, 0, req.Params.URI, nil)
-	return rpcError(out.Err, req.Params.URI)
+	return rpcError(f.run(ctx, req, pipeline.Subscribe, 0, req.Params.URI, nil).Err, true)
 }
 
 func (f *front) unsubscribe(ctx context.Context, req *mcp.UnsubscribeRequest) error {
-	out := f.run(ctx, req, pipeline.Unsubscribe, 0, req.Params.URI, nil)
-	return rpcError(out.Err, req.Params.URI)
+	return rpcError(f.run(ctx, req, pipeline.Unsubscribe, 0, req.Params.URI, nil).Err, true)
 }
 
 func (f *front) complete(ctx context.Context, req *mcp.CompleteRequest) (*mcp.CompleteResult, error) {
 	ref := req.Params.Ref
 	if ref == nil {
-		return nil, rpcError(&pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "completion/complete: missing ref"}, "")
+		return nil, rpcError(&pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "completion/complete: missing ref"}, false)
 	}
 	arg, _ := json.Marshal(req.Params.Argument)
 	var out pipeline.Outcome
@@ -83,23 +81,23 @@ func (f *front) complete(ctx context.Context, req *mcp.CompleteRequest) (*mcp.Co
 	case "ref/resource":
 		out = f.run(ctx, req, pipeline.Completion, policy.KindResource, ref.URI, arg)
 	default:
-		return nil, rpcError(&pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "unknown ref type " + ref.Type}, "")
+		return nil, rpcError(&pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "unknown ref type " + ref.Type}, false)
 	}
-	return decodeOutcome[mcp.CompleteResult](out, ref.Name+ref.URI)
+	return decodeOutcome[mcp.CompleteResult](out, ref.Type == "ref/resource")
 }
 
 // decodeOutcome turns an outcome into the method's result or its JSON-RPC
-// error.
-func decodeOutcome[R any](out pipeline.Outcome, name string) (*R, error) {
+// error; resource says the call named a resource.
+func decodeOutcome[R any](out pipeline.Outcome, resource bool) (*R, error) {
 	if out.Err != nil {
-		return nil, rpcError(out.Err, name)
+		return nil, rpcError(out.Err, resource)
 	}
 	if out.Result == nil {
 		return nil, nil
 	}
 	res := new(R)
 	if err := json.Unmarshal(out.Result, res); err != nil {
-		return nil, rpcError(&pipeline.Error{Code: pipeline.CodeInternal, Message: "the upstream's result could not be read"}, "")
+		return nil, rpcError(&pipeline.Error{Code: pipeline.CodeInternal, Message: "the upstream's result could not be read"}, false)
 	}
 	return res, nil
 }
@@ -109,8 +107,9 @@ func decodeOutcome[R any](out pipeline.Outcome, name string) (*R, error) {
 var errUnauthenticated = &pipeline.Error{Code: pipeline.CodeInternal, Message: "request not authenticated"}
 
 // rpcError is the one place errors of MCP methods become JSON-RPC errors
-// (writeRPCError writes those refused before the SDK reads a request).
-func rpcError(e *pipeline.Error, name string) error {
+// (writeRPCError writes those refused before the SDK reads a request);
+// resource says the call named a resource.
+func rpcError(e *pipeline.Error, resource bool) error {
 	if e == nil {
 		return nil
 	}
@@ -121,7 +120,7 @@ func rpcError(e *pipeline.Error, name string) error {
 			return rpc
 		}
 	case pipeline.CodeNotFound:
-		if len(name) > 0 && isURI(name) {
+		if resource {
 			// MCP's own code for an unknown resource (-32002).
 			return &jsonrpc.Error{Code: mcp.CodeResourceNotFound, Message: e.Message}
 		}
@@ -132,16 +131,6 @@ func rpcError(e *pipeline.Error, name string) error {
 		return &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: e.Message}
 	}
 	return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: e.Message}
-}
-
-// isURI tells a resource URI from a tool or prompt name (which has no ':').
-func isURI(name string) bool {
-	for i := 0; i < len(name); i++ {
-		if name[i] == ':' {
-			return true
-		}
-	}
-	return false
 }
 
 // toolError is a tool execution error the model can read.
@@ -237,7 +226,7 @@ func sessionID(ss *mcp.ServerSession) string {
 func (f *front) filter(ctx context.Context, method string, req mcp.Request, res mcp.Result) error {
 	p, ok := f.gw.principal(req.GetExtra())
 	if !ok {
-		return rpcError(errUnauthenticated, "")
+		return rpcError(errUnauthenticated, false)
 	}
 	ss, _ := req.GetSession().(*mcp.ServerSession)
 	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Kind: pipeline.List, Name: method, Origin: req,
@@ -298,7 +287,7 @@ func visible[T any](ctx context.Context, pl *pipeline.Pipeline, c *pipeline.Call
 	}
 	vis, perr := pl.List(ctx, c, entries)
 	if perr != nil {
-		return nil, rpcError(perr, "")
+		return nil, rpcError(perr, false)
 	}
 	for i := range vis {
 		vis[i].Shown = vis[i].Shown && entries[i].Upstream != ""

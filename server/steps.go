@@ -151,16 +151,6 @@ func (s steps) For(ctx context.Context, c *pipeline.Call, t pipeline.Target) (*i
 	return s.g.auth.minter.Credential(ctx, o)
 }
 
-// upstreamLimited spends a token of the upstream's own rate limit (all
-// callers together): a refusal is not the caller's fault.
-func (g *Gateway) upstreamLimited(name string) error {
-	if wait := g.upstreamWait(name); wait > 0 {
-		return &pipeline.Error{Code: pipeline.CodeRateLimited,
-			Message: fmt.Sprintf("upstream %s is at its rate limit; retry after %d s", name, int(math.Ceil(wait.Seconds())))}
-	}
-	return nil
-}
-
 // clock adapts a clock function to pipeline.Clock.
 type clock func() time.Time
 
@@ -218,18 +208,22 @@ type upstreamLimitKey struct {
 	rate upstreams.RateLimit
 }
 
-// upstreamWait spends a token of upstream's rate limit and returns 0, or
-// how long until one is available. An upstream without a limit is never
-// held back.
-func (g *Gateway) upstreamWait(name string) time.Duration {
+// upstreamLimited spends a token of the upstream's own rate limit (all
+// callers together; a refusal is not the caller's fault). An upstream
+// without a limit is never held back; a changed limit starts a new bucket.
+func (g *Gateway) upstreamLimited(name string) error {
 	spec, ok := g.upstreams.Spec(name)
 	if !ok || spec.RateLimit == nil {
-		return 0
+		return nil
 	}
-	k := upstreamLimitKey{name, *spec.RateLimit} // a changed limit starts a new bucket
+	k := upstreamLimitKey{name, *spec.RateLimit}
 	v, ok := g.upLimits.Load(k)
 	if !ok {
 		v, _ = g.upLimits.LoadOrStore(k, policy.NewBucket(spec.RateLimit.PerMinute, spec.RateLimit.Burst))
 	}
-	return v.(*policy.Bucket).Take(time.Now())
+	if wait := v.(*policy.Bucket).Take(time.Now()); wait > 0 {
+		return &pipeline.Error{Code: pipeline.CodeRateLimited,
+			Message: fmt.Sprintf("upstream %s is at its rate limit; retry after %d s", name, int(math.Ceil(wait.Seconds())))}
+	}
+	return nil
 }
