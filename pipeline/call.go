@@ -152,12 +152,13 @@ type Catalog interface {
 	Resolve(c *Call) (t Target, ok bool)
 }
 
-// Authorizer is step 3 (policy): a decision with its obligations; for
-// lists, whether the caller may see an entry at all and the input schema
-// of the rule that shows it.
+// Authorizer is step 3 (policy): a decision with its obligations; for a
+// list, which entries the caller may see at all and the input schema of
+// the rule that shows each (out has one slot per entry), decided by one
+// policy snapshot.
 type Authorizer interface {
 	Authorize(ctx context.Context, req policy.Request) policy.Decision
-	Visible(p identity.Principal, t policy.Target) (bool, json.RawMessage)
+	Visible(p identity.Principal, entries []policy.Target, out []Visibility)
 }
 
 // Validator is steps 4 and 9 (schemas): it returns "" or the problems,

@@ -161,10 +161,10 @@ func (p *Pipeline) List(ctx context.Context, c *Call, entries []policy.Target) (
 	}
 	defer done()
 	vis := make([]Visibility, len(entries))
+	p.Authorizer.Visible(c.Principal, entries, vis)
 	shown := 0
-	for i, t := range entries {
-		vis[i].Shown, vis[i].Input = p.Authorizer.Visible(c.Principal, t)
-		if vis[i].Shown {
+	for _, v := range vis {
+		if v.Shown {
 			shown++
 		}
 	}

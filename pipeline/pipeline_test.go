@@ -106,8 +106,10 @@ func (a engineAuthorizer) Authorize(ctx context.Context, req policy.Request) pol
 	return a.e.Authorize(ctx, req)
 }
 
-func (a engineAuthorizer) Visible(p identity.Principal, t policy.Target) (bool, json.RawMessage) {
-	return a.e.Visible(p, t)
+func (a engineAuthorizer) Visible(p identity.Principal, entries []policy.Target, out []Visibility) {
+	for i, t := range entries {
+		out[i].Shown, out[i].Input = a.e.Visible(p, t)
+	}
 }
 
 const testPolicy = `id: t

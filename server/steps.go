@@ -72,9 +72,13 @@ func (s steps) Authorize(ctx context.Context, req policy.Request) policy.Decisio
 	return s.g.policy.Load().engine.Authorize(ctx, req)
 }
 
-// Visible reports whether the current policy shows t to p.
-func (s steps) Visible(p identity.Principal, t policy.Target) (bool, json.RawMessage) {
-	return s.g.policy.Load().engine.Visible(p, t)
+// Visible says which entries the current policy shows p, all by one
+// snapshot.
+func (s steps) Visible(p identity.Principal, entries []policy.Target, out []pipeline.Visibility) {
+	eng := s.g.policy.Load().engine
+	for i, t := range entries {
+		out[i].Shown, out[i].Input = eng.Visible(p, t)
+	}
 }
 
 // Arguments checks a tool's arguments against the upstream's inputSchema
