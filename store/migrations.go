@@ -154,6 +154,20 @@ CREATE TABLE user_kills (
 	PRIMARY KEY (issuer, subject)
 );
 `,
+	// 7: consent requests: a call waiting for its user's decision, and the
+	// decision, kept so that no restart loses either.
+	`
+CREATE TABLE consent_requests (
+	id       TEXT PRIMARY KEY,
+	asid     TEXT NOT NULL,
+	nodes    TEXT NOT NULL, -- the session-graph ids on the call's path, space-separated
+	state    TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'approved_with_edits', 'denied', 'expired', 'cancelled')),
+	expires  INTEGER NOT NULL, -- Unix nanoseconds
+	used     INTEGER NOT NULL DEFAULT 0,
+	request  TEXT NOT NULL -- the whole request as JSON
+);
+CREATE INDEX consent_requests_pending ON consent_requests (state) WHERE state = 'pending';
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

@@ -24,9 +24,10 @@ var ErrNotFound = errors.New("store: not found")
 // ErrClosed is returned by every method called after Close.
 var ErrClosed = errors.New("store: closed")
 
-// ErrConflict is returned (wrapped) when a write would break an invariant of
-// the session graph: changing the kind, parent or subject a session is bound
-// to, or moving a revoked session out of the revoked state.
+// ErrConflict is returned (wrapped) when a write would break an invariant:
+// changing the kind, parent or subject a session is bound to, moving a
+// revoked session out of the revoked state, deciding a consent request that
+// is no longer pending, or using a consent decision twice.
 var ErrConflict = errors.New("store: conflict")
 
 // dbFile is the name of the database inside the data directory.

@@ -1,0 +1,365 @@
+package consent
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/store"
+)
+
+// State is where a request is in its life: pending, then exactly one of
+// the others, for good.
+type State string
+
+// States.
+const (
+	Pending           State = "pending"
+	Approved          State = "approved"
+	ApprovedWithEdits State = "approved_with_edits"
+	Denied            State = "denied"
+	Expired           State = "expired"
+	Cancelled         State = "cancelled"
+)
+
+// Request is one call waiting for its user's decision.
+type Request struct {
+	ID string `json:"id"`
+	// The call's place in the session graph.
+	USID string `json:"usid"`
+	WSID string `json:"wsid,omitempty"`
+	ASID string `json:"asid"`
+	MSID string `json:"msid"`
+	// Who the call is for (the session's user) and who makes it.
+	Issuer string `json:"issuer"`
+	User   string `json:"user"`
+	Agent  string `json:"agent,omitempty"`
+	Act    string `json:"act,omitempty"`
+	// What it does: the upstream, the tool as the upstream names it, and
+	// the arguments as the approver may see them (DLP applied).
+	Upstream string          `json:"upstream"`
+	Tool     string          `json:"tool"`
+	Args     json.RawMessage `json:"args,omitempty"`
+	// ArgsHash binds a decision to exactly these arguments.
+	ArgsHash string `json:"args_hash"`
+	// Why: the deciding rule and the reason consent is needed.
+	RuleID string `json:"rule_id,omitempty"`
+	Reason string `json:"reason"`
+	// ResponseSchema is what a decision looks like ({approved, editedArgs?}).
+	ResponseSchema json.RawMessage `json:"response_schema"`
+	// AllowEdits lets an approver replace the arguments.
+	AllowEdits bool `json:"allow_edits,omitempty"`
+	// Approvers are the users who may decide, as issuer and subject;
+	// empty means the request's own user.
+	Approvers []Approver `json:"approvers,omitempty"`
+
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires"`
+	State   State     `json:"state"`
+	// The decision: who, when, through which channel, and edits.
+	DecidedBy  string          `json:"decided_by,omitempty"`
+	DecidedAt  time.Time       `json:"decided_at,omitzero"`
+	Channel    string          `json:"channel,omitempty"`
+	EditedArgs json.RawMessage `json:"edited_args,omitempty"`
+}
+
+// Approver is a user who may decide a request.
+type Approver struct {
+	Issuer string `json:"issuer"`
+	User   string `json:"user"`
+}
+
+// responseSchema is the answer every request expects.
+var responseSchema = json.RawMessage(`{"type":"object","required":["approved"],"properties":{"approved":{"type":"boolean"},"editedArgs":{"type":"object"}},"additionalProperties":false}`)
+
+// Decision is a user's answer to a request.
+type Decision struct {
+	Approved bool
+	// EditedArgs, when set on an approval, replace the arguments wholly.
+	EditedArgs json.RawMessage
+	// By is who decides; Channel where ("ag-ui", "console", …).
+	By      identity.Principal
+	Channel string
+}
+
+// Store keeps requests and decisions. *store.SQLite implements it.
+type Store interface {
+	PutConsent(ctx context.Context, r store.ConsentRecord) error
+	GetConsent(ctx context.Context, id string) (store.ConsentRecord, error)
+	PendingConsents(ctx context.Context) ([]store.ConsentRecord, error)
+	SettleConsent(ctx context.Context, id, state string, request []byte) error
+	UseConsent(ctx context.Context, id string) error
+}
+
+var _ Store = (*store.SQLite)(nil)
+
+// Errors of Decide and Use, safe to show.
+var (
+	ErrNotFound   = errors.New("no such consent request")
+	ErrNotAllowed = errors.New("not allowed to decide this request")
+	ErrDecided    = errors.New("the request was already decided otherwise")
+	ErrUsed       = errors.New("the decision was already used")
+	ErrNoEdits    = errors.New("this request does not allow edits")
+)
+
+// Engine creates requests, waits for their decisions and records them. A
+// request and its decision are committed to the store before anyone is told,
+// so a restart loses neither. Safe for concurrent use.
+type Engine struct {
+	store Store
+	now   func() time.Time
+
+	mu      sync.Mutex
+	waiters map[string]chan struct{} // closed when the request leaves pending
+}
+
+// NewEngine returns an engine over st; now nil means time.Now.
+func NewEngine(st Store, now func() time.Time) *Engine {
+	if now == nil {
+		now = time.Now
+	}
+	return &Engine{store: st, now: now, waiters: map[string]chan struct{}{}}
+}
+
+// HashArgs is the hash a decision is bound to.
+func HashArgs(args json.RawMessage) string {
+	var canon bytes.Buffer
+	if len(args) > 0 && json.Compact(&canon, args) != nil {
+		canon.Reset()
+		canon.Write(args)
+	}
+	sum := sha256.Sum256(canon.Bytes())
+	return hex.EncodeToString(sum[:])
+}
+
+// Create stores a new pending request, living ttl, and returns it.
+func (e *Engine) Create(ctx context.Context, r Request, ttl time.Duration) (Request, error) {
+	r.ID = "c_" + rand.Text()
+	r.Created = e.now().UTC()
+	r.Expires = r.Created.Add(ttl)
+	r.State = Pending
+	r.ResponseSchema = responseSchema
+	if r.ArgsHash == "" {
+		r.ArgsHash = HashArgs(r.Args)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return r, err
+	}
+	e.mu.Lock()
+	e.waiters[r.ID] = make(chan struct{})
+	e.mu.Unlock()
+	if err := e.store.PutConsent(ctx, store.ConsentRecord{ID: r.ID, ASID: r.ASID, Nodes: nodes(r), State: string(Pending), Expires: r.Expires, Request: b}); err != nil {
+		e.release(r.ID)
+		return r, fmt.Errorf("consent: %w", err)
+	}
+	return r, nil
+}
+
+func nodes(r Request) []string {
+	out := []string{r.USID, r.ASID, r.MSID}
+	if r.WSID != "" {
+		out = append(out, r.WSID)
+	}
+	return out
+}
+
+// Get returns a request as stored.
+func (e *Engine) Get(ctx context.Context, id string) (Request, error) {
+	rec, err := e.store.GetConsent(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return Request{}, ErrNotFound
+	}
+	if err != nil {
+		return Request{}, err
+	}
+	var r Request
+	if err := json.Unmarshal(rec.Request, &r); err != nil {
+		return Request{}, fmt.Errorf("consent: stored request %s: %w", id, err)
+	}
+	r.State = State(rec.State)
+	return r, nil
+}
+
+// Wait returns once the request is decided, expired or cancelled. If ctx
+// ends first (the caller gave up), the request is cancelled.
+func (e *Engine) Wait(ctx context.Context, id string) (Request, error) {
+	r, err := e.Get(context.WithoutCancel(ctx), id)
+	if err != nil || r.State != Pending {
+		return r, err
+	}
+	e.mu.Lock()
+	ch, ok := e.waiters[id]
+	if !ok { // a request created before a restart
+		ch = make(chan struct{})
+		e.waiters[id] = ch
+	}
+	e.mu.Unlock()
+	timer := time.NewTimer(r.Expires.Sub(e.now()))
+	defer timer.Stop()
+	select {
+	case <-ch:
+	case <-timer.C:
+		e.settle(context.WithoutCancel(ctx), r, Expired)
+	case <-ctx.Done():
+		e.settle(context.WithoutCancel(ctx), r, Cancelled)
+	}
+	return e.Get(context.WithoutCancel(ctx), id)
+}
+
+// Decide records a user's decision. Only a user principal may decide (no
+// agent identity, no actor chain: an agent never approves its own call),
+// and only one the request names as approver (default: its own user). A
+// repeated identical decision is harmless; a different one after the first
+// is refused with ErrDecided. A request past its expiry is expired, not
+// decided.
+func (e *Engine) Decide(ctx context.Context, id string, d Decision) (Request, error) {
+	r, err := e.Get(ctx, id)
+	if err != nil {
+		return r, err
+	}
+	if !mayDecide(r, d.By) {
+		return r, ErrNotAllowed
+	}
+	state := Denied
+	if d.Approved {
+		state = Approved
+		if len(d.EditedArgs) > 0 {
+			if !r.AllowEdits {
+				return r, ErrNoEdits
+			}
+			state = ApprovedWithEdits
+		}
+	}
+	if r.State != Pending {
+		if r.State == state && bytes.Equal(r.EditedArgs, d.EditedArgs) && r.DecidedBy == d.By.User {
+			return r, nil // the same decision again
+		}
+		return r, ErrDecided
+	}
+	if !e.now().Before(r.Expires) {
+		e.settle(ctx, r, Expired)
+		return e.Get(ctx, id)
+	}
+	r.DecidedBy, r.DecidedAt, r.Channel = d.By.User, e.now().UTC(), d.Channel
+	if state == ApprovedWithEdits {
+		r.EditedArgs = d.EditedArgs
+	}
+	if err := e.settle(ctx, r, state); err != nil {
+		if errors.Is(err, store.ErrConflict) { // lost a race: report what won
+			won, gerr := e.Get(ctx, id)
+			if gerr == nil && won.State == state && bytes.Equal(won.EditedArgs, r.EditedArgs) && won.DecidedBy == r.DecidedBy {
+				return won, nil
+			}
+			return won, ErrDecided
+		}
+		return r, err
+	}
+	return e.Get(ctx, id)
+}
+
+// mayDecide reports whether p may decide r.
+func mayDecide(r Request, p identity.Principal) bool {
+	if p.Agent != "" || p.Act != nil || p.User == "" {
+		return false
+	}
+	if len(r.Approvers) == 0 {
+		return p.Issuer == r.Issuer && p.User == r.User
+	}
+	for _, a := range r.Approvers {
+		if a.Issuer == p.Issuer && a.User == p.User {
+			return true
+		}
+	}
+	return false
+}
+
+// Use consumes an approval for a call bound to the same agent session and
+// arguments: a decision is used once, for exactly what was approved.
+func (e *Engine) Use(ctx context.Context, id, asid, argsHash string) (Request, error) {
+	r, err := e.Get(ctx, id)
+	if err != nil {
+		return r, err
+	}
+	if r.ASID != asid || r.ArgsHash != argsHash || (r.State != Approved && r.State != ApprovedWithEdits) {
+		return r, ErrNotAllowed
+	}
+	if err := e.store.UseConsent(ctx, id); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return r, ErrUsed
+		}
+		return r, err
+	}
+	return r, nil
+}
+
+// CancelNodes cancels every pending request on a path through one of the
+// given session-graph nodes (the kill-switch) and returns how many.
+func (e *Engine) CancelNodes(ctx context.Context, killed map[string]bool) (int, error) {
+	pending, err := e.store.PendingConsents(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, rec := range pending {
+		for _, id := range rec.Nodes {
+			if killed[id] {
+				if r, err := e.Get(ctx, rec.ID); err == nil && e.settle(ctx, r, Cancelled) == nil {
+					n++
+				}
+				break
+			}
+		}
+	}
+	return n, nil
+}
+
+// ExpireDue expires every pending request past its expiry (a janitor's
+// sweep; waiting callers expire their own) and returns how many.
+func (e *Engine) ExpireDue(ctx context.Context) (int, error) {
+	pending, err := e.store.PendingConsents(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, rec := range pending {
+		if !e.now().Before(rec.Expires) {
+			if r, err := e.Get(ctx, rec.ID); err == nil && e.settle(ctx, r, Expired) == nil {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
+// settle moves r from pending to state in the store and wakes its waiter.
+func (e *Engine) settle(ctx context.Context, r Request, state State) error {
+	r.State = state
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := e.store.SettleConsent(ctx, r.ID, string(state), b); err != nil {
+		return err
+	}
+	e.release(r.ID)
+	return nil
+}
+
+// release wakes and forgets the waiter of id.
+func (e *Engine) release(id string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if ch, ok := e.waiters[id]; ok {
+		close(ch)
+		delete(e.waiters, id)
+	}
+}

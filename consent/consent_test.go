@@ -1,0 +1,253 @@
+package consent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/internal/testutil"
+	"github.com/sag-gateway/sag/store"
+)
+
+const iss = "https://gw.example"
+
+var (
+	alice = identity.Principal{Issuer: iss, User: "alice"}
+	bob   = identity.Principal{Issuer: iss, User: "bob"}
+)
+
+func openStore(t *testing.T, dir string) *store.SQLite {
+	t.Helper()
+	st, err := store.Open(context.Background(), dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func newRequest() Request {
+	return Request{USID: "u1", ASID: "a1", MSID: "m1", WSID: "w1", Issuer: iss, User: "alice", Agent: "spiffe://example.org/agent",
+		Upstream: "files", Tool: "delete_file", Args: json.RawMessage(`{"path": "/srv/a"}`), RuleID: "deletes", Reason: "the tool is annotated destructive"}
+}
+
+func TestApproveWaitUse(t *testing.T) {
+	ctx := context.Background()
+	e := NewEngine(openStore(t, t.TempDir()), nil)
+	r, err := e.Create(ctx, newRequest(), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != Pending || r.ArgsHash != HashArgs(json.RawMessage(`{"path":"/srv/a"}`)) {
+		t.Fatalf("created %+v", r)
+	}
+	waited := make(chan Request)
+	go func() {
+		w, err := e.Wait(ctx, r.ID)
+		if err != nil {
+			t.Error(err)
+		}
+		waited <- w
+	}()
+	if _, err := e.Decide(ctx, r.ID, Decision{Approved: true, By: alice, Channel: "ag-ui"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case w := <-waited:
+		if w.State != Approved || w.DecidedBy != "alice" || w.Channel != "ag-ui" || w.DecidedAt.IsZero() {
+			t.Errorf("the waiter saw %+v", w)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter was not woken")
+	}
+	// Bound to the agent session and the arguments, and used once.
+	if _, err := e.Use(ctx, r.ID, "a2", r.ArgsHash); !errors.Is(err, ErrNotAllowed) {
+		t.Errorf("use from another agent session: %v", err)
+	}
+	if _, err := e.Use(ctx, r.ID, "a1", HashArgs(json.RawMessage(`{"path":"/etc"}`))); !errors.Is(err, ErrNotAllowed) {
+		t.Errorf("use with other arguments: %v", err)
+	}
+	if _, err := e.Use(ctx, r.ID, "a1", r.ArgsHash); err != nil {
+		t.Errorf("use: %v", err)
+	}
+	if _, err := e.Use(ctx, r.ID, "a1", r.ArgsHash); !errors.Is(err, ErrUsed) {
+		t.Errorf("second use: %v", err)
+	}
+}
+
+// TestWhoMayDecide: the request's user (or its named approvers), never an
+// agent or a token with an actor chain, never another user.
+func TestWhoMayDecide(t *testing.T) {
+	ctx := context.Background()
+	e := NewEngine(openStore(t, t.TempDir()), nil)
+	r, _ := e.Create(ctx, newRequest(), time.Minute)
+	for name, p := range map[string]identity.Principal{
+		"another user":          bob,
+		"the user's agent":      {Issuer: iss, User: "alice", Agent: "spiffe://example.org/agent"},
+		"a token with an actor": {Issuer: iss, User: "alice", Act: &identity.Actor{Sub: "spiffe://example.org/agent"}},
+		"another issuer":        {Issuer: "https://evil.example", User: "alice"},
+	} {
+		if _, err := e.Decide(ctx, r.ID, Decision{Approved: true, By: p}); !errors.Is(err, ErrNotAllowed) {
+			t.Errorf("%s decided: %v", name, err)
+		}
+	}
+	named := newRequest()
+	named.Approvers = []Approver{{Issuer: iss, User: "bob"}}
+	r2, _ := e.Create(ctx, named, time.Minute)
+	if _, err := e.Decide(ctx, r2.ID, Decision{Approved: true, By: alice}); !errors.Is(err, ErrNotAllowed) {
+		t.Errorf("alice decided a request only bob may decide: %v", err)
+	}
+	if got, err := e.Decide(ctx, r2.ID, Decision{Approved: false, By: bob}); err != nil || got.State != Denied {
+		t.Errorf("bob's denial: %+v %v", got, err)
+	}
+	if _, err := e.Decide(ctx, "c_nosuch", Decision{Approved: true, By: alice}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown request: %v", err)
+	}
+}
+
+// TestDecisionsIdempotentAndRacing: a repeated identical decision is
+// harmless, a different one refused; of many racing decisions exactly one
+// wins.
+func TestDecisionsIdempotentAndRacing(t *testing.T) {
+	ctx := context.Background()
+	e := NewEngine(openStore(t, t.TempDir()), nil)
+	r, _ := e.Create(ctx, newRequest(), time.Minute)
+	if _, err := e.Decide(ctx, r.ID, Decision{Approved: false, By: alice}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.Decide(ctx, r.ID, Decision{Approved: false, By: alice}); err != nil || got.State != Denied {
+		t.Errorf("the same denial again: %+v %v", got, err)
+	}
+	if _, err := e.Decide(ctx, r.ID, Decision{Approved: true, By: alice}); !errors.Is(err, ErrDecided) {
+		t.Errorf("an approval after the denial: %v", err)
+	}
+
+	r, _ = e.Create(ctx, newRequest(), time.Minute)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	won := map[State]int{}
+	for i := range 20 {
+		wg.Go(func() {
+			got, err := e.Decide(ctx, r.ID, Decision{Approved: i%2 == 0, By: alice})
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				won[got.State]++
+			} else if !errors.Is(err, ErrDecided) {
+				t.Errorf("racing decision: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	final, _ := e.Get(ctx, r.ID)
+	if len(won) != 1 || won[final.State] == 0 {
+		t.Errorf("racing decisions: %v succeeded, the request is %s", won, final.State)
+	}
+}
+
+// TestExpiryDenies: past its expiry a request is expired, not decided.
+func TestExpiryDenies(t *testing.T) {
+	ctx := context.Background()
+	clock := testutil.NewClock(time.Now(), 0)
+	e := NewEngine(openStore(t, t.TempDir()), clock.Now)
+	r, _ := e.Create(ctx, newRequest(), time.Minute)
+	other, _ := e.Create(ctx, newRequest(), time.Hour)
+	clock.Add(2 * time.Minute)
+	if got, err := e.Decide(ctx, r.ID, Decision{Approved: true, By: alice}); err != nil || got.State != Expired {
+		t.Errorf("a late approval: %+v %v", got, err)
+	}
+	r3, _ := e.Create(ctx, newRequest(), time.Minute)
+	clock.Add(2 * time.Minute)
+	if n, err := e.ExpireDue(ctx); err != nil || n != 1 {
+		t.Errorf("expired %d (%v), want 1", n, err)
+	}
+	if got, _ := e.Get(ctx, r3.ID); got.State != Expired {
+		t.Errorf("swept request: %s", got.State)
+	}
+	if got, _ := e.Get(ctx, other.ID); got.State != Pending {
+		t.Errorf("a request with time left: %s", got.State)
+	}
+}
+
+// TestKillAndCallerCancel: a kill of a node on the path cancels the
+// request; so does the waiting caller giving up.
+func TestKillAndCallerCancel(t *testing.T) {
+	ctx := context.Background()
+	e := NewEngine(openStore(t, t.TempDir()), nil)
+	r, _ := e.Create(ctx, newRequest(), time.Minute)
+	unrelated := newRequest()
+	unrelated.USID, unrelated.ASID, unrelated.MSID, unrelated.WSID = "u2", "a2", "m2", ""
+	u, _ := e.Create(ctx, unrelated, time.Minute)
+	woken := make(chan State)
+	go func() {
+		w, _ := e.Wait(ctx, r.ID)
+		woken <- w.State
+	}()
+	if n, err := e.CancelNodes(ctx, map[string]bool{"w1": true}); err != nil || n != 1 {
+		t.Fatalf("cancelled %d (%v), want 1", n, err)
+	}
+	if s := <-woken; s != Cancelled {
+		t.Errorf("the waiter saw %s", s)
+	}
+	if got, _ := e.Get(ctx, u.ID); got.State != Pending {
+		t.Errorf("an unrelated request: %s", got.State)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if got, _ := e.Wait(cctx, u.ID); got.State != Cancelled {
+		t.Errorf("a caller that gave up: %s", got.State)
+	}
+}
+
+// TestEdits: edits only where the rule allows them; they replace the
+// arguments wholly.
+func TestEdits(t *testing.T) {
+	ctx := context.Background()
+	e := NewEngine(openStore(t, t.TempDir()), nil)
+	edit := json.RawMessage(`{"path":"/srv/tmp/a"}`)
+	r, _ := e.Create(ctx, newRequest(), time.Minute)
+	if _, err := e.Decide(ctx, r.ID, Decision{Approved: true, EditedArgs: edit, By: alice}); !errors.Is(err, ErrNoEdits) {
+		t.Errorf("an edit where none is allowed: %v", err)
+	}
+	req := newRequest()
+	req.AllowEdits = true
+	r, _ = e.Create(ctx, req, time.Minute)
+	got, err := e.Decide(ctx, r.ID, Decision{Approved: true, EditedArgs: edit, By: alice})
+	if err != nil || got.State != ApprovedWithEdits || string(got.EditedArgs) != string(edit) {
+		t.Errorf("approve with edits: %+v %v", got, err)
+	}
+}
+
+// TestRestart: pending requests and decided-but-unused ones survive a
+// restart of the engine and its store.
+func TestRestart(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st := openStore(t, dir)
+	e := NewEngine(st, nil)
+	pending, _ := e.Create(ctx, newRequest(), time.Minute)
+	decided, _ := e.Create(ctx, newRequest(), time.Minute)
+	if _, err := e.Decide(ctx, decided.ID, Decision{Approved: true, By: alice}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	e = NewEngine(openStore(t, dir), nil)
+	if got, err := e.Get(ctx, pending.ID); err != nil || got.State != Pending || got.Tool != "delete_file" {
+		t.Fatalf("pending after a restart: %+v %v", got, err)
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		e.Decide(ctx, pending.ID, Decision{Approved: false, By: alice})
+	}()
+	if got, _ := e.Wait(ctx, pending.ID); got.State != Denied {
+		t.Errorf("a request from before the restart, decided after it: %s", got.State)
+	}
+	if _, err := e.Use(ctx, decided.ID, "a1", decided.ArgsHash); err != nil {
+		t.Errorf("a decision from before the restart: %v", err)
+	}
+}
