@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,9 +58,10 @@ type Request struct {
 	ResponseSchema json.RawMessage `json:"response_schema"`
 	// AllowEdits lets an approver replace the arguments.
 	AllowEdits bool `json:"allow_edits,omitempty"`
-	// Approvers are the users who may decide, as issuer and subject;
-	// empty means the request's own user.
-	Approvers []Approver `json:"approvers,omitempty"`
+	// Approvers say who may decide (the rule's principal matchers, as
+	// the engine's Approves reads them); empty means the request's own
+	// user.
+	Approvers json.RawMessage `json:"approvers,omitempty"`
 
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires"`
@@ -69,12 +71,6 @@ type Request struct {
 	DecidedAt  time.Time       `json:"decided_at,omitzero"`
 	Channel    string          `json:"channel,omitempty"`
 	EditedArgs json.RawMessage `json:"edited_args,omitempty"`
-}
-
-// Approver is a user who may decide a request.
-type Approver struct {
-	Issuer string `json:"issuer"`
-	User   string `json:"user"`
 }
 
 // responseSchema is the answer every request expects.
@@ -114,19 +110,25 @@ var (
 // request and its decision are committed to the store before anyone is told,
 // so a restart loses neither. Safe for concurrent use.
 type Engine struct {
-	store Store
-	now   func() time.Time
+	store    Store
+	now      func() time.Time
+	approves func(approvers json.RawMessage, p identity.Principal) bool
 
 	mu      sync.Mutex
 	waiters map[string]chan struct{} // closed when the request leaves pending
 }
 
-// NewEngine returns an engine over st; now nil means time.Now.
-func NewEngine(st Store, now func() time.Time) *Engine {
+// NewEngine returns an engine over st. now nil means time.Now. approves
+// says whether a principal is one of a request's named approvers (the
+// policy's matchers); nil refuses everyone but the request's own user.
+func NewEngine(st Store, now func() time.Time, approves func(approvers json.RawMessage, p identity.Principal) bool) *Engine {
 	if now == nil {
 		now = time.Now
 	}
-	return &Engine{store: st, now: now, waiters: map[string]chan struct{}{}}
+	if approves == nil {
+		approves = func(json.RawMessage, identity.Principal) bool { return false }
+	}
+	return &Engine{store: st, now: now, approves: approves, waiters: map[string]chan struct{}{}}
 }
 
 // HashArgs is the hash a decision is bound to.
@@ -189,6 +191,24 @@ func (e *Engine) Get(ctx context.Context, id string) (Request, error) {
 	return r, nil
 }
 
+// Pending returns every pending request, oldest first.
+func (e *Engine) Pending(ctx context.Context) ([]Request, error) {
+	recs, err := e.store.PendingConsents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Request, 0, len(recs))
+	for _, rec := range recs {
+		var r Request
+		if err := json.Unmarshal(rec.Request, &r); err != nil {
+			return nil, fmt.Errorf("consent: stored request %s: %w", rec.ID, err)
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b Request) int { return a.Created.Compare(b.Created) })
+	return out, nil
+}
+
 // Wait returns once the request is decided, expired or cancelled. If ctx
 // ends first (the caller gave up), the request is cancelled.
 func (e *Engine) Wait(ctx context.Context, id string) (Request, error) {
@@ -226,7 +246,7 @@ func (e *Engine) Decide(ctx context.Context, id string, d Decision) (Request, er
 	if err != nil {
 		return r, err
 	}
-	if !mayDecide(r, d.By) {
+	if !e.mayDecide(r, d.By) {
 		return r, ErrNotAllowed
 	}
 	state := Denied
@@ -267,19 +287,14 @@ func (e *Engine) Decide(ctx context.Context, id string, d Decision) (Request, er
 }
 
 // mayDecide reports whether p may decide r.
-func mayDecide(r Request, p identity.Principal) bool {
+func (e *Engine) mayDecide(r Request, p identity.Principal) bool {
 	if p.Agent != "" || p.Act != nil || p.User == "" {
 		return false
 	}
 	if len(r.Approvers) == 0 {
 		return p.Issuer == r.Issuer && p.User == r.User
 	}
-	for _, a := range r.Approvers {
-		if a.Issuer == p.Issuer && a.User == p.User {
-			return true
-		}
-	}
-	return false
+	return e.approves(r.Approvers, p)
 }
 
 // Use consumes an approval for a call bound to the same agent session and

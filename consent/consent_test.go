@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +31,13 @@ func openStore(t *testing.T, dir string) *store.SQLite {
 	return st
 }
 
+// approvesUsers reads approvers as a JSON list of user names (the server
+// passes the policy's principal matchers).
+func approvesUsers(raw json.RawMessage, p identity.Principal) bool {
+	var users []string
+	return json.Unmarshal(raw, &users) == nil && slices.Contains(users, p.User)
+}
+
 func newRequest() Request {
 	return Request{USID: "u1", ASID: "a1", MSID: "m1", WSID: "w1", Issuer: iss, User: "alice", Agent: "spiffe://example.org/agent",
 		Upstream: "files", Tool: "delete_file", Args: json.RawMessage(`{"path": "/srv/a"}`), RuleID: "deletes", Reason: "the tool is annotated destructive"}
@@ -37,7 +45,7 @@ func newRequest() Request {
 
 func TestApproveWaitUse(t *testing.T) {
 	ctx := context.Background()
-	e := NewEngine(openStore(t, t.TempDir()), nil)
+	e := NewEngine(openStore(t, t.TempDir()), nil, approvesUsers)
 	r, err := e.Create(ctx, newRequest(), time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +91,7 @@ func TestApproveWaitUse(t *testing.T) {
 // agent or a token with an actor chain, never another user.
 func TestWhoMayDecide(t *testing.T) {
 	ctx := context.Background()
-	e := NewEngine(openStore(t, t.TempDir()), nil)
+	e := NewEngine(openStore(t, t.TempDir()), nil, approvesUsers)
 	r, _ := e.Create(ctx, newRequest(), time.Minute)
 	for name, p := range map[string]identity.Principal{
 		"another user":          bob,
@@ -96,7 +104,7 @@ func TestWhoMayDecide(t *testing.T) {
 		}
 	}
 	named := newRequest()
-	named.Approvers = []Approver{{Issuer: iss, User: "bob"}}
+	named.Approvers = json.RawMessage(`["bob"]`)
 	r2, _ := e.Create(ctx, named, time.Minute)
 	if _, err := e.Decide(ctx, r2.ID, Decision{Approved: true, By: alice}); !errors.Is(err, ErrNotAllowed) {
 		t.Errorf("alice decided a request only bob may decide: %v", err)
@@ -114,7 +122,7 @@ func TestWhoMayDecide(t *testing.T) {
 // wins.
 func TestDecisionsIdempotentAndRacing(t *testing.T) {
 	ctx := context.Background()
-	e := NewEngine(openStore(t, t.TempDir()), nil)
+	e := NewEngine(openStore(t, t.TempDir()), nil, approvesUsers)
 	r, _ := e.Create(ctx, newRequest(), time.Minute)
 	if _, err := e.Decide(ctx, r.ID, Decision{Approved: false, By: alice}); err != nil {
 		t.Fatal(err)
@@ -153,7 +161,7 @@ func TestDecisionsIdempotentAndRacing(t *testing.T) {
 func TestExpiryDenies(t *testing.T) {
 	ctx := context.Background()
 	clock := testutil.NewClock(time.Now(), 0)
-	e := NewEngine(openStore(t, t.TempDir()), clock.Now)
+	e := NewEngine(openStore(t, t.TempDir()), clock.Now, approvesUsers)
 	r, _ := e.Create(ctx, newRequest(), time.Minute)
 	other, _ := e.Create(ctx, newRequest(), time.Hour)
 	clock.Add(2 * time.Minute)
@@ -177,7 +185,7 @@ func TestExpiryDenies(t *testing.T) {
 // request; so does the waiting caller giving up.
 func TestKillAndCallerCancel(t *testing.T) {
 	ctx := context.Background()
-	e := NewEngine(openStore(t, t.TempDir()), nil)
+	e := NewEngine(openStore(t, t.TempDir()), nil, approvesUsers)
 	r, _ := e.Create(ctx, newRequest(), time.Minute)
 	unrelated := newRequest()
 	unrelated.USID, unrelated.ASID, unrelated.MSID, unrelated.WSID = "u2", "a2", "m2", ""
@@ -207,7 +215,7 @@ func TestKillAndCallerCancel(t *testing.T) {
 // arguments wholly.
 func TestEdits(t *testing.T) {
 	ctx := context.Background()
-	e := NewEngine(openStore(t, t.TempDir()), nil)
+	e := NewEngine(openStore(t, t.TempDir()), nil, approvesUsers)
 	edit := json.RawMessage(`{"path":"/srv/tmp/a"}`)
 	r, _ := e.Create(ctx, newRequest(), time.Minute)
 	if _, err := e.Decide(ctx, r.ID, Decision{Approved: true, EditedArgs: edit, By: alice}); !errors.Is(err, ErrNoEdits) {
@@ -228,7 +236,7 @@ func TestRestart(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	st := openStore(t, dir)
-	e := NewEngine(st, nil)
+	e := NewEngine(st, nil, approvesUsers)
 	pending, _ := e.Create(ctx, newRequest(), time.Minute)
 	decided, _ := e.Create(ctx, newRequest(), time.Minute)
 	if _, err := e.Decide(ctx, decided.ID, Decision{Approved: true, By: alice}); err != nil {
@@ -236,7 +244,7 @@ func TestRestart(t *testing.T) {
 	}
 	st.Close()
 
-	e = NewEngine(openStore(t, dir), nil)
+	e = NewEngine(openStore(t, dir), nil, approvesUsers)
 	if got, err := e.Get(ctx, pending.ID); err != nil || got.State != Pending || got.Tool != "delete_file" {
 		t.Fatalf("pending after a restart: %+v %v", got, err)
 	}

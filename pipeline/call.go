@@ -95,6 +95,9 @@ type Call struct {
 	// Origin is the channel's own request. Only the channel's forwarder
 	// reads it; the pipeline never looks inside.
 	Origin any
+	// Progress, when the caller asked for progress, tells it why its call
+	// is still waiting (a consent request); nil otherwise.
+	Progress func(message string)
 }
 
 // TargetKind is the kind of catalog entry the call names.
@@ -168,10 +171,19 @@ type Validator interface {
 	Output(t Target, rule *schemas.Schema, structured json.RawMessage) string
 }
 
-// Consent is step 6: it returns once the call may go on (an approval),
-// or an error (denied, expired, cancelled, or no way to ask).
+// Consent is step 6: it returns once the call may go on, with the
+// approval, or an error saying why not (denied, expired, cancelled, or no
+// way to ask). args are the arguments as the approver may see them.
 type Consent interface {
-	Await(ctx context.Context, c *Call, t Target, d policy.Decision, args json.RawMessage) (consentID string, err error)
+	Await(ctx context.Context, c *Call, t Target, d policy.Decision, args json.RawMessage) (Approval, error)
+}
+
+// Approval is a user's approval of a call. EditedArgs, when set, replace
+// the arguments wholly; the pipeline checks them again (policy, schema,
+// DLP) before anything is sent.
+type Approval struct {
+	ID         string
+	EditedArgs json.RawMessage
 }
 
 // Credentials is step 7 (identity): the token minted for this call's

@@ -13,10 +13,10 @@ import (
 type NoConsent struct{}
 
 // Await refuses.
-func (NoConsent) Await(_ context.Context, c *Call, _ Target, d policy.Decision, _ json.RawMessage) (string, error) {
+func (NoConsent) Await(_ context.Context, c *Call, _ Target, d policy.Decision, _ json.RawMessage) (Approval, error) {
 	why := d.ConsentReason
 	if why == "" {
 		why = "the policy asks for it"
 	}
-	return "", errors.New("consent required: " + c.Name + " needs the user's approval (" + why + "), and no consent channel is available yet")
+	return Approval{}, errors.New("consent required: " + c.Name + " needs the user's approval (" + why + "), and no consent channel is available yet")
 }

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -106,10 +107,17 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 	// 6. consent: a call the decision says needs the user's approval waits
 	// for it here, and only here.
 	if d.Consent {
-		id, err := p.Consent.Await(ctx, c, t, d, sent)
-		r.rec.ConsentID = id
+		ap, err := p.Consent.Await(ctx, c, t, d, sent)
+		r.rec.ConsentID = ap.ID
 		if err != nil {
 			return r.deny(ctx, policy.CountConsentDenied, CodeConsent, err.Error())
+		}
+		if len(ap.EditedArgs) > 0 {
+			// An edit replaces the arguments wholly and passes steps 3 to
+			// 5 again; what was approved is not asked again.
+			if sent, err = r.edited(ctx, t, ap.EditedArgs); err != nil {
+				return r.deny(ctx, policy.CountValidationFailure, CodeInvalidParams, err.Error())
+			}
 		}
 	}
 
@@ -138,6 +146,33 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 
 	// 10. audit, committed before the answer leaves.
 	return r.finish(ctx, res, err)
+}
+
+// edited checks an approver's edited arguments as the call's own were:
+// policy (conditions see them), schema, DLP. It returns what to send.
+func (r *run) edited(ctx context.Context, t Target, edits json.RawMessage) (json.RawMessage, error) {
+	c := *r.c
+	c.Args = edits
+	args, err := decodeArgs(&c)
+	if err != nil {
+		return nil, errors.New("edited arguments: must be a JSON object")
+	}
+	d := r.p.Authorizer.Authorize(ctx, policy.Request{Principal: c.Principal, Target: t.Target, Args: args, Session: r.p.Sessions.Risk(ctx, &c)})
+	if !d.Allow {
+		return nil, errors.New("edited arguments: denied by policy: " + d.Reason)
+	}
+	if msg := r.p.Validator.Arguments(t, d.Input, args); msg != "" {
+		return nil, errors.New("edited arguments: " + msg)
+	}
+	if d.DLP == nil {
+		return edits, nil
+	}
+	red, acts, err := d.DLP.RedactJSON(edits)
+	if err != nil {
+		return nil, errors.New("edited arguments withheld: they could not be checked for secrets")
+	}
+	r.dlp(ctx, acts, argsPointer(c.Kind))
+	return red, nil
 }
 
 // Visibility is what a list shows of one entry: whether it is shown, and

@@ -121,6 +121,8 @@ rules:
   - {id: drop, upstream: up, tools: [drop], principals: {users: [alice]}, consent: always}
   - {id: cond, upstream: up, tools: [guarded], principals: {users: [alice]}, condition: 'args.ok == true'}
   - {id: docs, upstream: up, prompts: [greet], resources: ["docs://*"], principals: {users: [alice]}}
+  - {id: edit, upstream: up, tools: [edit], principals: {users: [alice]}, consent: always, consent_edits: true,
+     input_schema: {type: object, properties: {n: {type: integer, maximum: 10}}}, condition: '!has(args.n) || args.n != 7'}
 `
 
 type rig struct {
@@ -360,5 +362,61 @@ func BenchmarkRun(b *testing.B) {
 		call := c
 		r.audit.recs = r.audit.recs[:0]
 		r.p.Run(context.Background(), &call)
+	}
+}
+
+// approving is a consent step that approves, with edits when set, and
+// records what the approver was shown.
+type approving struct {
+	edits json.RawMessage
+	shown json.RawMessage
+	asked int
+}
+
+func (a *approving) Await(_ context.Context, _ *Call, _ Target, d policy.Decision, args json.RawMessage) (Approval, error) {
+	a.asked++
+	a.shown = args
+	return Approval{ID: "c_1", EditedArgs: a.edits}, nil
+}
+
+// TestConsentStep: a call that needs consent goes on only with an
+// approval; an approver's edits replace the arguments and are checked
+// again (policy, schema) before anything is sent.
+func TestConsentStep(t *testing.T) {
+	for _, tc := range []struct {
+		name, edits string
+		forwarded   string // the arguments the upstream got, "" for none
+		toolErr     string
+	}{
+		{name: "approved", forwarded: `{"n":1}`},
+		{name: "approved with edits", edits: `{"n":2}`, forwarded: `{"n":2}`},
+		{name: "edits breaking the schema", edits: `{"n":11}`, toolErr: "edited arguments: invalid arguments"},
+		{name: "edits the policy refuses", edits: `{"n":7}`, toolErr: "edited arguments: denied by policy"},
+		{name: "edits not an object", edits: `[1]`, toolErr: "edited arguments: must be a JSON object"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t)
+			step := &approving{edits: json.RawMessage(tc.edits)}
+			r.p.Consent = step
+			out := r.p.Run(context.Background(), &Call{Principal: alice, Kind: ToolCall, Name: "up__edit", Args: json.RawMessage(`{"n":1}`)})
+			if step.asked != 1 || string(step.shown) != `{"n":1}` {
+				t.Errorf("consent asked %d times, shown %s", step.asked, step.shown)
+			}
+			if got := string(r.fwd.args); r.fwd.calls > 0 && got != tc.forwarded || (r.fwd.calls > 0) != (tc.forwarded != "") {
+				t.Errorf("forwarded %d calls with %s, want %q", r.fwd.calls, got, tc.forwarded)
+			}
+			if !strings.Contains(out.ToolError, tc.toolErr) || (tc.toolErr == "") != (out.ToolError == "") {
+				t.Errorf("tool error %q, want %q", out.ToolError, tc.toolErr)
+			}
+			if rec := r.audit.recs[0]; rec.ConsentID != "c_1" {
+				t.Errorf("audit record without the consent id: %+v", rec)
+			}
+		})
+	}
+	// Without a consent channel the call is refused, saying why.
+	r := newRig(t)
+	out := r.p.Run(context.Background(), &Call{Principal: alice, Kind: ToolCall, Name: "up__edit", Args: json.RawMessage(`{"n":1}`)})
+	if r.fwd.calls != 0 || !strings.Contains(out.ToolError, "rule edit asks for consent") {
+		t.Errorf("no consent channel: %+v", out)
 	}
 }

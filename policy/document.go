@@ -39,9 +39,15 @@ type Rule struct {
 	// outputSchema.
 	OutputSchema json.RawMessage `json:"output_schema,omitempty"`
 	Consent      string          `json:"consent,omitempty"`
-	RateLimit    *RateLimit      `json:"rate_limit,omitempty"`
-	DLP          string          `json:"dlp,omitempty"`
-	Condition    string          `json:"condition,omitempty"`
+	// Approvers may decide the rule's consent requests (default: the
+	// session's user); ConsentTTL is how long a request waits (default
+	// 5m); ConsentEdits lets approvers replace the arguments.
+	Approvers    *Principals `json:"approvers,omitempty"`
+	ConsentTTL   string      `json:"consent_ttl,omitempty"`
+	ConsentEdits bool        `json:"consent_edits,omitempty"`
+	RateLimit    *RateLimit  `json:"rate_limit,omitempty"`
+	DLP          string      `json:"dlp,omitempty"`
+	Condition    string      `json:"condition,omitempty"`
 }
 
 // Principals says who a rule is for; every kind listed must match, and an

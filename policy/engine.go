@@ -90,6 +90,12 @@ type Decision struct {
 	// session's risk asking for step-up).
 	Consent       bool
 	ConsentReason string
+	// Approvers may decide the consent request (nil: the session's
+	// user); ConsentTTL is how long it waits; AllowEdits lets approvers
+	// replace the arguments.
+	Approvers  *Principals
+	ConsentTTL time.Duration
+	AllowEdits bool
 	// Known is true when the caller may see the target (a rule names it
 	// for them): a refusal is then a denial it is told about; otherwise the
 	// target does not exist for the caller.
@@ -166,10 +172,17 @@ type rule struct {
 	input, output     *schemas.Schema
 	inputRaw          json.RawMessage
 	consent           string
+	approvers         *Principals
+	consentTTL        time.Duration
+	consentEdits      bool
 	limit             *RateLimit
 	dlp               *Redactor
 	cond              cel.Program
 }
+
+// DefaultConsentTTL is how long a consent request waits when its rule says
+// nothing.
+const DefaultConsentTTL = 5 * time.Minute
 
 // maxLimiters bounds the rate-limit buckets; past it the least recently
 // used one is dropped (a flood of new callers cannot reset the others'). A
@@ -231,7 +244,15 @@ func compileRule(env *cel.Env, d *Document, src *Rule, dlp map[string]*Redactor)
 	}
 	r := &rule{policyID: d.ID, version: version, id: src.ID, upstream: src.Upstream, p: src.Principals,
 		names:    [3][]string{KindTool: src.Tools, KindPrompt: src.Prompts, KindResource: src.Resources},
-		inputRaw: src.InputSchema, consent: src.Consent, limit: src.RateLimit}
+		inputRaw: src.InputSchema, consent: src.Consent, limit: src.RateLimit,
+		approvers: src.Approvers, consentTTL: DefaultConsentTTL, consentEdits: src.ConsentEdits}
+	if src.ConsentTTL != "" {
+		ttl, err := time.ParseDuration(src.ConsentTTL)
+		if err != nil || ttl <= 0 {
+			return nil, fmt.Errorf("consent_ttl: %q is not a positive duration such as 5m", src.ConsentTTL)
+		}
+		r.consentTTL = ttl
+	}
 	if len(src.Tools)+len(src.Prompts)+len(src.Resources) == 0 {
 		return nil, errors.New("names no tools, prompts or resources")
 	}
@@ -338,25 +359,29 @@ func (r *rule) covers(t Target) bool {
 }
 
 // matches reports whether the rule is for p.
-func (r *rule) matches(p *identity.Principal) bool {
-	if len(r.p.Users) > 0 && !anyGlob(r.p.Users, p.User) {
+func (r *rule) matches(p *identity.Principal) bool { return r.p.Match(p) }
+
+// Match reports whether p is one of the principals: every kind listed must
+// match, an absent kind matches anyone.
+func (r Principals) Match(p *identity.Principal) bool {
+	if len(r.Users) > 0 && !anyGlob(r.Users, p.User) {
 		return false
 	}
-	if len(r.p.Agents) > 0 && (p.Agent == "" || !anyGlob(r.p.Agents, p.Agent)) {
+	if len(r.Agents) > 0 && (p.Agent == "" || !anyGlob(r.Agents, p.Agent)) {
 		return false
 	}
-	if len(r.p.Issuers) > 0 && !slices.Contains(r.p.Issuers, p.Issuer) {
+	if len(r.Issuers) > 0 && !slices.Contains(r.Issuers, p.Issuer) {
 		return false
 	}
-	if len(r.p.Groups) > 0 && !slices.ContainsFunc(r.p.Groups, func(g string) bool { return slices.Contains(p.Groups, g) }) {
+	if len(r.Groups) > 0 && !slices.ContainsFunc(r.Groups, func(g string) bool { return slices.Contains(p.Groups, g) }) {
 		return false
 	}
-	for _, s := range r.p.Scopes {
+	for _, s := range r.Scopes {
 		if !slices.Contains(p.Scopes, s) {
 			return false
 		}
 	}
-	for name, want := range r.p.Claims {
+	for name, want := range r.Claims {
 		if !claimHas(p.Claims[name], want) {
 			return false
 		}
@@ -430,7 +455,7 @@ func (e *Engine) Authorize(ctx context.Context, req Request) Decision {
 func (e *Engine) decide(ctx context.Context, req Request) Decision {
 	if len(e.rules) == 0 {
 		if e.mode == AllowWithoutRules {
-			d := Decision{PolicyID: "open-trial", Allow: true, Known: true, DLP: e.contentDLP(req.Target)}
+			d := Decision{PolicyID: "open-trial", Allow: true, Known: true, DLP: e.contentDLP(req.Target), ConsentTTL: DefaultConsentTTL}
 			if req.Target.Destructive {
 				d.Consent, d.ConsentReason = true, "the tool is annotated destructive"
 			}
@@ -456,7 +481,8 @@ func (e *Engine) decide(ctx context.Context, req Request) Decision {
 				continue
 			}
 		}
-		d := Decision{PolicyID: r.policyID, Version: r.version, RuleID: r.id, Input: r.input, Output: r.output, DLP: r.dlp, Known: true}
+		d := Decision{PolicyID: r.policyID, Version: r.version, RuleID: r.id, Input: r.input, Output: r.output, DLP: r.dlp, Known: true,
+			Approvers: r.approvers, ConsentTTL: r.consentTTL, AllowEdits: r.consentEdits}
 		if d.DLP == nil {
 			d.DLP = e.contentDLP(req.Target)
 		}

@@ -1,5 +1,11 @@
 package server
 
+import (
+	"context"
+
+	"github.com/sag-gateway/sag/consent"
+)
+
 // SetMaxKnownSessions lowers the bound of the sessions component's node
 // cache for gateways built from now on (tests of eviction), and returns a
 // func that restores it.
@@ -7,4 +13,17 @@ func SetMaxKnownSessions(n int) func() {
 	old := maxKnownSessions
 	maxKnownSessions = n
 	return func() { maxKnownSessions = old }
+}
+
+// ConsentChannel opens a decision channel on g, as the AG-UI stream will:
+// calls that need consent wait for decisions made through decide. It is
+// closed when the test ends.
+func ConsentChannel(t interface{ Cleanup(func()) }, g *Gateway) (pending func(context.Context) ([]consent.Request, error), decide func(context.Context, string, consent.Decision) (consent.Request, error)) {
+	t.Cleanup(g.openConsentChannel())
+	return g.consent.Pending, g.consent.Decide
+}
+
+// ConsentRequest returns a consent request as stored.
+func (g *Gateway) ConsentRequest(ctx context.Context, id string) (consent.Request, error) {
+	return g.consent.Get(ctx, id)
 }

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sag-gateway/sag/consent"
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/internal/lru"
 	"github.com/sag-gateway/sag/pipeline"
@@ -54,6 +55,7 @@ type Store interface {
 	RevokedSessions(ctx context.Context) ([]string, error)
 	PutUserKill(ctx context.Context, k store.UserKill) error
 	UserKills(ctx context.Context) ([]store.UserKill, error)
+	consent.Store
 	Close() error
 }
 
@@ -71,13 +73,16 @@ type Gateway struct {
 	metrics   *metrics
 	sessions  *sessionGraph
 	pipeline  *pipeline.Pipeline
-	admin     string // admin API token
-	auth      *authn
-	revoked   *revocations
-	policy    atomic.Pointer[loadedPolicy] // swapped whole on reload
-	policyMu  sync.Mutex                   // serialises reloads
-	pins      *policy.Pins                 // tool pinning
-	upLimits  sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
+	consent   *consent.Engine
+	// consentChannels counts the open decision channels (openConsentChannel).
+	consentChannels atomic.Int64
+	admin           string // admin API token
+	auth            *authn
+	revoked         *revocations
+	policy          atomic.Pointer[loadedPolicy] // swapped whole on reload
+	policyMu        sync.Mutex                   // serialises reloads
+	pins            *policy.Pins                 // tool pinning
+	upLimits        sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).
 	toolSchemas *lru.Cache[toolSchemaKey, *schemas.Schema]
@@ -155,6 +160,7 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		sessionOptions{MaxWorkflows: cfg.Limits.MaxWorkflows, WorkflowIdle: time.Duration(cfg.Limits.WorkflowIdleTimeout), Now: deps.Now}); err != nil {
 		return nil, err
 	}
+	g.consent = consent.NewEngine(st, deps.Now, approves)
 	g.metrics = newMetrics()
 	g.front = newFront(g, deps.Version)
 	naming, err := upstreams.ParseNaming(cfg.Prefix)
@@ -189,7 +195,7 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 	g.logPolicy(len(lp.Documents))
 	st2 := steps{g}
 	g.pipeline = &pipeline.Pipeline{
-		Sessions: g.sessions, Catalog: st2, Authorizer: st2, Validator: st2, Consent: pipeline.NoConsent{},
+		Sessions: g.sessions, Catalog: st2, Authorizer: st2, Validator: st2, Consent: consentStep{g},
 		Credentials: st2, Forwarder: mcpForwarder{g}, Auditor: g.store, Clock: clock(deps.Now), Log: log,
 	}
 	g.handler = g.routes()

@@ -40,6 +40,9 @@ type KillResult struct {
 	CancelledCalls int `json:"cancelled_calls"`
 	// ClosedSessions is how many open MCP sessions were closed.
 	ClosedSessions int `json:"closed_sessions"`
+	// CancelledConsents is how many pending consent requests were
+	// cancelled.
+	CancelledConsents int `json:"cancelled_consents"`
 	// Issuers are the issuers whose tokens of the killed user were
 	// revoked (user kills only).
 	Issuers []string `json:"issuers,omitempty"`
@@ -98,6 +101,14 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 		return KillResult{}, &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no such session"}
 	}
 	g.sessions.revoke(res.Revoked...)
+	// Pending consent requests on a killed path are cancelled (their
+	// waiting calls then end); revocation is already committed, so a
+	// failure here leaves them to expire, refused anyway.
+	if n, err := g.consent.CancelNodes(ctx, revoked); err != nil {
+		g.log.Error("kill: pending consent requests not cancelled; they will expire", "error", err)
+	} else {
+		res.CancelledConsents = n
+	}
 	g.auth.minter.Forget(res.Revoked...)
 	// Cancelled calls answer their clients with an error before the
 	// sessions close: a client whose stream just vanished would retry

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -34,6 +35,14 @@ func (f *front) run(ctx context.Context, req mcp.Request, kind pipeline.Kind, na
 	ss, _ := req.GetSession().(*mcp.ServerSession)
 	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Kind: kind, Names: names, Name: name, Args: args, Origin: req,
 		Workflow: header(extra).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}
+	if tp, ok := req.GetParams().(interface{ GetProgressToken() any }); ok && ss != nil {
+		if tok := tp.GetProgressToken(); tok != nil {
+			var n atomic.Int64
+			c.Progress = func(msg string) {
+				_ = ss.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: tok, Progress: float64(n.Add(1)), Message: msg})
+			}
+		}
+	}
 	return f.gw.pipeline.Run(ctx, c)
 }
 
