@@ -116,6 +116,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	waiters map[string]chan struct{} // closed when the request leaves pending
+	changed chan struct{}            // closed (and replaced) on every change
 }
 
 // NewEngine returns an engine over st. now nil means time.Now. approves
@@ -128,7 +129,7 @@ func NewEngine(st Store, now func() time.Time, approves func(approvers json.RawM
 	if approves == nil {
 		approves = func(json.RawMessage, identity.Principal) bool { return false }
 	}
-	return &Engine{store: st, now: now, approves: approves, waiters: map[string]chan struct{}{}}
+	return &Engine{store: st, now: now, approves: approves, waiters: map[string]chan struct{}{}, changed: make(chan struct{})}
 }
 
 // HashArgs is the hash a decision is bound to.
@@ -163,7 +164,24 @@ func (e *Engine) Create(ctx context.Context, r Request, ttl time.Duration) (Requ
 		e.release(r.ID)
 		return r, fmt.Errorf("consent: %w", err)
 	}
+	e.notify()
 	return r, nil
+}
+
+// Changed returns a channel closed at the next change: a request created,
+// decided, expired or cancelled. Listeners (consent streams) read the
+// pending requests again then.
+func (e *Engine) Changed() <-chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.changed
+}
+
+func (e *Engine) notify() {
+	e.mu.Lock()
+	close(e.changed)
+	e.changed = make(chan struct{})
+	e.mu.Unlock()
 }
 
 func nodes(r Request) []string {
@@ -246,7 +264,7 @@ func (e *Engine) Decide(ctx context.Context, id string, d Decision) (Request, er
 	if err != nil {
 		return r, err
 	}
-	if !e.mayDecide(r, d.By) {
+	if !e.MayDecide(r, d.By) {
 		return r, ErrNotAllowed
 	}
 	state := Denied
@@ -286,8 +304,9 @@ func (e *Engine) Decide(ctx context.Context, id string, d Decision) (Request, er
 	return e.Get(ctx, id)
 }
 
-// mayDecide reports whether p may decide r.
-func (e *Engine) mayDecide(r Request, p identity.Principal) bool {
+// MayDecide reports whether p may decide r: a user principal (no agent, no
+// actor chain) that is r's user, or one of its named approvers.
+func (e *Engine) MayDecide(r Request, p identity.Principal) bool {
 	if p.Agent != "" || p.Act != nil || p.User == "" {
 		return false
 	}
@@ -366,6 +385,7 @@ func (e *Engine) settle(ctx context.Context, r Request, state State) error {
 		return err
 	}
 	e.release(r.ID)
+	e.notify()
 	return nil
 }
 

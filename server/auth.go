@@ -243,6 +243,12 @@ func agents(sp *identity.SPIFFE) identity.AgentAuthenticator {
 
 type principalCtxKey struct{}
 
+// principalOf returns the principal admit attached to an HTTP request.
+func principalOf(r *http.Request) (identity.Principal, bool) {
+	p, ok := r.Context().Value(principalCtxKey{}).(identity.Principal)
+	return p, ok
+}
+
 // principal returns the principal that requireAuth attached to a request.
 // A request without one (which requireAuth never lets through) is treated
 // as anonymous only under --auth open; otherwise ok is false.

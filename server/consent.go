@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/sag-gateway/sag/consent"
@@ -17,8 +18,9 @@ import (
 // call that needs consent becomes a stored request and waits for its user's
 // decision, its caller kept informed by progress notifications; the
 // caller's cancellation cancels the request. Decisions reach the engine
-// through a decision channel (the AG-UI consent stream); while none is
-// open, nobody can be asked and the call is refused at once, saying so.
+// through the AG-UI consent stream (POST /agui); a call whose approvers
+// follow no stream (none open, none closed in the last listenGrace) cannot
+// be asked and is refused at once, saying so.
 type consentStep struct{ g *Gateway }
 
 var _ pipeline.Consent = consentStep{}
@@ -29,10 +31,11 @@ const keepAliveEvery = 5 * time.Second
 // Await implements pipeline.Consent.
 func (s consentStep) Await(ctx context.Context, c *pipeline.Call, t pipeline.Target, d policy.Decision, args json.RawMessage) (pipeline.Approval, error) {
 	g := s.g
-	if g.consentChannels.Load() == 0 {
-		return pipeline.NoConsent{}.Await(ctx, c, t, d, args)
-	}
 	p := c.Principal
+	if !g.listeners.reachable(p, d.Approvers != nil, time.Now()) {
+		return pipeline.Approval{}, fmt.Errorf("consent required: %s needs the approval of %s (%s), who follows no consent stream; open one (POST /agui) and call again",
+			c.Name, p.User, d.ConsentReason)
+	}
 	req := consent.Request{
 		USID: c.Sessions.USID, WSID: c.Sessions.WSID, ASID: c.Sessions.ASID, MSID: c.Sessions.MSID,
 		Issuer: p.Issuer, User: p.User, Agent: p.Agent, Act: p.Act.String(),
@@ -94,12 +97,57 @@ func keepAlive(c *pipeline.Call, msg string) (stop func()) {
 	}
 }
 
-// openConsentChannel registers a decision channel; calls that need consent
-// wait for decisions while at least one is open. The returned func closes
-// it.
-func (g *Gateway) openConsentChannel() func() {
-	g.consentChannels.Add(1)
-	return func() { g.consentChannels.Add(-1) }
+// listenGrace is how long after its last consent stream closed a user
+// still counts as following (a UI resumes with a new run after each
+// interrupt).
+const listenGrace = 5 * time.Minute
+
+// listeners tracks who follows their consent requests: the open consent
+// streams of each user, and when the last one closed.
+type listeners struct {
+	mu   sync.Mutex
+	open map[userKey]int
+	seen map[userKey]time.Time
+}
+
+// listen marks p as following until the returned func is called.
+func (l *listeners) listen(p identity.Principal) func() {
+	k := userKey{p.Issuer, p.User}
+	l.mu.Lock()
+	if l.open == nil {
+		l.open, l.seen = map[userKey]int{}, map[userKey]time.Time{}
+	}
+	l.open[k]++
+	l.mu.Unlock()
+	return func() {
+		l.mu.Lock()
+		if l.open[k]--; l.open[k] <= 0 {
+			delete(l.open, k)
+		}
+		l.seen[k] = time.Now()
+		l.mu.Unlock()
+	}
+}
+
+// reachable reports whether a consent request of p's can be decided: p (or,
+// for a rule naming approvers, anyone) follows a consent stream now or did
+// within listenGrace.
+func (l *listeners) reachable(p identity.Principal, anyone bool, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if anyone {
+		if len(l.open) > 0 {
+			return true
+		}
+		for _, t := range l.seen {
+			if now.Sub(t) < listenGrace {
+				return true
+			}
+		}
+		return false
+	}
+	k := userKey{p.Issuer, p.User}
+	return l.open[k] > 0 || now.Sub(l.seen[k]) < listenGrace
 }
 
 // approves reads a rule's approvers (policy principal matchers) for the

@@ -88,11 +88,11 @@ func pendingFor(t *testing.T, ctx context.Context, pending func(context.Context)
 // the client's cancellation ends the wait; an agent cannot decide.
 func TestConsentOverMCP(t *testing.T) {
 	tg, _ := startPolicyGateway(t, consentPolicy)
-	pending, decide := server.ConsentChannel(t, tg.GW)
+	user := identity.Principal{Issuer: tg.Base, User: "alice"}
+	pending, decide := server.ConsentChannel(t, tg.GW, user)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
 	defer cancel()
 	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
-	user := identity.Principal{Issuer: tg.Base, User: "alice"}
 
 	t.Run("approved with edits", func(t *testing.T) {
 		w := startCall(t, ctx, tg, alice, "first")

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/sag-gateway/sag/consent"
+	"github.com/sag-gateway/sag/identity"
 )
 
 // SetMaxKnownSessions lowers the bound of the sessions component's node
@@ -15,11 +16,11 @@ func SetMaxKnownSessions(n int) func() {
 	return func() { maxKnownSessions = old }
 }
 
-// ConsentChannel opens a decision channel on g, as the AG-UI stream will:
-// calls that need consent wait for decisions made through decide. It is
-// closed when the test ends.
-func ConsentChannel(t interface{ Cleanup(func()) }, g *Gateway) (pending func(context.Context) ([]consent.Request, error), decide func(context.Context, string, consent.Decision) (consent.Request, error)) {
-	t.Cleanup(g.openConsentChannel())
+// ConsentChannel marks p as following its consent requests, as an open
+// AG-UI stream does, until the test ends: its calls that need consent wait
+// for decisions made through decide.
+func ConsentChannel(t interface{ Cleanup(func()) }, g *Gateway, p identity.Principal) (pending func(context.Context) ([]consent.Request, error), decide func(context.Context, string, consent.Decision) (consent.Request, error)) {
+	t.Cleanup(g.listeners.listen(p))
 	return g.consent.Pending, g.consent.Decide
 }
 

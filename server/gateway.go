@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sag-gateway/sag/agui"
 	"github.com/sag-gateway/sag/consent"
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/internal/lru"
@@ -74,15 +75,16 @@ type Gateway struct {
 	sessions  *sessionGraph
 	pipeline  *pipeline.Pipeline
 	consent   *consent.Engine
-	// consentChannels counts the open decision channels (openConsentChannel).
-	consentChannels atomic.Int64
-	admin           string // admin API token
-	auth            *authn
-	revoked         *revocations
-	policy          atomic.Pointer[loadedPolicy] // swapped whole on reload
-	policyMu        sync.Mutex                   // serialises reloads
-	pins            *policy.Pins                 // tool pinning
-	upLimits        sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
+	listeners listeners // who follows their consent requests
+	// consentStream serves POST /agui.
+	consentStream *agui.Stream
+	admin         string // admin API token
+	auth          *authn
+	revoked       *revocations
+	policy        atomic.Pointer[loadedPolicy] // swapped whole on reload
+	policyMu      sync.Mutex                   // serialises reloads
+	pins          *policy.Pins                 // tool pinning
+	upLimits      sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).
 	toolSchemas *lru.Cache[toolSchemaKey, *schemas.Schema]
@@ -198,6 +200,15 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		Sessions: g.sessions, Catalog: st2, Authorizer: st2, Validator: st2, Consent: consentStep{g},
 		Credentials: st2, Forwarder: mcpForwarder{g}, Auditor: g.store, Clock: clock(deps.Now), Log: log,
 	}
+	g.consentStream = agui.NewStream(agui.Options{
+		Consents:  g.consent,
+		Principal: func(r *http.Request) (identity.Principal, bool) { return principalOf(r) },
+		Workflow: func(p identity.Principal, thread string) (string, bool) {
+			return derive("w_", g.sessions.userSession(p), thread), validWorkflowID(thread) && thread != ""
+		},
+		Listening: g.listeners.listen,
+		Log:       log,
+	})
 	g.handler = g.routes()
 	return g, nil
 }

@@ -19,6 +19,12 @@ import (
 func (g *Gateway) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/mcp", g.metrics.instrument("/mcp", g.checkOrigin(g.requireAuth(g.cfg.Identity.RequiredScopes, g.front.handler()))))
+	// The AG-UI consent stream: the user authenticates like any caller.
+	mux.Handle("POST /agui", g.metrics.instrument("/agui", g.checkOrigin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r = g.admit(w, r, nil); r != nil {
+			g.consentStream.ServeHTTP(w, r)
+		}
+	}))))
 	mux.Handle("GET "+resourceMetadataPath, g.metrics.instrument(resourceMetadataPath, http.HandlerFunc(g.resourceMetadata)))
 	mux.Handle("GET /.well-known/jwks.json", g.metrics.instrument("/.well-known/jwks.json", http.HandlerFunc(g.jwks)))
 	if g.auth.exchange != nil {

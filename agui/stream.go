@@ -1,0 +1,290 @@
+package agui
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/sag-gateway/sag/consent"
+	"github.com/sag-gateway/sag/identity"
+)
+
+// AllThreads is the reserved thread id whose runs follow every session of
+// the user, not one workflow.
+const AllThreads = "sag:all"
+
+// Consents is what the stream needs of the consent engine.
+type Consents interface {
+	Pending(ctx context.Context) ([]consent.Request, error)
+	Decide(ctx context.Context, id string, d consent.Decision) (consent.Request, error)
+	MayDecide(r consent.Request, p identity.Principal) bool
+	Changed() <-chan struct{}
+}
+
+// Options configure a Stream.
+type Options struct {
+	Consents Consents
+	// Principal returns the authenticated caller of a request (the server
+	// authenticates before the stream sees it).
+	Principal func(*http.Request) (identity.Principal, bool)
+	// Workflow returns the WSID of p's workflow named threadID (the
+	// Sag-Workflow-Id value its agents send); ok is false for a thread id
+	// no workflow can have.
+	Workflow func(p identity.Principal, threadID string) (wsid string, ok bool)
+	// Listening marks p as following its consent requests while a run is
+	// open; the returned func ends that.
+	Listening func(p identity.Principal) (done func())
+	// Heartbeat is how often a waiting run sends a keep-alive comment.
+	Heartbeat time.Duration
+	Log       *slog.Logger
+}
+
+// Stream serves POST /agui: the AG-UI 1.0 consent stream of the
+// authenticated user. A run attached to a thread (a workflow id, or
+// AllThreads) waits until calls of that thread need the user's consent and
+// ends with them as interrupts; a run with resume entries answers them.
+type Stream struct{ o Options }
+
+// NewStream returns a Stream.
+func NewStream(o Options) *Stream {
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = 15 * time.Second
+	}
+	return &Stream{o: o}
+}
+
+// maxInput bounds a RunAgentInput.
+const maxInput = 1 << 20
+
+// runInput is the part of RunAgentInput the stream reads.
+type runInput struct {
+	ThreadID string            `json:"threadId"`
+	RunID    string            `json:"runId"`
+	Messages []json.RawMessage `json:"messages"`
+	Resume   []resumeEntry     `json:"resume"`
+}
+
+type resumeEntry struct {
+	InterruptID string          `json:"interruptId"`
+	Status      string          `json:"status"` // resolved or cancelled
+	Payload     json.RawMessage `json:"payload"`
+}
+
+// answer is the payload of a resolved interrupt (its responseSchema).
+type answer struct {
+	Approved   *bool           `json:"approved"`
+	EditedArgs json.RawMessage `json:"editedArgs"`
+}
+
+func (s *Stream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		httpError(w, http.StatusMethodNotAllowed, "use POST with a RunAgentInput")
+		return
+	}
+	p, ok := s.o.Principal(r)
+	if !ok {
+		httpError(w, http.StatusUnauthorized, "not authenticated")
+		return
+	}
+	var in runInput
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxInput))
+	if err := dec.Decode(&in); err != nil || in.ThreadID == "" || in.RunID == "" || in.Messages == nil {
+		httpError(w, http.StatusBadRequest, "the body must be a RunAgentInput with threadId, runId and messages")
+		return
+	}
+	out, err := newSSE(w)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, "streaming unavailable")
+		return
+	}
+	ctx := r.Context()
+	if err := out.send(runStarted{Type: "RUN_STARTED", ThreadID: in.ThreadID, RunID: in.RunID}); err != nil {
+		return
+	}
+	if err := s.run(ctx, out, p, in); err != nil {
+		var re *runError
+		if !errors.As(err, &re) {
+			s.o.Log.Error("consent stream failed", "error", err)
+			re = &runError{Message: "the consent stream failed"}
+		}
+		re.Type = "RUN_ERROR"
+		_ = out.send(re)
+	}
+}
+
+func (re *runError) Error() string { return re.Message }
+
+// run answers one run: resume entries, or wait for interrupts.
+func (s *Stream) run(ctx context.Context, out *sse, p identity.Principal, in runInput) error {
+	open, err := s.open(ctx, p, in.ThreadID)
+	if err != nil {
+		return err
+	}
+	if len(in.Resume) > 0 {
+		if err := s.resume(ctx, p, open, in.Resume); err != nil {
+			return err
+		}
+		return out.send(runFinished{Type: "RUN_FINISHED", ThreadID: in.ThreadID, RunID: in.RunID, Outcome: &outcome{Type: "success"}})
+	}
+	if len(in.Messages) > 0 && len(open) > 0 {
+		return &runError{Code: "INTERRUPTS_PENDING", Message: fmt.Sprintf("%d interrupts are open on this thread; answer them with resume before sending new input", len(open))}
+	}
+	defer s.o.Listening(p)()
+	if err := out.send(stateSnapshot{Type: "STATE_SNAPSHOT", Snapshot: map[string]any{"thread": in.ThreadID, "pendingConsents": len(open)}}); err != nil {
+		return nil // the client is gone
+	}
+	beat := time.NewTicker(s.o.Heartbeat)
+	defer beat.Stop()
+	for len(open) == 0 {
+		changed := s.o.Consents.Changed()
+		if open, err = s.open(ctx, p, in.ThreadID); err != nil || len(open) > 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-beat.C:
+			if out.comment() != nil {
+				return nil
+			}
+		case <-changed:
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return s.interrupt(out, in, open)
+}
+
+// open returns the pending requests of the thread that p may decide.
+func (s *Stream) open(ctx context.Context, p identity.Principal, thread string) ([]consent.Request, error) {
+	all, err := s.o.Consents.Pending(ctx)
+	if err != nil {
+		return nil, err
+	}
+	wsid := ""
+	if thread != AllThreads {
+		var ok bool
+		if wsid, ok = s.o.Workflow(p, thread); !ok {
+			return nil, &runError{Code: "INVALID_THREAD", Message: "threadId must be a workflow id (1-128 visible ASCII characters) or " + AllThreads}
+		}
+	}
+	var out []consent.Request
+	for _, r := range all {
+		if s.o.Consents.MayDecide(r, p) && (wsid == "" || r.WSID == wsid) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// interrupt ends a run with the thread's open requests as interrupts, each
+// first shown as the tool call it is.
+func (s *Stream) interrupt(out *sse, in runInput, open []consent.Request) error {
+	var msgs []message
+	var ints []interrupt
+	for _, r := range open {
+		callID, msgID := "call_"+r.ID, "msg_"+r.ID
+		name := r.Upstream + "/" + r.Tool
+		args := string(r.Args)
+		if args == "" {
+			args = "{}"
+		}
+		for _, ev := range []any{
+			toolCallStart{Type: "TOOL_CALL_START", ToolCallID: callID, ToolCallName: name, ParentMessageID: msgID},
+			toolCallArgs{Type: "TOOL_CALL_ARGS", ToolCallID: callID, Delta: args},
+			toolCallEnd{Type: "TOOL_CALL_END", ToolCallID: callID},
+		} {
+			if err := out.send(ev); err != nil {
+				return nil
+			}
+		}
+		msgs = append(msgs, message{ID: msgID, Role: "assistant", ToolCalls: []toolCall{{ID: callID, Type: "function", Function: functionCall{Name: name, Arguments: args}}}})
+		who := r.Agent
+		if who == "" {
+			who = "an agent"
+		}
+		ints = append(ints, interrupt{
+			ID: r.ID, Reason: "tool_call", ToolCallID: callID, ResponseSchema: r.ResponseSchema,
+			Message:   fmt.Sprintf("%s asks to call %s on %s for %s: %s", who, r.Tool, r.Upstream, r.User, r.Reason),
+			ExpiresAt: r.Expires.UTC().Format(time.RFC3339Nano),
+			Metadata:  map[string]any{"upstream": r.Upstream, "tool": r.Tool, "agent": r.Agent, "user": r.User, "rule": r.RuleID, "allowEdits": r.AllowEdits},
+		})
+	}
+	for _, ev := range []any{
+		stateSnapshot{Type: "STATE_SNAPSHOT", Snapshot: map[string]any{"thread": in.ThreadID, "pendingConsents": len(open)}},
+		messagesSnapshot{Type: "MESSAGES_SNAPSHOT", Messages: msgs},
+		runFinished{Type: "RUN_FINISHED", ThreadID: in.ThreadID, RunID: in.RunID, Outcome: &outcome{Type: "interrupt", Interrupts: ints}},
+	} {
+		if err := out.send(ev); err != nil {
+			return nil
+		}
+	}
+	return nil
+}
+
+// resume decides the interrupts a run answers. AG-UI 1.0: one resume
+// addresses every open interrupt of the thread; an unknown, stale or
+// expired one is an error; an identical replay is harmless.
+func (s *Stream) resume(ctx context.Context, p identity.Principal, open []consent.Request, entries []resumeEntry) error {
+	seen := map[string]bool{}
+	for _, e := range entries {
+		if e.InterruptID == "" || seen[e.InterruptID] {
+			return &runError{Code: "INVALID_RESUME", Message: "each resume entry names a different interrupt"}
+		}
+		seen[e.InterruptID] = true
+	}
+	for _, r := range open {
+		if !seen[r.ID] {
+			return &runError{Code: "INTERRUPTS_UNADDRESSED", Message: "the resume must answer every open interrupt; missing " + r.ID}
+		}
+	}
+	for _, e := range entries {
+		d := consent.Decision{By: p, Channel: "ag-ui"}
+		switch e.Status {
+		case "cancelled":
+		case "resolved":
+			var a answer
+			dec := json.NewDecoder(bytes.NewReader(e.Payload))
+			dec.DisallowUnknownFields()
+			if len(e.Payload) == 0 || dec.Decode(&a) != nil || a.Approved == nil {
+				return &runError{Code: "INVALID_RESUME", Message: "the payload of " + e.InterruptID + " must be {approved, editedArgs?}"}
+			}
+			d.Approved, d.EditedArgs = *a.Approved, a.EditedArgs
+		default:
+			return &runError{Code: "INVALID_RESUME", Message: "a resume status is resolved or cancelled"}
+		}
+		got, err := s.o.Consents.Decide(ctx, e.InterruptID, d)
+		switch {
+		case errors.Is(err, consent.ErrNotFound), errors.Is(err, consent.ErrNotAllowed):
+			// The same answer whether it does not exist or is someone
+			// else's: nothing is told about other users' requests.
+			return &runError{Code: "UNKNOWN_INTERRUPT", Message: "no open interrupt " + e.InterruptID + " of yours"}
+		case errors.Is(err, consent.ErrDecided):
+			return &runError{Code: "STALE_INTERRUPT", Message: "interrupt " + e.InterruptID + " was already answered otherwise"}
+		case errors.Is(err, consent.ErrNoEdits):
+			return &runError{Code: "INVALID_RESUME", Message: "interrupt " + e.InterruptID + " does not allow edited arguments"}
+		case err != nil:
+			return err
+		case got.State == consent.Expired:
+			return &runError{Code: "INTERRUPT_EXPIRED", Message: "interrupt " + e.InterruptID + " expired"}
+		case got.State == consent.Cancelled:
+			return &runError{Code: "STALE_INTERRUPT", Message: "interrupt " + e.InterruptID + " was cancelled"}
+		}
+	}
+	return nil
+}
+
+// httpError answers a request refused before its stream started.
+func httpError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"error": http.StatusText(status), "error_description": msg})
+}

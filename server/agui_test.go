@@ -1,0 +1,201 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/agui"
+	"github.com/sag-gateway/sag/identity"
+)
+
+// aguiRun is one AG-UI run: its events as they arrive.
+type aguiRun struct {
+	events chan map[string]any
+}
+
+// startRun posts a RunAgentInput to /agui as a and streams its events.
+func startRun(t *testing.T, ctx context.Context, tg *testGateway, a *agent, input string) *aguiRun {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tg.Base+"/agui", strings.NewReader(input))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := a.client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		t.Fatalf("POST /agui: %d", resp.StatusCode)
+	}
+	run := &aguiRun{events: make(chan map[string]any, 64)}
+	go func() {
+		defer resp.Body.Close()
+		defer close(run.events)
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			data, ok := strings.CutPrefix(sc.Text(), "data: ")
+			if !ok {
+				continue
+			}
+			var ev map[string]any
+			if json.Unmarshal([]byte(data), &ev) != nil {
+				t.Errorf("an event that is not JSON: %s", data)
+				return
+			}
+			run.events <- ev
+		}
+	}()
+	return run
+}
+
+// next returns the run's next event, failing the test after waitFor.
+func (r *aguiRun) next(t *testing.T) map[string]any {
+	t.Helper()
+	select {
+	case ev, ok := <-r.events:
+		if !ok {
+			t.Fatal("the run ended early")
+		}
+		return ev
+	case <-time.After(waitFor):
+		t.Fatal("no event")
+	}
+	return nil
+}
+
+// expect reads the run's next events and checks their types.
+func (r *aguiRun) expect(t *testing.T, types ...string) []map[string]any {
+	t.Helper()
+	var evs []map[string]any
+	for _, want := range types {
+		ev := r.next(t)
+		if ev["type"] != want {
+			t.Fatalf("event %v, want %s", ev, want)
+		}
+		evs = append(evs, ev)
+	}
+	return evs
+}
+
+func runInput(thread, run string, messages, resume string) string {
+	in := `{"threadId":"` + thread + `","runId":"` + run + `","messages":` + messages
+	if resume != "" {
+		in += `,"resume":` + resume
+	}
+	return in + "}"
+}
+
+// workflowCall calls fx__echo as a in workflow wf and returns the result
+// channel.
+func workflowCall(t *testing.T, ctx context.Context, tg *testGateway, a *agent, wf, text string) <-chan *mcp.CallToolResult {
+	t.Helper()
+	cs := connectWorkflow(t, a, tg.MCP, wf)
+	out := make(chan *mcp.CallToolResult, 1)
+	go func() {
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": text}})
+		if err != nil {
+			res = toolError(err.Error())
+		}
+		out <- res
+	}()
+	return out
+}
+
+func toolError(msg string) *mcp.CallToolResult {
+	return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: msg}}}
+}
+
+// TestConsentStream: the AG-UI 1.0 consent stream. A run on a workflow's
+// thread waits until a call of that workflow needs the user's consent and
+// ends with it as an interrupt; a resume approves it and the call goes on;
+// AG-UI's rules hold (replay harmless, conflicting or unaddressed or
+// foreign answers refused with RUN_ERROR); a user following no stream is
+// refused at once.
+func TestConsentStream(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy+"  - {id: carol-echo, upstream: fx, tools: [echo], principals: {users: [carol]}, consent: always}\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	bob := newAgent(t, tg, identity.Claims{Subject: "bob"})
+
+	run := startRun(t, ctx, tg, alice, runInput("wf-1", "r1", "[]", ""))
+	run.expect(t, "RUN_STARTED", "STATE_SNAPSHOT")
+	result := workflowCall(t, ctx, tg, alice, "wf-1", "hello")
+	evs := run.expect(t, "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "STATE_SNAPSHOT", "MESSAGES_SNAPSHOT", "RUN_FINISHED")
+	if args := evs[1]["delta"]; !strings.Contains(args.(string), "hello") {
+		t.Errorf("tool call args %v", args)
+	}
+	outcome, _ := evs[5]["outcome"].(map[string]any)
+	ints, _ := outcome["interrupts"].([]any)
+	if outcome["type"] != "interrupt" || len(ints) != 1 {
+		t.Fatalf("RUN_FINISHED %v", evs[5])
+	}
+	in := ints[0].(map[string]any)
+	id := in["id"].(string)
+	if in["reason"] != "tool_call" || in["toolCallId"] != evs[0]["toolCallId"] || in["expiresAt"] == "" || in["responseSchema"] == nil {
+		t.Errorf("interrupt %v", in)
+	}
+
+	// Someone else cannot answer it, nor see it.
+	other := startRun(t, ctx, tg, bob, runInput(agui.AllThreads, "b1", "[]", `[{"interruptId":"`+id+`","status":"resolved","payload":{"approved":true}}]`))
+	other.expect(t, "RUN_STARTED")
+	if ev := other.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != "UNKNOWN_INTERRUPT" {
+		t.Errorf("bob's answer: %v", ev)
+	}
+	// New input while the interrupt is open is refused.
+	busy := startRun(t, ctx, tg, alice, runInput("wf-1", "r1b", `[{"id":"m1","role":"user","content":"hi"}]`, ""))
+	busy.expect(t, "RUN_STARTED")
+	if ev := busy.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != "INTERRUPTS_PENDING" {
+		t.Errorf("new input with an open interrupt: %v", ev)
+	}
+	// A resume that does not answer the open interrupt is refused.
+	partial := startRun(t, ctx, tg, alice, runInput("wf-1", "r1c", "[]", `[{"interruptId":"c_other","status":"cancelled"}]`))
+	partial.expect(t, "RUN_STARTED")
+	if ev := partial.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != "INTERRUPTS_UNADDRESSED" {
+		t.Errorf("a resume missing the open interrupt: %v", ev)
+	}
+
+	approve := `[{"interruptId":"` + id + `","status":"resolved","payload":{"approved":true}}]`
+	resumed := startRun(t, ctx, tg, alice, runInput("wf-1", "r2", "[]", approve))
+	if evs := resumed.expect(t, "RUN_STARTED", "RUN_FINISHED"); evs[1]["outcome"].(map[string]any)["type"] != "success" {
+		t.Errorf("resumed run: %v", evs[1])
+	}
+	select {
+	case res := <-result:
+		if res.IsError || toolText(res) != "hello" {
+			t.Errorf("the approved call: %q", toolText(res))
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the approved call still waits")
+	}
+	// An identical replay is harmless; a different answer is stale.
+	replay := startRun(t, ctx, tg, alice, runInput("wf-1", "r3", "[]", approve))
+	replay.expect(t, "RUN_STARTED", "RUN_FINISHED")
+	stale := startRun(t, ctx, tg, alice, runInput("wf-1", "r4", "[]", `[{"interruptId":"`+id+`","status":"resolved","payload":{"approved":false}}]`))
+	stale.expect(t, "RUN_STARTED")
+	if ev := stale.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != "STALE_INTERRUPT" {
+		t.Errorf("a different answer after the first: %v", ev)
+	}
+
+	// Carol follows no consent stream: her call is refused at once.
+	carol := newAgent(t, tg, identity.Claims{Subject: "carol"})
+	select {
+	case res := <-workflowCall(t, ctx, tg, carol, "wf-c", "x"):
+		if !res.IsError || !strings.Contains(toolText(res), "follows no consent stream") {
+			t.Errorf("carol's call: %q", toolText(res))
+		}
+	case <-time.After(waitFor):
+		t.Fatal("carol's call waits though nobody can answer it")
+	}
+}
