@@ -2,14 +2,15 @@
 # SAG end-to-end suite: the MCP conformance suite and an MCP Inspector CLI smoke
 # test against `sag serve` in front of the go-sdk everything-server, a DPoP
 # interop test (npm dpop + oauth4webapi proofs) against `sag serve --auth dpop`,
-# and a SPIFFE test with a real SPIRE 1.13.3 server + agent issuing the
+# an AG-UI test (the @ag-ui/client 1.0.0 HttpAgent answering a consent
+# interrupt while `sag call` waits), and a SPIFFE test with a real SPIRE 1.13.3 server + agent issuing the
 # gateway's and the agent's X.509-SVIDs (mTLS + DPoP + act.sub).
 #
-# Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [spire]   (default: all four)
+# Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [agui] [spire]   (default: all five)
 #
 # Environment:
 #   E2E_DIRECT=1              test the everything-server directly (baseline), no gateway
-#                             (the dpop and spire parts, which test the gateway only, are skipped)
+#                             (the dpop, agui and spire parts, which test the gateway only, are skipped)
 #   E2E_UPSTREAM_STATELESS=1  run the everything-server with -stateless=true
 #                             (default -stateless=false: with conformance 0.1.16 the
 #                             stateless server fails the sampling/elicitation scenarios)
@@ -19,6 +20,7 @@
 #   E2E_READY_TIMEOUT=secs    how long to wait for the servers (default 30)
 #   E2E_CONFORMANCE_TIMEOUT=secs  limit for the conformance run (default 600)
 #   E2E_DPOP_TIMEOUT=secs     limit for the dpop interop script (default 60)
+#   E2E_AGUI_TIMEOUT=secs     limit for the AG-UI interop script (default 60)
 #   E2E_SPIRE_TIMEOUT=secs    how long to wait for each SVID (default 60)
 #   E2E_SPIRE_BUILD_TIMEOUT=secs  limit for e2e/spire/build.sh (default 1800)
 #   SAG_SPIRE_CACHE=dir       where e2e/spire/build.sh caches SPIRE (default ~/.cache/sag/spire-v1.13.3;
@@ -38,17 +40,20 @@ CONFORMANCE_TIMEOUT="${E2E_CONFORMANCE_TIMEOUT:-600}"
 EXPECTED_FAILURES="$E2E_DIR/conformance-expected-failures.yml"
 
 DPOP_TIMEOUT="${E2E_DPOP_TIMEOUT:-60}"
+AGUI_TIMEOUT="${E2E_AGUI_TIMEOUT:-60}"
 SPIRE_SVID_TIMEOUT="${E2E_SPIRE_TIMEOUT:-60}"
 SPIRE_BUILD_TIMEOUT="${E2E_SPIRE_BUILD_TIMEOUT:-1800}"
 
 RUN_CONFORMANCE=0
 RUN_INSPECTOR=0
 RUN_DPOP=0
+RUN_AGUI=0
 RUN_SPIRE=0
 if [[ $# -eq 0 ]]; then
   RUN_CONFORMANCE=1
   RUN_INSPECTOR=1
   RUN_DPOP=1
+  RUN_AGUI=1
   RUN_SPIRE=1
 fi
 for part in "$@"; do
@@ -56,15 +61,20 @@ for part in "$@"; do
     conformance) RUN_CONFORMANCE=1 ;;
     inspector) RUN_INSPECTOR=1 ;;
     dpop) RUN_DPOP=1 ;;
+    agui) RUN_AGUI=1 ;;
     spire) RUN_SPIRE=1 ;;
     -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop, spire)" >&2; exit 2 ;;
+    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop, agui, spire)" >&2; exit 2 ;;
   esac
 done
 GATEWAY_ONLY_SKIPPED=()
 if [[ "$E2E_DIRECT" == 1 && $RUN_DPOP == 1 ]]; then
   RUN_DPOP=0
   GATEWAY_ONLY_SKIPPED+=(dpop)
+fi
+if [[ "$E2E_DIRECT" == 1 && $RUN_AGUI == 1 ]]; then
+  RUN_AGUI=0
+  GATEWAY_ONLY_SKIPPED+=(agui)
 fi
 if [[ "$E2E_DIRECT" == 1 && $RUN_SPIRE == 1 ]]; then
   RUN_SPIRE=0
@@ -359,6 +369,45 @@ EOF
   total=$(grep -E '^dpop interop: ' "$OUT/dpop.log" | tail -n 1 || true)
   log "${total:-dpop interop: no summary line} (exit $rc, $((SECONDS - t0))s)"
   if [[ $rc -ne 0 || -z "$total" ]]; then FAILED+=("dpop"); fi
+fi
+
+# ------------------------------------------------------------------- agui --
+# A gateway with --auth bearer (the AG-UI HttpAgent sends a bearer token, no
+# DPoP proofs) and an allow-list that makes alice's call of
+# everything__test_simple_text need her consent; e2e/agui.mjs follows the
+# consent stream with @ag-ui/client 1.0.0, makes the call with `sag call`,
+# answers the interrupt, and validates every event with @ag-ui/core.
+if [[ $RUN_AGUI == 1 ]]; then
+  t0=$SECONDS
+  free_port AGUI_PORT
+  AGUI_URL="http://127.0.0.1:$AGUI_PORT"
+  mkdir -p "$OUT/sag-agui-data"
+  cat >"$OUT/sag-agui-allow.yaml" <<EOF
+id: agui-e2e
+rules:
+  - id: alice-needs-consent
+    upstream: everything
+    tools: [test_simple_text]
+    principals: {users: [alice]}
+    consent: always
+EOF
+  log "starting sag serve --auth bearer with a consent rule on 127.0.0.1:$AGUI_PORT"
+  start_bg "$OUT/sag-agui.log" "$WORK/sag" serve \
+    --listen "127.0.0.1:$AGUI_PORT" \
+    --data "$OUT/sag-agui-data" \
+    --auth bearer \
+    --policy "$OUT/sag-agui-allow.yaml" \
+    --upstream "everything=http://127.0.0.1:$UP_PORT/mcp"
+  AGUI_PID=$LAST_PID
+  wait_http "$AGUI_URL/readyz" 200 "$AGUI_PID" "$OUT/sag-agui.log"
+  log "agui gateway ready in $((SECONDS - t0))s; node e2e/agui.mjs"
+  rc=0
+  SAG_BIN="$WORK/sag" AGUI_URL="$AGUI_URL" AGUI_DATA="$OUT/sag-agui-data" \
+    run_logged "$E2E_DIR" "$OUT/agui.log" \
+    timeout --kill-after=5 "$AGUI_TIMEOUT" "$NODE" "$E2E_DIR/agui.mjs" </dev/null || rc=$?
+  total=$(grep -E '^agui interop: ' "$OUT/agui.log" | tail -n 1 || true)
+  log "${total:-agui interop: no summary line} (exit $rc, $((SECONDS - t0))s)"
+  if [[ $rc -ne 0 || -z "$total" ]]; then FAILED+=("agui"); fi
 fi
 
 # ------------------------------------------------------------------ spire --
