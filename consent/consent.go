@@ -335,6 +335,15 @@ func (e *Engine) Use(ctx context.Context, id, asid, argsHash string) (Request, e
 	return r, nil
 }
 
+// Cancel cancels a pending request (its call will not go on).
+func (e *Engine) Cancel(ctx context.Context, id string) error {
+	r, err := e.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	return e.settle(ctx, r, Cancelled)
+}
+
 // CancelNodes cancels every pending request on a path through one of the
 // given session-graph nodes (the kill-switch) and returns how many.
 func (e *Engine) CancelNodes(ctx context.Context, killed map[string]bool) (int, error) {

@@ -188,6 +188,22 @@ func TestConsentStream(t *testing.T) {
 		t.Errorf("a different answer after the first: %v", ev)
 	}
 
+	// Requests and decisions are audited, refused attempts too.
+	req := auditMethod(t, tg, "consent.requested")
+	if len(req) == 0 || req[len(req)-1]["consent_id"] != id || req[len(req)-1]["sub"] != "alice" || req[len(req)-1]["wsid"] == nil ||
+		req[len(req)-1]["allow_list_match"] != "echo-with-consent" {
+		t.Errorf("consent.requested records: %v", req)
+	}
+	decided := map[string]bool{}
+	for _, rec := range auditMethod(t, tg, "consent.decided") {
+		if rec["consent_id"] == id {
+			decided[str(rec["sub"])+" "+str(rec["decision"])] = true
+		}
+	}
+	if !decided["alice allow"] || !decided["bob deny"] {
+		t.Errorf("consent.decided records of %s: %v", id, decided)
+	}
+
 	// Carol follows no consent stream: her call is refused at once.
 	carol := newAgent(t, tg, identity.Claims{Subject: "carol"})
 	select {

@@ -8,10 +8,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sag-gateway/sag/agui"
 	"github.com/sag-gateway/sag/consent"
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/policy"
+	"github.com/sag-gateway/sag/store"
 )
 
 // consentStep is the pipeline's consent step over the consent engine: a
@@ -48,6 +50,15 @@ func (s consentStep) Await(ctx context.Context, c *pipeline.Call, t pipeline.Tar
 	if err != nil {
 		g.log.Error("consent request not recorded; call refused", "error", err)
 		return pipeline.Approval{}, errors.New("consent unavailable: the request could not be recorded")
+	}
+	// consent.requested: the request, with the call's identity and place.
+	rec := store.AuditRecord{Method: "consent.requested", ConsentID: r.ID, USID: r.USID, WSID: r.WSID, ASID: r.ASID, MSID: r.MSID,
+		Sub: p.User, SpiffeID: p.Agent, Act: r.Act, Upstream: t.Upstream, Tool: c.Name, AllowListMatch: d.RuleID,
+		PolicyID: "consent", Decision: string(consent.Pending), Reason: d.ConsentReason}
+	if err := g.audit(ctx, &rec, time.Now()); err != nil {
+		// Fail closed like any call that cannot be recorded.
+		_ = g.consent.Cancel(context.WithoutCancel(ctx), r.ID)
+		return pipeline.Approval{ID: r.ID}, errors.New("consent unavailable: the request could not be audited")
 	}
 	a := pipeline.Approval{ID: r.ID}
 	stop := keepAlive(c, fmt.Sprintf("waiting for %s's approval of %s (consent request %s)", p.User, c.Name, r.ID))
@@ -155,4 +166,40 @@ func (l *listeners) reachable(p identity.Principal, anyone bool, now time.Time) 
 func approves(raw json.RawMessage, p identity.Principal) bool {
 	var who policy.Principals
 	return json.Unmarshal(raw, &who) == nil && who.Match(&p)
+}
+
+// auditedConsents is the consent engine as decision channels see it: every
+// decision, and every refused attempt to decide, is audited.
+type auditedConsents struct{ g *Gateway }
+
+var _ agui.Consents = auditedConsents{}
+
+func (a auditedConsents) Pending(ctx context.Context) ([]consent.Request, error) {
+	return a.g.consent.Pending(ctx)
+}
+
+func (a auditedConsents) MayDecide(r consent.Request, p identity.Principal) bool {
+	return a.g.consent.MayDecide(r, p)
+}
+
+func (a auditedConsents) Changed() <-chan struct{} { return a.g.consent.Changed() }
+
+// Decide records d and audits it (consent.decided): who decided, through
+// which channel, what; a refused attempt is audited as a denial.
+func (a auditedConsents) Decide(ctx context.Context, id string, d consent.Decision) (consent.Request, error) {
+	start := time.Now()
+	r, err := a.g.consent.Decide(ctx, id, d)
+	rec := store.AuditRecord{Method: "consent.decided", ConsentID: id, Sub: d.By.User, SpiffeID: d.By.Agent, Act: d.By.Act.String(),
+		USID: r.USID, WSID: r.WSID, ASID: r.ASID, MSID: r.MSID, Upstream: r.Upstream, Tool: r.Tool, AllowListMatch: r.RuleID,
+		PolicyID: "consent", Decision: pipeline.DecisionAllow, Reason: fmt.Sprintf("%s through %s", r.State, d.Channel)}
+	if pr := d.By.Proof; pr != nil {
+		rec.DPoPJTI, rec.DPoPHTU, rec.DPoPHTM, rec.DPoPATH = pr.JTI, pr.HTU, pr.HTM, pr.ATH
+	}
+	if err != nil {
+		rec.Decision, rec.Reason = pipeline.DecisionDeny, "decision refused: "+err.Error()
+	}
+	if aerr := a.g.audit(ctx, &rec, start); aerr != nil {
+		a.g.log.Error("consent decision not audited", "consent_id", id, "error", aerr)
+	}
+	return r, err
 }

@@ -201,7 +201,7 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		Credentials: st2, Forwarder: mcpForwarder{g}, Auditor: g.store, Clock: clock(deps.Now), Log: log,
 	}
 	g.consentStream = agui.NewStream(agui.Options{
-		Consents:  g.consent,
+		Consents:  auditedConsents{g},
 		Principal: func(r *http.Request) (identity.Principal, bool) { return principalOf(r) },
 		Workflow: func(p identity.Principal, thread string) (string, bool) {
 			return derive("w_", g.sessions.userSession(p), thread), validWorkflowID(thread) && thread != ""
