@@ -59,6 +59,14 @@ type toolCallArgs struct {
 	Delta      string `json:"delta"`
 }
 
+type toolCallResult struct {
+	Type       string `json:"type"` // TOOL_CALL_RESULT
+	MessageID  string `json:"messageId"`
+	ToolCallID string `json:"toolCallId"`
+	Content    string `json:"content"`
+	Role       string `json:"role"` // tool
+}
+
 type toolCallEnd struct {
 	Type       string `json:"type"` // TOOL_CALL_END
 	ToolCallID string `json:"toolCallId"`

@@ -24,6 +24,9 @@ type Consents interface {
 	Decide(ctx context.Context, id string, d consent.Decision) (consent.Request, error)
 	MayDecide(r consent.Request, p identity.Principal) bool
 	Changed() <-chan struct{}
+	// Result waits for how an approved call ended (the text a tool result
+	// shows).
+	Result(ctx context.Context, id string) (string, error)
 }
 
 // Options configure a Stream.
@@ -41,7 +44,10 @@ type Options struct {
 	Listening func(p identity.Principal) (done func())
 	// Heartbeat is how often a waiting run sends a keep-alive comment.
 	Heartbeat time.Duration
-	Log       *slog.Logger
+	// ResultWait bounds how long a resumed run waits for the calls it
+	// approved to finish (default 2m).
+	ResultWait time.Duration
+	Log        *slog.Logger
 }
 
 // Stream serves POST /agui: the AG-UI 1.0 consent stream of the
@@ -54,6 +60,9 @@ type Stream struct{ o Options }
 func NewStream(o Options) *Stream {
 	if o.Heartbeat <= 0 {
 		o.Heartbeat = 15 * time.Second
+	}
+	if o.ResultWait <= 0 {
+		o.ResultWait = 2 * time.Minute
 	}
 	return &Stream{o: o}
 }
@@ -127,8 +136,22 @@ func (s *Stream) run(ctx context.Context, out *sse, p identity.Principal, in run
 		return err
 	}
 	if len(in.Resume) > 0 {
-		if err := s.resume(ctx, p, open, in.Resume); err != nil {
+		approved, err := s.resume(ctx, p, open, in.Resume)
+		if err != nil {
 			return err
+		}
+		// The resumed run shows how each call it approved ended, against
+		// the original tool call.
+		wctx, cancel := context.WithTimeout(ctx, s.o.ResultWait)
+		defer cancel()
+		for _, id := range approved {
+			text, err := s.o.Consents.Result(wctx, id)
+			if err != nil {
+				continue // the call did not finish while the run waited
+			}
+			if out.send(toolCallResult{Type: "TOOL_CALL_RESULT", MessageID: "res_" + id, ToolCallID: "call_" + id, Content: text, Role: "tool"}) != nil {
+				return nil
+			}
 		}
 		return out.send(runFinished{Type: "RUN_FINISHED", ThreadID: in.ThreadID, RunID: in.RunID, Outcome: &outcome{Type: "success"}})
 	}
@@ -229,22 +252,28 @@ func (s *Stream) interrupt(out *sse, in runInput, open []consent.Request) error 
 	return nil
 }
 
-// resume decides the interrupts a run answers. AG-UI 1.0: one resume
-// addresses every open interrupt of the thread; an unknown, stale or
-// expired one is an error; an identical replay is harmless.
-func (s *Stream) resume(ctx context.Context, p identity.Principal, open []consent.Request, entries []resumeEntry) error {
+// resume decides the interrupts a run answers and returns the ids it
+// approved (not those a replay repeats). AG-UI 1.0: one resume addresses
+// every open interrupt of the thread; an unknown, stale or expired one is
+// an error; an identical replay is harmless.
+func (s *Stream) resume(ctx context.Context, p identity.Principal, open []consent.Request, entries []resumeEntry) ([]string, error) {
 	seen := map[string]bool{}
 	for _, e := range entries {
 		if e.InterruptID == "" || seen[e.InterruptID] {
-			return &runError{Code: "INVALID_RESUME", Message: "each resume entry names a different interrupt"}
+			return nil, &runError{Code: "INVALID_RESUME", Message: "each resume entry names a different interrupt"}
 		}
 		seen[e.InterruptID] = true
 	}
 	for _, r := range open {
 		if !seen[r.ID] {
-			return &runError{Code: "INTERRUPTS_UNADDRESSED", Message: "the resume must answer every open interrupt; missing " + r.ID}
+			return nil, &runError{Code: "INTERRUPTS_UNADDRESSED", Message: "the resume must answer every open interrupt; missing " + r.ID}
 		}
 	}
+	wasOpen := map[string]bool{}
+	for _, r := range open {
+		wasOpen[r.ID] = true
+	}
+	var approved []string
 	for _, e := range entries {
 		d := consent.Decision{By: p, Channel: "ag-ui"}
 		switch e.Status {
@@ -254,31 +283,33 @@ func (s *Stream) resume(ctx context.Context, p identity.Principal, open []consen
 			dec := json.NewDecoder(bytes.NewReader(e.Payload))
 			dec.DisallowUnknownFields()
 			if len(e.Payload) == 0 || dec.Decode(&a) != nil || a.Approved == nil {
-				return &runError{Code: "INVALID_RESUME", Message: "the payload of " + e.InterruptID + " must be {approved, editedArgs?}"}
+				return nil, &runError{Code: "INVALID_RESUME", Message: "the payload of " + e.InterruptID + " must be {approved, editedArgs?}"}
 			}
 			d.Approved, d.EditedArgs = *a.Approved, a.EditedArgs
 		default:
-			return &runError{Code: "INVALID_RESUME", Message: "a resume status is resolved or cancelled"}
+			return nil, &runError{Code: "INVALID_RESUME", Message: "a resume status is resolved or cancelled"}
 		}
 		got, err := s.o.Consents.Decide(ctx, e.InterruptID, d)
 		switch {
 		case errors.Is(err, consent.ErrNotFound), errors.Is(err, consent.ErrNotAllowed):
 			// The same answer whether it does not exist or is someone
 			// else's: nothing is told about other users' requests.
-			return &runError{Code: "UNKNOWN_INTERRUPT", Message: "no open interrupt " + e.InterruptID + " of yours"}
+			return nil, &runError{Code: "UNKNOWN_INTERRUPT", Message: "no open interrupt " + e.InterruptID + " of yours"}
 		case errors.Is(err, consent.ErrDecided):
-			return &runError{Code: "STALE_INTERRUPT", Message: "interrupt " + e.InterruptID + " was already answered otherwise"}
+			return nil, &runError{Code: "STALE_INTERRUPT", Message: "interrupt " + e.InterruptID + " was already answered otherwise"}
 		case errors.Is(err, consent.ErrNoEdits):
-			return &runError{Code: "INVALID_RESUME", Message: "interrupt " + e.InterruptID + " does not allow edited arguments"}
+			return nil, &runError{Code: "INVALID_RESUME", Message: "interrupt " + e.InterruptID + " does not allow edited arguments"}
 		case err != nil:
-			return err
+			return nil, err
 		case got.State == consent.Expired:
-			return &runError{Code: "INTERRUPT_EXPIRED", Message: "interrupt " + e.InterruptID + " expired"}
+			return nil, &runError{Code: "INTERRUPT_EXPIRED", Message: "interrupt " + e.InterruptID + " expired"}
 		case got.State == consent.Cancelled:
-			return &runError{Code: "STALE_INTERRUPT", Message: "interrupt " + e.InterruptID + " was cancelled"}
+			return nil, &runError{Code: "STALE_INTERRUPT", Message: "interrupt " + e.InterruptID + " was cancelled"}
+		case wasOpen[got.ID] && (got.State == consent.Approved || got.State == consent.ApprovedWithEdits):
+			approved = append(approved, got.ID)
 		}
 	}
-	return nil
+	return approved, nil
 }
 
 // httpError answers a request refused before its stream started.

@@ -230,17 +230,21 @@ func (e *Engine) Pending(ctx context.Context) ([]Request, error) {
 // Wait returns once the request is decided, expired or cancelled. If ctx
 // ends first (the caller gave up), the request is cancelled.
 func (e *Engine) Wait(ctx context.Context, id string) (Request, error) {
-	r, err := e.Get(context.WithoutCancel(ctx), id)
-	if err != nil || r.State != Pending {
-		return r, err
-	}
+	// Register first, then read: a decision settled before the read is
+	// seen by it, one settled after closes ch. (A request created before a
+	// restart has no waiter channel yet.)
 	e.mu.Lock()
 	ch, ok := e.waiters[id]
-	if !ok { // a request created before a restart
+	if !ok {
 		ch = make(chan struct{})
 		e.waiters[id] = ch
 	}
 	e.mu.Unlock()
+	r, err := e.Get(context.WithoutCancel(ctx), id)
+	if err != nil || r.State != Pending {
+		e.release(id)
+		return r, err
+	}
 	timer := time.NewTimer(r.Expires.Sub(e.now()))
 	defer timer.Stop()
 	select {

@@ -79,6 +79,9 @@ const approve = [{ interruptId: id, status: "resolved", payload: { approved: tru
 const second = await run(alice, { runId: "r2", resume: approve });
 if (second.finished?.outcome?.type === "success" && !second.runError) ok("the resumed run finishes with success");
 else bad(`resumed run: ${JSON.stringify(second.runError ?? second.finished ?? second.error?.message)}`);
+const result0 = second.events.find((e) => e.type === "TOOL_CALL_RESULT");
+if (result0 && result0.toolCallId === interrupts[0]?.toolCallId) ok(`the resumed run shows the call's result against its tool call: ${String(result0.content).slice(0, 40)}`);
+else bad(`no TOOL_CALL_RESULT for ${interrupts[0]?.toolCallId}: ${second.events.map((e) => e.type).join(" ")}`);
 const result = await pending;
 if (result?.code === 0) ok(`the approved call completed: ${result.out.trim().slice(0, 60)}`);
 else bad(`sag call after the approval: exit ${result?.code}: ${result?.out}`);

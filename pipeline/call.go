@@ -171,11 +171,13 @@ type Validator interface {
 	Output(t Target, rule *schemas.Schema, structured json.RawMessage) string
 }
 
-// Consent is step 6: it returns once the call may go on, with the
+// Consent is step 6: Await returns once the call may go on, with the
 // approval, or an error saying why not (denied, expired, cancelled, or no
-// way to ask). args are the arguments as the approver may see them.
+// way to ask); args are the arguments as the approver may see them.
+// Finished tells it how an approved call ended, for whoever approved it.
 type Consent interface {
 	Await(ctx context.Context, c *Call, t Target, d policy.Decision, args json.RawMessage) (Approval, error)
+	Finished(approvalID string, out Outcome)
 }
 
 // Approval is a user's approval of a call. EditedArgs, when set, replace

@@ -12,6 +12,9 @@ import (
 // needs the user's approval is refused, saying why it needed it.
 type NoConsent struct{}
 
+// Finished does nothing: NoConsent approves nothing.
+func (NoConsent) Finished(string, Outcome) {}
+
 // Await refuses.
 func (NoConsent) Await(_ context.Context, c *Call, _ Target, d policy.Decision, _ json.RawMessage) (Approval, error) {
 	why := d.ConsentReason

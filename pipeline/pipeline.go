@@ -145,7 +145,11 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 	}
 
 	// 10. audit, committed before the answer leaves.
-	return r.finish(ctx, res, err)
+	out := r.finish(ctx, res, err)
+	if r.rec.ConsentID != "" {
+		p.Consent.Finished(r.rec.ConsentID, out)
+	}
+	return out
 }
 
 // edited checks an approver's edited arguments as the call's own were:

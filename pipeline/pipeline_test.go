@@ -373,6 +373,8 @@ type approving struct {
 	asked int
 }
 
+func (a *approving) Finished(string, Outcome) {}
+
 func (a *approving) Await(_ context.Context, _ *Call, _ Target, d policy.Decision, args json.RawMessage) (Approval, error) {
 	a.asked++
 	a.shown = args

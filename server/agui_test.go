@@ -168,8 +168,9 @@ func TestConsentStream(t *testing.T) {
 
 	approve := `[{"interruptId":"` + id + `","status":"resolved","payload":{"approved":true}}]`
 	resumed := startRun(t, ctx, tg, alice, runInput("wf-1", "r2", "[]", approve))
-	if evs := resumed.expect(t, "RUN_STARTED", "RUN_FINISHED"); evs[1]["outcome"].(map[string]any)["type"] != "success" {
-		t.Errorf("resumed run: %v", evs[1])
+	rev := resumed.expect(t, "RUN_STARTED", "TOOL_CALL_RESULT", "RUN_FINISHED")
+	if rev[1]["toolCallId"] != evs[0]["toolCallId"] || rev[1]["content"] != "hello" || rev[2]["outcome"].(map[string]any)["type"] != "success" {
+		t.Errorf("resumed run: %v", rev)
 	}
 	select {
 	case res := <-result:

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -202,4 +203,90 @@ func (a auditedConsents) Decide(ctx context.Context, id string, d consent.Decisi
 		a.g.log.Error("consent decision not audited", "consent_id", id, "error", aerr)
 	}
 	return r, err
+}
+
+// Finished implements pipeline.Consent: how an approved call ended goes to
+// the stream that approved it (its TOOL_CALL_RESULT).
+func (s consentStep) Finished(id string, out pipeline.Outcome) {
+	s.g.consentResults.publish(id, resultText(out))
+}
+
+// resultText is what a consent stream shows of a call's outcome: the text
+// of its result, the tool error, or the error.
+func resultText(out pipeline.Outcome) string {
+	switch {
+	case out.Err != nil:
+		return "error: " + out.Err.Message
+	case out.ToolError != "":
+		return out.ToolError
+	}
+	var res struct {
+		Content []struct {
+			Type string `json:"type"`
+			Text string `json:"text"`
+		} `json:"content"`
+	}
+	if json.Unmarshal(out.Result, &res) == nil {
+		var texts []string
+		for _, c := range res.Content {
+			if c.Type == "text" {
+				texts = append(texts, c.Text)
+			}
+		}
+		if len(texts) > 0 {
+			return strings.Join(texts, "\n")
+		}
+	}
+	return string(out.Result)
+}
+
+// resultKeep is how long a finished call's result waits for its stream.
+const resultKeep = time.Minute
+
+// consentResults hands how approved calls ended to the streams waiting for
+// them, by consent id.
+type consentResults struct {
+	mu sync.Mutex
+	m  map[string]chan string
+}
+
+func (c *consentResults) ch(id string) chan string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]chan string{}
+	}
+	ch, ok := c.m[id]
+	if !ok {
+		ch = make(chan string, 1)
+		c.m[id] = ch
+	}
+	return ch
+}
+
+func (c *consentResults) drop(id string) {
+	c.mu.Lock()
+	delete(c.m, id)
+	c.mu.Unlock()
+}
+
+func (c *consentResults) publish(id, text string) {
+	select {
+	case c.ch(id) <- text:
+	default:
+	}
+	time.AfterFunc(resultKeep, func() { c.drop(id) }) // an unclaimed result is not kept
+}
+
+// Result implements agui.Consents: it waits for how the approved call id
+// ended.
+func (a auditedConsents) Result(ctx context.Context, id string) (string, error) {
+	ch := a.g.consentResults.ch(id)
+	defer a.g.consentResults.drop(id)
+	select {
+	case text := <-ch:
+		return text, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
 }

@@ -76,6 +76,8 @@ type Gateway struct {
 	pipeline  *pipeline.Pipeline
 	consent   *consent.Engine
 	listeners listeners // who follows their consent requests
+	// consentResults hands approved calls' results to consent streams.
+	consentResults consentResults
 	// consentStream serves POST /agui.
 	consentStream *agui.Stream
 	admin         string // admin API token
