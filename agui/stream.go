@@ -112,7 +112,18 @@ func (s *Stream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusInternalServerError, "streaming unavailable")
 		return
 	}
-	ctx := r.Context()
+	s.serveRun(r.Context(), out, p, in)
+}
+
+// emitter is where a run's events go: an SSE response or a WebSocket.
+type emitter interface {
+	send(ev any) error
+	comment() error // a keep-alive
+}
+
+// serveRun runs one run on out, from RUN_STARTED to RUN_FINISHED or
+// RUN_ERROR.
+func (s *Stream) serveRun(ctx context.Context, out emitter, p identity.Principal, in runInput) {
 	if err := out.send(runStarted{Type: "RUN_STARTED", ThreadID: in.ThreadID, RunID: in.RunID}); err != nil {
 		return
 	}
@@ -130,7 +141,7 @@ func (s *Stream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (re *runError) Error() string { return re.Message }
 
 // run answers one run: resume entries, or wait for interrupts.
-func (s *Stream) run(ctx context.Context, out *sse, p identity.Principal, in runInput) error {
+func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in runInput) error {
 	open, err := s.open(ctx, p, in.ThreadID)
 	if err != nil {
 		return err
@@ -209,7 +220,7 @@ func (s *Stream) open(ctx context.Context, p identity.Principal, thread string) 
 
 // interrupt ends a run with the thread's open requests as interrupts, each
 // first shown as the tool call it is.
-func (s *Stream) interrupt(out *sse, in runInput, open []consent.Request) error {
+func (s *Stream) interrupt(out emitter, in runInput, open []consent.Request) error {
 	var msgs []message
 	var ints []interrupt
 	for _, r := range open {

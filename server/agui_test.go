@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/agui"
@@ -214,5 +215,69 @@ func TestConsentStream(t *testing.T) {
 		}
 	case <-time.After(waitFor):
 		t.Fatal("carol's call waits though nobody can answer it")
+	}
+}
+
+// TestConsentStreamWebSocket: the same stream over one WebSocket: a run
+// per message, events one per message; a malformed message is a RUN_ERROR
+// and the socket stays usable.
+func TestConsentStreamWebSocket(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	wsURL := "ws" + strings.TrimPrefix(tg.Base, "http") + "/agui/ws"
+	proof, err := alice.key.Proof(http.MethodGet, tg.Base+"/agui/ws", alice.token, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, resp, err := websocket.DefaultDialer.DialContext(ctx, wsURL, http.Header{"Authorization": {"DPoP " + alice.token}, "DPoP": {proof}})
+	if err != nil {
+		t.Fatalf("dial: %v (%v)", err, resp)
+	}
+	defer conn.Close()
+	next := func() map[string]any {
+		t.Helper()
+		conn.SetReadDeadline(time.Now().Add(waitFor))
+		var ev map[string]any
+		if err := conn.ReadJSON(&ev); err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		return ev
+	}
+	conn.WriteMessage(websocket.TextMessage, []byte(`{"not":"an input"}`))
+	if ev := next(); ev["type"] != "RUN_ERROR" || ev["code"] != "INVALID_INPUT" {
+		t.Errorf("a malformed message: %v", ev)
+	}
+	conn.WriteMessage(websocket.TextMessage, []byte(runInput("wf-ws", "w1", "[]", "")))
+	for _, want := range []string{"RUN_STARTED", "STATE_SNAPSHOT"} {
+		if ev := next(); ev["type"] != want {
+			t.Fatalf("event %v, want %s", ev, want)
+		}
+	}
+	result := workflowCall(t, ctx, tg, alice, "wf-ws", "over ws")
+	var id string
+	for _, want := range []string{"TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "STATE_SNAPSHOT", "MESSAGES_SNAPSHOT", "RUN_FINISHED"} {
+		ev := next()
+		if ev["type"] != want {
+			t.Fatalf("event %v, want %s", ev, want)
+		}
+		if want == "RUN_FINISHED" {
+			id = ev["outcome"].(map[string]any)["interrupts"].([]any)[0].(map[string]any)["id"].(string)
+		}
+	}
+	conn.WriteMessage(websocket.TextMessage, []byte(runInput("wf-ws", "w2", "[]", `[{"interruptId":"`+id+`","status":"cancelled"}]`)))
+	for _, want := range []string{"RUN_STARTED", "RUN_FINISHED"} {
+		if ev := next(); ev["type"] != want {
+			t.Fatalf("event %v, want %s", ev, want)
+		}
+	}
+	select {
+	case res := <-result:
+		if !res.IsError || !strings.Contains(toolText(res), "denied by alice") {
+			t.Errorf("the cancelled interrupt's call: %q", toolText(res))
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the call still waits")
 	}
 }

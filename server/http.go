@@ -19,12 +19,10 @@ import (
 func (g *Gateway) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/mcp", g.metrics.instrument("/mcp", g.checkOrigin(g.requireAuth(g.cfg.Identity.RequiredScopes, g.front.handler()))))
-	// The AG-UI consent stream: the user authenticates like any caller.
-	mux.Handle("POST /agui", g.metrics.instrument("/agui", g.checkOrigin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r = g.admit(w, r, nil); r != nil {
-			g.consentStream.ServeHTTP(w, r)
-		}
-	}))))
+	// The AG-UI consent stream, over SSE and WebSocket: the user
+	// authenticates like any caller.
+	mux.Handle("POST /agui", g.metrics.instrument("/agui", g.checkOrigin(g.authenticated(g.consentStream.ServeHTTP))))
+	mux.Handle("GET /agui/ws", g.metrics.instrument("/agui/ws", g.checkOrigin(g.authenticated(g.consentStream.ServeWS))))
 	mux.Handle("GET "+resourceMetadataPath, g.metrics.instrument(resourceMetadataPath, http.HandlerFunc(g.resourceMetadata)))
 	mux.Handle("GET /.well-known/jwks.json", g.metrics.instrument("/.well-known/jwks.json", http.HandlerFunc(g.jwks)))
 	if g.auth.exchange != nil {
@@ -46,6 +44,16 @@ func (g *Gateway) routes() http.Handler {
 	mux.Handle("GET /metrics", metrics)
 	g.adminRoutes(mux)
 	return mux
+}
+
+// authenticated runs next for requests admit lets through, carrying their
+// principal.
+func (g *Gateway) authenticated(next http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r = g.admit(w, r, nil); r != nil {
+			next(w, r)
+		}
+	})
 }
 
 // checkOrigin refuses, with 403, browser requests from foreign origins and,

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"bufio"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -124,6 +126,12 @@ func (w *statusWriter) Flush() {
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack hands the connection over (a WebSocket upgrade: 101).
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.code, w.wrote = http.StatusSwitchingProtocols, true
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
 
 type upstreamCollector struct{ mgr *upstreams.Manager }
 
