@@ -336,7 +336,14 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener, grace time.Duratio
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	go g.watchPolicy(ctx, 2*time.Second)
-	go g.sessions.janitor(ctx, time.Minute)
+	// Housekeeping: idle workflows close, consent requests past their
+	// expiry (whose callers are gone, say after a restart) expire.
+	go every(ctx, time.Minute, func() {
+		g.sessions.collectWorkflows(ctx, g.sessions.now())
+		if _, err := g.consent.ExpireDue(ctx); err != nil && ctx.Err() == nil {
+			g.log.Warn("expiring consent requests failed", "error", err)
+		}
+	})
 	select {
 	case err := <-errc:
 		g.Close()

@@ -147,19 +147,12 @@ func (g *Gateway) watchPolicy(ctx context.Context, interval time.Duration) {
 		return s
 	}
 	last := stamp()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, interval, func() {
 		if now := stamp(); now != last {
 			last = now
 			_ = g.ReloadPolicy(ctx)
 		}
-	}
+	})
 }
 
 // AllowListResponse answers the allow-list admin routes.

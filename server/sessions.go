@@ -237,8 +237,8 @@ func (s *sessionGraph) collectWorkflows(ctx context.Context, now time.Time) int 
 	return len(idle)
 }
 
-// janitor collects idle workflows every interval until ctx ends.
-func (s *sessionGraph) janitor(ctx context.Context, interval time.Duration) {
+// every runs fn every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -246,7 +246,7 @@ func (s *sessionGraph) janitor(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.collectWorkflows(ctx, s.now())
+			fn()
 		}
 	}
 }
