@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +24,7 @@ type aguiRun struct {
 }
 
 // startRun posts a RunAgentInput to /agui as a and streams its events.
-func startRun(t *testing.T, ctx context.Context, tg *testGateway, a *agent, input string) *aguiRun {
+func startRun(t testing.TB, ctx context.Context, tg *testGateway, a *agent, input string) *aguiRun {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tg.Base+"/agui", strings.NewReader(input))
 	if err != nil {
@@ -61,7 +63,7 @@ func startRun(t *testing.T, ctx context.Context, tg *testGateway, a *agent, inpu
 }
 
 // next returns the run's next event, failing the test after waitFor.
-func (r *aguiRun) next(t *testing.T) map[string]any {
+func (r *aguiRun) next(t testing.TB) map[string]any {
 	t.Helper()
 	select {
 	case ev, ok := <-r.events:
@@ -76,7 +78,7 @@ func (r *aguiRun) next(t *testing.T) map[string]any {
 }
 
 // expect reads the run's next events and checks their types.
-func (r *aguiRun) expect(t *testing.T, types ...string) []map[string]any {
+func (r *aguiRun) expect(t testing.TB, types ...string) []map[string]any {
 	t.Helper()
 	var evs []map[string]any
 	for _, want := range types {
@@ -99,7 +101,7 @@ func runInput(thread, run string, messages, resume string) string {
 
 // workflowCall calls fx__echo as a in workflow wf and returns the result
 // channel.
-func workflowCall(t *testing.T, ctx context.Context, tg *testGateway, a *agent, wf, text string) <-chan *mcp.CallToolResult {
+func workflowCall(t testing.TB, ctx context.Context, tg *testGateway, a *agent, wf, text string) <-chan *mcp.CallToolResult {
 	t.Helper()
 	cs := connectWorkflow(t, a, tg.MCP, wf)
 	out := make(chan *mcp.CallToolResult, 1)
@@ -280,4 +282,43 @@ func TestConsentStreamWebSocket(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("the call still waits")
 	}
+}
+
+// BenchmarkConsentRoundTrip: a call that needs consent while its user's
+// stream is connected. Reported: call arrival → the interrupt on the
+// stream, and the user's decision (a resume) → the call's result on the
+// resumed run (it includes the upstream call), each as its median.
+func BenchmarkConsentRoundTrip(b *testing.B) {
+	tg, _ := startPolicyGateway(b, consentPolicy)
+	ctx := context.Background()
+	alice := newAgent(b, tg, identity.Claims{Subject: "alice"})
+	cs := connectWorkflow(b, alice, tg.MCP, "wf-b")
+	var toInterrupt, toResult []time.Duration
+	for i := 0; b.Loop(); i++ {
+		run := startRun(b, ctx, tg, alice, runInput("wf-b", fmt.Sprint("a", i), "[]", ""))
+		run.expect(b, "RUN_STARTED", "STATE_SNAPSHOT")
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() {
+			_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "b"}})
+			done <- err
+		}()
+		evs := run.expect(b, "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "STATE_SNAPSHOT", "MESSAGES_SNAPSHOT", "RUN_FINISHED")
+		toInterrupt = append(toInterrupt, time.Since(start))
+		id := evs[5]["outcome"].(map[string]any)["interrupts"].([]any)[0].(map[string]any)["id"].(string)
+		decided := time.Now()
+		resumed := startRun(b, ctx, tg, alice, runInput("wf-b", fmt.Sprint("r", i), "[]", `[{"interruptId":"`+id+`","status":"resolved","payload":{"approved":true}}]`))
+		resumed.expect(b, "RUN_STARTED", "TOOL_CALL_RESULT")
+		toResult = append(toResult, time.Since(decided))
+		resumed.expect(b, "RUN_FINISHED")
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
+	median := func(ds []time.Duration) float64 {
+		slices.Sort(ds)
+		return float64(ds[len(ds)/2].Microseconds()) / 1000
+	}
+	b.ReportMetric(median(toInterrupt), "arrival-to-interrupt-ms")
+	b.ReportMetric(median(toResult), "decision-to-result-ms")
 }

@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 }
 
 // fixtureBinary is fixtures/cmd/sag-fixture, built once per test run.
-func fixtureBinary(t *testing.T) string {
+func fixtureBinary(t testing.TB) string {
 	t.Helper()
 	return testutil.Build(t, "github.com/sag-gateway/sag/fixtures/cmd/sag-fixture")
 }
@@ -78,13 +78,13 @@ func testLogger() *slog.Logger {
 // startGateway builds a gateway from the default config (data in a fresh
 // temporary directory, the test admin token), lets mutate adjust it, and
 // serves it on an ephemeral loopback port until the test ends.
-func startGateway(t *testing.T, mutate func(*config.Config)) *testGateway {
+func startGateway(t testing.TB, mutate func(*config.Config)) *testGateway {
 	t.Helper()
 	return startGatewayDeps(t, server.Deps{}, mutate)
 }
 
 // startGatewayDeps is startGateway with dependencies injected.
-func startGatewayDeps(t *testing.T, deps server.Deps, mutate func(*config.Config)) *testGateway {
+func startGatewayDeps(t testing.TB, deps server.Deps, mutate func(*config.Config)) *testGateway {
 	t.Helper()
 	cfg := config.Default()
 	cfg.Auth = config.AuthOpen
@@ -122,7 +122,7 @@ func startGatewayGrace(t *testing.T, cfg *config.Config, grace time.Duration) *t
 
 // launch builds a gateway for cfg (validated here) and deps and serves it on
 // ln until the test ends.
-func launch(t *testing.T, cfg *config.Config, deps server.Deps, ln net.Listener, grace time.Duration) *testGateway {
+func launch(t testing.TB, cfg *config.Config, deps server.Deps, ln net.Listener, grace time.Duration) *testGateway {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		ln.Close()
@@ -315,7 +315,7 @@ func metricValue(text, series string) string {
 // Fixture upstreams.
 
 // httpFixture serves a fixture over Streamable HTTP until the test ends.
-func httpFixture(t *testing.T, name string, stateless bool) (url string, f *fixtures.Fixture) {
+func httpFixture(t testing.TB, name string, stateless bool) (url string, f *fixtures.Fixture) {
 	t.Helper()
 	f = fixtures.NewServer(fixtures.Options{Name: name})
 	url, stop, err := f.StartHTTP(stateless)

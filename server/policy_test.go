@@ -54,7 +54,7 @@ rules:
 // startPolicyGateway serves a DPoP gateway in front of fixture fx with the
 // allow-list doc in a file it watches; mutate, if given, adjusts the
 // config further.
-func startPolicyGateway(t *testing.T, doc string, mutate ...func(*config.Config)) (*testGateway, string) {
+func startPolicyGateway(t testing.TB, doc string, mutate ...func(*config.Config)) (*testGateway, string) {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "allow.yaml")
 	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {

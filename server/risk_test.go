@@ -32,7 +32,7 @@ func (h withHeader) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // connectWorkflow opens a session of a whose requests name workflow wf.
-func connectWorkflow(t *testing.T, a *agent, url, wf string) *mcp.ClientSession {
+func connectWorkflow(t testing.TB, a *agent, url, wf string) *mcp.ClientSession {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
