@@ -202,12 +202,10 @@ func TestKillUser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	c := mcp.NewClient(&mcp.Implementation{Name: "again", Version: "1"}, nil)
+	// Refused at the edge, before the SDK opens a session for it.
 	if cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: tg.MCP, HTTPClient: alice.client()}, nil); err == nil {
-		_, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "a"}})
 		cs.Close()
-		if err == nil {
-			t.Error("a killed user opened a new session and called a tool")
-		}
+		t.Error("a killed user opened a new MCP session")
 	}
 	if res := callTool(t, csB, "fx__echo", map[string]any{"text": "b"}); res.IsError {
 		t.Errorf("bob was hit by alice's kill: %+v", res)
