@@ -166,7 +166,7 @@ func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in 
 		}
 		return out.send(runFinished{Type: "RUN_FINISHED", ThreadID: in.ThreadID, RunID: in.RunID, Outcome: &outcome{Type: "success"}})
 	}
-	if len(in.Messages) > 0 && len(open) > 0 {
+	if newInput(in.Messages) && len(open) > 0 {
 		return &runError{Code: "INTERRUPTS_PENDING", Message: fmt.Sprintf("%d interrupts are open on this thread; answer them with resume before sending new input", len(open))}
 	}
 	defer s.o.Listening(p)()
@@ -194,6 +194,19 @@ func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in 
 		return err
 	}
 	return s.interrupt(out, in, open)
+}
+
+// newInput reports whether a run brings new input: a user message last.
+// Clients send the whole conversation, the stream's own earlier messages
+// included, so those alone are not new input.
+func newInput(msgs []json.RawMessage) bool {
+	if len(msgs) == 0 {
+		return false
+	}
+	var last struct {
+		Role string `json:"role"`
+	}
+	return json.Unmarshal(msgs[len(msgs)-1], &last) != nil || last.Role == "user"
 }
 
 // open returns the pending requests of the thread that p may decide.

@@ -162,6 +162,11 @@ func TestConsentStream(t *testing.T) {
 	if ev := busy.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != "INTERRUPTS_PENDING" {
 		t.Errorf("new input with an open interrupt: %v", ev)
 	}
+	// A client that sends back the conversation so far (the stream's own
+	// messages) brings no new input: it is shown the open interrupt.
+	history := `[{"id":"msg_` + id + `","role":"assistant","toolCalls":[{"id":"call_` + id + `","type":"function","function":{"name":"fx/echo","arguments":"{}"}}]}]`
+	again := startRun(t, ctx, tg, alice, runInput("wf-1", "r1d", history, ""))
+	again.expect(t, "RUN_STARTED", "STATE_SNAPSHOT", "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "STATE_SNAPSHOT", "MESSAGES_SNAPSHOT", "RUN_FINISHED")
 	// A resume that does not answer the open interrupt is refused.
 	partial := startRun(t, ctx, tg, alice, runInput("wf-1", "r1c", "[]", `[{"interruptId":"c_other","status":"cancelled"}]`))
 	partial.expect(t, "RUN_STARTED")
