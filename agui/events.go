@@ -77,6 +77,18 @@ type stateSnapshot struct {
 	Snapshot any    `json:"snapshot"`
 }
 
+type stateDelta struct {
+	Type  string    `json:"type"` // STATE_DELTA
+	Delta []patchOp `json:"delta"`
+}
+
+// patchOp is one RFC 6902 JSON Patch operation.
+type patchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value,omitempty"`
+}
+
 type messagesSnapshot struct {
 	Type     string    `json:"type"` // MESSAGES_SNAPSHOT
 	Messages []message `json:"messages"`

@@ -29,9 +29,32 @@ type Consents interface {
 	Result(ctx context.Context, id string) (string, error)
 }
 
+// Activity is a user's live activity: their recent calls.
+type Activity interface {
+	// Recent returns p's recent calls, oldest first, and a channel closed
+	// at p's next call.
+	Recent(p identity.Principal) ([]CallActivity, <-chan struct{})
+}
+
+// CallActivity is one call as the stream shows it (in its state, under
+// calls).
+type CallActivity struct {
+	Seq       uint64    `json:"seq"`
+	Time      time.Time `json:"time"`
+	Method    string    `json:"method"`
+	Name      string    `json:"name"`
+	Upstream  string    `json:"upstream,omitempty"`
+	Agent     string    `json:"agent,omitempty"`
+	WSID      string    `json:"wsid,omitempty"`
+	Decision  string    `json:"decision"`
+	Reason    string    `json:"reason,omitempty"`
+	ConsentID string    `json:"consentId,omitempty"`
+}
+
 // Options configure a Stream.
 type Options struct {
 	Consents Consents
+	Activity Activity
 	// Principal returns the authenticated caller of a request (the server
 	// authenticates before the stream sees it).
 	Principal func(*http.Request) (identity.Principal, bool)
@@ -170,8 +193,16 @@ func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in 
 		return &runError{Code: "INTERRUPTS_PENDING", Message: fmt.Sprintf("%d interrupts are open on this thread; answer them with resume before sending new input", len(open))}
 	}
 	defer s.o.Listening(p)()
-	if err := out.send(stateSnapshot{Type: "STATE_SNAPSHOT", Snapshot: map[string]any{"thread": in.ThreadID, "pendingConsents": len(open)}}); err != nil {
+	// The state: the thread, its open consent requests, and the user's
+	// recent calls on it, kept current with STATE_DELTA (JSON Patch).
+	calls, actChanged := s.recent(p, in.ThreadID, 0)
+	if err := out.send(stateSnapshot{Type: "STATE_SNAPSHOT", Snapshot: map[string]any{"thread": in.ThreadID, "pendingConsents": len(open), "calls": calls}}); err != nil {
 		return nil // the client is gone
+	}
+	shown := len(calls)
+	var last uint64
+	if shown > 0 {
+		last = calls[shown-1].Seq
 	}
 	beat := time.NewTicker(s.o.Heartbeat)
 	defer beat.Stop()
@@ -188,12 +219,51 @@ func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in 
 				return nil
 			}
 		case <-changed:
+		case <-actChanged:
+			var fresh []CallActivity
+			fresh, actChanged = s.recent(p, in.ThreadID, last)
+			if len(fresh) == 0 {
+				continue
+			}
+			var delta []patchOp
+			for _, c := range fresh {
+				delta = append(delta, patchOp{Op: "add", Path: "/calls/-", Value: c})
+				if shown++; shown > maxShownCalls {
+					delta = append(delta, patchOp{Op: "remove", Path: "/calls/0"})
+					shown--
+				}
+				last = c.Seq
+			}
+			if out.send(stateDelta{Type: "STATE_DELTA", Delta: delta}) != nil {
+				return nil
+			}
 		}
 	}
 	if err != nil {
 		return err
 	}
-	return s.interrupt(out, in, open)
+	calls, _ = s.recent(p, in.ThreadID, 0)
+	return s.interrupt(out, in, open, calls)
+}
+
+// maxShownCalls is how many calls a run's state holds.
+const maxShownCalls = 50
+
+// recent returns p's calls on the thread newer than seq, and a channel
+// closed at p's next call.
+func (s *Stream) recent(p identity.Principal, thread string, after uint64) ([]CallActivity, <-chan struct{}) {
+	all, changed := s.o.Activity.Recent(p)
+	wsid := ""
+	if thread != AllThreads {
+		wsid, _ = s.o.Workflow(p, thread)
+	}
+	out := []CallActivity{}
+	for _, c := range all {
+		if c.Seq > after && (wsid == "" || c.WSID == wsid) {
+			out = append(out, c)
+		}
+	}
+	return out, changed
 }
 
 // newInput reports whether a run brings new input: a user message last.
@@ -233,7 +303,7 @@ func (s *Stream) open(ctx context.Context, p identity.Principal, thread string) 
 
 // interrupt ends a run with the thread's open requests as interrupts, each
 // first shown as the tool call it is.
-func (s *Stream) interrupt(out emitter, in runInput, open []consent.Request) error {
+func (s *Stream) interrupt(out emitter, in runInput, open []consent.Request, calls []CallActivity) error {
 	var msgs []message
 	var ints []interrupt
 	for _, r := range open {
@@ -265,7 +335,7 @@ func (s *Stream) interrupt(out emitter, in runInput, open []consent.Request) err
 		})
 	}
 	for _, ev := range []any{
-		stateSnapshot{Type: "STATE_SNAPSHOT", Snapshot: map[string]any{"thread": in.ThreadID, "pendingConsents": len(open)}},
+		stateSnapshot{Type: "STATE_SNAPSHOT", Snapshot: map[string]any{"thread": in.ThreadID, "pendingConsents": len(open), "calls": calls}},
 		messagesSnapshot{Type: "MESSAGES_SNAPSHOT", Messages: msgs},
 		runFinished{Type: "RUN_FINISHED", ThreadID: in.ThreadID, RunID: in.RunID, Outcome: &outcome{Type: "interrupt", Interrupts: ints}},
 	} {

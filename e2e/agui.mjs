@@ -40,10 +40,11 @@ async function run(tok, params, onEvent = () => {}) {
   return { agent, events, error, finished: events.find((e) => e.type === "RUN_FINISHED"), runError: events.find((e) => e.type === "RUN_ERROR") };
 }
 
-// call runs `sag call` for alice and resolves with its exit code and output.
-function call() {
+// call runs `sag call` of tool for alice and resolves with its exit code and
+// output.
+function call(tool = "everything__test_simple_text") {
   return new Promise((resolve) => {
-    const p = spawn(SAG_BIN, ["call", "--url", `${AGUI_URL}/mcp`, "--token", alice, "everything__test_simple_text", "{}"]);
+    const p = spawn(SAG_BIN, ["call", "--url", `${AGUI_URL}/mcp`, "--token", alice, tool, "{}"]);
     let out = "";
     p.stdout.on("data", (d) => { out += d; });
     p.stderr.on("data", (d) => { out += d; });
@@ -51,10 +52,17 @@ function call() {
   });
 }
 
+// The stream follows: a call without consent shows as a STATE_DELTA, then
+// the call that needs consent interrupts the run.
 let pending;
 const first = await run(alice, { runId: "r1" }, (e) => {
-  if (e.type === "STATE_SNAPSHOT" && !pending) pending = call(); // the stream follows: make the call
+  if (e.type === "STATE_SNAPSHOT" && !pending) {
+    pending = call("everything__test_image_content").then(() => call());
+  }
 });
+const delta = first.events.find((e) => e.type === "STATE_DELTA");
+if (delta?.delta?.[0]?.value?.name === "everything__test_image_content") ok("a call without consent shows in the state as it happens (STATE_DELTA)");
+else bad(`no STATE_DELTA for the call without consent: ${first.events.map((e) => e.type).join(" ")}`);
 const interrupts = first.finished?.outcome?.type === "interrupt" ? first.finished.outcome.interrupts : [];
 if (first.error || interrupts.length !== 1 || interrupts[0].reason !== "tool_call") {
   bad(`first run: want RUN_FINISHED with one tool_call interrupt, got ${JSON.stringify(first.finished ?? first.error?.message)}`);

@@ -390,6 +390,11 @@ rules:
     tools: [test_simple_text]
     principals: {users: [alice]}
     consent: always
+  - id: alice-images
+    upstream: everything
+    tools: [test_image_content]
+    principals: {users: [alice]}
+    consent: never
 EOF
   log "starting sag serve --auth bearer with a consent rule on 127.0.0.1:$AGUI_PORT"
   start_bg "$OUT/sag-agui.log" "$WORK/sag" serve \

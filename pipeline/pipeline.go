@@ -35,6 +35,9 @@ type Pipeline struct {
 	Auditor     Auditor
 	Clock       Clock
 	Log         *slog.Logger
+	// Watch, when set, sees every committed record with its call (the
+	// user's live activity in the consent stream).
+	Watch func(c *Call, rec store.AuditRecord)
 
 	// auditDown is set while the last audit write failed: no call reaches
 	// an upstream until a record commits again.
@@ -357,6 +360,9 @@ func (r *run) commit(ctx context.Context, out Outcome) Outcome {
 		return Outcome{Err: &Error{Code: CodeUnavailable, Message: errAuditDown.Message, Cause: err}, Record: r.rec}
 	}
 	r.p.auditDown.Store(false)
+	if r.p.Watch != nil {
+		r.p.Watch(r.c, r.rec)
+	}
 	out.Record = r.rec
 	if r.rec.Decision != DecisionAllow || r.p.Log.Enabled(ctx, slog.LevelDebug) {
 		level := slog.LevelInfo

@@ -134,6 +134,15 @@ func TestConsentStream(t *testing.T) {
 
 	run := startRun(t, ctx, tg, alice, runInput("wf-1", "r1", "[]", ""))
 	run.expect(t, "RUN_STARTED", "STATE_SNAPSHOT")
+	// The user's calls on the thread show as they happen (STATE_DELTA).
+	cs := connectWorkflow(t, alice, tg.MCP, "wf-1")
+	if res := callTool(t, cs, "fx__add", map[string]any{"a": 1, "b": 2}); res.IsError {
+		t.Fatalf("add: %s", toolText(res))
+	}
+	delta := run.expect(t, "STATE_DELTA")[0]["delta"].([]any)[0].(map[string]any)
+	if call, _ := delta["value"].(map[string]any); delta["op"] != "add" || delta["path"] != "/calls/-" || call["name"] != "fx__add" || call["decision"] != "allow" {
+		t.Errorf("STATE_DELTA %v", delta)
+	}
 	result := workflowCall(t, ctx, tg, alice, "wf-1", "hello")
 	evs := run.expect(t, "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "STATE_SNAPSHOT", "MESSAGES_SNAPSHOT", "RUN_FINISHED")
 	if args := evs[1]["delta"]; !strings.Contains(args.(string), "hello") {

@@ -23,6 +23,7 @@ const consentPolicy = `id: consent
 rules:
   - {id: echo-with-consent, upstream: fx, tools: [echo], principals: {users: [alice]}, consent: always, consent_edits: true,
      input_schema: {type: object, properties: {text: {type: string, maxLength: 20}}}}
+  - {id: add-without, upstream: fx, tools: [add], principals: {users: [alice]}, consent: never}
 `
 
 // waitingCall is an MCP call in flight, and the progress its client heard.

@@ -78,6 +78,8 @@ type Gateway struct {
 	listeners listeners // who follows their consent requests
 	// consentResults hands approved calls' results to consent streams.
 	consentResults consentResults
+	// activity is each user's recent calls, for the consent stream.
+	activity activity
 	// consentStream serves POST /agui.
 	consentStream *agui.Stream
 	admin         string // admin API token
@@ -200,10 +202,11 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 	st2 := steps{g}
 	g.pipeline = &pipeline.Pipeline{
 		Sessions: g.sessions, Catalog: st2, Authorizer: st2, Validator: st2, Consent: consentStep{g},
-		Credentials: st2, Forwarder: mcpForwarder{g}, Auditor: g.store, Clock: clock(deps.Now), Log: log,
+		Credentials: st2, Forwarder: mcpForwarder{g}, Auditor: g.store, Clock: clock(deps.Now), Log: log, Watch: g.activity.watch,
 	}
 	g.consentStream = agui.NewStream(agui.Options{
 		Consents:  auditedConsents{g},
+		Activity:  &g.activity,
 		Principal: func(r *http.Request) (identity.Principal, bool) { return principalOf(r) },
 		Workflow: func(p identity.Principal, thread string) (string, bool) {
 			return derive("w_", g.sessions.userSession(p), thread), validWorkflowID(thread) && thread != ""
