@@ -336,3 +336,60 @@ func BenchmarkConsentRoundTrip(b *testing.B) {
 	b.ReportMetric(median(toInterrupt), "arrival-to-interrupt-ms")
 	b.ReportMetric(median(toResult), "decision-to-result-ms")
 }
+
+// TestConsentLeaksNothing: a consent stream, a waiting call, its approval
+// and the end of it all leave no goroutine behind.
+func TestConsentLeaksNothing(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy)
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	// Warm up: the gateway's own long-lived goroutines start now.
+	warm := connectWorkflow(t, alice, tg.MCP, "wf-warm")
+	callTool(t, warm, "fx__add", map[string]any{"a": 1, "b": 1})
+	warm.Close()
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	time.Sleep(200 * time.Millisecond)
+	before := goroutineIDs()
+
+	func() {
+		rctx, rcancel := context.WithCancel(ctx)
+		defer rcancel()
+		run := startRun(t, rctx, tg, alice, runInput("wf-l", "l1", "[]", ""))
+		run.expect(t, "RUN_STARTED", "STATE_SNAPSHOT")
+		cs := connectWorkflow(t, alice, tg.MCP, "wf-l")
+		done := make(chan error, 1)
+		go func() {
+			_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "x"}, Meta: mcp.Meta{"progressToken": "p"}})
+			done <- err
+		}()
+		evs := run.expect(t, "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "STATE_SNAPSHOT", "MESSAGES_SNAPSHOT", "RUN_FINISHED")
+		id := evs[5]["outcome"].(map[string]any)["interrupts"].([]any)[0].(map[string]any)["id"].(string)
+		resumed := startRun(t, rctx, tg, alice, runInput("wf-l", "l2", "[]", `[{"interruptId":"`+id+`","status":"resolved","payload":{"approved":true}}]`))
+		resumed.expect(t, "RUN_STARTED", "TOOL_CALL_RESULT", "RUN_FINISHED")
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		// A stream left waiting, closed by its client.
+		waiting := startRun(t, rctx, tg, alice, runInput("wf-l", "l3", "[]", ""))
+		waiting.expect(t, "RUN_STARTED", "STATE_SNAPSHOT")
+		cs.Close()
+	}()
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	// The gateway keeps idle keep-alive connections to its upstream for
+	// reuse (both ends are in this process): those are a pool, not a leak.
+	idle := func(stack string) bool {
+		return strings.Contains(stack, "(*persistConn).readLoop") || strings.Contains(stack, "(*persistConn).writeLoop") ||
+			strings.Contains(stack, "(*conn).serve") && strings.Contains(stack, "bufio.(*Reader).Peek")
+	}
+	var leaked []string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		leaked = slices.DeleteFunc(newGoroutines(before), idle)
+		if len(leaked) == 0 {
+			break
+		}
+	}
+	if len(leaked) > 0 {
+		t.Errorf("%d goroutines left behind:\n\n%s", len(leaked), strings.Join(leaked, "\n\n"))
+	}
+}
