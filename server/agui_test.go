@@ -393,3 +393,82 @@ func TestConsentLeaksNothing(t *testing.T) {
 		t.Errorf("%d goroutines left behind:\n\n%s", len(leaked), strings.Join(leaked, "\n\n"))
 	}
 }
+
+// TestConcurrentConsents: many users, each with a stream and several calls
+// waiting for consent at once: each user sees exactly their own requests,
+// none is lost or shown to anyone else, and every call completes once
+// answered.
+func TestConcurrentConsents(t *testing.T) {
+	const users, calls = 20, 3
+	doc := "id: many\nrules:\n  - {id: all-echo, upstream: fx, tools: [echo], consent: always}\n"
+	tg, _ := startPolicyGateway(t, doc)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*waitFor)
+	defer cancel()
+	agents := make([]*agent, users)
+	for u := range agents {
+		agents[u] = newAgent(t, tg, identity.Claims{Subject: fmt.Sprint("user", u)})
+		run := startRun(t, ctx, tg, agents[u], runInput(agui.AllThreads, "attach", "[]", ""))
+		run.expect(t, "RUN_STARTED", "STATE_SNAPSHOT")
+		go func() { // the run ends at the first interrupt; the listening grace keeps the user reachable
+			for range run.events {
+			}
+		}()
+	}
+	results := make(chan string, users*calls)
+	for u, a := range agents {
+		for c := range calls {
+			res := workflowCall(t, ctx, tg, a, fmt.Sprint("wf-", u), fmt.Sprintf("u%d-c%d", u, c))
+			go func() { results <- toolText(<-res) }()
+		}
+	}
+	// Each user collects their open interrupts until all of theirs are
+	// there, then answers them in one resume.
+	seen := map[string]int{}
+	for u, a := range agents {
+		var ids []string
+		eventuallyWithin(t, 4*waitFor, fmt.Sprint("user", u, "'s interrupts"), func() bool {
+			run := startRun(t, ctx, tg, a, runInput(agui.AllThreads, fmt.Sprint("collect-", u, "-", len(ids)), "[]", ""))
+			var last map[string]any
+			for ev := range run.events {
+				last = ev
+			}
+			ids = ids[:0]
+			if out, _ := last["outcome"].(map[string]any); out != nil {
+				for _, in := range out["interrupts"].([]any) {
+					m := in.(map[string]any)
+					if md := m["metadata"].(map[string]any); md["user"] != fmt.Sprint("user", u) {
+						t.Errorf("user%d was shown %v's request", u, md["user"])
+					}
+					ids = append(ids, m["id"].(string))
+				}
+			}
+			return len(ids) == calls
+		})
+		var resume []string
+		for _, id := range ids {
+			seen[id]++
+			resume = append(resume, `{"interruptId":"`+id+`","status":"resolved","payload":{"approved":true}}`)
+		}
+		run := startRun(t, ctx, tg, a, runInput(agui.AllThreads, fmt.Sprint("answer-", u), "[]", "["+strings.Join(resume, ",")+"]"))
+		for ev := range run.events {
+			if ev["type"] == "RUN_ERROR" {
+				t.Errorf("user%d's resume: %v", u, ev)
+			}
+		}
+	}
+	if len(seen) != users*calls {
+		t.Errorf("%d distinct requests seen, want %d", len(seen), users*calls)
+	}
+	got := map[string]bool{}
+	for range users * calls {
+		select {
+		case text := <-results:
+			if got[text] {
+				t.Errorf("%q completed twice", text)
+			}
+			got[text] = true
+		case <-ctx.Done():
+			t.Fatalf("%d of %d calls completed", len(got), users*calls)
+		}
+	}
+}
