@@ -70,7 +70,8 @@ func (s consentStep) Await(ctx context.Context, c *pipeline.Call, t pipeline.Tar
 	}
 	switch r.State {
 	case consent.Approved, consent.ApprovedWithEdits:
-		if _, err := g.consent.Use(ctx, r.ID, c.Sessions.ASID, r.ArgsHash); err != nil {
+		// The decision is bound to this agent session and these arguments.
+		if _, err := g.consent.Use(ctx, r.ID, c.Sessions.ASID, consent.HashArgs(args)); err != nil {
 			return a, fmt.Errorf("consent %s: %w", r.ID, err)
 		}
 		a.EditedArgs = r.EditedArgs
