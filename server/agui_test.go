@@ -472,3 +472,39 @@ func TestConcurrentConsents(t *testing.T) {
 		}
 	}
 }
+
+// TestConsentStreamBadInput: malformed input is refused with a clear error
+// and decides nothing.
+func TestConsentStreamBadInput(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
+	defer cancel()
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	for _, body := range []string{`{`, `{"threadId":"t","messages":[]}`, `{"threadId":"t","runId":"r"}`, `[]`} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, tg.Base+"/agui", strings.NewReader(body))
+		resp, err := alice.client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e map[string]string
+		json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(e["error_description"], "RunAgentInput") {
+			t.Errorf("%s: %d %v, want 400 naming RunAgentInput", body, resp.StatusCode, e)
+		}
+	}
+	for _, tc := range []struct{ thread, resume, code string }{
+		{"has space", "", "INVALID_THREAD"},
+		{"t", `[{"interruptId":"c_1","status":"resolved","payload":{"approved":"yes"}}]`, "INVALID_RESUME"},
+		{"t", `[{"interruptId":"c_1","status":"resolved","payload":{"approved":true,"extra":1}}]`, "INVALID_RESUME"},
+		{"t", `[{"interruptId":"c_1","status":"maybe"}]`, "INVALID_RESUME"},
+		{"t", `[{"interruptId":"c_1","status":"cancelled"},{"interruptId":"c_1","status":"cancelled"}]`, "INVALID_RESUME"},
+		{"t", `[{"interruptId":"c_nosuch","status":"cancelled"}]`, "UNKNOWN_INTERRUPT"},
+	} {
+		run := startRun(t, ctx, tg, alice, runInput(tc.thread, "bad", "[]", tc.resume))
+		run.expect(t, "RUN_STARTED")
+		if ev := run.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != tc.code {
+			t.Errorf("thread %q resume %s: %v, want RUN_ERROR %s", tc.thread, tc.resume, ev, tc.code)
+		}
+	}
+}
