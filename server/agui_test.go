@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -16,6 +18,9 @@ import (
 
 	"github.com/sag-gateway/sag/agui"
 	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/internal/testutil"
+	"github.com/sag-gateway/sag/server"
+	"github.com/sag-gateway/sag/server/config"
 )
 
 // aguiRun is one AG-UI run: its events as they arrive.
@@ -23,7 +28,8 @@ type aguiRun struct {
 	events chan map[string]any
 }
 
-// startRun posts a RunAgentInput to /agui as a and streams its events.
+// startRun posts a RunAgentInput to /agui as a (nil: unauthenticated, for
+// --auth open) and streams its events.
 func startRun(t testing.TB, ctx context.Context, tg *testGateway, a *agent, input string) *aguiRun {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tg.Base+"/agui", strings.NewReader(input))
@@ -32,7 +38,11 @@ func startRun(t testing.TB, ctx context.Context, tg *testGateway, a *agent, inpu
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "text/event-stream")
-	resp, err := a.client().Do(req)
+	hc := http.DefaultClient
+	if a != nil {
+		hc = a.client()
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -506,5 +516,49 @@ func TestConsentStreamBadInput(t *testing.T) {
 		if ev := run.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != tc.code {
 			t.Errorf("thread %q resume %s: %v, want RUN_ERROR %s", tc.thread, tc.resume, ev, tc.code)
 		}
+	}
+}
+
+// TestConsentListenGrace: a user whose last stream closed still counts as
+// following for five minutes of the gateway's clock (a UI resumes with a
+// new run after each interrupt); after that, calls needing their consent
+// are refused at once.
+func TestConsentListenGrace(t *testing.T) {
+	up, _ := httpFixture(t, "fx", false)
+	file := filepath.Join(t.TempDir(), "allow.yaml")
+	if err := os.WriteFile(file, []byte("id: anyone\nrules:\n  - {id: echo, upstream: fx, tools: [echo], consent: always}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clk := testutil.NewClock(time.Now(), 0)
+	tg := startGatewayDeps(t, server.Deps{Now: clk.Now}, func(c *config.Config) {
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+		c.Policy.Files = []string{file}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
+	defer cancel()
+	rctx, rcancel := context.WithCancel(ctx)
+	run := startRun(t, rctx, tg, nil, runInput(agui.AllThreads, "g1", "[]", "")) // the anonymous user of --auth open
+	run.expect(t, "RUN_STARTED", "STATE_SNAPSHOT")
+	rcancel() // the UI goes away
+	for range run.events {
+	}
+	eventually(t, "the gateway to see the stream close", func() bool { return !tg.GW.StreamsOpen(identity.Anonymous()) })
+	clk.Add(4 * time.Minute)
+	cs := connect(t, tg.MCP, legacy, nil)
+	cctx, ccancel := context.WithCancel(ctx)
+	waited := make(chan error, 1)
+	go func() {
+		_, err := cs.CallTool(cctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "x"}})
+		waited <- err
+	}()
+	eventually(t, "the call to wait for consent within the grace", func() bool {
+		rs, _ := tg.GW.PendingConsents(ctx)
+		return len(rs) == 1
+	})
+	ccancel()
+	<-waited
+	clk.Add(2 * time.Minute)
+	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "x"}); !res.IsError || !strings.Contains(toolText(res), "follows no consent stream") {
+		t.Errorf("after the grace: %q", toolText(res))
 	}
 }

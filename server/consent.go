@@ -35,7 +35,7 @@ const keepAliveEvery = 5 * time.Second
 func (s consentStep) Await(ctx context.Context, c *pipeline.Call, t pipeline.Target, d policy.Decision, args json.RawMessage) (pipeline.Approval, error) {
 	g := s.g
 	p := c.Principal
-	if !g.listeners.reachable(p, d.Approvers != nil, time.Now()) {
+	if !g.listeners.reachable(p, d.Approvers != nil, g.sessions.now()) {
 		return pipeline.Approval{}, fmt.Errorf("consent required: %s needs the approval of %s (%s), who follows no consent stream; open one (POST /agui) and call again",
 			c.Name, p.User, d.ConsentReason)
 	}
@@ -116,8 +116,10 @@ func keepAlive(c *pipeline.Call, msg string) (stop func()) {
 const listenGrace = 5 * time.Minute
 
 // listeners tracks who follows their consent requests: the open consent
-// streams of each user, and when the last one closed.
+// streams of each user, and when the last one closed (on the gateway's
+// clock, now).
 type listeners struct {
+	now  func() time.Time
 	mu   sync.Mutex
 	open map[userKey]int
 	seen map[userKey]time.Time
@@ -137,7 +139,7 @@ func (l *listeners) listen(p identity.Principal) func() {
 		if l.open[k]--; l.open[k] <= 0 {
 			delete(l.open, k)
 		}
-		l.seen[k] = time.Now()
+		l.seen[k] = l.now()
 		l.mu.Unlock()
 	}
 }

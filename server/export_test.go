@@ -28,3 +28,15 @@ func ConsentChannel(t interface{ Cleanup(func()) }, g *Gateway, p identity.Princ
 func (g *Gateway) ConsentRequest(ctx context.Context, id string) (consent.Request, error) {
 	return g.consent.Get(ctx, id)
 }
+
+// PendingConsents returns every pending consent request.
+func (g *Gateway) PendingConsents(ctx context.Context) ([]consent.Request, error) {
+	return g.consent.Pending(ctx)
+}
+
+// StreamsOpen reports whether p has a consent stream open.
+func (g *Gateway) StreamsOpen(p identity.Principal) bool {
+	g.listeners.mu.Lock()
+	defer g.listeners.mu.Unlock()
+	return g.listeners.open[userKey{p.Issuer, p.User}] > 0
+}

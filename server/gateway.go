@@ -167,6 +167,7 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		return nil, err
 	}
 	g.consent = consent.NewEngine(st, deps.Now, approves)
+	g.listeners.now = deps.Now
 	g.metrics = newMetrics()
 	g.front = newFront(g, deps.Version)
 	naming, err := upstreams.ParseNaming(cfg.Prefix)
