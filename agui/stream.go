@@ -170,24 +170,7 @@ func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in 
 		return err
 	}
 	if len(in.Resume) > 0 {
-		approved, err := s.resume(ctx, p, open, in.Resume)
-		if err != nil {
-			return err
-		}
-		// The resumed run shows how each call it approved ended, against
-		// the original tool call.
-		wctx, cancel := context.WithTimeout(ctx, s.o.ResultWait)
-		defer cancel()
-		for _, id := range approved {
-			text, err := s.o.Consents.Result(wctx, id)
-			if err != nil {
-				continue // the call did not finish while the run waited
-			}
-			if out.send(toolCallResult{Type: "TOOL_CALL_RESULT", MessageID: "res_" + id, ToolCallID: "call_" + id, Content: text, Role: "tool"}) != nil {
-				return nil
-			}
-		}
-		return out.send(runFinished{Type: "RUN_FINISHED", ThreadID: in.ThreadID, RunID: in.RunID, Outcome: &outcome{Type: "success"}})
+		return s.resumed(ctx, out, p, in, open)
 	}
 	if newInput(in.Messages) && len(open) > 0 {
 		return &runError{Code: "INTERRUPTS_PENDING", Message: fmt.Sprintf("%d interrupts are open on this thread; answer them with resume before sending new input", len(open))}
@@ -221,20 +204,11 @@ func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in 
 		case <-changed:
 		case <-actChanged:
 			var fresh []CallActivity
-			fresh, actChanged = s.recent(p, in.ThreadID, last)
-			if len(fresh) == 0 {
+			if fresh, actChanged = s.recent(p, in.ThreadID, last); len(fresh) == 0 {
 				continue
 			}
-			var delta []patchOp
-			for _, c := range fresh {
-				delta = append(delta, patchOp{Op: "add", Path: "/calls/-", Value: c})
-				if shown++; shown > maxShownCalls {
-					delta = append(delta, patchOp{Op: "remove", Path: "/calls/0"})
-					shown--
-				}
-				last = c.Seq
-			}
-			if out.send(stateDelta{Type: "STATE_DELTA", Delta: delta}) != nil {
+			last = fresh[len(fresh)-1].Seq
+			if out.send(stateDelta{Type: "STATE_DELTA", Delta: addCalls(fresh, &shown)}) != nil {
 				return nil
 			}
 		}
@@ -244,6 +218,41 @@ func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in 
 	}
 	calls, _ = s.recent(p, in.ThreadID, 0)
 	return s.interrupt(out, in, open, calls)
+}
+
+// resumed answers a run with resume entries: the decisions, then how each
+// call it approved ended, against the original tool call.
+func (s *Stream) resumed(ctx context.Context, out emitter, p identity.Principal, in runInput, open []consent.Request) error {
+	approved, err := s.resume(ctx, p, open, in.Resume)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.o.ResultWait)
+	defer cancel()
+	for _, id := range approved {
+		text, err := s.o.Consents.Result(wctx, id)
+		if err != nil {
+			continue // the call did not finish while the run waited
+		}
+		if out.send(toolCallResult{Type: "TOOL_CALL_RESULT", MessageID: "res_" + id, ToolCallID: "call_" + id, Content: text, Role: "tool"}) != nil {
+			return nil
+		}
+	}
+	return out.send(runFinished{Type: "RUN_FINISHED", ThreadID: in.ThreadID, RunID: in.RunID, Outcome: &outcome{Type: "success"}})
+}
+
+// addCalls is the JSON Patch that appends calls to the state's calls,
+// dropping the oldest past maxShownCalls; shown counts what the state holds.
+func addCalls(calls []CallActivity, shown *int) []patchOp {
+	var delta []patchOp
+	for _, c := range calls {
+		delta = append(delta, patchOp{Op: "add", Path: "/calls/-", Value: c})
+		if *shown++; *shown > maxShownCalls {
+			delta = append(delta, patchOp{Op: "remove", Path: "/calls/0"})
+			*shown--
+		}
+	}
+	return delta
 }
 
 // maxShownCalls is how many calls a run's state holds.

@@ -201,9 +201,14 @@ func (e *Engine) Get(ctx context.Context, id string) (Request, error) {
 	if err != nil {
 		return Request{}, err
 	}
+	return decode(rec)
+}
+
+// decode reads a stored request; its state is the store's.
+func decode(rec store.ConsentRecord) (Request, error) {
 	var r Request
 	if err := json.Unmarshal(rec.Request, &r); err != nil {
-		return Request{}, fmt.Errorf("consent: stored request %s: %w", id, err)
+		return Request{}, fmt.Errorf("consent: stored request %s: %w", rec.ID, err)
 	}
 	r.State = State(rec.State)
 	return r, nil
@@ -217,9 +222,9 @@ func (e *Engine) Pending(ctx context.Context) ([]Request, error) {
 	}
 	out := make([]Request, 0, len(recs))
 	for _, rec := range recs {
-		var r Request
-		if err := json.Unmarshal(rec.Request, &r); err != nil {
-			return nil, fmt.Errorf("consent: stored request %s: %w", rec.ID, err)
+		r, err := decode(rec)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, r)
 	}
@@ -351,37 +356,32 @@ func (e *Engine) Cancel(ctx context.Context, id string) error {
 // CancelNodes cancels every pending request on a path through one of the
 // given session-graph nodes (the kill-switch) and returns how many.
 func (e *Engine) CancelNodes(ctx context.Context, killed map[string]bool) (int, error) {
-	pending, err := e.store.PendingConsents(ctx)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, rec := range pending {
-		for _, id := range rec.Nodes {
-			if killed[id] {
-				if r, err := e.Get(ctx, rec.ID); err == nil && e.settle(ctx, r, Cancelled) == nil {
-					n++
-				}
-				break
-			}
-		}
-	}
-	return n, nil
+	return e.settleWhere(ctx, Cancelled, func(rec store.ConsentRecord) bool {
+		return slices.ContainsFunc(rec.Nodes, func(id string) bool { return killed[id] })
+	})
 }
 
 // ExpireDue expires every pending request past its expiry (a janitor's
 // sweep; waiting callers expire their own) and returns how many.
 func (e *Engine) ExpireDue(ctx context.Context) (int, error) {
+	now := e.now()
+	return e.settleWhere(ctx, Expired, func(rec store.ConsentRecord) bool { return !now.Before(rec.Expires) })
+}
+
+// settleWhere moves the pending requests that match to state and returns
+// how many it moved (one decided meanwhile stays decided).
+func (e *Engine) settleWhere(ctx context.Context, state State, match func(store.ConsentRecord) bool) (int, error) {
 	pending, err := e.store.PendingConsents(ctx)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	for _, rec := range pending {
-		if !e.now().Before(rec.Expires) {
-			if r, err := e.Get(ctx, rec.ID); err == nil && e.settle(ctx, r, Expired) == nil {
-				n++
-			}
+		if !match(rec) {
+			continue
+		}
+		if r, err := decode(rec); err == nil && e.settle(ctx, r, state) == nil {
+			n++
 		}
 	}
 	return n, nil

@@ -44,17 +44,6 @@ func (k Kind) Method() string {
 	return "list"
 }
 
-// names is the kind of catalog entry a call of kind k names.
-func (k Kind) names() policy.TargetKind {
-	switch k {
-	case PromptGet:
-		return policy.KindPrompt
-	case ResourceRead, Subscribe, Unsubscribe:
-		return policy.KindResource
-	}
-	return policy.KindTool
-}
-
 // Channel is the protocol a call came in on.
 type Channel string
 
@@ -102,10 +91,15 @@ type Call struct {
 
 // TargetKind is the kind of catalog entry the call names.
 func (c *Call) TargetKind() policy.TargetKind {
-	if c.Kind == Completion {
+	switch c.Kind {
+	case Completion:
 		return c.Names
+	case PromptGet:
+		return policy.KindPrompt
+	case ResourceRead, Subscribe, Unsubscribe:
+		return policy.KindResource
 	}
-	return c.Kind.names()
+	return policy.KindTool
 }
 
 // Target is a catalog entry a call resolved to.
@@ -168,7 +162,7 @@ type Authorizer interface {
 // each with its JSON pointer, for a model to correct.
 type Validator interface {
 	Arguments(t Target, rule *schemas.Schema, args map[string]any) string
-	Output(t Target, rule *schemas.Schema, structured json.RawMessage) string
+	Output(t Target, rule *schemas.Schema, res Result) string
 }
 
 // Consent is step 6: Await returns once the call may go on, with the
@@ -194,13 +188,21 @@ type Credentials interface {
 	For(ctx context.Context, c *Call, t Target) (*identity.Credential, error)
 }
 
+// Result is an upstream's answer: the method's result object as raw JSON,
+// and for a tool call whether it is a tool error (isError), which the
+// forwarder knows without reading the JSON again.
+type Result struct {
+	JSON    json.RawMessage
+	IsError bool
+}
+
 // Forwarder is step 8: it sends the call, with args (after DLP) and the
-// credential of step 7, to the upstream and returns the raw result. An
+// credential of step 7, to the upstream and returns its result. An
 // *Error it returns is passed on as is (CodeUpstream for an upstream that
 // did not answer, CodeRateLimited, CodePassThrough for the upstream's own
 // protocol error).
 type Forwarder interface {
-	Forward(ctx context.Context, c *Call, t Target, args json.RawMessage, cred *identity.Credential) (json.RawMessage, error)
+	Forward(ctx context.Context, c *Call, t Target, args json.RawMessage, cred *identity.Credential) (Result, error)
 }
 
 // Auditor is step 10: a call is not answered before its record is

@@ -135,7 +135,7 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 	cred, err := p.Credentials.For(ctx, c, t)
 	if err != nil {
 		p.Log.Error("no credentials for the upstream; call refused", "upstream", t.Upstream, "error", err)
-		return r.finish(ctx, nil, &Error{Code: CodeUpstream, Message: "upstream " + t.Upstream + ": no credentials could be minted for it", Cause: err})
+		return r.finish(ctx, Result{}, &Error{Code: CodeUpstream, Message: "upstream " + t.Upstream + ": no credentials could be minted for it", Cause: err})
 	}
 
 	// 8. forward.
@@ -248,22 +248,23 @@ func policyID(d policy.Decision) string {
 }
 
 // checkOutput applies step 9 to a result.
-func (r *run) checkOutput(ctx context.Context, t Target, d policy.Decision, res json.RawMessage) (json.RawMessage, error) {
-	if r.c.Kind == ToolCall {
+func (r *run) checkOutput(ctx context.Context, t Target, d policy.Decision, res Result) (Result, error) {
+	if r.c.Kind == ToolCall && !res.IsError {
 		if msg := r.p.Validator.Output(t, d.Output, res); msg != "" {
 			r.p.Sessions.Count(ctx, r.c, policy.CountValidationFailure, 1)
-			return nil, &toolFailure{msg: msg}
+			return Result{}, &toolFailure{msg: msg}
 		}
 	}
 	if d.DLP == nil {
 		return res, nil
 	}
-	red, acts, err := d.DLP.RedactJSON(res)
+	red, acts, err := d.DLP.RedactJSON(res.JSON)
 	if err != nil {
-		return nil, &Error{Code: CodeInternal, Message: "result withheld: it could not be checked for secrets", Cause: err}
+		return Result{}, &Error{Code: CodeInternal, Message: "result withheld: it could not be checked for secrets", Cause: err}
 	}
 	r.dlp(ctx, acts, "")
-	return red, nil
+	res.JSON = red
+	return res, nil
 }
 
 // errAuditDown refuses calls while the audit store fails.
@@ -317,13 +318,13 @@ func (r *run) refuse(ctx context.Context, err error) Outcome {
 }
 
 // finish records how a forwarded call ended.
-func (r *run) finish(ctx context.Context, res json.RawMessage, err error) Outcome {
+func (r *run) finish(ctx context.Context, res Result, err error) Outcome {
 	r.rec.Decision = DecisionAllow
 	if err == nil {
-		if r.c.Kind == ToolCall && toolResultIsError(res) {
+		if res.IsError {
 			r.rec.Reason = "upstream returned a tool error"
 		}
-		return r.commit(ctx, Outcome{Result: res})
+		return r.commit(ctx, Outcome{Result: res.JSON})
 	}
 	r.rec.Decision = DecisionError
 	if tf, ok := err.(*toolFailure); ok {
@@ -395,12 +396,4 @@ func decodeArgs(c *Call) (map[string]any, error) {
 		return nil, &Error{Code: CodeInvalidParams, Message: "arguments must be a JSON object"}
 	}
 	return args, nil
-}
-
-// toolResultIsError reports whether a tool result says isError.
-func toolResultIsError(res json.RawMessage) bool {
-	var v struct {
-		IsError bool `json:"isError"`
-	}
-	return json.Unmarshal(res, &v) == nil && v.IsError
 }

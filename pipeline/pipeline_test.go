@@ -66,7 +66,7 @@ func (fakeValidator) Arguments(_ Target, rule *schemas.Schema, args map[string]a
 	return ""
 }
 
-func (fakeValidator) Output(Target, *schemas.Schema, json.RawMessage) string { return "" }
+func (fakeValidator) Output(Target, *schemas.Schema, Result) string { return "" }
 
 type fakeCredentials struct{ err error }
 
@@ -81,10 +81,10 @@ type fakeForwarder struct {
 	err    error
 }
 
-func (f *fakeForwarder) Forward(_ context.Context, _ *Call, _ Target, args json.RawMessage, _ *identity.Credential) (json.RawMessage, error) {
+func (f *fakeForwarder) Forward(_ context.Context, _ *Call, _ Target, args json.RawMessage, _ *identity.Credential) (Result, error) {
 	f.calls++
 	f.args = args
-	return f.result, f.err
+	return Result{JSON: f.result}, f.err
 }
 
 type fakeAuditor struct {

@@ -26,8 +26,16 @@ type activity struct {
 
 type userActivity struct {
 	calls   []agui.CallActivity
-	changed chan struct{}
-	last    uint64
+	changed chan struct{} // closed at the next call, once a stream took it
+	taken   bool
+}
+
+// last is the sequence number of the user's latest call, 0 for none.
+func (u *userActivity) last() uint64 {
+	if len(u.calls) == 0 {
+		return 0
+	}
+	return u.calls[len(u.calls)-1].Seq
 }
 
 var _ agui.Activity = (*activity)(nil)
@@ -41,14 +49,15 @@ func (a *activity) watch(c *pipeline.Call, rec store.AuditRecord) {
 	defer a.mu.Unlock()
 	u := a.user(userKey{c.Principal.Issuer, c.Principal.User})
 	a.seq++
-	u.last = a.seq
 	u.calls = append(u.calls, agui.CallActivity{Seq: a.seq, Time: rec.Time, Method: rec.Method, Name: rec.Tool, Upstream: rec.Upstream,
 		Agent: rec.SpiffeID, WSID: rec.WSID, Decision: rec.Decision, Reason: rec.Reason, ConsentID: rec.ConsentID})
 	if len(u.calls) > activityKeep {
 		u.calls = append(u.calls[:0], u.calls[len(u.calls)-activityKeep:]...)
 	}
-	close(u.changed)
-	u.changed = make(chan struct{})
+	if u.taken { // a stream waits for this user's next call
+		close(u.changed)
+		u.changed, u.taken = make(chan struct{}), false
+	}
 }
 
 // user returns k's activity, creating it (a.mu is held).
@@ -71,7 +80,7 @@ func (a *activity) dropLeastActive() {
 	var oldest userKey
 	first := true
 	for k, u := range a.users {
-		if first || u.last < a.users[oldest].last {
+		if first || u.last() < a.users[oldest].last() {
 			oldest, first = k, false
 		}
 	}
@@ -83,5 +92,6 @@ func (a *activity) Recent(p identity.Principal) ([]agui.CallActivity, <-chan str
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	u := a.user(userKey{p.Issuer, p.User})
+	u.taken = true
 	return append([]agui.CallActivity(nil), u.calls...), u.changed
 }

@@ -365,10 +365,6 @@ func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 		ss, _ := req.GetSession().(*mcp.ServerSession)
 		f.watch(ctx, ss, req.GetExtra())
-		// Requests the SDK makes up itself (the resources/subscribe of a
-		// 2026-07-28 subscriptions/listen) carry no extra: they belong to
-		// the request they came from.
-		ctx = context.WithValue(ctx, extraKey{}, req.GetExtra())
 		switch r := req.(type) {
 		case *mcp.CallToolRequest:
 			if _, known := f.gw.upstreams.Catalog().Tool(r.Params.Name); !known {
@@ -386,17 +382,18 @@ func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 			// A 2026-07-28 notification stream lives as long as its
 			// request: the sessions component admits it, and a kill of any
 			// node on its path ends it.
-			p, ok := f.gw.principal(req.GetExtra())
+			c, _, ok := f.newCall(ctx, req)
 			if !ok {
 				return nil, rpcError(errUnauthenticated, false)
 			}
-			c := &pipeline.Call{Principal: p, Workflow: header(req.GetExtra()).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}
 			ctx, done, err := f.gw.sessions.Admit(ctx, c)
 			if err != nil {
 				return nil, rpcError(pipeline.AsError(ctx, err), false)
 			}
 			defer done()
-			return next(ctx, method, req)
+			// The resources/subscribe the SDK makes up for the stream
+			// carries no extra: it belongs to this request.
+			return next(context.WithValue(ctx, extraKey{}, req.GetExtra()), method, req)
 		case *mcp.ListToolsRequest, *mcp.ListPromptsRequest, *mcp.ListResourcesRequest, *mcp.ListResourceTemplatesRequest:
 			res, err := next(ctx, method, req)
 			if err != nil {

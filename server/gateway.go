@@ -200,17 +200,17 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 	}
 	g.policy.Store(lp)
 	g.logPolicy(len(lp.Documents))
-	st2 := steps{g}
+	s := steps{g}
 	g.pipeline = &pipeline.Pipeline{
-		Sessions: g.sessions, Catalog: st2, Authorizer: st2, Validator: st2, Consent: consentStep{g},
-		Credentials: st2, Forwarder: mcpForwarder{g}, Auditor: g.store, Clock: clock(deps.Now), Log: log, Watch: g.activity.watch,
+		Sessions: g.sessions, Catalog: s, Authorizer: s, Validator: s, Consent: consentStep{g},
+		Credentials: s, Forwarder: mcpForwarder{g}, Auditor: g.store, Clock: clock(deps.Now), Log: log, Watch: g.activity.watch,
 	}
 	g.consentStream = agui.NewStream(agui.Options{
 		Consents:  auditedConsents{g},
 		Activity:  &g.activity,
-		Principal: func(r *http.Request) (identity.Principal, bool) { return principalOf(r) },
+		Principal: principalOf,
 		Workflow: func(p identity.Principal, thread string) (string, bool) {
-			return derive("w_", g.sessions.userSession(p), thread), validWorkflowID(thread) && thread != ""
+			return workflowSession(g.sessions.userSession(p), thread), validWorkflowID(thread)
 		},
 		Listening: g.listeners.listen,
 		Log:       log,

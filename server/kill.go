@@ -56,6 +56,7 @@ type KillResult struct {
 // revoked node are refused. Revocation is committed before anything else
 // happens, so a crash half-way leaves the sessions revoked.
 func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error) {
+	var res KillResult
 	var roots []string
 	var err error
 	switch {
@@ -66,8 +67,9 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 	case req.User != "":
 		// Every token of the user issued up to now, whatever its sid, is
 		// refused from here on, first in the store.
-		for _, iss := range g.issuers() {
-			if err := g.sessions.killUser(ctx, iss, req.User, time.Now()); err != nil {
+		res.Issuers = g.issuers()
+		for _, iss := range res.Issuers {
+			if err := g.sessions.killUser(ctx, iss, req.User, g.sessions.now()); err != nil {
 				return KillResult{}, err
 			}
 		}
@@ -79,7 +81,6 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 		return KillResult{}, err
 	}
 	revoked := map[string]bool{}
-	var res KillResult
 	for _, root := range roots {
 		ids, err := g.store.RevokeTree(ctx, root)
 		if errors.Is(err, store.ErrNotFound) {
@@ -95,9 +96,7 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 			}
 		}
 	}
-	if req.User != "" {
-		res.Issuers = g.issuers()
-	} else if len(res.Revoked) == 0 {
+	if req.User == "" && len(res.Revoked) == 0 {
 		return KillResult{}, &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no such session"}
 	}
 	g.sessions.revoke(res.Revoked...)

@@ -22,19 +22,29 @@ import (
 // pipeline.Call, and the Outcome becomes the method's result or JSON-RPC
 // error. Nothing here decides anything.
 
-// run takes one MCP request through the pipeline.
-func (f *front) run(ctx context.Context, req mcp.Request, kind pipeline.Kind, names policy.TargetKind, name string, args json.RawMessage) pipeline.Outcome {
+// newCall is the pipeline.Call of an MCP request: who (from the request,
+// or for a request the SDK makes up itself, the one it came from), from
+// which workflow and protocol session. ok is false without a principal.
+func (f *front) newCall(ctx context.Context, req mcp.Request) (c *pipeline.Call, ss *mcp.ServerSession, ok bool) {
 	extra := req.GetExtra()
 	if extra == nil {
 		extra, _ = ctx.Value(extraKey{}).(*mcp.RequestExtra)
 	}
 	p, ok := f.gw.principal(extra)
 	if !ok {
+		return nil, nil, false
+	}
+	ss, _ = req.GetSession().(*mcp.ServerSession)
+	return &pipeline.Call{Principal: p, Channel: pipeline.MCP, Origin: req, Workflow: header(extra).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}, ss, true
+}
+
+// run takes one MCP request through the pipeline.
+func (f *front) run(ctx context.Context, req mcp.Request, kind pipeline.Kind, names policy.TargetKind, name string, args json.RawMessage) pipeline.Outcome {
+	c, ss, ok := f.newCall(ctx, req)
+	if !ok {
 		return pipeline.Outcome{Err: errUnauthenticated}
 	}
-	ss, _ := req.GetSession().(*mcp.ServerSession)
-	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Kind: kind, Names: names, Name: name, Args: args, Origin: req,
-		Workflow: header(extra).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}
+	c.Kind, c.Names, c.Name, c.Args = kind, names, name, args
 	if tp, ok := req.GetParams().(interface{ GetProgressToken() any }); ok && ss != nil {
 		if tok := tp.GetProgressToken(); tok != nil {
 			var n atomic.Int64
@@ -155,30 +165,34 @@ type mcpForwarder struct{ g *Gateway }
 var _ pipeline.Forwarder = mcpForwarder{}
 
 // Forward implements pipeline.Forwarder.
-func (fw mcpForwarder) Forward(ctx context.Context, c *pipeline.Call, t pipeline.Target, args json.RawMessage, cred *identity.Credential) (json.RawMessage, error) {
+func (fw mcpForwarder) Forward(ctx context.Context, c *pipeline.Call, t pipeline.Target, args json.RawMessage, cred *identity.Credential) (pipeline.Result, error) {
 	g := fw.g
 	if err := g.upstreamLimited(t.Upstream); err != nil {
-		return nil, err
+		return pipeline.Result{}, err
 	}
 	ctx = upstreams.WithCaller(ctx, c.Principal, c.Sessions.MSID, cred)
 	req, _ := c.Origin.(mcp.Request)
 	if req == nil {
-		return nil, errors.New("mcp forwarder: a call without its MCP request")
+		return pipeline.Result{}, errors.New("mcp forwarder: a call without its MCP request")
 	}
 	ss, _ := req.GetSession().(*mcp.ServerSession)
 	var res any
 	var err error
+	isError := false
 	switch r := req.(type) {
 	case *mcp.CallToolRequest:
 		p := *r.Params
 		p.Arguments = args
-		res, err = g.upstreams.CallTool(ctx, ss, t.Entry.(*upstreams.Tool), &p)
+		var tr *mcp.CallToolResult
+		if tr, err = g.upstreams.CallTool(ctx, ss, t.Entry.(*upstreams.Tool), &p); err == nil {
+			res, isError = tr, tr.IsError
+		}
 	case *mcp.GetPromptRequest:
 		p := *r.Params
 		p.Arguments = nil
 		if len(args) > 0 {
 			if err := json.Unmarshal(args, &p.Arguments); err != nil {
-				return nil, &pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "prompt arguments must be strings"}
+				return pipeline.Result{}, &pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "prompt arguments must be strings"}
 			}
 		}
 		res, err = g.upstreams.GetPrompt(ctx, ss, t.Entry.(*upstreams.Prompt), &p)
@@ -191,7 +205,7 @@ func (fw mcpForwarder) Forward(ctx context.Context, c *pipeline.Call, t pipeline
 	case *mcp.CompleteRequest:
 		p := *r.Params
 		if err := json.Unmarshal(args, &p.Argument); err != nil {
-			return nil, &pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "completion argument must be {name, value}"}
+			return pipeline.Result{}, &pipeline.Error{Code: pipeline.CodeInvalidParams, Message: "completion argument must be {name, value}"}
 		}
 		if pr, ok := t.Entry.(*upstreams.Prompt); ok {
 			ref := *p.Ref
@@ -200,12 +214,13 @@ func (fw mcpForwarder) Forward(ctx context.Context, c *pipeline.Call, t pipeline
 		}
 		res, err = g.upstreams.Complete(ctx, ss, t.Upstream, &p)
 	default:
-		return nil, errors.New("mcp forwarder: unexpected request type")
+		return pipeline.Result{}, errors.New("mcp forwarder: unexpected request type")
 	}
 	if err != nil {
-		return nil, upstreamError(err)
+		return pipeline.Result{}, upstreamError(err)
 	}
-	return json.Marshal(res)
+	raw, err := json.Marshal(res)
+	return pipeline.Result{JSON: raw, IsError: isError}, err
 }
 
 // upstreamError classifies a forwarding failure for the pipeline.
@@ -233,13 +248,11 @@ func sessionID(ss *mcp.ServerSession) string {
 // 1-3, audited once per list), with each tool's input schema tightened by
 // the rule that shows it. The SDK's slices are not ours to reuse.
 func (f *front) filter(ctx context.Context, method string, req mcp.Request, res mcp.Result) error {
-	p, ok := f.gw.principal(req.GetExtra())
+	c, _, ok := f.newCall(ctx, req)
 	if !ok {
 		return rpcError(errUnauthenticated, false)
 	}
-	ss, _ := req.GetSession().(*mcp.ServerSession)
-	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Kind: pipeline.List, Name: method, Origin: req,
-		Workflow: header(req.GetExtra()).Get(WorkflowHeader), ProtocolSession: sessionID(ss)}
+	c.Kind, c.Name = pipeline.List, method
 	pl, cat := f.gw.pipeline, f.gw.upstreams.Catalog()
 	var err error
 	switch lr := res.(type) {

@@ -109,10 +109,14 @@ func (s *sessionGraph) resolve(c *pipeline.Call) error {
 		if !validWorkflowID(wf) {
 			return &pipeline.Error{Code: pipeline.CodeInvalidRequest, Message: WorkflowHeader + " must be 1-128 visible ASCII characters"}
 		}
-		ids.WSID = derive("w_", ids.USID, wf)
+		ids.WSID = workflowSession(ids.USID, wf)
 	}
 	return nil
 }
+
+// workflowSession is the WSID: the workflow id, scoped to the user session
+// so that another user's workflow of the same name never joins this graph.
+func workflowSession(usid, workflow string) string { return derive("w_", usid, workflow) }
 
 // Admit implements pipeline.SessionGraph.
 func (s *sessionGraph) Admit(ctx context.Context, c *pipeline.Call) (context.Context, func(), error) {
@@ -136,24 +140,31 @@ func (s *sessionGraph) Admit(ctx context.Context, c *pipeline.Call) (context.Con
 
 // check refuses a principal whose user was killed after its token was
 // issued, or a request on a revoked node of ids.
+//
+// A user kill covers tokens issued at or before it (iat has a resolution of
+// seconds: a token of the kill's second is refused; one without iat is
+// refused once its user was killed).
 func (s *sessionGraph) check(p identity.Principal, ids ...string) error {
-	if s.killedToken(p) {
+	killed, wasKilled := s.killedAt(p)
+	if wasKilled && !p.IssuedAt.After(killed) {
 		return &pipeline.Error{Code: pipeline.CodeRevoked, Message: "session revoked", Cause: fmt.Errorf("%w: the user was killed after this token was issued", errSessionRevoked)}
 	}
-	if id, ok := s.revokedAny(ids...); ok {
-		return &pipeline.Error{Code: pipeline.CodeRevoked, Message: "session revoked", Cause: fmt.Errorf("%w: %s", errSessionRevoked, id)}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		if _, ok := s.revoked[id]; ok && id != "" {
+			return &pipeline.Error{Code: pipeline.CodeRevoked, Message: "session revoked", Cause: fmt.Errorf("%w: %s", errSessionRevoked, id)}
+		}
 	}
 	return nil
 }
 
-// killedToken reports whether p's user was killed at or after its token
-// was issued (iat has a resolution of seconds: a token of the kill's second
-// is refused). A token without iat is refused once its user was killed.
-func (s *sessionGraph) killedToken(p identity.Principal) bool {
+// killedAt returns when p's user was last killed.
+func (s *sessionGraph) killedAt(p identity.Principal) (time.Time, bool) {
 	s.mu.Lock()
-	killed, ok := s.kills[userKey{p.Issuer, p.User}]
-	s.mu.Unlock()
-	return ok && !p.IssuedAt.After(killed)
+	defer s.mu.Unlock()
+	t, ok := s.kills[userKey{p.Issuer, p.User}]
+	return t, ok
 }
 
 // killUser records a kill of every token of (issuer, subject) issued up to
@@ -178,10 +189,7 @@ func (s *sessionGraph) userSession(p identity.Principal) string {
 	if p.SessionID != "" {
 		return derive("u_", p.Issuer, "sid", p.SessionID)
 	}
-	s.mu.Lock()
-	killed, ok := s.kills[userKey{p.Issuer, p.User}]
-	s.mu.Unlock()
-	if ok {
+	if killed, ok := s.killedAt(p); ok {
 		return derive("u_", p.Issuer, p.User, "killed", killed.UTC().Format(time.RFC3339))
 	}
 	return derive("u_", p.Issuer, p.User)
@@ -249,18 +257,6 @@ func every(ctx context.Context, interval time.Duration, fn func()) {
 			fn()
 		}
 	}
-}
-
-// revokedAny returns the first of ids that is revoked.
-func (s *sessionGraph) revokedAny(ids ...string) (string, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, id := range ids {
-		if _, ok := s.revoked[id]; ok && id != "" {
-			return id, true
-		}
-	}
-	return "", false
 }
 
 // revoke records revoked nodes (the kill-switch, after the store committed
@@ -378,7 +374,7 @@ func (s *sessionGraph) closed(id string) {
 // validWorkflowID accepts 1-128 visible ASCII characters: the header names
 // a node that is stored, so it is bounded.
 func validWorkflowID(s string) bool {
-	if len(s) > 128 {
+	if s == "" || len(s) > 128 {
 		return false
 	}
 	for i := 0; i < len(s); i++ {

@@ -109,8 +109,9 @@ func (s steps) Arguments(t pipeline.Target, rule *schemas.Schema, args map[strin
 
 // Output checks a tool result's structuredContent against the upstream's
 // outputSchema and the rule's (MCP: a tool with an outputSchema must return
-// conforming structured content). Tool errors are not checked.
-func (s steps) Output(t pipeline.Target, rule *schemas.Schema, result json.RawMessage) string {
+// conforming structured content). The pipeline does not ask about tool
+// errors.
+func (s steps) Output(t pipeline.Target, rule *schemas.Schema, result pipeline.Result) string {
 	tool, _ := t.Entry.(*upstreams.Tool)
 	var up *schemas.Schema
 	if tool != nil {
@@ -120,14 +121,10 @@ func (s steps) Output(t pipeline.Target, rule *schemas.Schema, result json.RawMe
 		return ""
 	}
 	var res struct {
-		IsError           bool            `json:"isError"`
 		StructuredContent json.RawMessage `json:"structuredContent"`
 	}
-	if json.Unmarshal(result, &res) != nil {
+	if json.Unmarshal(result.JSON, &res) != nil {
 		return "invalid result: not a tool result"
-	}
-	if res.IsError {
-		return ""
 	}
 	if len(res.StructuredContent) == 0 || string(res.StructuredContent) == "null" {
 		return "invalid result: the tool's output schema requires structured content"
@@ -147,10 +144,10 @@ func (s steps) Output(t pipeline.Target, rule *schemas.Schema, result json.RawMe
 // aud the upstream, sub the user, the agent and the gateway in act, bound
 // to the gateway's key, hanging off the call's protocol session.
 func (s steps) For(ctx context.Context, c *pipeline.Call, t pipeline.Target) (*identity.Credential, error) {
-	if !s.g.upstreams.TakesCredentials(t.Upstream) {
+	o, ok := s.g.upstreams.OnBehalfOf(t.Upstream)
+	if !ok {
 		return nil, nil
 	}
-	o := s.g.upstreams.OnBehalfOf(t.Upstream)
 	o.Principal, o.Session = &c.Principal, c.Sessions.MSID
 	return s.g.auth.minter.Credential(ctx, o)
 }

@@ -486,20 +486,18 @@ func safeError(err error) string {
 
 // OnBehalfOf describes requests to the upstream name for minting their
 // credentials: its name, its URL (the token's audience) and the token
-// binding it takes.
-func (m *Manager) OnBehalfOf(name string) identity.OnBehalfOf {
+// binding it takes. ok is false for an unknown upstream or one whose
+// requests carry no minted token.
+func (m *Manager) OnBehalfOf(name string) (o identity.OnBehalfOf, ok bool) {
 	u, ok := m.lookup(name)
-	if !ok {
-		return identity.OnBehalfOf{Upstream: name}
+	if !ok || m.opts.Credentials == nil || u.spec.Auth == AuthNone {
+		return identity.OnBehalfOf{}, false
 	}
-	return identity.OnBehalfOf{Upstream: name, Audience: u.tgt.endpoint, Binding: u.spec.Auth}
+	return u.onBehalfOf(), true
 }
 
-// TakesCredentials reports whether requests to the upstream name carry a
-// minted token.
-func (m *Manager) TakesCredentials(name string) bool {
-	u, ok := m.lookup(name)
-	return ok && m.opts.Credentials != nil && u.spec.Auth != AuthNone
+func (u *upstream) onBehalfOf() identity.OnBehalfOf {
+	return identity.OnBehalfOf{Upstream: u.spec.Name, Audience: u.tgt.endpoint, Binding: u.spec.Auth}
 }
 
 // httpClient returns the HTTP client of one connection: the shared
@@ -558,7 +556,7 @@ func (t *credentialTransport) RoundTrip(req *http.Request) (*http.Response, erro
 	if cl := t.c.caller.Load(); cl != nil && cl.cred != nil {
 		err = cl.cred.Apply(req) // minted by the pipeline for this call
 	} else {
-		o := t.u.m.OnBehalfOf(t.u.spec.Name)
+		o := t.u.onBehalfOf()
 		if cl != nil {
 			o.Principal, o.Session = &cl.p, cl.session
 		}
