@@ -114,8 +114,10 @@ type Target struct {
 // a protocol error, and the audit record committed for it.
 type Outcome struct {
 	// Result is the upstream's answer after the output checks (raw JSON of
-	// the method's result object).
+	// the method's result object); when no step needed the JSON, Value is
+	// the channel's own form of it instead and Result is nil.
 	Result json.RawMessage
+	Value  any
 	// ToolError is set when a tool call is answered with a tool execution
 	// error (isError) that the gateway wrote: a denial, invalid arguments
 	// or output, an upstream that did not answer.
@@ -188,12 +190,25 @@ type Credentials interface {
 	For(ctx context.Context, c *Call, t Target) (*identity.Credential, error)
 }
 
-// Result is an upstream's answer: the method's result object as raw JSON,
-// and for a tool call whether it is a tool error (isError), which the
-// forwarder knows without reading the JSON again.
+// Result is an upstream's answer. Value is the channel's own form of it,
+// passed back as is when no step needs to read it; JSON is its encoding
+// (the method's result object), made only when a step needs it (output
+// checks, DLP), and what goes back once a step changed it. IsError says,
+// for a tool call, whether it is a tool error.
 type Result struct {
+	Value   any
 	JSON    json.RawMessage
 	IsError bool
+}
+
+// Encoded returns r with its JSON made from Value if it has none.
+func (r Result) Encoded() (Result, error) {
+	if r.JSON != nil {
+		return r, nil
+	}
+	b, err := json.Marshal(r.Value)
+	r.JSON = b
+	return r, err
 }
 
 // Forwarder is step 8: it sends the call, with args (after DLP) and the

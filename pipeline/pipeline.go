@@ -258,13 +258,16 @@ func (r *run) checkOutput(ctx context.Context, t Target, d policy.Decision, res 
 	if d.DLP == nil {
 		return res, nil
 	}
+	res, err := res.Encoded()
+	if err != nil {
+		return Result{}, &Error{Code: CodeInternal, Message: "result withheld: it could not be checked for secrets", Cause: err}
+	}
 	red, acts, err := d.DLP.RedactJSON(res.JSON)
 	if err != nil {
 		return Result{}, &Error{Code: CodeInternal, Message: "result withheld: it could not be checked for secrets", Cause: err}
 	}
 	r.dlp(ctx, acts, "")
-	res.JSON = red
-	return res, nil
+	return Result{JSON: red, IsError: res.IsError}, nil // the redacted JSON is what goes back
 }
 
 // errAuditDown refuses calls while the audit store fails.
@@ -324,7 +327,10 @@ func (r *run) finish(ctx context.Context, res Result, err error) Outcome {
 		if res.IsError {
 			r.rec.Reason = "upstream returned a tool error"
 		}
-		return r.commit(ctx, Outcome{Result: res.JSON})
+		if res.JSON != nil {
+			return r.commit(ctx, Outcome{Result: res.JSON})
+		}
+		return r.commit(ctx, Outcome{Value: res.Value})
 	}
 	r.rec.Decision = DecisionError
 	if tf, ok := err.(*toolFailure); ok {

@@ -217,6 +217,9 @@ func (s consentStep) Finished(id string, out pipeline.Outcome) {
 // resultText is what a consent stream shows of a call's outcome: the text
 // of its result, the tool error, or the error.
 func resultText(out pipeline.Outcome) string {
+	if out.Result == nil && out.Value != nil {
+		out.Result, _ = json.Marshal(out.Value) // the JSON of a result always encodes
+	}
 	switch {
 	case out.Err != nil:
 		return "error: " + out.Err.Message

@@ -111,6 +111,9 @@ func decodeOutcome[R any](out pipeline.Outcome, resource bool) (*R, error) {
 	if out.Err != nil {
 		return nil, rpcError(out.Err, resource)
 	}
+	if v, ok := out.Value.(*R); ok { // no step needed the JSON
+		return v, nil
+	}
 	if out.Result == nil {
 		return nil, nil
 	}
@@ -219,8 +222,7 @@ func (fw mcpForwarder) Forward(ctx context.Context, c *pipeline.Call, t pipeline
 	if err != nil {
 		return pipeline.Result{}, upstreamError(err)
 	}
-	raw, err := json.Marshal(res)
-	return pipeline.Result{JSON: raw, IsError: isError}, err
+	return pipeline.Result{Value: res, IsError: isError}, nil
 }
 
 // upstreamError classifies a forwarding failure for the pipeline.

@@ -123,7 +123,7 @@ func (s steps) Output(t pipeline.Target, rule *schemas.Schema, result pipeline.R
 	var res struct {
 		StructuredContent json.RawMessage `json:"structuredContent"`
 	}
-	if json.Unmarshal(result.JSON, &res) != nil {
+	if result, err := result.Encoded(); err != nil || json.Unmarshal(result.JSON, &res) != nil {
 		return "invalid result: not a tool result"
 	}
 	if len(res.StructuredContent) == 0 || string(res.StructuredContent) == "null" {
