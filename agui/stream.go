@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/sag-gateway/sag/consent"
@@ -17,6 +18,12 @@ import (
 // AllThreads is the reserved thread id whose runs follow every session of
 // the user, not one workflow.
 const AllThreads = "sag:all"
+
+// RequestThreadPrefix, followed by a consent request id, is the reserved
+// thread id of that one request: a UI that shows several open requests
+// answers each on its own thread (AG-UI 1.0: a resume addresses every open
+// interrupt of its thread).
+const RequestThreadPrefix = "sag:consent:"
 
 // Consents is what the stream needs of the consent engine.
 type Consents interface {
@@ -99,6 +106,53 @@ type runInput struct {
 	RunID    string            `json:"runId"`
 	Messages []json.RawMessage `json:"messages"`
 	Resume   []resumeEntry     `json:"resume"`
+	// ForwardedProps.knownInterrupts lists the open interrupts the client
+	// already shows: an attached run waits until the thread's open set
+	// differs from it, instead of ending at once with the same interrupts.
+	ForwardedProps json.RawMessage `json:"forwardedProps"`
+}
+
+// known returns the interrupt ids of forwardedProps.knownInterrupts (none
+// when forwardedProps is anything else).
+func (in runInput) known() map[string]bool {
+	var fp struct {
+		Known []string `json:"knownInterrupts"`
+	}
+	_ = json.Unmarshal(in.ForwardedProps, &fp) // forwardedProps is free-form
+	out := make(map[string]bool, len(fp.Known))
+	for _, id := range fp.Known {
+		out[id] = true
+	}
+	return out
+}
+
+// thread is what a run's threadId selects: one workflow, one consent
+// request, or all of the user's sessions.
+type thread struct {
+	wsid, request string
+}
+
+func (t thread) has(r consent.Request) bool {
+	return (t.wsid == "" || r.WSID == t.wsid) && (t.request == "" || r.ID == t.request)
+}
+
+func (t thread) hasCall(c CallActivity) bool {
+	return (t.wsid == "" || c.WSID == t.wsid) && (t.request == "" || c.ConsentID == t.request)
+}
+
+// thread resolves a threadId for p.
+func (s *Stream) thread(p identity.Principal, id string) (thread, error) {
+	switch {
+	case id == AllThreads:
+		return thread{}, nil
+	case strings.HasPrefix(id, RequestThreadPrefix) && len(id) > len(RequestThreadPrefix):
+		return thread{request: strings.TrimPrefix(id, RequestThreadPrefix)}, nil
+	}
+	wsid, ok := s.o.Workflow(p, id)
+	if !ok {
+		return thread{}, &runError{Code: "INVALID_THREAD", Message: "threadId must be a workflow id (1-128 visible ASCII characters), " + AllThreads + " or " + RequestThreadPrefix + "<request id>"}
+	}
+	return thread{wsid: wsid}, nil
 }
 
 type resumeEntry struct {
@@ -165,7 +219,11 @@ func (re *runError) Error() string { return re.Message }
 
 // run answers one run: resume entries, or wait for interrupts.
 func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in runInput) error {
-	open, err := s.open(ctx, p, in.ThreadID)
+	th, err := s.thread(p, in.ThreadID)
+	if err != nil {
+		return err
+	}
+	open, err := s.open(ctx, p, th)
 	if err != nil {
 		return err
 	}
@@ -178,7 +236,7 @@ func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in 
 	defer s.o.Listening(p)()
 	// The state: the thread, its open consent requests, and the user's
 	// recent calls on it, kept current with STATE_DELTA (JSON Patch).
-	calls, actChanged := s.recent(p, in.ThreadID, 0)
+	calls, actChanged := s.recent(p, th, 0)
 	if err := out.send(stateSnapshot{Type: "STATE_SNAPSHOT", Snapshot: map[string]any{"thread": in.ThreadID, "pendingConsents": len(open), "calls": calls}}); err != nil {
 		return nil // the client is gone
 	}
@@ -189,9 +247,10 @@ func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in 
 	}
 	beat := time.NewTicker(s.o.Heartbeat)
 	defer beat.Stop()
-	for len(open) == 0 {
+	known := in.known()
+	for sameIDs(open, known) {
 		changed := s.o.Consents.Changed()
-		if open, err = s.open(ctx, p, in.ThreadID); err != nil || len(open) > 0 {
+		if open, err = s.open(ctx, p, th); err != nil || !sameIDs(open, known) {
 			break
 		}
 		select {
@@ -204,7 +263,7 @@ func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in 
 		case <-changed:
 		case <-actChanged:
 			var fresh []CallActivity
-			if fresh, actChanged = s.recent(p, in.ThreadID, last); len(fresh) == 0 {
+			if fresh, actChanged = s.recent(p, th, last); len(fresh) == 0 {
 				continue
 			}
 			last = fresh[len(fresh)-1].Seq
@@ -216,8 +275,29 @@ func (s *Stream) run(ctx context.Context, out emitter, p identity.Principal, in 
 	if err != nil {
 		return err
 	}
-	calls, _ = s.recent(p, in.ThreadID, 0)
+	calls, _ = s.recent(p, th, 0)
+	if len(open) == 0 {
+		// The requests the client showed were decided elsewhere, expired
+		// or were cancelled: nothing is open any more.
+		if out.send(stateSnapshot{Type: "STATE_SNAPSHOT", Snapshot: map[string]any{"thread": in.ThreadID, "pendingConsents": 0, "calls": calls}}) != nil {
+			return nil
+		}
+		return out.send(runFinished{Type: "RUN_FINISHED", ThreadID: in.ThreadID, RunID: in.RunID, Outcome: &outcome{Type: "success"}})
+	}
 	return s.interrupt(out, in, open, calls)
+}
+
+// sameIDs reports whether open holds exactly the requests known names.
+func sameIDs(open []consent.Request, known map[string]bool) bool {
+	if len(open) != len(known) {
+		return false
+	}
+	for _, r := range open {
+		if !known[r.ID] {
+			return false
+		}
+	}
+	return true
 }
 
 // resumed answers a run with resume entries: the decisions, then how each
@@ -260,15 +340,11 @@ const maxShownCalls = 50
 
 // recent returns p's calls on the thread newer than seq, and a channel
 // closed at p's next call.
-func (s *Stream) recent(p identity.Principal, thread string, after uint64) ([]CallActivity, <-chan struct{}) {
+func (s *Stream) recent(p identity.Principal, th thread, after uint64) ([]CallActivity, <-chan struct{}) {
 	all, changed := s.o.Activity.Recent(p)
-	wsid := ""
-	if thread != AllThreads {
-		wsid, _ = s.o.Workflow(p, thread)
-	}
 	out := []CallActivity{}
 	for _, c := range all {
-		if c.Seq > after && (wsid == "" || c.WSID == wsid) {
+		if c.Seq > after && th.hasCall(c) {
 			out = append(out, c)
 		}
 	}
@@ -289,21 +365,14 @@ func newInput(msgs []json.RawMessage) bool {
 }
 
 // open returns the pending requests of the thread that p may decide.
-func (s *Stream) open(ctx context.Context, p identity.Principal, thread string) ([]consent.Request, error) {
+func (s *Stream) open(ctx context.Context, p identity.Principal, th thread) ([]consent.Request, error) {
 	all, err := s.o.Consents.Pending(ctx)
 	if err != nil {
 		return nil, err
 	}
-	wsid := ""
-	if thread != AllThreads {
-		var ok bool
-		if wsid, ok = s.o.Workflow(p, thread); !ok {
-			return nil, &runError{Code: "INVALID_THREAD", Message: "threadId must be a workflow id (1-128 visible ASCII characters) or " + AllThreads}
-		}
-	}
 	var out []consent.Request
 	for _, r := range all {
-		if s.o.Consents.MayDecide(r, p) && (wsid == "" || r.WSID == wsid) {
+		if s.o.Consents.MayDecide(r, p) && th.has(r) {
 			out = append(out, r)
 		}
 	}
@@ -340,7 +409,7 @@ func (s *Stream) interrupt(out emitter, in runInput, open []consent.Request, cal
 			ID: r.ID, Reason: "tool_call", ToolCallID: callID, ResponseSchema: r.ResponseSchema,
 			Message:   fmt.Sprintf("%s asks to call %s on %s for %s: %s", who, r.Tool, r.Upstream, r.User, r.Reason),
 			ExpiresAt: r.Expires.UTC().Format(time.RFC3339Nano),
-			Metadata:  map[string]any{"upstream": r.Upstream, "tool": r.Tool, "agent": r.Agent, "user": r.User, "rule": r.RuleID, "allowEdits": r.AllowEdits},
+			Metadata:  map[string]any{"upstream": r.Upstream, "tool": r.Tool, "agent": r.Agent, "user": r.User, "rule": r.RuleID, "allowEdits": r.AllowEdits, "risk": r.Risk},
 		})
 	}
 	for _, ev := range []any{

@@ -56,8 +56,13 @@ type Request struct {
 	Reason string `json:"reason"`
 	// ResponseSchema is what a decision looks like ({approved, editedArgs?}).
 	ResponseSchema json.RawMessage `json:"response_schema"`
-	// AllowEdits lets an approver replace the arguments.
-	AllowEdits bool `json:"allow_edits,omitempty"`
+	// AllowEdits lets an approver replace the arguments; ArgsSchema, when
+	// set, is the JSON Schema edited arguments must meet (the response
+	// schema carries it for the approver's UI; the call checks edits again).
+	AllowEdits bool            `json:"allow_edits,omitempty"`
+	ArgsSchema json.RawMessage `json:"args_schema,omitempty"`
+	// Risk is the session's risk score when the call arrived.
+	Risk float64 `json:"risk,omitempty"`
 	// Approvers say who may decide (the rule's principal matchers, as
 	// the engine's Approves reads them); empty means the request's own
 	// user.
@@ -150,6 +155,10 @@ func (e *Engine) Create(ctx context.Context, r Request, ttl time.Duration) (Requ
 	r.Expires = r.Created.Add(ttl)
 	r.State = Pending
 	r.ResponseSchema = responseSchema
+	if r.AllowEdits && len(r.ArgsSchema) > 0 {
+		r.ResponseSchema = json.RawMessage(`{"type":"object","required":["approved"],"properties":{"approved":{"type":"boolean"},"editedArgs":` +
+			string(r.ArgsSchema) + `},"additionalProperties":false}`)
+	}
 	if r.ArgsHash == "" {
 		r.ArgsHash = HashArgs(r.Args)
 	}

@@ -51,7 +51,9 @@ func (fakeCatalog) Resolve(c *Call) (Target, bool) {
 	if !strings.HasPrefix(c.Name, "up__") {
 		return Target{}, false
 	}
-	return Target{Target: policy.Target{Kind: c.TargetKind(), Upstream: "up", Name: strings.TrimPrefix(c.Name, "up__")}}, true
+	// The fake upstream's tools are read-only: consent "auto" asks about
+	// none of them, and the rules that want consent say always.
+	return Target{Target: policy.Target{Kind: c.TargetKind(), Upstream: "up", Name: strings.TrimPrefix(c.Name, "up__"), ReadOnly: true}}, true
 }
 
 type fakeValidator struct{}

@@ -48,8 +48,16 @@ type Target struct {
 	// or the resource's URI (a resource template's URI template).
 	Upstream, Name string
 	// Destructive is the upstream's destructiveHint annotation of a tool,
-	// when it says true explicitly.
-	Destructive bool
+	// when it says true explicitly; ReadOnly its readOnlyHint.
+	Destructive, ReadOnly bool
+}
+
+// mayChange reports whether consent "auto" asks about a tool: one annotated
+// destructive, or not annotated read-only (MCP: a tool that is not
+// read-only may be destructive, destructiveHint defaulting to true). Prompts
+// and resources only read.
+func (t Target) mayChange() bool {
+	return t.Kind == KindTool && (t.Destructive || !t.ReadOnly)
 }
 
 // Session is the call's place in the session graph, for conditions.
@@ -491,8 +499,11 @@ func (e *Engine) decide(ctx context.Context, req Request) Decision {
 			d.Consent, d.ConsentReason = true, "rule "+r.id+" asks for consent"
 		case ConsentNever:
 		default:
-			if req.Target.Destructive {
+			switch {
+			case req.Target.Destructive:
 				d.Consent, d.ConsentReason = true, "the tool is annotated destructive"
+			case req.Target.mayChange():
+				d.Consent, d.ConsentReason = true, "the tool is not annotated read-only"
 			}
 		}
 		if r.limit != nil {

@@ -80,7 +80,8 @@ func TestAuthorize(t *testing.T) {
 	alice := identity.Principal{Issuer: "https://idp", User: "alice"}
 	bob := identity.Principal{Issuer: "https://idp", User: "bob", Groups: []string{"eng"}}
 	agent := identity.Principal{User: "carol", Agent: "spiffe://example.org/agents/builder", Scopes: []string{"files.write"}}
-	tool := func(up, name string) Target { return Target{Upstream: up, Name: name} }
+	// Read-only, so that consent "auto" stays out of the cases about matching.
+	tool := func(up, name string) Target { return Target{Upstream: up, Name: name, ReadOnly: true} }
 	for _, tc := range []struct {
 		name    string
 		p       identity.Principal
@@ -107,7 +108,9 @@ func TestAuthorize(t *testing.T) {
 		{"condition on a missing argument is false", alice, tool("files", "delete_file"), nil, false, "business-hours", false, "condition of rule business-hours not met"},
 		{"condition on the user", bob, tool("files", "delete_file"), map[string]any{"path": "/srv/tmp/x"}, false, "business-hours", false, ""},
 		{"consent auto on a destructive tool", alice, Target{Upstream: "db", Name: "drop_table", Destructive: true}, nil, true, "destructive-auto", true, ""},
-		{"consent auto on a safe tool", alice, Target{Upstream: "db", Name: "drop_table"}, nil, true, "destructive-auto", false, ""},
+		{"consent auto on a read-only tool", alice, Target{Upstream: "db", Name: "drop_table", ReadOnly: true}, nil, true, "destructive-auto", false, ""},
+		{"consent auto on a tool not annotated read-only", alice, Target{Upstream: "db", Name: "drop_table"}, nil, true, "destructive-auto", true, ""},
+		{"consent auto: destructive wins over read-only", alice, Target{Upstream: "db", Name: "drop_table", ReadOnly: true, Destructive: true}, nil, true, "destructive-auto", true, ""},
 		{"consent never wins over the hint", alice, Target{Upstream: "db", Name: "vacuum", Destructive: true}, nil, true, "destructive-never", false, ""},
 		{"claims match", identity.Principal{Claims: map[string]any{"department": "finance", "roles": []any{"payroll", "x"}, "level": 3.0}}, tool("hr", "salaries"), nil, true, "by-claims", false, ""},
 		{"a claim differs", identity.Principal{Claims: map[string]any{"department": "eng", "roles": []any{"payroll"}, "level": 3.0}}, tool("hr", "salaries"), nil, false, "", false, ""},

@@ -562,3 +562,108 @@ func TestConsentListenGrace(t *testing.T) {
 		t.Errorf("after the grace: %q", toolText(res))
 	}
 }
+
+// finished reads a run's events up to RUN_FINISHED and returns its
+// outcome and the ids of its interrupts.
+func finished(t *testing.T, run *aguiRun) (outcome string, ids []string) {
+	t.Helper()
+	for {
+		ev := run.next(t)
+		switch ev["type"] {
+		case "RUN_ERROR":
+			t.Fatalf("RUN_ERROR %v", ev)
+		case "RUN_FINISHED":
+			o := ev["outcome"].(map[string]any)
+			ints, _ := o["interrupts"].([]any)
+			for _, in := range ints {
+				ids = append(ids, in.(map[string]any)["id"].(string))
+			}
+			slices.Sort(ids)
+			return o["type"].(string), ids
+		}
+	}
+}
+
+func attachKnowing(thread, run string, known []string) string {
+	b, _ := json.Marshal(known)
+	return `{"threadId":"` + thread + `","runId":"` + run + `","messages":[],"forwardedProps":{"knownInterrupts":` + string(b) + `}}`
+}
+
+// TestRequestThreadsAndKnownInterrupts: a UI that shows several open
+// requests answers each on its own thread (sag:consent:<id>) without
+// addressing the others, and a run that names the interrupts it already
+// shows waits until that set changes (one answered elsewhere, a new one),
+// then ends with what is open, or with success when nothing is.
+func TestRequestThreadsAndKnownInterrupts(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	run := startRun(t, ctx, tg, alice, runInput(agui.AllThreads, "f1", "[]", ""))
+	run.expect(t, "RUN_STARTED", "STATE_SNAPSHOT")
+	one := workflowCall(t, ctx, tg, alice, "wf-a", "one")
+	if _, ids := finished(t, run); len(ids) != 1 {
+		t.Fatalf("interrupts %v, want one", ids)
+	}
+	two := workflowCall(t, ctx, tg, alice, "wf-b", "two")
+	var both []string
+	eventually(t, "two open interrupts", func() bool {
+		r := startRun(t, ctx, tg, alice, runInput(agui.AllThreads, "f2", "[]", ""))
+		r.expect(t, "RUN_STARTED", "STATE_SNAPSHOT")
+		_, both = finished(t, r)
+		return len(both) == 2
+	})
+	// Knowing both, a run waits; answering the first on its own thread
+	// (the second left open) ends it with the second alone.
+	waiting := startRun(t, ctx, tg, alice, attachKnowing(agui.AllThreads, "f3", both))
+	waiting.expect(t, "RUN_STARTED", "STATE_SNAPSHOT")
+	first, second := both[0], both[1]
+	answer := startRun(t, ctx, tg, alice, runInput(agui.RequestThreadPrefix+first, "a1", "[]", `[{"interruptId":"`+first+`","status":"resolved","payload":{"approved":true}}]`))
+	answer.expect(t, "RUN_STARTED", "TOOL_CALL_RESULT")
+	if o, _ := finished(t, answer); o != "success" {
+		t.Errorf("the answer's outcome %s", o)
+	}
+	if _, ids := finished(t, waiting); !slices.Equal(ids, []string{second}) {
+		t.Errorf("after the first was answered: interrupts %v, want [%s]", ids, second)
+	}
+	// The request thread shows that request only, and resuming another
+	// request on it is refused.
+	own := startRun(t, ctx, tg, alice, runInput(agui.RequestThreadPrefix+second, "a2", "[]", ""))
+	own.expect(t, "RUN_STARTED", "STATE_SNAPSHOT")
+	if _, ids := finished(t, own); !slices.Equal(ids, []string{second}) {
+		t.Errorf("request thread of %s: interrupts %v", second, ids)
+	}
+	wrong := startRun(t, ctx, tg, alice, runInput(agui.RequestThreadPrefix+second, "a3", "[]", `[{"interruptId":"`+first+`","status":"resolved","payload":{"approved":true}}]`))
+	wrong.expect(t, "RUN_STARTED")
+	if ev := wrong.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != "INTERRUPTS_UNADDRESSED" {
+		t.Errorf("another request's answer on a request thread: %v", ev)
+	}
+	// Knowing the second, a run waits; its denial leaves nothing open.
+	waiting = startRun(t, ctx, tg, alice, attachKnowing(agui.AllThreads, "f4", []string{second}))
+	waiting.expect(t, "RUN_STARTED", "STATE_SNAPSHOT")
+	deny := startRun(t, ctx, tg, alice, runInput(agui.RequestThreadPrefix+second, "a4", "[]", `[{"interruptId":"`+second+`","status":"resolved","payload":{"approved":false}}]`))
+	if o, _ := finished(t, deny); o != "success" {
+		t.Errorf("the denial's outcome %s", o)
+	}
+	if o, ids := finished(t, waiting); o != "success" || len(ids) != 0 {
+		t.Errorf("after the denial: %s %v, want success", o, ids)
+	}
+	results := map[string]bool{}
+	for _, ch := range []<-chan *mcp.CallToolResult{one, two} {
+		select {
+		case res := <-ch:
+			results[toolText(res)] = res.IsError
+		case <-ctx.Done():
+			t.Fatal("a call did not return")
+		}
+	}
+	errs := 0
+	for _, isErr := range results {
+		if isErr {
+			errs++
+		}
+	}
+	if len(results) != 2 || errs != 1 {
+		t.Errorf("results %v: want one approved, one denied", results)
+	}
+}

@@ -33,8 +33,11 @@ type authn struct {
 	// own verifies the gateway's own tokens whatever their audience
 	// (introspection, revocation).
 	own *identity.TokenVerifier
-	// check is nil under --auth open.
-	check *identity.Authenticator
+	// check is nil under --auth open, and so are dpop and nonces (nonces
+	// also when identity.dpop_nonce is off).
+	check  *identity.Authenticator
+	dpop   *identity.DPoPVerifier
+	nonces *identity.Nonces
 	// spiffe is nil unless identity.spiffe is configured.
 	spiffe *identity.SPIFFE
 	// exchange is the token service (RFC 8693); nil without SPIFFE, the
@@ -138,6 +141,7 @@ func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Stor
 	if cfg.Identity.DPoPNonce {
 		nonces = identity.NewNonces(window, nil)
 	}
+	a.dpop, a.nonces = dpop, nonces
 	a.check, err = identity.NewAuthenticator(identity.AuthOptions{
 		Mode:                cfg.Auth,
 		PublicURL:           base,

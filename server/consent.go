@@ -15,6 +15,7 @@ import (
 	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/policy"
 	"github.com/sag-gateway/sag/store"
+	"github.com/sag-gateway/sag/upstreams"
 )
 
 // consentStep is the pipeline's consent step over the consent engine: a
@@ -47,6 +48,10 @@ func (s consentStep) Await(ctx context.Context, c *pipeline.Call, t pipeline.Tar
 	if d.Approvers != nil {
 		req.Approvers, _ = json.Marshal(d.Approvers) // plain data always encodes
 	}
+	if tool, ok := t.Entry.(*upstreams.Tool); ok && d.AllowEdits && tool.Def.InputSchema != nil {
+		req.ArgsSchema, _ = json.Marshal(tool.Def.InputSchema) // a catalog schema was decoded from JSON
+	}
+	req.Risk = g.sessions.Risk(ctx, c).Risk
 	r, err := g.consent.Create(ctx, req, d.ConsentTTL)
 	if err != nil {
 		g.log.Error("consent request not recorded; call refused", "error", err)

@@ -51,6 +51,7 @@ type Store interface {
 	MintedStatus(ctx context.Context, jti string) (store.MintedToken, bool, error)
 	RevokeTree(ctx context.Context, id string) ([]string, error)
 	FindSessions(ctx context.Context, kind store.SessionKind, who string, byAgent bool) ([]string, error)
+	UserSessions(ctx context.Context, issuer, subject string, limit int) ([]store.Session, error)
 	RevokeToken(ctx context.Context, issuer, jti string, expiry time.Time) error
 	RevokedTokens(ctx context.Context) ([]store.RevokedToken, error)
 	RevokedSessions(ctx context.Context) ([]string, error)

@@ -42,6 +42,7 @@ func (g *Gateway) routes() http.Handler {
 		metrics = g.requireToken(MetricsScope, metrics.ServeHTTP)
 	}
 	mux.Handle("GET /metrics", metrics)
+	g.consoleRoutes(mux)
 	g.adminRoutes(mux)
 	return mux
 }

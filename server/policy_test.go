@@ -388,6 +388,7 @@ func TestOutputValidation(t *testing.T) {
 	// A tool that breaks its own outputSchema.
 	liar := mcpgo.NewToolWithRawSchema("liar", "Returns structured content its schema forbids.", json.RawMessage(`{"type":"object"}`))
 	liar.RawOutputSchema = json.RawMessage(`{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}`)
+	liar.Annotations.ReadOnlyHint = mcpgo.ToBoolPtr(true)
 	f.MCPServer().AddTool(liar, func(context.Context, mcpgo.CallToolRequest) (*mcpgo.CallToolResult, error) {
 		return mcpgo.NewToolResultStructured(map[string]any{"n": "not a number"}, "n"), nil
 	})

@@ -273,16 +273,16 @@ func (s *sessionGraph) revoke(ids ...string) {
 // record makes sure the call's nodes exist in the store and are active.
 func (s *sessionGraph) record(ctx context.Context, p identity.Principal, ids pipeline.Sessions) error {
 	nodes := [4]store.Session{
-		{ID: ids.USID, Kind: store.KindUser, Subject: p.User},
-		{ID: ids.ASID, Kind: store.KindAgent, Parent: ids.USID, Subject: p.User, Agent: p.Agent},
+		{ID: ids.USID, Kind: store.KindUser, Subject: p.User, Issuer: p.Issuer},
+		{ID: ids.ASID, Kind: store.KindAgent, Parent: ids.USID, Subject: p.User, Agent: p.Agent, Issuer: p.Issuer},
 	}
 	n := 2
 	if ids.WSID != "" {
-		nodes[n] = store.Session{ID: ids.WSID, Kind: store.KindWorkflow, Parent: ids.USID, Subject: p.User}
+		nodes[n] = store.Session{ID: ids.WSID, Kind: store.KindWorkflow, Parent: ids.USID, Subject: p.User, Issuer: p.Issuer}
 		n++
 	}
 	if ids.MSID != ids.ASID {
-		nodes[n] = store.Session{ID: ids.MSID, Kind: store.KindMCP, Parent: ids.ASID, Subject: p.User, Agent: p.Agent}
+		nodes[n] = store.Session{ID: ids.MSID, Kind: store.KindMCP, Parent: ids.ASID, Subject: p.User, Agent: p.Agent, Issuer: p.Issuer}
 		n++
 	}
 	for _, node := range nodes[:n] {

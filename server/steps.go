@@ -60,11 +60,12 @@ func (s steps) Resolve(c *pipeline.Call) (pipeline.Target, bool) {
 
 // policyTool describes a catalog tool to the policy engine.
 func policyTool(t *upstreams.Tool) policy.Target {
-	destructive := false
-	if a := t.Def.Annotations; a != nil && a.DestructiveHint != nil {
-		destructive = *a.DestructiveHint
+	destructive, readOnly := false, false
+	if a := t.Def.Annotations; a != nil {
+		destructive = a.DestructiveHint != nil && *a.DestructiveHint
+		readOnly = a.ReadOnlyHint
 	}
-	return policy.Target{Kind: policy.KindTool, Upstream: t.Upstream, Name: t.Original, Destructive: destructive}
+	return policy.Target{Kind: policy.KindTool, Upstream: t.Upstream, Name: t.Original, Destructive: destructive, ReadOnly: readOnly}
 }
 
 // Authorize decides with the current policy.

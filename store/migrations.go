@@ -168,6 +168,12 @@ CREATE TABLE consent_requests (
 );
 CREATE INDEX consent_requests_pending ON consent_requests (state) WHERE state = 'pending';
 `,
+	// 8: the issuer of a session's principal, so that a user's own
+	// sessions (issuer, subject) can be listed for them.
+	`
+ALTER TABLE sessions ADD COLUMN issuer TEXT NOT NULL DEFAULT '';
+CREATE INDEX sessions_user ON sessions (subject, issuer) WHERE kind = 'user';
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

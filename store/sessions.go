@@ -42,6 +42,7 @@ type Session struct {
 	Kind    SessionKind  `json:"kind"`
 	Parent  string       `json:"parent,omitempty"` // "" for roots
 	Subject string       `json:"subject"`          // principal key the session is bound to (user sub, or agent id)
+	Issuer  string       `json:"issuer,omitempty"` // issuer of the subject's token
 	Agent   string       `json:"agent,omitempty"`  // agent identity if known
 	State   SessionState `json:"state"`
 	Created time.Time    `json:"created"`
@@ -52,11 +53,11 @@ type Session struct {
 }
 
 const putSessionSQL = `
-INSERT INTO sessions (id, kind, parent, subject, agent, state, created, updated, risk, counters)
+INSERT INTO sessions (id, kind, parent, subject, agent, state, created, updated, risk, counters, issuer)
 VALUES (?1, ?2, NULLIF(?3, ''), ?4, ?5,
 	CASE WHEN EXISTS (SELECT 1 FROM sessions WHERE id = NULLIF(?3, '') AND state = 'revoked')
 		THEN 'revoked' ELSE ?6 END,
-	?7, ?8, ?9, ?10)
+	?7, ?8, ?9, ?10, ?11)
 ON CONFLICT (id) DO UPDATE SET
 	agent    = excluded.agent,
 	state    = CASE WHEN sessions.state = 'revoked' THEN 'revoked' ELSE excluded.state END,
@@ -95,7 +96,7 @@ func (s *SQLite) PutSession(ctx context.Context, sess Session) error {
 	}
 	err = s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(putSessionSQL, sess.ID, string(sess.Kind), sess.Parent, sess.Subject, sess.Agent,
-			string(sess.State), nanos(sess.Created), nanos(sess.Updated), sess.Risk, string(counters))
+			string(sess.State), nanos(sess.Created), nanos(sess.Updated), sess.Risk, string(counters), sess.Issuer)
 		var serr *sqlite.Error
 		if errors.As(err, &serr) && serr.Code() == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY {
 			return fmt.Errorf("parent: %w", ErrNotFound)
@@ -141,7 +142,7 @@ func validState(st SessionState) error {
 	return fmt.Errorf("unknown state %q", st)
 }
 
-const sessionCols = `id, kind, COALESCE(parent, ''), subject, agent, state, created, updated, risk, counters`
+const sessionCols = `id, kind, COALESCE(parent, ''), subject, agent, state, created, updated, risk, counters, issuer`
 
 // GetSession returns the session with the given id, or ErrNotFound.
 func (s *SQLite) GetSession(ctx context.Context, id string) (Session, error) {
@@ -188,6 +189,37 @@ func (s *SQLite) ListSessions(ctx context.Context, limit int) ([]Session, error)
 	return out, nil
 }
 
+// UserSessions returns the session graphs of one user: every user session
+// of (issuer, subject) and all that hangs off them, at most limit nodes,
+// the most recently updated first.
+func (s *SQLite) UserSessions(ctx context.Context, issuer, subject string, limit int) ([]Session, error) {
+	if err := s.acquire(); err != nil {
+		return nil, err
+	}
+	defer s.release()
+	rows, err := s.r.QueryContext(ctx, `WITH RECURSIVE tree(id) AS (
+	SELECT id FROM sessions WHERE kind = 'user' AND subject = ?1 AND issuer = ?2
+	UNION
+	SELECT s.id FROM sessions s JOIN tree ON s.parent = tree.id
+) SELECT `+sessionCols+` FROM sessions WHERE id IN tree ORDER BY updated DESC, id LIMIT ?3`, subject, issuer, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: user sessions: %w", err)
+	}
+	defer rows.Close()
+	var out []Session
+	for rows.Next() {
+		sess, err := scanSession(rows)
+		if err != nil {
+			return nil, fmt.Errorf("store: user sessions: %w", err)
+		}
+		out = append(out, sess)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: user sessions: %w", err)
+	}
+	return out, nil
+}
+
 // scanSession reads one row selected with sessionCols.
 func scanSession(row interface{ Scan(...any) error }) (Session, error) {
 	var (
@@ -196,7 +228,7 @@ func scanSession(row interface{ Scan(...any) error }) (Session, error) {
 		counters         []byte
 	)
 	if err := row.Scan(&sess.ID, &sess.Kind, &sess.Parent, &sess.Subject, &sess.Agent, &sess.State,
-		&created, &updated, &sess.Risk, &counters); err != nil {
+		&created, &updated, &sess.Risk, &counters, &sess.Issuer); err != nil {
 		return Session{}, err
 	}
 	if err := json.Unmarshal(counters, &sess.Counters); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 )
@@ -310,5 +311,48 @@ func TestListSessions(t *testing.T) {
 		if !reflect.DeepEqual(ids, tc.want) {
 			t.Errorf("ListSessions(%d) = %v, want %v", tc.limit, ids, tc.want)
 		}
+	}
+}
+
+// TestUserSessions: a user's graphs are the user sessions of that issuer and
+// subject with everything under them, newest first, bounded; another
+// issuer's user of the same name is someone else.
+func TestUserSessions(t *testing.T) {
+	ctx := context.Background()
+	clock := newTestClock()
+	s := openTest(t, Options{Now: clock.Now})
+	tree := slices.Clone(sessionTree)
+	for i := range tree {
+		tree[i].Issuer = "https://idp"
+	}
+	putAll(t, s, tree...)
+	putAll(t, s, Session{ID: "u3", Kind: KindUser, Subject: "alice", Issuer: "https://other", State: StateActive},
+		Session{ID: "a4", Kind: KindAgent, Parent: "u3", Subject: "alice", Issuer: "https://other", State: StateActive})
+	ids := func(issuer, subject string, limit int) []string {
+		t.Helper()
+		got, err := s.UserSessions(ctx, issuer, subject, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, n := range got {
+			if n.Issuer != issuer || n.Subject != subject {
+				t.Errorf("node %+v", n)
+			}
+			out = append(out, n.ID)
+		}
+		return out
+	}
+	if got, want := ids("https://idp", "alice", 100), []string{"a3", "w1", "m2", "m1", "a1", "u1"}; !slices.Equal(got, want) {
+		t.Errorf("alice of idp: %v, want %v", got, want)
+	}
+	if got := ids("https://idp", "alice", 2); !slices.Equal(got, []string{"a3", "w1"}) {
+		t.Errorf("limit 2: %v", got)
+	}
+	if got := ids("https://other", "alice", 100); !slices.Equal(got, []string{"a4", "u3"}) {
+		t.Errorf("alice of other: %v", got)
+	}
+	if got := ids("https://idp", "carol", 100); len(got) != 0 {
+		t.Errorf("carol: %v", got)
 	}
 }

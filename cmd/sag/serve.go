@@ -39,6 +39,7 @@ type serveFlags struct {
 	// allowStdio only turns allow_stdio_registration on; the config file
 	// is the place to state that it is off.
 	allowStdio bool
+	devLogin   bool
 }
 
 func newServeFlags(name string) *serveFlags {
@@ -54,6 +55,7 @@ func newServeFlags(name string) *serveFlags {
 	f.fs.Var(&f.upstreams, "upstream", "`NAME=URL` upstream (repeatable): http(s)://… Streamable HTTP, sse+http(s)://… legacy SSE, stdio:COMMAND ARGS")
 	f.fs.Var(&f.policies, "policy", "allow-list `FILE` (repeatable; reloaded when it changes)")
 	f.fs.BoolVar(&f.allowStdio, "allow-stdio-registration", false, "let the admin API register stdio: upstreams, which run commands on this host (--upstream and the config file always may)")
+	f.fs.BoolVar(&f.devLogin, "dev-login", false, "development sign-in to the consent console as any user, without a password (loopback only)")
 	return f
 }
 
@@ -80,6 +82,9 @@ func (f *serveFlags) load() (*config.Config, error) {
 	set(&cfg.Log.Format, f.logFormat)
 	if f.allowStdio {
 		cfg.AllowStdioRegistration = true
+	}
+	if f.devLogin {
+		cfg.Console.DevLogin = true
 	}
 	cfg.Policy.Files = append(cfg.Policy.Files, f.policies...)
 	for _, s := range f.upstreams {

@@ -44,8 +44,19 @@ type Config struct {
 	Identity Identity `yaml:"identity" json:"identity"`
 	// Policy configures the allow-lists.
 	Policy Policy `yaml:"policy" json:"policy"`
+	// Console configures the consent console (/console).
+	Console Console `yaml:"console" json:"console"`
 	// Upstreams are the MCP servers behind the gateway.
 	Upstreams []Upstream `yaml:"upstreams" json:"upstreams"`
+}
+
+// Console configures the consent console.
+type Console struct {
+	// DevLogin turns on the development sign-in: anyone who can reach the
+	// gateway may sign in to the console as any user, with no password.
+	// For `sag demo` and local trials only: it needs a loopback listen
+	// address and an authenticated mode.
+	DevLogin bool `yaml:"dev_login" json:"dev_login"`
 }
 
 // Log configures logging.

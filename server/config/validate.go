@@ -43,6 +43,14 @@ func (c *Config) Validate() error {
 	if c.Auth == AuthOpen && listenOK && !isLoopbackHost(host) {
 		add("auth %q needs a loopback listen address, got %s", AuthOpen, c.Listen)
 	}
+	if c.Console.DevLogin {
+		if listenOK && !isLoopbackHost(host) {
+			add("console.dev_login lets anyone sign in as anyone: it needs a loopback listen address, got %s", c.Listen)
+		}
+		if c.Auth == AuthOpen {
+			add("console.dev_login: under auth %q the console needs no sign-in; turn one of them off", AuthOpen)
+		}
+	}
 
 	if c.PublicURL != "" {
 		if err := checkBaseURL(c.PublicURL); err != nil {
