@@ -6,7 +6,10 @@
 # interrupt while `sag call` waits), and a SPIFFE test with a real SPIRE 1.13.3 server + agent issuing the
 # gateway's and the agent's X.509-SVIDs (mTLS + DPoP + act.sub).
 #
-# Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [agui] [spire]   (default: all five)
+# and the consent console in a real browser (Debian's chromium, installed by
+# e2e/chromium.sh when missing, driven by chromedp: go test -tags browser).
+#
+# Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [agui] [spire] [console]   (default: all six)
 #
 # Environment:
 #   E2E_DIRECT=1              test the everything-server directly (baseline), no gateway
@@ -49,7 +52,9 @@ RUN_INSPECTOR=0
 RUN_DPOP=0
 RUN_AGUI=0
 RUN_SPIRE=0
+RUN_CONSOLE=0
 if [[ $# -eq 0 ]]; then
+  RUN_CONSOLE=1
   RUN_CONFORMANCE=1
   RUN_INSPECTOR=1
   RUN_DPOP=1
@@ -63,8 +68,9 @@ for part in "$@"; do
     dpop) RUN_DPOP=1 ;;
     agui) RUN_AGUI=1 ;;
     spire) RUN_SPIRE=1 ;;
+    console) RUN_CONSOLE=1 ;;
     -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop, agui, spire)" >&2; exit 2 ;;
+    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop, agui, spire, console)" >&2; exit 2 ;;
   esac
 done
 GATEWAY_ONLY_SKIPPED=()
@@ -75,6 +81,10 @@ fi
 if [[ "$E2E_DIRECT" == 1 && $RUN_AGUI == 1 ]]; then
   RUN_AGUI=0
   GATEWAY_ONLY_SKIPPED+=(agui)
+fi
+if [[ "$E2E_DIRECT" == 1 && $RUN_CONSOLE == 1 ]]; then
+  RUN_CONSOLE=0
+  GATEWAY_ONLY_SKIPPED+=(console)
 fi
 if [[ "$E2E_DIRECT" == 1 && $RUN_SPIRE == 1 ]]; then
   RUN_SPIRE=0
@@ -631,6 +641,26 @@ if [[ $RUN_SPIRE == 1 ]]; then
   spire_part
   log "spire e2e: $SPIRE_PASS passed, $SPIRE_FAIL failed ($(spire_since "$t_spire"))"
   if [[ $SPIRE_FAIL -ne 0 ]]; then FAILED+=("spire"); fi
+fi
+
+# ---------------------------------------------------------------- console --
+# The consent console in Debian's chromium (chromedp): sign in, approve, deny
+# and edit waiting MCP calls, kill an MCP session from the graph.
+if [[ $RUN_CONSOLE == 1 ]]; then
+  t0=$SECONDS
+  rc=0
+  run_logged "$ROOT" "$OUT/chromium-install.log" bash "$E2E_DIR/chromium.sh" </dev/null || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    log "console: e2e/chromium.sh failed (exit $rc; log: $OUT/chromium-install.log)"
+    FAILED+=("console")
+  else
+    SAG_CHROMIUM=$(tail -n 1 "$OUT/chromium-install.log")
+    log "console: go test -tags browser -run TestConsoleInBrowser ./server/ ($("$SAG_CHROMIUM" --version 2>/dev/null || echo "$SAG_CHROMIUM"))"
+    SAG_CHROMIUM="$SAG_CHROMIUM" run_logged "$ROOT" "$OUT/console.log" \
+      go test -tags browser -count=1 -run 'TestConsoleInBrowser' -v ./server/ </dev/null || rc=$?
+    log "console: exit $rc ($((SECONDS - t0))s)"
+    if [[ $rc -ne 0 ]]; then FAILED+=("console"); fi
+  fi
 fi
 
 if [[ ${#FAILED[@]} -gt 0 ]]; then

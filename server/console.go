@@ -115,7 +115,10 @@ func consoleUser(w http.ResponseWriter, r *http.Request) (identity.Principal, bo
 // graph (user sessions, their workflows and agent sessions, and the agents'
 // MCP sessions), the most recently active first.
 type ConsoleGraph struct {
-	User  string          `json:"user"`
+	User string `json:"user"`
+	// Self are the nodes the console's own requests stand on (its user
+	// session and agent session): killing one signs the console out too.
+	Self  []string        `json:"self"`
 	Nodes []store.Session `json:"nodes"`
 }
 
@@ -138,7 +141,8 @@ func (g *Gateway) consoleGraph(w http.ResponseWriter, r *http.Request) {
 		nodes = []store.Session{}
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, ConsoleGraph{User: p.User, Nodes: nodes})
+	usid := g.sessions.userSession(p)
+	writeJSON(w, http.StatusOK, ConsoleGraph{User: p.User, Self: []string{usid, agentSessionOf(p.Agent, usid)}, Nodes: nodes})
 }
 
 // consoleKill serves POST /console/api/kill {"session": ID}: a user kills a

@@ -350,12 +350,13 @@ async function loadGraph() {
     return;
   }
   $("graph-error").textContent = "";
-  renderGraph((await res.json()).nodes);
+  const g = await res.json();
+  renderGraph(g.nodes, new Set(g.self));
 }
 
 const kindNames = { user: "user session", workflow: "workflow", agent: "agent session", mcp: "MCP session" };
 
-function renderGraph(nodes) {
+function renderGraph(nodes, self) {
   const byParent = new Map();
   for (const n of nodes) {
     const k = n.parent || "";
@@ -368,7 +369,8 @@ function renderGraph(nodes) {
       el("span", { class: "kind" }, kindNames[n.kind] || n.kind),
       el("code", {}, n.id),
       el("span", {}, [n.agent, n.state, n.risk ? "risk " + n.risk.toFixed(1) : ""].filter(Boolean).join(" · ")));
-    if (n.state !== "revoked") label.append(el("button", { class: "kill", onclick: () => kill(n) }, "Kill"));
+    if (self.has(n.id)) label.append(el("span", { class: "self" }, "this console"));
+    if (n.state !== "revoked") label.append(el("button", { class: "kill", onclick: () => kill(n) }, self.has(n.id) ? "Kill (signs you out)" : "Kill"));
     const kids = el("ul", {}, ...branch(n.id));
     if (n.kind === "workflow") {
       for (const c of calls.filter((c) => c.wsid === n.id).slice(-5)) kids.append(el("li", { class: "call" }, `${c.method} ${c.name}: ${c.decision}`));
