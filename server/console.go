@@ -91,7 +91,7 @@ func (g *Gateway) devLogin(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "the token could not be minted"})
 		return
 	}
-	g.log.Warn("development sign-in to the console", "user", body.User)
+	g.log.Info("development sign-in to the console", "user", body.User)
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, map[string]any{"access_token": tok, "token_type": "DPoP", "expires_in": int(devLoginTTL.Seconds())})
 }

@@ -9,6 +9,7 @@ package server_test
 import (
 	"context"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -68,6 +69,10 @@ func browser(t *testing.T) context.Context {
 	return ctx
 }
 
+// countdown is how the console shows the time a request has left (the
+// consent_ttl is 5 minutes).
+var countdown = regexp.MustCompile(`^in [45]:[0-5][0-9]$`)
+
 // TestConsoleInBrowser: alice signs in to the console in chromium; while
 // her agent's MCP calls wait, she sees each pending call and approves one
 // (the call completes and the page shows its result), denies one (the call
@@ -116,8 +121,11 @@ func TestConsoleInBrowser(t *testing.T) {
 		res := workflowCall(t, ctx, tg, alice, "wf-browser", text)
 		step("see the pending call "+text, chromedp.WaitVisible(chromedp.CSS(`#pending li.pending`)))
 		shown := textOf(`#pending li.pending`)
-		if !strings.Contains(shown, "echo on fx") || !strings.Contains(shown, text) || !strings.Contains(shown, "expires") {
+		if !strings.Contains(shown, "echo on fx") || !strings.Contains(shown, text) || !strings.Contains(shown, "rule\necho-with-consent") {
 			t.Errorf("the pending card shows %q", shown)
+		}
+		if left := textOf(`#pending li.pending .countdown`); !countdown.MatchString(left) {
+			t.Errorf("the pending card's countdown shows %q", left)
 		}
 		step("click "+button, chromedp.Click(chromedp.CSS(`#pending li.pending button.`+button)))
 		select {

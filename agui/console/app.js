@@ -265,7 +265,7 @@ function renderPending() {
 function pendingCard(it) {
   const m = it.metadata || {};
   const args = pretty(toolArgs.get(it.toolCallId) || "{}");
-  const countdown = el("span", { class: "countdown" });
+  const countdown = el("span", { class: "countdown", "data-expires": it.expiresAt });
   const card = el("li", { class: "card pending", "data-id": it.id },
     el("h3", {}, `${m.tool} on ${m.upstream}`),
     el("p", {}, it.message),
@@ -273,7 +273,7 @@ function pendingCard(it) {
       el("dt", {}, "agent"), el("dd", {}, m.agent || "(not identified)"),
       el("dt", {}, "for"), el("dd", {}, m.user || ""),
       el("dt", {}, "rule"), el("dd", {}, m.rule || ""),
-      el("dt", {}, "risk"), el("dd", {}, String(m.risk ?? 0)),
+      el("dt", {}, "risk"), el("dd", {}, (m.risk || 0).toFixed(1)),
       el("dt", {}, "expires"), el("dd", {}, countdown)),
     el("pre", { class: "args" }, args),
     el("div", { class: "actions" },
@@ -303,15 +303,17 @@ function pendingCard(it) {
     card.querySelector(".actions").append(el("button", { class: "edit-open", onclick: () => { editor.hidden = !editor.hidden; } }, "Edit…"));
     card.querySelector(".actions").after(editor);
   }
-  const tick = () => {
-    const left = Math.round((Date.parse(it.expiresAt) - Date.now()) / 1000);
-    if (!card.isConnected) return clearInterval(timer);
-    countdown.textContent = left > 0 ? `in ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}` : "expired";
-  };
-  const timer = setInterval(tick, 1000);
-  tick();
+  tick(countdown);
   return card;
 }
+
+// tick shows how long a pending request has left; every countdown on the
+// page is updated each second.
+function tick(countdown) {
+  const left = Math.round((Date.parse(countdown.dataset.expires) - Date.now()) / 1000);
+  countdown.textContent = left > 0 ? `in ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}` : "expired";
+}
+setInterval(() => document.querySelectorAll(".countdown").forEach(tick), 1000);
 
 function type(v) {
   return Array.isArray(v) ? "array" : v === null ? "null" : typeof v;

@@ -303,6 +303,7 @@ func TestDemoWorksAsPrinted(t *testing.T) {
 	// Every command is printed as it runs from the repository: no bare sag.
 	bare := regexp.MustCompile(`(^|[\s(:])sag (serve|demo|tools|call|token|upstreams|kill|keys|audit|bench)\b`)
 	var ran int
+	consented := false
 	vars := map[string]string{}
 	for _, l := range printed {
 		l = strings.TrimSpace(l)
@@ -324,14 +325,32 @@ func TestDemoWorksAsPrinted(t *testing.T) {
 		if err != nil {
 			t.Fatalf("printed command %q: %v", l, err)
 		}
+		// The call that needs consent waits for alice, who approves it in
+		// her consent stream, as she would in the console.
+		var approved <-chan error
+		if strings.Contains(l, "alpha__delete_everything") {
+			approved = signIn(t, "http://"+addr, "alice").approveNext(t, true)
+		}
 		out, errOut, ok := sag(t, argv...)
 		if !ok {
 			t.Errorf("printed command %q failed:\n%s%s", l, out, errOut)
+		}
+		if approved != nil {
+			if err := <-approved; err != nil {
+				t.Errorf("approving %q: %v", l, err)
+			}
+			if !strings.Contains(out, "deleted (pretend)") || !strings.Contains(errOut, "waiting for alice's approval of alpha__delete_everything") {
+				t.Errorf("the approved call %q:\n%s%s", l, out, errOut)
+			}
+			consented = true
 		}
 		if name != "" {
 			vars[name] = strings.TrimSpace(out)
 		}
 		ran++
+	}
+	if !consented {
+		t.Error("the demo printed no call that needs consent")
 	}
 	t.Logf("ran %d printed commands", ran)
 	if ran < 6 {

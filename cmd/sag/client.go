@@ -22,7 +22,7 @@ const defaultURL = "http://127.0.0.1:8080/mcp"
 
 // connect opens an MCP client session to a gateway.
 // The returned close ends the session and releases what auth holds.
-func connect(ctx context.Context, url string, auth *clientAuth) (cs *mcp.ClientSession, close func(), err error) {
+func connect(ctx context.Context, url string, auth *clientAuth, opts *mcp.ClientOptions) (cs *mcp.ClientSession, close func(), err error) {
 	hc, release, err := auth.client(ctx, url)
 	if err != nil {
 		return nil, nil, err
@@ -32,7 +32,7 @@ func connect(ctx context.Context, url string, auth *clientAuth) (cs *mcp.ClientS
 		refusal.base = http.DefaultTransport
 	}
 	hc = &http.Client{Transport: refusal}
-	c := mcp.NewClient(&mcp.Implementation{Name: "sag-cli", Version: version}, nil)
+	c := mcp.NewClient(&mcp.Implementation{Name: "sag-cli", Version: version}, opts)
 	cs, err = c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: hc, DisableStandaloneSSE: true}, nil)
 	if err != nil {
 		release()
@@ -102,7 +102,7 @@ func cmdTools(args []string) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cs, done, err := connect(ctx, *url, &auth)
+	cs, done, err := connect(ctx, *url, &auth, nil)
 	if err != nil {
 		return err
 	}
@@ -150,12 +150,22 @@ func cmdCall(args []string) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	cs, done, err := connect(ctx, *url, &auth)
+	// What the gateway says while the call waits (for a user's consent,
+	// say) goes to stderr.
+	cs, done, err := connect(ctx, *url, &auth, &mcp.ClientOptions{
+		ProgressNotificationHandler: func(_ context.Context, n *mcp.ProgressNotificationClientRequest) {
+			if n.Params.Message != "" {
+				fmt.Fprintf(os.Stderr, "sag call: %s\n", n.Params.Message)
+			}
+		},
+	})
 	if err != nil {
 		return err
 	}
 	defer done()
-	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: fs.Arg(0), Arguments: arguments})
+	params := &mcp.CallToolParams{Name: fs.Arg(0), Arguments: arguments}
+	params.SetProgressToken("sag-call")
+	res, err := cs.CallTool(ctx, params)
 	if err != nil {
 		return err
 	}

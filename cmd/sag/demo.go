@@ -52,6 +52,9 @@ func cmdDemo(args []string) error {
 		}
 		list = append(list, fmt.Sprintf("  %-6s %s (Streamable HTTP, %s fixture)", u.name, url, kind))
 	}
+	// The consent console's development sign-in (loopback only); --auth
+	// open needs none.
+	f.devLogin = f.auth != config.AuthOpen
 	cfg, err := f.load()
 	if err != nil {
 		return err
@@ -132,6 +135,18 @@ Try it from another terminal (in this repository):
   go run ./cmd/sag call%s%s alpha__echo '{"text":"hello through SAG"}'
   go run ./cmd/sag call%s%s beta__add '{"a":2,"b":40}'
 `, cfg.Auth, mcpURL, strings.Join(upstreams, "\n"), urlFlag, as, urlFlag, as, urlFlag, as)
+	who := "sign in as alice"
+	if cfg.Auth == config.AuthOpen {
+		who = "no sign-in under --auth open"
+	}
+	fmt.Printf(`
+Consent: alpha__delete_everything is annotated destructive, so each call waits for alice.
+  1. Open the consent console: %s/console/ (%s).
+  2. Call it; the call waits, and the console shows it:
+  go run ./cmd/sag call%s%s alpha__delete_everything '{"confirm":true}'
+  3. Approve: the call completes. Deny: it returns the reason. Nothing reaches alpha before.
+
+`, base, who, urlFlag, as)
 	if cfg.Auth != config.AuthOpen {
 		key := filepath.Join(cfg.DataDir, "alice.jwk")
 		fmt.Printf(`Each call sends an access token bound to a fresh DPoP key, with a new proof per request;
@@ -149,9 +164,8 @@ Kill everything alice runs:
 	}
 	fmt.Printf(`
 Allow-list (edit it: the gateway reloads it): %s
-  alice may call alpha's tools and beta's echo and add; alpha__delete_everything
-  is annotated destructive, so it is refused until consent exists; beta__add
-  takes numbers up to 1000 only.
+  alice may call alpha's tools (those not annotated read-only need her consent) and
+  beta's echo and add; beta__add takes numbers up to 1000 only.
 Admin API token: %s
 Press Ctrl-C to stop.
 `, cfg.Policy.Files[len(cfg.Policy.Files)-1], adminTokenHint(cfg))
