@@ -362,6 +362,29 @@ func (e *Engine) Cancel(ctx context.Context, id string) error {
 	return e.settle(ctx, r, Cancelled)
 }
 
+// Decline denies a pending request because the caller's own client
+// declined or cancelled the page it was sent to (MCP URL-mode elicitation,
+// through channel). A decline can only deny, so it needs no approver; a
+// request decided meanwhile stays as decided (ErrDecided).
+func (e *Engine) Decline(ctx context.Context, id, channel string) (Request, error) {
+	r, err := e.Get(ctx, id)
+	if err != nil {
+		return r, err
+	}
+	if r.State != Pending {
+		return r, ErrDecided
+	}
+	r.DecidedBy, r.DecidedAt, r.Channel = "the caller's client", e.now().UTC(), channel
+	if err := e.settle(ctx, r, Denied); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return r, ErrDecided
+		}
+		return r, err
+	}
+	r.State = Denied
+	return r, nil
+}
+
 // CancelNodes cancels every pending request on a path through one of the
 // given session-graph nodes (the kill-switch) and returns how many.
 func (e *Engine) CancelNodes(ctx context.Context, killed map[string]bool) (int, error) {

@@ -259,3 +259,46 @@ func TestRestart(t *testing.T) {
 		t.Errorf("a decision from before the restart: %v", err)
 	}
 }
+
+// TestDecline: the caller's client declining the page denies a pending
+// request (no approver needed: a decline can only deny); it changes no
+// decision already made; the response schema carries the tool's schema for
+// edits when edits are allowed.
+func TestDecline(t *testing.T) {
+	ctx := context.Background()
+	e := NewEngine(openStore(t, t.TempDir()), nil, approvesUsers)
+	r, _ := e.Create(ctx, newRequest(), time.Minute)
+	got, err := e.Decline(ctx, r.ID, "mcp-url-elicitation")
+	if err != nil || got.State != Denied || got.Channel != "mcp-url-elicitation" || got.DecidedBy == "" {
+		t.Fatalf("decline: %+v %v", got, err)
+	}
+	if stored, _ := e.Get(ctx, r.ID); stored.State != Denied {
+		t.Errorf("stored %s", stored.State)
+	}
+	approved, _ := e.Create(ctx, newRequest(), time.Minute)
+	if _, err := e.Decide(ctx, approved.ID, Decision{Approved: true, By: alice, Channel: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Decline(ctx, approved.ID, "mcp-url-elicitation"); !errors.Is(err, ErrDecided) {
+		t.Errorf("decline after an approval: %v", err)
+	}
+	if stored, _ := e.Get(ctx, approved.ID); stored.State != Approved {
+		t.Errorf("the approval became %s", stored.State)
+	}
+	if _, err := e.Decline(ctx, "c_unknown", "x"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("decline of an unknown request: %v", err)
+	}
+
+	req := newRequest()
+	req.AllowEdits, req.ArgsSchema = true, json.RawMessage(`{"type":"object","properties":{"path":{"type":"string"}}}`)
+	withSchema, err := e.Create(ctx, req, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs struct {
+		Properties map[string]json.RawMessage `json:"properties"`
+	}
+	if json.Unmarshal(withSchema.ResponseSchema, &rs) != nil || string(rs.Properties["editedArgs"]) != string(req.ArgsSchema) {
+		t.Errorf("response schema %s", withSchema.ResponseSchema)
+	}
+}

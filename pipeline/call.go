@@ -87,7 +87,38 @@ type Call struct {
 	// Progress, when the caller asked for progress, tells it why its call
 	// is still waiting (a consent request); nil otherwise.
 	Progress func(message string)
+	// Asker, when the channel can send the caller's user to a page (MCP
+	// URL-mode elicitation), points them at the consent request's page;
+	// nil otherwise.
+	Asker Asker
+	// Resume is the consent request a retried call names (the state of a
+	// multi-round-trip retry), "" for none; Declined says that the
+	// caller's user declined or cancelled the page it was sent to.
+	Resume   string
+	Declined bool
 }
+
+// Asker is how a channel points the user of a call waiting for consent at
+// the page where they decide.
+type Asker interface {
+	// Later reports that the channel answers at once with the page and
+	// takes a retry of the call (MCP 2026-07-28 multi-round-trip) instead
+	// of holding the call open.
+	Later() bool
+	// Ask shows the user the page (id names the request) and returns when
+	// their client has answered; declined reports that they declined or
+	// cancelled it.
+	Ask(ctx context.Context, id, url, message string) (declined bool, err error)
+	// Done tells the client that the request id has been decided.
+	Done(id string)
+}
+
+// InputRequired is the consent step's answer to a call whose Asker
+// answers Later: the call is neither refused nor sent; the caller is to
+// retry it, naming ID (Call.Resume), once its user has been to URL.
+type InputRequired struct{ ID, URL, Message string }
+
+func (e *InputRequired) Error() string { return e.Message }
 
 // TargetKind is the kind of catalog entry the call names.
 func (c *Call) TargetKind() policy.TargetKind {
@@ -124,6 +155,9 @@ type Outcome struct {
 	ToolError string
 	// Err is a protocol error.
 	Err *Error
+	// Input, when set, is the page the caller's user must visit before
+	// the call is retried (see InputRequired); nothing was sent.
+	Input *InputRequired
 	// Record is the audit record committed for the call.
 	Record store.AuditRecord
 }

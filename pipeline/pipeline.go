@@ -19,6 +19,9 @@ const (
 	DecisionAllow = "allow"
 	DecisionDeny  = "deny"
 	DecisionError = "error"
+	// DecisionPending records a call answered for now with the page where
+	// its consent is given, to be retried (InputRequired).
+	DecisionPending = "pending"
 )
 
 // Pipeline takes every call through the steps of DESIGN.md. Build it once;
@@ -112,6 +115,10 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 	if d.Consent {
 		ap, err := p.Consent.Await(ctx, c, t, d, sent)
 		r.rec.ConsentID = ap.ID
+		if ir, ok := err.(*InputRequired); ok {
+			r.rec.Decision, r.rec.Reason = DecisionPending, ir.Message
+			return r.commit(ctx, Outcome{Input: ir})
+		}
 		if err != nil {
 			return r.deny(ctx, policy.CountConsentDenied, CodeConsent, err.Error())
 		}

@@ -32,11 +32,25 @@ var _ pipeline.Consent = consentStep{}
 // keepAliveEvery is how often a waiting caller hears why it waits.
 const keepAliveEvery = 5 * time.Second
 
-// Await implements pipeline.Consent.
+// Await implements pipeline.Consent. A call that names its earlier request
+// (a multi-round-trip retry) waits for that request's decision; any other
+// call becomes a new request. A caller whose channel can send its user to
+// a page (MCP URL-mode elicitation) is sent to the request's page in the
+// console: at once with the answer to retry (2026-07-28), or while the call
+// waits (2025-11-25), a decline there denying the request.
 func (s consentStep) Await(ctx context.Context, c *pipeline.Call, t pipeline.Target, d policy.Decision, args json.RawMessage) (pipeline.Approval, error) {
 	g := s.g
+	if c.Resume != "" {
+		if r, ok := s.resumable(ctx, c, t, args); ok {
+			if c.Declined {
+				s.decline(ctx, r)
+			}
+			return s.wait(ctx, c, r, d.ConsentTTL, consent.HashArgs(args))
+		}
+		// The state names no request of this call: it is asked afresh.
+	}
 	p := c.Principal
-	if !g.listeners.reachable(p, d.Approvers != nil, g.sessions.now()) {
+	if c.Asker == nil && !g.listeners.reachable(p, d.Approvers != nil, g.sessions.now()) {
 		return pipeline.Approval{}, fmt.Errorf("consent required: %s needs the approval of %s (%s), who follows no consent stream; open one (POST /agui) and call again",
 			c.Name, p.User, d.ConsentReason)
 	}
@@ -66,17 +80,65 @@ func (s consentStep) Await(ctx context.Context, c *pipeline.Call, t pipeline.Tar
 		_ = g.consent.Cancel(context.WithoutCancel(ctx), r.ID)
 		return pipeline.Approval{ID: r.ID}, errors.New("consent unavailable: the request could not be audited")
 	}
+	if c.Asker != nil {
+		url := g.cfg.ResolvedPublicURL() + "/console/#" + r.ID
+		msg := fmt.Sprintf("%s needs %s's approval (%s): decide at %s", c.Name, p.User, d.ConsentReason, url)
+		if c.Asker.Later() {
+			return pipeline.Approval{ID: r.ID}, &pipeline.InputRequired{ID: r.ID, URL: url, Message: msg}
+		}
+		actx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			if declined, err := c.Asker.Ask(actx, r.ID, url, msg); err == nil && declined {
+				s.decline(context.WithoutCancel(ctx), r)
+			}
+		}()
+		defer c.Asker.Done(r.ID)
+	}
+	return s.wait(ctx, c, r, d.ConsentTTL, consent.HashArgs(args))
+}
+
+// resumable returns the request a retried call names, when it is this
+// call's: the same agent session, upstream, tool and arguments.
+func (s consentStep) resumable(ctx context.Context, c *pipeline.Call, t pipeline.Target, args json.RawMessage) (consent.Request, bool) {
+	r, err := s.g.consent.Get(ctx, c.Resume)
+	return r, err == nil && r.ASID == c.Sessions.ASID && r.Upstream == t.Upstream && r.Tool == t.Name && r.ArgsHash == consent.HashArgs(args)
+}
+
+// decline denies r because the caller's client declined its page, and
+// audits it (consent.decided).
+func (s consentStep) decline(ctx context.Context, r consent.Request) {
+	got, err := s.g.consent.Decline(ctx, r.ID, declineChannel)
+	if err != nil {
+		return // decided meanwhile: that decision stands
+	}
+	rec := store.AuditRecord{Method: "consent.decided", ConsentID: r.ID, USID: r.USID, WSID: r.WSID, ASID: r.ASID, MSID: r.MSID,
+		Sub: r.User, SpiffeID: r.Agent, Act: r.Act, Upstream: r.Upstream, Tool: r.Tool, AllowListMatch: r.RuleID,
+		PolicyID: "consent", Decision: pipeline.DecisionDeny, Reason: fmt.Sprintf("%s through %s", got.State, declineChannel)}
+	if err := s.g.audit(ctx, &rec, time.Now()); err != nil {
+		s.g.log.Error("consent decline not audited", "consent_id", r.ID, "error", err)
+	}
+}
+
+// declineChannel names the decisions a caller's client makes by declining
+// the page it was sent to.
+const declineChannel = "mcp-url-elicitation"
+
+// wait waits for r's decision, keeping the caller informed, and returns the
+// approval (used once, for this agent session and the arguments hashed to
+// argsHash) or why there is none.
+func (s consentStep) wait(ctx context.Context, c *pipeline.Call, r consent.Request, ttl time.Duration, argsHash string) (pipeline.Approval, error) {
+	g := s.g
 	a := pipeline.Approval{ID: r.ID}
-	stop := keepAlive(c, fmt.Sprintf("waiting for %s's approval of %s (consent request %s)", p.User, c.Name, r.ID))
-	r, err = g.consent.Wait(ctx, r.ID)
+	stop := keepAlive(c, fmt.Sprintf("waiting for %s's approval of %s (consent request %s)", r.User, c.Name, r.ID))
+	r, err := g.consent.Wait(ctx, r.ID)
 	stop()
 	if err != nil {
 		return a, errors.New("consent unavailable: the request could not be read")
 	}
 	switch r.State {
 	case consent.Approved, consent.ApprovedWithEdits:
-		// The decision is bound to this agent session and these arguments.
-		if _, err := g.consent.Use(ctx, r.ID, c.Sessions.ASID, consent.HashArgs(args)); err != nil {
+		if _, err := g.consent.Use(ctx, r.ID, c.Sessions.ASID, argsHash); err != nil {
 			return a, fmt.Errorf("consent %s: %w", r.ID, err)
 		}
 		a.EditedArgs = r.EditedArgs
@@ -84,7 +146,7 @@ func (s consentStep) Await(ctx context.Context, c *pipeline.Call, t pipeline.Tar
 	case consent.Denied:
 		return a, fmt.Errorf("denied by %s", r.DecidedBy)
 	case consent.Expired:
-		return a, fmt.Errorf("consent request expired: no decision within %s", d.ConsentTTL)
+		return a, fmt.Errorf("consent request expired: no decision within %s", ttl)
 	}
 	return a, errors.New("consent request cancelled")
 }

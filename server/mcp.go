@@ -53,14 +53,83 @@ func (f *front) run(ctx context.Context, req mcp.Request, kind pipeline.Kind, na
 			}
 		}
 	}
+	if p, ok := req.GetParams().(*mcp.CallToolParamsRaw); ok && ss != nil {
+		c.Asker = urlAsker(ss)
+		c.Resume = p.RequestState
+		if r, ok := p.InputResponses[p.RequestState].(*mcp.ElicitResult); ok && r.Action != "accept" {
+			c.Declined = true
+		}
+	}
 	return f.gw.pipeline.Run(ctx, c)
+}
+
+// mcpAsker sends the user of a call waiting for consent to the request's
+// page with URL-mode elicitation: an elicitation/create request on the
+// session (2025-11-25), or for 2026-07-28 clients the input_required answer
+// (Later) whose retry names the request.
+type mcpAsker struct {
+	ss    *mcp.ServerSession
+	later bool
+}
+
+// urlAsker returns the asker of a client that declared URL-mode
+// elicitation, nil for any other. Form-mode elicitation is never used for
+// consent: the agent's own client could answer it.
+func urlAsker(ss *mcp.ServerSession) pipeline.Asker {
+	ip := ss.InitializeParams()
+	if ip == nil || ip.Capabilities == nil || ip.Capabilities.Elicitation == nil || ip.Capabilities.Elicitation.URL == nil {
+		return nil
+	}
+	return mcpAsker{ss: ss, later: ip.ProtocolVersion >= statelessVersion}
+}
+
+func (a mcpAsker) Later() bool { return a.later }
+
+func (a mcpAsker) Ask(ctx context.Context, id, url, message string) (declined bool, err error) {
+	res, err := a.ss.Elicit(ctx, &mcp.ElicitParams{Mode: "url", Message: message, URL: url, ElicitationID: id})
+	if err != nil {
+		return false, err
+	}
+	// accept only says the user opened the page; the decision is made
+	// there.
+	return res.Action != "accept", nil
+}
+
+func (a mcpAsker) Done(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = a.ss.NotifyElicitationComplete(ctx, &mcp.ElicitationCompleteParams{ElicitationID: id})
+}
+
+// inputRequired is the 2026-07-28 answer to a call waiting for consent:
+// a URL-mode elicitation of the request's page, and the request as the
+// state its retry names.
+func inputRequired(ir *pipeline.InputRequired) (*mcp.CallToolResult, error) {
+	wire, err := json.Marshal(map[string]any{
+		"resultType":    "input_required",
+		"inputRequests": map[string]any{ir.ID: map[string]any{"method": "elicitation/create", "params": &mcp.ElicitParams{Mode: "url", Message: ir.Message, URL: ir.URL, ElicitationID: ir.ID}}},
+		"requestState":  ir.ID,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The SDK sets a result's type only when it decodes one.
+	var res mcp.CallToolResult
+	if err := json.Unmarshal(wire, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
 }
 
 func (f *front) callTool(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 	start := time.Now()
 	out := f.run(ctx, req, pipeline.ToolCall, 0, req.Params.Name, req.Params.Arguments)
 	res, err := decodeOutcome[mcp.CallToolResult](out, false)
-	if err == nil && out.ToolError != "" {
+	switch {
+	case err != nil:
+	case out.Input != nil:
+		res, err = inputRequired(out.Input)
+	case out.ToolError != "":
 		res = toolError(out.ToolError)
 	}
 	f.gw.metrics.toolCall(out.Record.Upstream, req.Params.Name, out.Record.Decision, res, time.Since(start))

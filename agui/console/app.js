@@ -258,7 +258,17 @@ function renderPending() {
     if (!pending.has(card.dataset.id)) card.remove();
     else shown.add(card.dataset.id);
   }
-  for (const it of pending.values()) if (!shown.has(it.id)) list.append(pendingCard(it));
+  for (const it of pending.values()) {
+    if (shown.has(it.id)) continue;
+    const card = pendingCard(it);
+    list.append(card);
+    // An agent's client sent its user here for this request
+    // (/console/#<id>, MCP URL-mode elicitation).
+    if (location.hash === "#" + it.id) {
+      card.classList.add("focus");
+      card.scrollIntoView();
+    }
+  }
   $("no-pending").hidden = pending.size > 0;
 }
 
