@@ -409,7 +409,7 @@ func TestConsentLeaksNothing(t *testing.T) {
 // none is lost or shown to anyone else, and every call completes once
 // answered.
 func TestConcurrentConsents(t *testing.T) {
-	const users, calls = 20, 3
+	const users, calls = 50, 2 // 100 requests pending at once across 50 streams
 	doc := "id: many\nrules:\n  - {id: all-echo, upstream: fx, tools: [echo], consent: always}\n"
 	tg, _ := startPolicyGateway(t, doc)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*waitFor)

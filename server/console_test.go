@@ -246,3 +246,22 @@ func TestConsoleRefusesAgents(t *testing.T) {
 		}
 	}
 }
+
+// TestAGUICapabilities: the consent stream declares AG-UI capabilities:
+// SSE and WebSocket, state snapshots and deltas, approvals and edits.
+func TestAGUICapabilities(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy)
+	var caps struct {
+		Identity  struct{ Name, Version string }
+		Transport struct {
+			Streaming, WebSocket bool
+		}
+		State          struct{ Snapshots, Deltas bool }
+		HumanInTheLoop struct{ Supported, Approvals, Interventions bool }
+	}
+	getJSON(t, tg.Base+agui.CapabilitiesPath, &caps)
+	if caps.Identity.Name == "" || caps.Identity.Version != "test" || !caps.Transport.Streaming || !caps.Transport.WebSocket ||
+		!caps.State.Snapshots || !caps.State.Deltas || !caps.HumanInTheLoop.Supported || !caps.HumanInTheLoop.Approvals || !caps.HumanInTheLoop.Interventions {
+		t.Errorf("capabilities %+v", caps)
+	}
+}
