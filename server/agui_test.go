@@ -490,7 +490,9 @@ func TestConsentStreamBadInput(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
 	defer cancel()
 	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
-	for _, body := range []string{`{`, `{"threadId":"t","messages":[]}`, `{"threadId":"t","runId":"r"}`, `[]`} {
+	// An oversized edit (the RunAgentInput past 1 MiB) is refused whole.
+	huge := runInput("t", "big", "[]", `[{"interruptId":"c_1","status":"resolved","payload":{"approved":true,"editedArgs":{"text":"`+strings.Repeat("x", 1<<20)+`"}}}]`)
+	for _, body := range []string{`{`, `{"threadId":"t","messages":[]}`, `{"threadId":"t","runId":"r"}`, `[]`, huge} {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, tg.Base+"/agui", strings.NewReader(body))
 		resp, err := alice.client().Do(req)
 		if err != nil {
@@ -500,7 +502,7 @@ func TestConsentStreamBadInput(t *testing.T) {
 		json.NewDecoder(resp.Body).Decode(&e)
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(e["error_description"], "RunAgentInput") {
-			t.Errorf("%s: %d %v, want 400 naming RunAgentInput", body, resp.StatusCode, e)
+			t.Errorf("%.60s: %d %v, want 400 naming RunAgentInput", body, resp.StatusCode, e)
 		}
 	}
 	for _, tc := range []struct{ thread, resume, code string }{

@@ -170,20 +170,8 @@ func (s *SQLite) ListSessions(ctx context.Context, limit int) ([]Session, error)
 		return nil, err
 	}
 	defer s.release()
-	rows, err := s.r.QueryContext(ctx, `SELECT `+sessionCols+` FROM sessions ORDER BY created DESC, rowid DESC LIMIT ?`, limit)
+	out, err := s.querySessions(ctx, `SELECT `+sessionCols+` FROM sessions ORDER BY created DESC, rowid DESC LIMIT ?`, limit)
 	if err != nil {
-		return nil, fmt.Errorf("store: list sessions: %w", err)
-	}
-	defer rows.Close()
-	var out []Session
-	for rows.Next() {
-		sess, err := scanSession(rows)
-		if err != nil {
-			return nil, fmt.Errorf("store: list sessions: %w", err)
-		}
-		out = append(out, sess)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("store: list sessions: %w", err)
 	}
 	return out, nil
@@ -197,7 +185,7 @@ func (s *SQLite) UserSessions(ctx context.Context, issuer, subject string, limit
 		return nil, err
 	}
 	defer s.release()
-	rows, err := s.r.QueryContext(ctx, `WITH RECURSIVE tree(id) AS (
+	out, err := s.querySessions(ctx, `WITH RECURSIVE tree(id) AS (
 	SELECT id FROM sessions WHERE kind = 'user' AND subject = ?1 AND issuer = ?2
 	UNION
 	SELECT s.id FROM sessions s JOIN tree ON s.parent = tree.id
@@ -205,19 +193,25 @@ func (s *SQLite) UserSessions(ctx context.Context, issuer, subject string, limit
 	if err != nil {
 		return nil, fmt.Errorf("store: user sessions: %w", err)
 	}
+	return out, nil
+}
+
+// querySessions runs a query selecting sessionCols and reads its rows.
+func (s *SQLite) querySessions(ctx context.Context, query string, args ...any) ([]Session, error) {
+	rows, err := s.r.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
 	defer rows.Close()
 	var out []Session
 	for rows.Next() {
 		sess, err := scanSession(rows)
 		if err != nil {
-			return nil, fmt.Errorf("store: user sessions: %w", err)
+			return nil, err
 		}
 		out = append(out, sess)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: user sessions: %w", err)
-	}
-	return out, nil
+	return out, rows.Err()
 }
 
 // scanSession reads one row selected with sessionCols.
