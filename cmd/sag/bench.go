@@ -5,8 +5,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,22 +28,30 @@ import (
 	"github.com/sag-gateway/sag/identity"
 )
 
-// cmdBench measures what the gateway adds to a tool call: latency at
-// concurrency 1 and throughput at several concurrencies, directly against a
-// fixture upstream and through a gateway, interleaved in one run, plus the
-// gateway's memory per idle downstream session. The gateway runs as a child
-// process (this binary, 'sag serve'); the upstream and the clients run here.
+// cmdBench measures what the gateway adds to a tool call, side by side in
+// one run: the direct call to a fixture upstream; the floor of any HTTP
+// gateway here, a byte-level reverse proxy (net/http/httputil, never reading
+// a message); SAG; and with --peer a peer proxy binary (TBXark/mcp-proxy).
+// Latency at concurrency 1 and throughput at several concurrencies are
+// interleaved; each proxy's CPU per call is read from /proc; the gateway's
+// memory per idle downstream session is measured last. The proxies run as
+// child processes; the upstream and the clients run here.
 func cmdBench(args []string) error {
+	if len(args) > 0 && args[0] == "floor" {
+		return benchFloor(args[1:])
+	}
 	fs := flag.NewFlagSet("sag bench", flag.ContinueOnError)
 	calls := fs.Int("calls", 4000, "latency samples per side at concurrency 1")
 	dur := fs.Duration("duration", 2*time.Second, "length of each throughput round")
 	rounds := fs.Int("rounds", 3, "interleaved rounds per side and concurrency")
-	conc := fs.String("concurrency", "1,8,32", "throughput concurrencies")
+	conc := fs.String("concurrency", "1,8,32,128", "throughput concurrencies")
 	idle := fs.Int("idle-sessions", 1000, "idle downstream sessions for the memory figure (0 skips)")
 	protocol := fs.String("protocol", "2025-11-25", "MCP revision the clients speak")
 	upProtocol := fs.String("upstream-protocol", "", "pin the MCP revision the gateway speaks to the upstream (default: negotiate)")
 	gogc := fs.String("gateway-gogc", "", "GOGC for the gateway process only (default: inherited)")
 	security := fs.String("security", "none", "none: --auth open, plain upstream; full: DPoP on the client, token verification, per-upstream tokens minted and verified by the upstream")
+	peer := fs.String("peer", "", "a peer proxy `BINARY` to measure too: TBXark/mcp-proxy (v2 JSON config)")
+	cpuProfile := fs.String("cpuprofile", "", "write the gateway process's CPU profile (its whole run) to `FILE`")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -57,9 +68,9 @@ func cmdBench(args []string) error {
 	}
 	raiseFileLimit()
 
-	// The direct side calls a plain fixture; the gateway's upstream is
-	// another one that, with --security full, verifies every token and
-	// proof the gateway sends it.
+	// The direct side, the floor and the peer call a plain fixture; the
+	// gateway's upstream is another one that, with --security full,
+	// verifies every token and proof the gateway sends it.
 	upURL, stopUp, err := fixtures.NewServer(fixtures.Options{Name: "bench"}).StartHTTP(false)
 	if err != nil {
 		return err
@@ -81,18 +92,23 @@ func cmdBench(args []string) error {
 		defer stop()
 		gwUpURL = u
 	}
-	gw, err := startChildGateway(addr, gwUpURL, *upProtocol, *gogc, *security)
+	gw, err := startChildGateway(addr, gwUpURL, *upProtocol, *gogc, *security, *cpuProfile)
 	if err != nil {
 		return err
 	}
 	defer gw.stop()
+	floor, err := startFloor(upURL)
+	if err != nil {
+		return err
+	}
+	defer floor.stop()
 
 	ctx := context.Background()
-	// One HTTP transport for both sides' clients, keeping an idle
-	// connection per concurrent client, so that neither side measures
+	// One HTTP transport for every side's clients, keeping an idle
+	// connection per concurrent client, so that no side measures
 	// connection churn (net/http keeps 2 per host by default).
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 256
+	tr.MaxIdleConnsPerHost = 512
 	hc := &http.Client{Transport: tr}
 	gwc := hc
 	if *security == "full" {
@@ -110,15 +126,26 @@ func cmdBench(args []string) error {
 	}
 	sides := []side{
 		{name: "direct", url: upURL, tool: "echo", http: hc},
-		{name: "sag", url: gw.url, tool: "up__echo", http: gwc},
+		{name: "floor (httputil proxy)", url: floor.url, tool: "echo", http: hc, proc: floor.cmd},
+		{name: "sag", url: gw.url, tool: "up__echo", http: gwc, proc: gw.cmd},
+	}
+	if *peer != "" {
+		p, err := startPeer(*peer, upURL)
+		if err != nil {
+			return err
+		}
+		defer p.stop()
+		sides = append(sides, side{name: "peer (" + filepath.Base(*peer) + ")", url: p.url, tool: "echo", http: hc, proc: p.cmd})
 	}
 	// A verifying upstream fetches the gateway's keys only once the gateway
-	// serves, so its first discovery may fail and be retried: wait for the
-	// tool.
-	if err := sides[1].waitForTool(ctx, *protocol); err != nil {
-		return err
+	// serves, so its first discovery may fail and be retried; a peer
+	// connects to its upstream in the background: wait for the tools.
+	for _, s := range sides {
+		if err := s.waitForTool(ctx, *protocol); err != nil {
+			return err
+		}
 	}
-	fmt.Printf("sag bench: echo tool, protocol %s, security %s, GOMAXPROCS=%d, one machine (client, gateway, upstream share the cores)\n\n", *protocol, *security, runtime.GOMAXPROCS(0))
+	fmt.Printf("sag bench: echo tool, protocol %s, security %s, GOMAXPROCS=%d, one machine (clients, proxies, upstream share the cores)\n\n", *protocol, *security, runtime.GOMAXPROCS(0))
 
 	// Latency at concurrency 1, interleaved in blocks of 100.
 	lat := make([][]time.Duration, len(sides))
@@ -145,37 +172,77 @@ func cmdBench(args []string) error {
 			}
 		}
 	}
-	fmt.Println("latency, concurrency 1 (µs)      p50      p90      p99")
+	fmt.Println("latency, concurrency 1 (µs)        p50      p90      p99   added p50  added p99")
 	p := make([][3]float64, len(sides))
 	for i, s := range sides {
 		p[i] = percentiles(lat[i])
-		fmt.Printf("  %-30s %8.1f %8.1f %8.1f\n", s.name, p[i][0], p[i][1], p[i][2])
+		fmt.Printf("  %-30s %8.1f %8.1f %8.1f", s.name, p[i][0], p[i][1], p[i][2])
+		if i > 0 {
+			fmt.Printf("   %+9.1f  %+9.1f", p[i][0]-p[0][0], p[i][2]-p[0][2])
+		}
+		fmt.Println()
 	}
-	targetP50, targetRatio := "150 µs", "70%"
-	if *security == "full" {
-		targetP50, targetRatio = "300 µs", "55%"
-	}
-	fmt.Printf("  %-30s %8.1f %8.1f %8.1f   (target: p50 ≤ %s)\n\n", "added by sag", p[1][0]-p[0][0], p[1][1]-p[0][1], p[1][2]-p[0][2], targetP50)
 
-	// Throughput, interleaved rounds.
-	fmt.Println("throughput (calls/s)       direct        sag    ratio")
+	// Throughput and CPU per call, interleaved rounds.
+	fmt.Printf("\nthroughput (calls/s; share of direct; proxy CPU µs per call)\n")
+	shares := map[int][]float64{}
+	cpus := map[int][]float64{}
 	for _, c := range concs {
-		var total [2]float64
+		total := make([]float64, len(sides))
+		cpu := make([]time.Duration, len(sides))
+		n := make([]int64, len(sides))
 		for range *rounds {
 			for i, s := range sides {
 				r, err := s.throughput(ctx, *protocol, c, *dur)
 				if err != nil {
 					return err
 				}
-				total[i] += r
+				total[i] += r.rate
+				cpu[i] += r.cpu
+				n[i] += r.calls
 			}
 		}
-		d, g := total[0]/float64(*rounds), total[1]/float64(*rounds)
-		target := ""
-		if c == 8 {
-			target = "   (target: ≥ " + targetRatio + ")"
+		fmt.Printf("  concurrency %d\n", c)
+		for i, s := range sides {
+			rate := total[i] / float64(*rounds)
+			share := rate / (total[0] / float64(*rounds))
+			shares[c] = append(shares[c], share)
+			line := fmt.Sprintf("    %-28s %9.0f   %5.2f", s.name, rate, share)
+			perCall := 0.0
+			if s.proc != nil && n[i] > 0 {
+				perCall = float64(cpu[i].Microseconds()) / float64(n[i])
+				line += fmt.Sprintf("   %7.1f µs", perCall)
+			}
+			cpus[c] = append(cpus[c], perCall)
+			fmt.Println(line)
 		}
-		fmt.Printf("  concurrency %-4d %10.0f %10.0f   %5.1f%%%s\n", c, d, g, 100*g/d, target)
+	}
+
+	// The targets (issue 11): relative to the floor, and to the peer when
+	// one ran, all from this run.
+	const iFloor, iSAG, iPeer = 1, 2, 3
+	margin, shareMin, cpuMax := 50.0, 0.85, 1.0
+	if *security == "full" {
+		margin, shareMin, cpuMax = 200.0, 0.70, 1.5
+	}
+	added := func(i int) float64 { return p[i][0] - p[0][0] }
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "missed"
+	}
+	fmt.Printf("\ntargets (security %s)\n", *security)
+	fmt.Printf("  added p50: sag %+.1f µs, floor %+.1f µs → ≤ floor + %.0f µs: %s\n", added(iSAG), added(iFloor), margin, verdict(added(iSAG) <= added(iFloor)+margin))
+	fmt.Printf("  added p99: sag %+.1f µs → ≤ 2000 µs: %s\n", p[iSAG][2]-p[0][2], verdict(p[iSAG][2]-p[0][2] <= 2000))
+	if s := shares[8]; s != nil {
+		fmt.Printf("  throughput at C=8: sag %.2f of direct, floor %.2f → ≥ %.2f × floor's: %.2f, %s\n", s[iSAG], s[iFloor], shareMin, s[iSAG]/s[iFloor], verdict(s[iSAG] >= shareMin*s[iFloor]))
+	}
+	if len(sides) > iPeer {
+		fmt.Printf("  added p50 vs the peer: sag %+.1f µs, peer %+.1f µs\n", added(iSAG), added(iPeer))
+		if c := cpus[8]; c != nil && c[iPeer] > 0 {
+			fmt.Printf("  CPU per call at C=8: sag %.1f µs, peer %.1f µs → ≤ %.1f × peer's: %.2f, %s\n", c[iSAG], c[iPeer], cpuMax, c[iSAG]/c[iPeer], verdict(c[iSAG] <= cpuMax*c[iPeer]))
+		}
 	}
 
 	if *idle > 0 {
@@ -189,10 +256,12 @@ func cmdBench(args []string) error {
 	return nil
 }
 
-// side is one way of reaching the echo tool: directly or through SAG.
+// side is one way of reaching the echo tool: directly or through a proxy
+// (proc, whose CPU time is accounted).
 type side struct {
 	name, url, tool string
 	http            *http.Client
+	proc            *exec.Cmd
 }
 
 func (s side) connect(ctx context.Context, protocol string) (*mcp.ClientSession, error) {
@@ -206,17 +275,19 @@ func (s side) connect(ctx context.Context, protocol string) (*mcp.ClientSession,
 
 // waitForTool polls tools/list until the side's tool is there (30 s at most).
 func (s side) waitForTool(ctx context.Context, protocol string) error {
-	cs, err := s.connect(ctx, protocol)
-	if err != nil {
-		return err
-	}
-	defer cs.Close()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	deadline := time.Now().Add(30 * time.Second)
+	for ; time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		cs, err := s.connect(ctx, protocol)
+		if err != nil {
+			continue
+		}
 		for t, err := range cs.Tools(ctx, nil) {
 			if err == nil && t.Name == s.tool {
+				cs.Close()
 				return nil
 			}
 		}
+		cs.Close()
 	}
 	return fmt.Errorf("%s: tool %s not offered within 30s", s.name, s.tool)
 }
@@ -234,13 +305,20 @@ func (s side) call(ctx context.Context, cs *mcp.ClientSession) (time.Duration, e
 	return d, nil
 }
 
-// throughput runs c workers, each with its own session, for d and returns calls/s.
-func (s side) throughput(ctx context.Context, protocol string, c int, d time.Duration) (float64, error) {
+// round is one throughput round of a side.
+type round struct {
+	rate  float64       // calls per second
+	calls int64         // calls made
+	cpu   time.Duration // the side's process CPU time during the round
+}
+
+// throughput runs c workers, each with its own session, for d.
+func (s side) throughput(ctx context.Context, protocol string, c int, d time.Duration) (round, error) {
 	css := make([]*mcp.ClientSession, c)
 	for i := range css {
 		cs, err := s.connect(ctx, protocol)
 		if err != nil {
-			return 0, err
+			return round{}, err
 		}
 		defer cs.Close()
 		css[i] = cs
@@ -251,6 +329,7 @@ func (s side) throughput(ctx context.Context, protocol string, c int, d time.Dur
 		errOnce  sync.Once
 		firstErr error
 	)
+	cpu0 := processCPU(s.proc)
 	deadline := time.Now().Add(d)
 	start := time.Now()
 	for _, cs := range css {
@@ -265,7 +344,31 @@ func (s side) throughput(ctx context.Context, protocol string, c int, d time.Dur
 		})
 	}
 	wg.Wait()
-	return float64(n.Load()) / time.Since(start).Seconds(), firstErr
+	elapsed := time.Since(start)
+	return round{rate: float64(n.Load()) / elapsed.Seconds(), calls: n.Load(), cpu: processCPU(s.proc) - cpu0}, firstErr
+}
+
+// processCPU is the user and system CPU time a child process has used so
+// far (0 for none), from /proc/PID/stat.
+func processCPU(cmd *exec.Cmd) time.Duration {
+	if cmd == nil || cmd.Process == nil {
+		return 0
+	}
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(cmd.Process.Pid), "stat"))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; fields count from its
+	// closing parenthesis. utime and stime are fields 14 and 15, in clock
+	// ticks of 1/100 s on Linux.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 func percentiles(ds []time.Duration) [3]float64 {
@@ -277,8 +380,10 @@ func percentiles(ds []time.Duration) [3]float64 {
 	return [3]float64{at(0.50), at(0.90), at(0.99)}
 }
 
-// childGateway is 'sag serve' running as a child process.
-type childGateway struct {
+// child is a proxy running as a child process: the gateway ('sag serve'),
+// the floor ('sag bench floor') or a peer. data, when set, is removed when
+// it stops.
+type child struct {
 	cmd  *exec.Cmd
 	url  string
 	data string
@@ -295,7 +400,40 @@ func freeLoopbackAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security string) (*childGateway, error) {
+// startChild starts cmd, stopped with the bench, and waits until ready
+// answers 200 (or, for "", until addr accepts connections).
+func startChild(cmd *exec.Cmd, url, data, addr, ready string) (*child, error) {
+	if cmd.Stdout == nil {
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		if data != "" {
+			os.RemoveAll(data)
+		}
+		return nil, err
+	}
+	c := &child{cmd: cmd, url: url, data: data}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if ready == "" {
+			if conn, err := net.Dial("tcp", addr); err == nil {
+				conn.Close()
+				return c, nil
+			}
+		} else if resp, err := http.Get(ready); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return c, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			c.stop()
+			return nil, fmt.Errorf("%s did not become ready within 30s", filepath.Base(cmd.Path))
+		}
+	}
+}
+
+func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security, cpuProfile string) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -323,34 +461,80 @@ func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security strin
 		auth = "dpop"
 	}
 	cmd := exec.Command(exe, "serve", "--config", conf, "--listen", addr, "--data", data, "--auth", auth, "--log-level", "error")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.Env = os.Environ()
 	if gogc != "" {
-		cmd.Env = append(os.Environ(), "GOGC="+gogc)
+		cmd.Env = append(cmd.Env, "GOGC="+gogc)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		os.RemoveAll(data)
-		return nil, err
-	}
-	g := &childGateway{cmd: cmd, url: "http://" + addr + "/mcp", data: data}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return g, nil
-			}
+	if cpuProfile != "" {
+		abs, err := filepath.Abs(cpuProfile)
+		if err != nil {
+			return nil, err
 		}
-		if time.Now().After(deadline) {
-			g.stop()
-			return nil, errors.New("gateway did not become ready within 30s")
-		}
-		time.Sleep(50 * time.Millisecond)
+		cmd.Env = append(cmd.Env, cpuProfileEnv+"="+abs)
 	}
+	return startChild(cmd, "http://"+addr+"/mcp", data, addr, "http://"+addr+"/readyz")
 }
 
-func (g *childGateway) stop() {
+// startFloor runs 'sag bench floor' in front of upstreamURL.
+func startFloor(upstreamURL string) (*child, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	addr, err := freeLoopbackAddr()
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(upstreamURL)
+	if err != nil {
+		return nil, err
+	}
+	return startChild(exec.Command(exe, "bench", "floor", addr, u.Scheme+"://"+u.Host), "http://"+addr+u.Path, "", addr, "")
+}
+
+// benchFloor serves 'sag bench floor ADDR UPSTREAM': a byte-level reverse
+// proxy (net/http/httputil) that forwards every request to UPSTREAM as it
+// is and streams the answer back, never reading a message: the least any
+// HTTP gateway adds here.
+func benchFloor(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: sag bench floor ADDR UPSTREAM_BASE_URL")
+	}
+	target, err := url.Parse(args[1])
+	if err != nil {
+		return err
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 512
+	rp.Transport = tr
+	rp.FlushInterval = -1 // stream SSE answers as they come
+	return http.ListenAndServe(args[0], rp)
+}
+
+// startPeer runs a peer proxy binary (TBXark/mcp-proxy, v2 JSON config) in
+// front of upstreamURL, serving it as upstream "up".
+func startPeer(bin, upstreamURL string) (*child, error) {
+	addr, err := freeLoopbackAddr()
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.MkdirTemp("", "sag-bench-peer-")
+	if err != nil {
+		return nil, err
+	}
+	conf := filepath.Join(data, "config.json")
+	body := fmt.Sprintf(`{"mcpProxy": {"baseURL": "http://%[1]s", "addr": "%[1]s", "name": "peer", "version": "1", "type": "streamable-http"},
+"mcpServers": {"up": {"transportType": "streamable-http", "url": %[2]q}}}`, addr, upstreamURL)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "--config", conf)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard // it logs every tool it adds
+	return startChild(cmd, "http://"+addr+"/up/mcp", data, addr, "")
+}
+
+func (g *child) stop() {
 	g.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { g.cmd.Wait(); close(done) }()
@@ -360,13 +544,15 @@ func (g *childGateway) stop() {
 		g.cmd.Process.Kill()
 		<-done
 	}
-	os.RemoveAll(g.data)
+	if g.data != "" {
+		os.RemoveAll(g.data)
+	}
 }
 
 // idleSessionCost opens n sessions (initialize only; clients keep their
 // standalone GET stream, as real clients do) and returns the gateway's RSS
 // growth per session in bytes.
-func (g *childGateway) idleSessionCost(ctx context.Context, protocol string, n int, hc *http.Client) (float64, error) {
+func (g *child) idleSessionCost(ctx context.Context, protocol string, n int, hc *http.Client) (float64, error) {
 	before, err := rss(g.cmd.Process.Pid)
 	if err != nil {
 		return 0, err

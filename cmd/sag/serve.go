@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -126,8 +127,24 @@ func cmdServe(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if file := os.Getenv(cpuProfileEnv); file != "" {
+		// sag bench --cpuprofile: the gateway's CPU profile of its run.
+		out, err := os.Create(file)
+		if err != nil {
+			return err
+		}
+		defer out.Close()
+		if err := pprof.StartCPUProfile(out); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	return run(ctx, cfg, newLogger(cfg), nil)
 }
+
+// cpuProfileEnv names the file 'sag serve' writes its CPU profile to (set
+// by sag bench --cpuprofile for the gateway it starts).
+const cpuProfileEnv = "SAG_CPUPROFILE"
 
 // run starts a gateway for cfg, logging to log, and serves until ctx ends.
 // ready, if set, is called with the gateway's base URL once it accepts
