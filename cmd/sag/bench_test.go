@@ -1,0 +1,28 @@
+package main
+
+import (
+	"regexp"
+	"testing"
+)
+
+// TestBenchRuns: a short sag bench measures every side (the direct call,
+// the floor, SAG) and reports the targets; a peer that does not exist is a
+// clear error.
+func TestBenchRuns(t *testing.T) {
+	out, errOut, ok := sag(t, "bench", "--calls", "100", "--duration", "200ms", "--rounds", "1", "--concurrency", "2", "--idle-sessions", "0")
+	if !ok {
+		t.Fatalf("sag bench failed:\n%s%s", out, errOut)
+	}
+	for _, want := range []string{
+		`(?m)^  floor \(httputil proxy\) +\d+\.\d +\d+\.\d +\d+\.\d +[+-]\d+\.\d`,
+		`(?m)^    sag +\d+ +\d\.\d\d +\d+\.\d µs$`,
+		`(?m)^  added p50: sag [+-]\d+\.\d µs, floor [+-]\d+\.\d µs → ≤ floor \+ 50 µs: (met|missed)$`,
+	} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("output lacks %s:\n%s", want, out)
+		}
+	}
+	if _, errOut, ok := sag(t, "bench", "--peer", "/nonexistent/peer", "--calls", "100", "--idle-sessions", "0"); ok || !regexp.MustCompile(`nonexistent`).MatchString(errOut) {
+		t.Errorf("a missing peer: ok=%v %s", ok, errOut)
+	}
+}
