@@ -27,22 +27,25 @@ type capabilities struct {
 		Deltas    bool `json:"deltas"`
 	} `json:"state"`
 	HumanInTheLoop struct {
-		Supported     bool `json:"supported"`
-		Approvals     bool `json:"approvals"`
-		Interventions bool `json:"interventions"`
+		Supported        bool `json:"supported"`
+		Approvals        bool `json:"approvals"`
+		Interrupts       bool `json:"interrupts"`
+		ApproveWithEdits bool `json:"approveWithEdits"`
 	} `json:"humanInTheLoop"`
 }
 
 // Capabilities serves the stream's AG-UI AgentCapabilities: SSE and
 // WebSocket transports, state snapshots and JSON Patch deltas, and human in
-// the loop (approvals, and interventions: approve with edited arguments).
+// the loop: approvals, as interrupts a run ends with and a resume answers,
+// with edited arguments where the rule allows them.
 func Capabilities(version string) http.Handler {
 	var c capabilities
 	c.Identity.Name, c.Identity.Type, c.Identity.Version = "SAG consent stream", "sag", version
 	c.Identity.Description = "The calls agents make for this user through SAG that need the user's consent, as interrupts; the user's live activity as state."
 	c.Transport.Streaming, c.Transport.WebSocket = true, true
 	c.State.Snapshots, c.State.Deltas = true, true
-	c.HumanInTheLoop.Supported, c.HumanInTheLoop.Approvals, c.HumanInTheLoop.Interventions = true, true, true
+	h := &c.HumanInTheLoop
+	h.Supported, h.Approvals, h.Interrupts, h.ApproveWithEdits = true, true, true, true
 	body, _ := json.Marshal(c) // plain data always encodes
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

@@ -467,16 +467,16 @@ func (s *Stream) resume(ctx context.Context, p identity.Principal, open []consen
 			// The same answer whether it does not exist or is someone
 			// else's: nothing is told about other users' requests.
 			return nil, &runError{Code: "UNKNOWN_INTERRUPT", Message: "no open interrupt " + e.InterruptID + " of yours"}
+		case errors.Is(err, consent.ErrDecided) && got.State == consent.Expired, err == nil && got.State == consent.Expired:
+			return nil, &runError{Code: "INTERRUPT_EXPIRED", Message: "interrupt " + e.InterruptID + " expired"}
+		case errors.Is(err, consent.ErrDecided) && got.State == consent.Cancelled:
+			return nil, &runError{Code: "STALE_INTERRUPT", Message: "interrupt " + e.InterruptID + " was cancelled"}
 		case errors.Is(err, consent.ErrDecided):
 			return nil, &runError{Code: "STALE_INTERRUPT", Message: "interrupt " + e.InterruptID + " was already answered otherwise"}
 		case errors.Is(err, consent.ErrNoEdits):
 			return nil, &runError{Code: "INVALID_RESUME", Message: "interrupt " + e.InterruptID + " does not allow edited arguments"}
 		case err != nil:
 			return nil, err
-		case got.State == consent.Expired:
-			return nil, &runError{Code: "INTERRUPT_EXPIRED", Message: "interrupt " + e.InterruptID + " expired"}
-		case got.State == consent.Cancelled:
-			return nil, &runError{Code: "STALE_INTERRUPT", Message: "interrupt " + e.InterruptID + " was cancelled"}
 		case wasOpen[got.ID] && (got.State == consent.Approved || got.State == consent.ApprovedWithEdits):
 			approved = append(approved, got.ID)
 		}

@@ -148,6 +148,30 @@ func HashArgs(args json.RawMessage) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// argsSchemaID names a tool's input schema inside a response schema.
+const argsSchemaID = "urn:sag:consent:edited-arguments"
+
+// embeddable returns a tool's input schema ready to sit inside another
+// schema: a resource of its own (an $id, unless it has one), so that its
+// references ("#/$defs/…") still resolve against it, and without $schema
+// (the response schema's dialect applies). A schema that is not an object
+// is returned as is.
+func embeddable(schema json.RawMessage) json.RawMessage {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(schema, &m) != nil || m == nil {
+		return schema
+	}
+	delete(m, "$schema")
+	if _, ok := m["$id"]; !ok {
+		m["$id"] = json.RawMessage(`"` + argsSchemaID + `"`)
+	}
+	out, err := json.Marshal(m)
+	if err != nil {
+		return schema
+	}
+	return out
+}
+
 // Create stores a new pending request, living ttl, and returns it.
 func (e *Engine) Create(ctx context.Context, r Request, ttl time.Duration) (Request, error) {
 	r.ID = "c_" + rand.Text()
@@ -157,7 +181,7 @@ func (e *Engine) Create(ctx context.Context, r Request, ttl time.Duration) (Requ
 	r.ResponseSchema = responseSchema
 	if r.AllowEdits && len(r.ArgsSchema) > 0 {
 		r.ResponseSchema = json.RawMessage(`{"type":"object","required":["approved"],"properties":{"approved":{"type":"boolean"},"editedArgs":` +
-			string(r.ArgsSchema) + `},"additionalProperties":false}`)
+			string(embeddable(r.ArgsSchema)) + `},"additionalProperties":false}`)
 	}
 	if r.ArgsHash == "" {
 		r.ArgsHash = HashArgs(r.Args)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/internal/testutil"
+	"github.com/sag-gateway/sag/schemas"
 	"github.com/sag-gateway/sag/store"
 )
 
@@ -289,16 +290,28 @@ func TestDecline(t *testing.T) {
 		t.Errorf("decline of an unknown request: %v", err)
 	}
 
+	// With edits allowed, the response schema holds the tool's input
+	// schema for editedArgs, its references resolving as in the tool's.
 	req := newRequest()
-	req.AllowEdits, req.ArgsSchema = true, json.RawMessage(`{"type":"object","properties":{"path":{"type":"string"}}}`)
+	req.AllowEdits = true
+	req.ArgsSchema = json.RawMessage(`{"$schema":"http://json-schema.org/draft-07/schema#","type":"object","properties":{"path":{"$ref":"#/$defs/path"}},"$defs":{"path":{"type":"string","maxLength":8}}}`)
 	withSchema, err := e.Create(ctx, req, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rs struct {
-		Properties map[string]json.RawMessage `json:"properties"`
+	rs, err := schemas.Compile(withSchema.ResponseSchema)
+	if err != nil {
+		t.Fatalf("response schema %s: %v", withSchema.ResponseSchema, err)
 	}
-	if json.Unmarshal(withSchema.ResponseSchema, &rs) != nil || string(rs.Properties["editedArgs"]) != string(req.ArgsSchema) {
-		t.Errorf("response schema %s", withSchema.ResponseSchema)
+	for payload, valid := range map[string]bool{
+		`{"approved":true,"editedArgs":{"path":"/srv/b"}}`:        true,
+		`{"approved":true,"editedArgs":{"path":"/srv/too/long"}}`: false,
+		`{"approved":true,"editedArgs":{"path":5}}`:               false,
+		`{"approved":false}`:                                      true,
+		`{"approved":true,"editedArgs":{"path":"/a"},"other":1}`:  false,
+	} {
+		if err := rs.ValidateJSON([]byte(payload)); (err == nil) != valid {
+			t.Errorf("%s: %v, want valid=%v", payload, err, valid)
+		}
 	}
 }

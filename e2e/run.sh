@@ -2,11 +2,11 @@
 # SAG end-to-end suite: the MCP conformance suite and an MCP Inspector CLI smoke
 # test against `sag serve` in front of the go-sdk everything-server, a DPoP
 # interop test (npm dpop + oauth4webapi proofs) against `sag serve --auth dpop`,
-# an AG-UI test (the @ag-ui/client 1.0.0 HttpAgent answering a consent
-# interrupt while `sag call` waits), and a SPIFFE test with a real SPIRE 1.13.3 server + agent issuing the
-# gateway's and the agent's X.509-SVIDs (mTLS + DPoP + act.sub).
-#
-# and the consent console in a real browser (Debian's chromium, installed by
+# an AG-UI test (the @ag-ui/client 1.0.0 HttpAgent approving, denying and
+# editing calls that wait in `sag call`, and AG-UI's interrupt rules), a
+# SPIFFE test with a real SPIRE 1.13.3 server + agent issuing the gateway's
+# and the agent's X.509-SVIDs (mTLS + DPoP + act.sub), and the consent
+# console in a real browser (Debian's chromium, installed by
 # e2e/chromium.sh when missing, driven by chromedp: go test -tags browser).
 #
 # Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [agui] [spire] [console]   (default: all six)
@@ -383,10 +383,13 @@ fi
 
 # ------------------------------------------------------------------- agui --
 # A gateway with --auth bearer (the AG-UI HttpAgent sends a bearer token, no
-# DPoP proofs) and an allow-list that makes alice's call of
-# everything__test_simple_text need her consent; e2e/agui.mjs follows the
-# consent stream with @ag-ui/client 1.0.0, makes the call with `sag call`,
-# answers the interrupt, and validates every event with @ag-ui/core.
+# DPoP proofs) and an allow-list that gives each case of e2e/agui.mjs its own
+# tool of the everything-server, so that their interrupts do not meet: alice's
+# calls of them need her consent (one rule allows edits, one has a 2 s
+# consent_ttl), and one tool needs none. e2e/agui.mjs follows the consent
+# stream with @ag-ui/client 1.0.0, makes the calls with `sag call`, answers the
+# interrupts (approve, deny, edit, one per thread) or lets them vanish (the
+# caller's SIGINT, expiry), and validates every event with @ag-ui/core.
 if [[ $RUN_AGUI == 1 ]]; then
   t0=$SECONDS
   free_port AGUI_PORT
@@ -405,8 +408,35 @@ rules:
     tools: [test_image_content]
     principals: {users: [alice]}
     consent: never
+  - id: alice-deny
+    upstream: everything
+    tools: [test_audio_content]
+    principals: {users: [alice]}
+    consent: always
+  - id: alice-edits
+    upstream: everything
+    tools: [json_schema_2020_12_tool]
+    principals: {users: [alice]}
+    consent: always
+    consent_edits: true
+  - id: alice-cancel
+    upstream: everything
+    tools: [test_embedded_resource]
+    principals: {users: [alice]}
+    consent: always
+  - id: alice-pair
+    upstream: everything
+    tools: [test_multiple_content_types]
+    principals: {users: [alice]}
+    consent: always
+  - id: alice-expires
+    upstream: everything
+    tools: [test_tool_with_logging]
+    principals: {users: [alice]}
+    consent: always
+    consent_ttl: 2s
 EOF
-  log "starting sag serve --auth bearer with a consent rule on 127.0.0.1:$AGUI_PORT"
+  log "starting sag serve --auth bearer with consent rules (sag-agui-allow.yaml) on 127.0.0.1:$AGUI_PORT"
   start_bg "$OUT/sag-agui.log" "$WORK/sag" serve \
     --listen "127.0.0.1:$AGUI_PORT" \
     --data "$OUT/sag-agui-data" \

@@ -155,11 +155,7 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 	}
 
 	// 10. audit, committed before the answer leaves.
-	out := r.finish(ctx, res, err)
-	if r.rec.ConsentID != "" {
-		p.Consent.Finished(r.rec.ConsentID, out)
-	}
-	return out
+	return r.finish(ctx, res, err)
 }
 
 // edited checks an approver's edited arguments as the call's own were:
@@ -367,11 +363,18 @@ func (r *run) commit(ctx context.Context, out Outcome) Outcome {
 	r.rec.USID, r.rec.WSID, r.rec.ASID, r.rec.MSID = ids.USID, ids.WSID, ids.ASID, ids.MSID
 	r.rec.Time = r.start.UTC()
 	r.rec.LatencyUS = now.Sub(r.start).Microseconds()
+	if r.rec.ConsentID != "" && out.Input == nil {
+		// How a call that was asked about ended, whatever ended it (an
+		// approved call's edits refused, its upstream's answer, the
+		// audit), goes to the channel that decided it.
+		defer func() { r.p.Consent.Finished(r.rec.ConsentID, out) }()
+	}
 	// The record must be committed even if the caller gave up.
 	if err := r.p.Auditor.Append(context.WithoutCancel(ctx), r.rec); err != nil {
 		r.p.auditDown.Store(true)
 		r.p.Log.Error("audit append failed; refusing calls until a record commits", "method", r.rec.Method, "error", err)
-		return Outcome{Err: &Error{Code: CodeUnavailable, Message: errAuditDown.Message, Cause: err}, Record: r.rec}
+		out = Outcome{Err: &Error{Code: CodeUnavailable, Message: errAuditDown.Message, Cause: err}, Record: r.rec}
+		return out
 	}
 	r.p.auditDown.Store(false)
 	if r.p.Watch != nil {

@@ -257,11 +257,11 @@ func TestAGUICapabilities(t *testing.T) {
 			Streaming, WebSocket bool
 		}
 		State          struct{ Snapshots, Deltas bool }
-		HumanInTheLoop struct{ Supported, Approvals, Interventions bool }
+		HumanInTheLoop struct{ Supported, Approvals, Interrupts, ApproveWithEdits bool }
 	}
 	getJSON(t, tg.Base+agui.CapabilitiesPath, &caps)
 	if caps.Identity.Name == "" || caps.Identity.Version != "test" || !caps.Transport.Streaming || !caps.Transport.WebSocket ||
-		!caps.State.Snapshots || !caps.State.Deltas || !caps.HumanInTheLoop.Supported || !caps.HumanInTheLoop.Approvals || !caps.HumanInTheLoop.Interventions {
+		!caps.State.Snapshots || !caps.State.Deltas || !caps.HumanInTheLoop.Supported || !caps.HumanInTheLoop.Approvals || !caps.HumanInTheLoop.Interrupts || !caps.HumanInTheLoop.ApproveWithEdits {
 		t.Errorf("capabilities %+v", caps)
 	}
 }
