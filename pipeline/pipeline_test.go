@@ -370,12 +370,17 @@ func BenchmarkRun(b *testing.B) {
 // approving is a consent step that approves, with edits when set, and
 // records what the approver was shown.
 type approving struct {
-	edits json.RawMessage
-	shown json.RawMessage
-	asked int
+	edits    json.RawMessage
+	shown    json.RawMessage
+	asked    int
+	finished []Outcome
 }
 
-func (a *approving) Finished(string, Outcome) {}
+func (a *approving) Finished(id string, out Outcome) {
+	if id == "c_1" {
+		a.finished = append(a.finished, out)
+	}
+}
 
 func (a *approving) Await(_ context.Context, _ *Call, _ Target, d policy.Decision, args json.RawMessage) (Approval, error) {
 	a.asked++
@@ -414,6 +419,11 @@ func TestConsentStep(t *testing.T) {
 			}
 			if rec := r.audit.recs[0]; rec.ConsentID != "c_1" {
 				t.Errorf("audit record without the consent id: %+v", rec)
+			}
+			// Whoever approved hears how the call ended, also when the
+			// edits were refused.
+			if len(step.finished) != 1 || step.finished[0].ToolError != out.ToolError {
+				t.Errorf("finished %+v, want the call's outcome once", step.finished)
 			}
 		})
 	}
