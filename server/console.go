@@ -72,7 +72,7 @@ func (g *Gateway) devLogin(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil || !devLoginUser.MatchString(body.User) {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": "the body must be {\"user\": NAME}, NAME 1-64 letters, digits or ._@-"})
+		writeAdminError(w, &adminError{Status: http.StatusBadRequest, Code: "invalid_request", Description: "the body must be {\"user\": NAME}, NAME 1-64 letters, digits or ._@-"})
 		return
 	}
 	req := identity.DPoPRequest{Proofs: r.Header.Values("DPoP"), Method: r.Method, URL: g.cfg.ResolvedPublicURL() + "/console/login"}
@@ -88,7 +88,7 @@ func (g *Gateway) devLogin(w http.ResponseWriter, r *http.Request) {
 		ClientID: "sag-console", Cnf: &identity.Confirmation{JKT: proof.JKT}}, devLoginTTL)
 	if err != nil {
 		g.log.Error("development sign-in: token not minted", "error", err)
-		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "the token could not be minted"})
+		writeAdminError(w, &adminError{Status: http.StatusInternalServerError, Code: "server_error", Description: "the token could not be minted"})
 		return
 	}
 	g.log.Info("development sign-in to the console", "user", body.User)
@@ -105,7 +105,7 @@ const maxGraphNodes = 500
 func consoleUser(w http.ResponseWriter, r *http.Request) (identity.Principal, bool) {
 	p, ok := principalOf(r)
 	if !ok || p.Agent != "" || p.Act != nil || p.User == "" {
-		writeJSON(w, http.StatusForbidden, map[string]string{"error": "forbidden", "error_description": "the console is for users; an agent's token cannot use it"})
+		writeAdminError(w, &adminError{Status: http.StatusForbidden, Code: "forbidden", Description: "the console is for users; an agent's token cannot use it"})
 		return p, false
 	}
 	return p, true
@@ -130,7 +130,7 @@ func (g *Gateway) consoleGraph(w http.ResponseWriter, r *http.Request) {
 	nodes, err := g.store.UserSessions(r.Context(), p.Issuer, p.User, maxGraphNodes)
 	if err != nil {
 		g.log.Error("console graph", "error", err)
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "temporarily_unavailable", "error_description": "the session graph could not be read"})
+		writeAdminError(w, &adminError{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", Description: "the session graph could not be read"})
 		return
 	}
 	for i := range nodes {
@@ -159,24 +159,24 @@ func (g *Gateway) consoleKill(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil || body.Session == "" {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": "the body must be {\"session\": ID}"})
+		writeAdminError(w, &adminError{Status: http.StatusBadRequest, Code: "invalid_request", Description: "the body must be {\"session\": ID}"})
 		return
 	}
 	nodes, err := g.store.UserSessions(r.Context(), p.Issuer, p.User, -1)
 	if err != nil {
 		g.log.Error("console kill", "error", err)
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "temporarily_unavailable", "error_description": "the session graph could not be read"})
+		writeAdminError(w, &adminError{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", Description: "the session graph could not be read"})
 		return
 	}
 	if !slices.ContainsFunc(nodes, func(n store.Session) bool { return n.ID == body.Session }) {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "error_description": "no such session of yours"})
+		writeAdminError(w, &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no such session of yours"})
 		return
 	}
 	start := time.Now()
 	res, err := g.Kill(r.Context(), KillRequest{Session: body.Session})
 	if err != nil {
 		g.log.Error("console kill", "error", err)
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "temporarily_unavailable", "error_description": "the session could not be killed"})
+		writeAdminError(w, &adminError{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", Description: "the session could not be killed"})
 		return
 	}
 	rec := store.AuditRecord{Method: "console/kill", PolicyID: "console", Decision: pipeline.DecisionAllow, Sub: p.User, MSID: body.Session,
