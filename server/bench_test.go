@@ -2,11 +2,15 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"runtime"
 	"testing"
 	"time"
 
+	mcpgo "github.com/mark3labs/mcp-go/mcp"
+	mcpserver "github.com/mark3labs/mcp-go/server"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/fixtures"
@@ -193,5 +197,48 @@ func BenchmarkPipelineSecure(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		benchCall(b, cs, "up__echo")
+	}
+}
+
+// BenchmarkCatalogScale is one tool call and the first page of tools/list
+// through the gateway when the upstream offers 10, 1,000 or 10,000 tools
+// (issue 11: a call's cost stays flat as the catalog grows).
+func BenchmarkCatalogScale(b *testing.B) {
+	for _, n := range []int{10, 1_000, 10_000} {
+		b.Run(fmt.Sprintf("tools=%d", n), func(b *testing.B) {
+			f := fixtures.NewServer(fixtures.Options{Name: "up"})
+			tools := make([]mcpserver.ServerTool, n)
+			for i := range tools {
+				def := mcpgo.NewToolWithRawSchema(fmt.Sprintf("tool%05d", i), "A tool of a large catalog.", json.RawMessage(`{"type":"object","properties":{"x":{"type":"string"}}}`))
+				tools[i] = mcpserver.ServerTool{Tool: def, Handler: func(context.Context, mcpgo.CallToolRequest) (*mcpgo.CallToolResult, error) {
+					return mcpgo.NewToolResultText("ok"), nil
+				}}
+			}
+			f.MCPServer().AddTools(tools...)
+			url, stop, err := f.StartHTTP(false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(stop)
+			cs := benchSession(b, benchGateway(b, url))
+			for range 50 {
+				benchCall(b, cs, "up__echo")
+			}
+			b.Run("call", func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					benchCall(b, cs, "up__echo")
+				}
+			})
+			b.Run("list-page", func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					res, err := cs.ListTools(context.Background(), nil)
+					if err != nil || len(res.Tools) == 0 {
+						b.Fatalf("tools/list: %v", err)
+					}
+				}
+			})
+		})
 	}
 }
