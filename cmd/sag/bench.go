@@ -52,6 +52,7 @@ func cmdBench(args []string) error {
 	security := fs.String("security", "none", "none: --auth open, plain upstream; full: DPoP on the client, token verification, per-upstream tokens minted and verified by the upstream")
 	peer := fs.String("peer", "", "a peer proxy `BINARY` to measure too: TBXark/mcp-proxy (v2 JSON config)")
 	cpuProfile := fs.String("cpuprofile", "", "write the gateway process's CPU profile (its whole run) to `FILE`")
+	memProfile := fs.String("memprofile", "", "write the gateway process's allocation profile (its whole run) to `FILE`")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -92,7 +93,7 @@ func cmdBench(args []string) error {
 		defer stop()
 		gwUpURL = u
 	}
-	gw, err := startChildGateway(addr, gwUpURL, *upProtocol, *gogc, *security, *cpuProfile)
+	gw, err := startChildGateway(addr, gwUpURL, *upProtocol, *gogc, *security, map[string]string{cpuProfileEnv: *cpuProfile, memProfileEnv: *memProfile})
 	if err != nil {
 		return err
 	}
@@ -433,7 +434,9 @@ func startChild(cmd *exec.Cmd, url, data, addr, ready string) (*child, error) {
 	}
 }
 
-func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security, cpuProfile string) (*child, error) {
+// startChildGateway starts 'sag serve' for the bench; profiles maps the
+// profile environment variables to the files they name ("" for none).
+func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security string, profiles map[string]string) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -465,12 +468,15 @@ func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security, cpuP
 	if gogc != "" {
 		cmd.Env = append(cmd.Env, "GOGC="+gogc)
 	}
-	if cpuProfile != "" {
-		abs, err := filepath.Abs(cpuProfile)
+	for env, file := range profiles {
+		if file == "" {
+			continue
+		}
+		abs, err := filepath.Abs(file)
 		if err != nil {
 			return nil, err
 		}
-		cmd.Env = append(cmd.Env, cpuProfileEnv+"="+abs)
+		cmd.Env = append(cmd.Env, env+"="+abs)
 	}
 	return startChild(cmd, "http://"+addr+"/mcp", data, addr, "http://"+addr+"/readyz")
 }

@@ -139,12 +139,25 @@ func cmdServe(args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if file := os.Getenv(memProfileEnv); file != "" {
+		// sag bench --memprofile: what the gateway allocated over its run.
+		defer func() {
+			if out, err := os.Create(file); err == nil {
+				pprof.Lookup("allocs").WriteTo(out, 0)
+				out.Close()
+			}
+		}()
+	}
 	return run(ctx, cfg, newLogger(cfg), nil)
 }
 
-// cpuProfileEnv names the file 'sag serve' writes its CPU profile to (set
-// by sag bench --cpuprofile for the gateway it starts).
-const cpuProfileEnv = "SAG_CPUPROFILE"
+// cpuProfileEnv and memProfileEnv name the files 'sag serve' writes its CPU
+// profile and its allocation profile to (set by sag bench --cpuprofile and
+// --memprofile for the gateway it starts).
+const (
+	cpuProfileEnv = "SAG_CPUPROFILE"
+	memProfileEnv = "SAG_MEMPROFILE"
+)
 
 // run starts a gateway for cfg, logging to log, and serves until ctx ends.
 // ready, if set, is called with the gateway's base URL once it accepts
