@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sag-gateway/sag/a2a"
 	"github.com/sag-gateway/sag/agui"
 	"github.com/sag-gateway/sag/consent"
 	"github.com/sag-gateway/sag/identity"
@@ -83,13 +84,15 @@ type Gateway struct {
 	activity activity
 	// consentStream serves POST /agui.
 	consentStream *agui.Stream
-	admin         string // admin API token
-	auth          *authn
-	revoked       *revocations
-	policy        atomic.Pointer[loadedPolicy] // swapped whole on reload
-	policyMu      sync.Mutex                   // serialises reloads
-	pins          *policy.Pins                 // tool pinning
-	upLimits      sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
+	// a2aRPC serves A2A JSON-RPC at /a2a; a2aCard the public agent card.
+	a2aRPC, a2aCard http.Handler
+	admin           string // admin API token
+	auth            *authn
+	revoked         *revocations
+	policy          atomic.Pointer[loadedPolicy] // swapped whole on reload
+	policyMu        sync.Mutex                   // serialises reloads
+	pins            *policy.Pins                 // tool pinning
+	upLimits        sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).
 	toolSchemas *lru.Cache[toolSchemaKey, *schemas.Schema]
@@ -215,6 +218,14 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		},
 		Listening: g.listeners.listen,
 		Log:       log,
+	})
+	g.a2aRPC, g.a2aCard = a2a.Handlers(a2a.Options{
+		Pipeline: g.pipeline,
+		Principal: func(ctx context.Context) (identity.Principal, bool) {
+			p, ok := ctx.Value(principalCtxKey{}).(identity.Principal)
+			return p, ok
+		},
+		URL: cfg.ResolvedPublicURL() + "/a2a", Version: deps.Version, Log: log,
 	})
 	g.handler = g.routes()
 	return g, nil

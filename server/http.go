@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sag-gateway/sag/a2a"
 	"github.com/sag-gateway/sag/agui"
 	"github.com/sag-gateway/sag/server/config"
 )
@@ -24,6 +25,9 @@ func (g *Gateway) routes() http.Handler {
 	// authenticates like any caller.
 	mux.Handle("POST /agui", g.metrics.instrument("/agui", g.checkOrigin(g.authenticated(g.consentStream.ServeHTTP))))
 	mux.Handle("GET /agui/ws", g.metrics.instrument("/agui/ws", g.checkOrigin(g.authenticated(g.consentStream.ServeWS))))
+	// A2A: JSON-RPC for authenticated callers, the agent card for anyone.
+	mux.Handle("/a2a", g.metrics.instrument("/a2a", g.checkOrigin(g.authenticated(g.a2aRPC.ServeHTTP))))
+	mux.Handle("GET "+a2a.CardPath, g.metrics.instrument(a2a.CardPath, g.a2aCard))
 	mux.Handle("GET "+agui.CapabilitiesPath, g.metrics.instrument(agui.CapabilitiesPath, agui.Capabilities(g.version)))
 	mux.Handle("GET "+resourceMetadataPath, g.metrics.instrument(resourceMetadataPath, http.HandlerFunc(g.resourceMetadata)))
 	mux.Handle("GET /.well-known/jwks.json", g.metrics.instrument("/.well-known/jwks.json", http.HandlerFunc(g.jwks)))

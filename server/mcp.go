@@ -244,6 +244,11 @@ func (fw mcpForwarder) Forward(ctx context.Context, c *pipeline.Call, t pipeline
 	}
 	ctx = upstreams.WithCaller(ctx, c.Principal, c.Sessions.MSID, cred)
 	req, _ := c.Origin.(mcp.Request)
+	if req == nil && c.Kind == pipeline.ToolCall {
+		// A tool call of another channel (A2A): on a pooled upstream
+		// connection, with no MCP session to relay to.
+		req = &mcp.CallToolRequest{Params: &mcp.CallToolParamsRaw{Name: c.Name}}
+	}
 	if req == nil {
 		return pipeline.Result{}, errors.New("mcp forwarder: a call without its MCP request")
 	}
