@@ -477,7 +477,9 @@ func (s *Stream) resume(ctx context.Context, p identity.Principal, open []consen
 			return nil, &runError{Code: "INVALID_RESUME", Message: "interrupt " + e.InterruptID + " does not allow edited arguments"}
 		case err != nil:
 			return nil, err
-		case wasOpen[got.ID] && (got.State == consent.Approved || got.State == consent.ApprovedWithEdits):
+		case wasOpen[got.ID] && !got.Later && (got.State == consent.Approved || got.State == consent.ApprovedWithEdits):
+			// The waiting call goes on at once and the run shows how it
+			// ends; one to be retried later is not waited for.
 			approved = append(approved, got.ID)
 		}
 	}

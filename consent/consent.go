@@ -61,6 +61,9 @@ type Request struct {
 	// schema carries it for the approver's UI; the call checks edits again).
 	AllowEdits bool            `json:"allow_edits,omitempty"`
 	ArgsSchema json.RawMessage `json:"args_schema,omitempty"`
+	// Later marks a call answered at once and retried with the request's
+	// id (multi-round-trip MCP, A2A): no call waits for the decision.
+	Later bool `json:"later,omitempty"`
 	// Risk is the session's risk score when the call arrived.
 	Risk float64 `json:"risk,omitempty"`
 	// Approvers say who may decide (the rule's principal matchers, as

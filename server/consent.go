@@ -66,6 +66,7 @@ func (s consentStep) Await(ctx context.Context, c *pipeline.Call, t pipeline.Tar
 		req.ArgsSchema, _ = json.Marshal(tool.Def.InputSchema) // a catalog schema was decoded from JSON
 	}
 	req.Risk = g.sessions.Risk(ctx, c).Risk
+	req.Later = c.Asker != nil && c.Asker.Later()
 	r, err := g.consent.Create(ctx, req, d.ConsentTTL)
 	if err != nil {
 		g.log.Error("consent request not recorded; call refused", "error", err)
