@@ -108,7 +108,8 @@ func TestBrokenUpstreams(t *testing.T) {
 	})
 
 	t.Run("flood", func(t *testing.T) {
-		t.Parallel()
+		// Not parallel to the other subtests: the heap it measures is the
+		// process's.
 		var before runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
@@ -129,9 +130,11 @@ func TestBrokenUpstreams(t *testing.T) {
 		var after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		if grown := int64(after.HeapInuse) - int64(before.HeapInuse); grown > 64<<20 {
+		grown := int64(after.HeapInuse) - int64(before.HeapInuse)
+		if grown > 64<<20 {
 			t.Errorf("heap in use grew by %d MiB during the flood", grown>>20)
 		}
+		t.Logf("heap in use grew by %d KiB", grown>>10)
 	})
 }
 
