@@ -4,15 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"iter"
 	"log/slog"
 	"net/http"
+	"slices"
+	"time"
 
 	spec "github.com/a2aproject/a2a-go/v2/a2a"
+	"github.com/a2aproject/a2a-go/v2/a2acompat/a2av0"
 	"github.com/a2aproject/a2a-go/v2/a2asrv"
 
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/pipeline"
+	"github.com/sag-gateway/sag/store"
 )
 
 // Runner runs a call through the pipeline.
@@ -20,51 +25,165 @@ type Runner interface {
 	Run(ctx context.Context, c *pipeline.Call) pipeline.Outcome
 }
 
+// Tool is a tool a caller may use, as its extended card lists it.
+type Tool struct {
+	Name, Description string
+}
+
 // Options configure the A2A endpoints.
 type Options struct {
 	Pipeline Runner
+	Tasks    TaskStore
 	// Principal returns the authenticated caller of a request's context
 	// (the server authenticates before the A2A handler sees it).
 	Principal func(ctx context.Context) (identity.Principal, bool)
-	// URL is the public URL of the JSON-RPC endpoint.
+	// Tools lists the tools p may call (the extended card's skills).
+	Tools func(ctx context.Context, p identity.Principal) ([]Tool, error)
+	// CancelConsent withdraws the consent request a cancelled task waits
+	// for.
+	CancelConsent func(ctx context.Context, id string) error
+	// URL is the public URL of the JSON-RPC endpoint; the HTTP+JSON
+	// binding is at URL + "/rest".
 	URL     string
 	Version string
-	Log     *slog.Logger
+	// Auth is the gateway's agent authentication ("open", "bearer",
+	// "dpop"); MTLS says agents may present an X.509-SVID.
+	Auth string
+	MTLS bool
+	Now  func() time.Time
+	Log  *slog.Logger
 }
 
 // CardPath is where the public agent card is served.
 const CardPath = "/.well-known/agent-card.json"
 
-// Handlers returns the JSON-RPC endpoint (SendMessage, GetTask, …) and the
-// public agent card. A message's data part {"tool", "arguments"} is one
-// tool call through the pipeline; the task ends COMPLETED with the result
-// as an artifact, FAILED on a tool error, REJECTED when it is denied, and
-// waits in INPUT_REQUIRED while its user's consent is asked (a message on
-// the same task goes on once it is given).
-func Handlers(o Options) (rpc, card http.Handler) {
-	opts := []a2asrv.RequestHandlerOption{a2asrv.WithCallInterceptors(principalInterceptor{o.Principal})}
+// Server is SAG's A2A agent: a message's data part {"tool", "arguments"}
+// is one tool call through the pipeline; the task ends COMPLETED with the
+// result as an artifact, FAILED on a tool error, REJECTED when it is
+// denied, and waits in INPUT_REQUIRED while its user's consent is asked (a
+// message on the same task goes on once it is given). Tasks are stored,
+// each its caller's alone.
+type Server struct {
+	// RPC serves JSON-RPC (A2A 1.0, and 0.3 for clients that send no
+	// A2A-Version or 0.3); REST the HTTP+JSON binding; Card the public
+	// agent card.
+	RPC, REST, Card http.Handler
+	o               Options
+	tasks           tasks
+}
+
+// New builds the A2A endpoints.
+func New(o Options) *Server {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &Server{o: o, tasks: tasks{st: o.Tasks, now: o.Now}}
+	card := s.card()
+	opts := []a2asrv.RequestHandlerOption{
+		a2asrv.WithCallInterceptors(principalInterceptor{o.Principal}),
+		a2asrv.WithTaskStore(s.tasks),
+		a2asrv.WithExtendedAgentCardProducer(a2asrv.ExtendedAgentCardProducerFn(s.extendedCard)),
+		a2asrv.WithCapabilityChecks(&card.Capabilities),
+	}
 	if o.Log != nil {
 		opts = append(opts, a2asrv.WithLogger(o.Log.With("channel", "a2a")))
 	}
-	h := a2asrv.NewHandler(&executor{o: o}, opts...)
+	h := a2asrv.NewHandler(&executor{s: s}, opts...)
+	v1, v0 := a2asrv.NewJSONRPCHandler(h), a2av0.NewJSONRPCHandler(h)
+	s.RPC = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch v := r.Header.Get(spec.SvcParamVersion); v {
+		case string(spec.Version), "1":
+			v1.ServeHTTP(w, r)
+		case "", string(a2av0.Version):
+			// A2A §3.6: no version header means 0.3.
+			v0.ServeHTTP(w, r)
+		default:
+			writeVersionError(w, v)
+		}
+	})
+	s.REST = a2asrv.NewRESTHandler(h)
+	// The card is A2A 1.0's (the SDK's 0.3 union form writes security
+	// schemes only as 0.3 has them, which 1.0 clients cannot read); it
+	// lists the 0.3 JSON-RPC interface too.
+	s.Card = a2asrv.NewStaticAgentCardHandler(card)
+	return s
+}
+
+// writeVersionError answers a request for an A2A version SAG does not
+// speak: JSON-RPC error -32009 (VersionNotSupportedError).
+func writeVersionError(w http.ResponseWriter, v string) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"jsonrpc": "2.0", "id": nil, "error": map[string]any{
+		"code": -32009, "message": fmt.Sprintf("A2A-Version %q is not supported: use %s or %s", v, spec.Version, a2av0.Version)}})
+}
+
+// card is the public agent card: what SAG is, its bindings, how to
+// authenticate, and the generic skill. The caller's own tools are in the
+// extended card.
+func (s *Server) card() *spec.AgentCard {
+	o := s.o
 	c := &spec.AgentCard{
 		Name:        "SAG",
 		Description: "Session-Aware Agent Gateway: the tools its upstream MCP servers offer, under the caller's allow-lists, consent and audit.",
 		Version:     o.Version,
 		SupportedInterfaces: []*spec.AgentInterface{
 			spec.NewAgentInterface(o.URL, spec.TransportProtocolJSONRPC),
+			spec.NewAgentInterface(o.URL+"/rest", spec.TransportProtocolHTTPJSON),
+			{URL: o.URL, ProtocolBinding: spec.TransportProtocolJSONRPC, ProtocolVersion: a2av0.Version},
 		},
+		Capabilities:       spec.AgentCapabilities{Streaming: true, ExtendedAgentCard: true},
 		DefaultInputModes:  []string{"application/json"},
 		DefaultOutputModes: []string{"application/json", "text/plain"},
 		Skills: []spec.AgentSkill{{
 			ID:          "call-tool",
 			Name:        "Call a tool",
-			Description: `Send a data part {"tool": NAME, "arguments": {...}}: one call of a tool the caller may use, as tools/list names it.`,
+			Description: `Send a data part {"tool": NAME, "arguments": {...}}: one call of a tool the caller may use (the extended card lists them as skills).`,
 			Tags:        []string{"mcp", "tools"},
 			InputModes:  []string{"application/json"},
 		}},
 	}
-	return a2asrv.NewJSONRPCHandler(h), a2asrv.NewStaticAgentCardHandler(c)
+	var scheme spec.SecuritySchemeName
+	switch o.Auth {
+	case "bearer":
+		scheme = "bearer"
+		c.SecuritySchemes = spec.NamedSecuritySchemes{scheme: spec.HTTPAuthSecurityScheme{Scheme: "Bearer", BearerFormat: "JWT",
+			Description: "an access token from one of the gateway's trusted issuers (RFC 6750)"}}
+	case "dpop":
+		scheme = "dpop"
+		c.SecuritySchemes = spec.NamedSecuritySchemes{scheme: spec.HTTPAuthSecurityScheme{Scheme: "DPoP", BearerFormat: "JWT",
+			Description: "a DPoP-bound access token with a fresh DPoP proof on every request (RFC 9449)"}}
+	}
+	if scheme != "" {
+		c.SecurityRequirements = spec.SecurityRequirementsOptions{{scheme: {}}}
+		if o.MTLS {
+			c.SecuritySchemes["mtls"] = spec.MutualTLSSecurityScheme{Description: "an X.509-SVID of the gateway's trust domain names the agent (SPIFFE)"}
+			c.SecurityRequirements = append(spec.SecurityRequirementsOptions{{scheme: {}, "mtls": {}}}, c.SecurityRequirements...)
+		}
+	}
+	return c
+}
+
+// extendedCard is the card with the caller's own tools as skills.
+func (s *Server) extendedCard(ctx context.Context, _ *spec.GetExtendedAgentCardRequest) (*spec.AgentCard, error) {
+	cc, _ := a2asrv.CallContextFrom(ctx)
+	var p identity.Principal
+	ok := false
+	if cc != nil && cc.User != nil {
+		p, ok = cc.User.Attributes[principalAttr].(identity.Principal)
+	}
+	if !ok {
+		return nil, spec.ErrUnauthenticated
+	}
+	tools, err := s.o.Tools(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	c := s.card()
+	for _, t := range tools {
+		c.Skills = append(c.Skills, spec.AgentSkill{ID: t.Name, Name: t.Name, Description: t.Description, Tags: []string{"tool"},
+			InputModes: []string{"application/json"}})
+	}
+	return c, nil
 }
 
 // principalAttr carries the caller's principal in the A2A user's attributes.
@@ -89,11 +208,13 @@ func (principalInterceptor) After(context.Context, *a2asrv.CallContext, *a2asrv.
 }
 
 // executor runs each task's tool call through the pipeline.
-type executor struct{ o Options }
+type executor struct{ s *Server }
 
-// toolCall is the data part of a message that calls a tool.
+// toolCall is the data part of a message that calls a tool (by its name as
+// "tool", or as the extended card's skill id).
 type toolCall struct {
 	Tool      string          `json:"tool"`
+	Skill     string          `json:"skill,omitempty"`
 	Arguments json.RawMessage `json:"arguments,omitempty"`
 }
 
@@ -127,7 +248,15 @@ func (e *executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter
 		}
 		c := &pipeline.Call{Principal: p, Channel: pipeline.A2A, Kind: pipeline.ToolCall, Workflow: ec.ContextID,
 			Name: call.Tool, Args: call.Arguments, Asker: later{}, Resume: resume}
-		for _, ev := range events(ec, call, e.o.Pipeline.Run(ctx, c)) {
+		out := e.s.o.Pipeline.Run(ctx, c)
+		if nodes := c.Sessions.Nodes(); len(nodes) > 0 {
+			// A kill of any of these nodes cancels the task.
+			if err := e.s.o.Tasks.BindA2ATask(context.WithoutCancel(ctx), string(ec.TaskID), nodes); err != nil {
+				yield(nil, err)
+				return
+			}
+		}
+		for _, ev := range events(ec, call, out) {
 			if !yield(ev, nil) {
 				return
 			}
@@ -148,7 +277,10 @@ func events(ec *a2asrv.ExecutorContext, call toolCall, out pipeline.Outcome) []s
 		return []spec.Event{spec.NewStatusUpdateEvent(ec, spec.TaskStateInputRequired, spec.NewMessageForTask(spec.MessageRoleAgent, ec, spec.NewDataPart(plain(pc)), spec.NewTextPart(out.Input.Message)))}
 	case out.Err != nil:
 		state := spec.TaskStateFailed
-		if out.Record.Decision == pipeline.DecisionDeny {
+		switch {
+		case out.Err.Code == pipeline.CodeCancelled:
+			state = spec.TaskStateCanceled
+		case out.Record.Decision == pipeline.DecisionDeny:
 			state = spec.TaskStateRejected
 		}
 		return []spec.Event{spec.NewStatusUpdateEvent(ec, state, text(out.Err.Message))}
@@ -192,10 +324,53 @@ func events(ec *a2asrv.ExecutorContext, call toolCall, out pipeline.Outcome) []s
 	return []spec.Event{spec.NewArtifactEvent(ec, parts...), spec.NewStatusUpdateEvent(ec, spec.TaskStateCompleted, nil)}
 }
 
-func (e *executor) Cancel(_ context.Context, ec *a2asrv.ExecutorContext) iter.Seq2[spec.Event, error] {
+// Cancel ends a task; a task waiting for consent withdraws its request
+// (a running call is cancelled by the SDK, which ends its context).
+func (e *executor) Cancel(ctx context.Context, ec *a2asrv.ExecutorContext) iter.Seq2[spec.Event, error] {
 	return func(yield func(spec.Event, error) bool) {
+		if id := waitingConsent(ec.StoredTask); id != "" {
+			if err := e.s.o.CancelConsent(ctx, id); err != nil {
+				yield(nil, err)
+				return
+			}
+		}
 		yield(spec.NewStatusUpdateEvent(ec, spec.TaskStateCanceled, nil), nil)
 	}
+}
+
+// Killed cancels every live task whose calls ran under a killed
+// session-graph node; it returns how many.
+func (s *Server) Killed(ctx context.Context, killed map[string]bool) (int, error) {
+	live, err := s.o.Tasks.LiveA2ATasks(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, r := range live {
+		if !slices.ContainsFunc(r.Nodes, func(id string) bool { return killed[id] }) {
+			continue
+		}
+		t, err := decodeTask(r.Task)
+		if err != nil {
+			return n, err
+		}
+		now := s.o.Now()
+		t.Status = spec.TaskStatus{State: spec.TaskStateCanceled, Timestamp: &now,
+			Message: spec.NewMessageForTask(spec.MessageRoleAgent, t, spec.NewTextPart("cancelled: its session was killed"))}
+		up, err := s.tasks.record(r.Owner, t, r.Version+1)
+		if err != nil {
+			return n, err
+		}
+		switch err := s.o.Tasks.UpdateA2ATask(ctx, up, r.Version); {
+		case errors.Is(err, store.ErrConflict):
+			// It moved on meanwhile: its running call was cancelled too.
+		case err != nil:
+			return n, err
+		default:
+			n++
+		}
+	}
+	return n, nil
 }
 
 // principalOf returns the principal principalInterceptor attached.
@@ -221,12 +396,31 @@ func callOf(ec *a2asrv.ExecutorContext) (call toolCall, resume string, err error
 	}
 	if ec.Message != nil {
 		for _, part := range ec.Message.Parts {
-			if decodePart(part, &call) && call.Tool != "" {
+			if decodePart(part, &call) && (call.Tool != "" || call.Skill != "") {
+				if call.Tool == "" {
+					call.Tool = call.Skill
+				}
+				call.Skill = ""
 				return call, "", nil
 			}
 		}
 	}
 	return call, "", errors.Join(spec.ErrInvalidParams, errors.New(`the message needs a data part {"tool": NAME, "arguments": {...}}`))
+}
+
+// waitingConsent is the consent request a task in INPUT_REQUIRED waits
+// for, "" for none.
+func waitingConsent(t *spec.Task) string {
+	if t == nil || t.Status.State != spec.TaskStateInputRequired || t.Status.Message == nil {
+		return ""
+	}
+	for _, part := range t.Status.Message.Parts {
+		var pc pendingConsent
+		if decodePart(part, &pc) && pc.Consent.ID != "" {
+			return pc.Consent.ID
+		}
+	}
+	return ""
 }
 
 // plain is v as JSON's own values (maps, slices, strings, numbers): what a

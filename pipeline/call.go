@@ -60,6 +60,17 @@ type Sessions struct {
 	USID, WSID, ASID, MSID string
 }
 
+// Nodes are the call's session-graph ids, those it has.
+func (s Sessions) Nodes() []string {
+	var out []string
+	for _, id := range []string{s.USID, s.WSID, s.ASID, s.MSID} {
+		if id != "" {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
 // Call is one request on its way to an upstream: who, from where, what.
 type Call struct {
 	Principal identity.Principal

@@ -59,6 +59,7 @@ type Store interface {
 	PutUserKill(ctx context.Context, k store.UserKill) error
 	UserKills(ctx context.Context) ([]store.UserKill, error)
 	consent.Store
+	a2a.TaskStore
 	Close() error
 }
 
@@ -84,15 +85,15 @@ type Gateway struct {
 	activity activity
 	// consentStream serves POST /agui.
 	consentStream *agui.Stream
-	// a2aRPC serves A2A JSON-RPC at /a2a; a2aCard the public agent card.
-	a2aRPC, a2aCard http.Handler
-	admin           string // admin API token
-	auth            *authn
-	revoked         *revocations
-	policy          atomic.Pointer[loadedPolicy] // swapped whole on reload
-	policyMu        sync.Mutex                   // serialises reloads
-	pins            *policy.Pins                 // tool pinning
-	upLimits        sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
+	// a2a serves A2A at /a2a and the public agent card.
+	a2a      *a2a.Server
+	admin    string // admin API token
+	auth     *authn
+	revoked  *revocations
+	policy   atomic.Pointer[loadedPolicy] // swapped whole on reload
+	policyMu sync.Mutex                   // serialises reloads
+	pins     *policy.Pins                 // tool pinning
+	upLimits sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).
 	toolSchemas *lru.Cache[toolSchemaKey, *schemas.Schema]
@@ -219,13 +220,18 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		Listening: g.listeners.listen,
 		Log:       log,
 	})
-	g.a2aRPC, g.a2aCard = a2a.Handlers(a2a.Options{
+	g.a2a = a2a.New(a2a.Options{
 		Pipeline: g.pipeline,
+		Tasks:    g.store,
 		Principal: func(ctx context.Context) (identity.Principal, bool) {
 			p, ok := ctx.Value(principalCtxKey{}).(identity.Principal)
 			return p, ok
 		},
-		URL: cfg.ResolvedPublicURL() + "/a2a", Version: deps.Version, Log: log,
+		Tools:         g.toolsFor,
+		CancelConsent: g.consent.Cancel,
+		URL:           cfg.ResolvedPublicURL() + "/a2a", Version: deps.Version,
+		Auth: cfg.Auth, MTLS: g.auth.serverTLS() != nil,
+		Now: g.sessions.now, Log: log,
 	})
 	g.handler = g.routes()
 	return g, nil

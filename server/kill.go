@@ -43,6 +43,8 @@ type KillResult struct {
 	// CancelledConsents is how many pending consent requests were
 	// cancelled.
 	CancelledConsents int `json:"cancelled_consents"`
+	// CancelledTasks is how many live A2A tasks were cancelled.
+	CancelledTasks int `json:"cancelled_tasks"`
 	// Issuers are the issuers whose tokens of the killed user were
 	// revoked (user kills only).
 	Issuers []string `json:"issuers,omitempty"`
@@ -109,6 +111,11 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 		res.CancelledConsents = n
 	}
 	g.auth.minter.Forget(res.Revoked...)
+	if n, err := g.a2a.Killed(ctx, revoked); err != nil {
+		g.log.Error("kill: A2A tasks not all cancelled; their sessions refuse them anyway", "error", err)
+	} else {
+		res.CancelledTasks = n
+	}
 	// Cancelled calls answer their clients with an error before the
 	// sessions close: a client whose stream just vanished would retry
 	// before giving up.

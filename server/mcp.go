@@ -11,6 +11,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/a2a"
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/policy"
@@ -425,4 +426,25 @@ func (g *Gateway) audit(ctx context.Context, rec *store.AuditRecord, start time.
 	rec.Time = start.UTC()
 	rec.LatencyUS = time.Since(start).Microseconds()
 	return g.store.Append(context.WithoutCancel(ctx), *rec)
+}
+
+// toolsFor lists the tools p may call, as the A2A extended card shows them.
+func (g *Gateway) toolsFor(ctx context.Context, p identity.Principal) ([]a2a.Tool, error) {
+	cat := g.upstreams.Catalog()
+	c := &pipeline.Call{Principal: p, Channel: pipeline.A2A, Kind: pipeline.List, Name: "tools/list"}
+	entries := make([]policy.Target, len(cat.Tools))
+	for i := range cat.Tools {
+		entries[i] = policyTool(&cat.Tools[i])
+	}
+	vis, perr := g.pipeline.List(ctx, c, entries)
+	if perr != nil {
+		return nil, perr
+	}
+	var out []a2a.Tool
+	for i, t := range cat.Tools {
+		if vis[i].Shown {
+			out = append(out, a2a.Tool{Name: t.Name, Description: t.Def.Description})
+		}
+	}
+	return out, nil
 }

@@ -174,6 +174,25 @@ CREATE INDEX consent_requests_pending ON consent_requests (state) WHERE state = 
 ALTER TABLE sessions ADD COLUMN issuer TEXT NOT NULL DEFAULT '';
 CREATE INDEX sessions_user ON sessions (subject, issuer) WHERE kind = 'user';
 `,
+	// 9: A2A tasks, each its owner's alone, and the session-graph nodes of
+	// the calls they made (a kill cancels the tasks under it).
+	`
+CREATE TABLE a2a_tasks (
+	id          TEXT PRIMARY KEY,
+	owner       TEXT NOT NULL,
+	context_id  TEXT NOT NULL,
+	state       TEXT NOT NULL,
+	status_time INTEGER NOT NULL, -- Unix nanoseconds, 0 when the status has no timestamp
+	version     INTEGER NOT NULL,
+	updated     INTEGER NOT NULL, -- Unix nanoseconds
+	task        TEXT NOT NULL -- the whole task as JSON
+);
+CREATE INDEX a2a_tasks_owner ON a2a_tasks (owner, updated DESC, id DESC);
+CREATE TABLE a2a_task_nodes (
+	id    TEXT PRIMARY KEY,
+	nodes TEXT NOT NULL -- session-graph ids, space-separated
+);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and
