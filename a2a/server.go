@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	spec "github.com/a2aproject/a2a-go/v2/a2a"
@@ -229,6 +230,22 @@ type pendingConsent struct {
 	toolCall
 }
 
+// pendingAgent is the data part of an INPUT_REQUIRED status whose upstream
+// agent asks its caller something: the next message is the answer, sent on
+// the agent's task.
+type pendingAgent struct {
+	Agent agentState `json:"agent"`
+	toolCall
+}
+
+// agentState is what a tool result says of an upstream agent's task
+// (structuredContent "a2a").
+type agentState struct {
+	State     string `json:"state"`
+	TaskID    string `json:"taskId,omitempty"`
+	ContextID string `json:"contextId,omitempty"`
+}
+
 func (e *executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter.Seq2[spec.Event, error] {
 	return func(yield func(spec.Event, error) bool) {
 		p, ok := principalOf(ec)
@@ -304,6 +321,19 @@ func events(ec *a2asrv.ExecutorContext, call toolCall, out pipeline.Outcome) []s
 		IsError           bool `json:"isError"`
 	}
 	_ = json.Unmarshal(raw, &res) // a tool result's JSON
+	var upstream struct {
+		A2A agentState `json:"a2a"`
+	}
+	if decodeAny(res.StructuredContent, &upstream) && upstream.A2A.State == "input-required" && upstream.A2A.TaskID != "" {
+		// An upstream agent asks for input: the task waits for the answer.
+		pa := pendingAgent{Agent: upstream.A2A, toolCall: call}
+		var question []string
+		for _, c := range res.Content {
+			question = append(question, c.Text)
+		}
+		return []spec.Event{spec.NewStatusUpdateEvent(ec, spec.TaskStateInputRequired, spec.NewMessageForTask(spec.MessageRoleAgent, ec,
+			spec.NewDataPart(plain(pa)), spec.NewTextPart(strings.Join(question, "\n"))))}
+	}
 	var parts []*spec.Part
 	for _, c := range res.Content {
 		if c.Type == "text" {
@@ -392,6 +422,12 @@ func callOf(ec *a2asrv.ExecutorContext) (call toolCall, resume string, err error
 			if decodePart(part, &pc) && pc.Consent.ID != "" && pc.Tool != "" {
 				return pc.toolCall, pc.Consent.ID, nil
 			}
+			var pa pendingAgent
+			if decodePart(part, &pa) && pa.Agent.TaskID != "" && pa.Tool != "" {
+				// The message answers the upstream agent's question.
+				args, _ := json.Marshal(map[string]string{"message": messageText(ec.Message), "taskId": pa.Agent.TaskID, "contextId": pa.Agent.ContextID})
+				return toolCall{Tool: pa.Tool, Arguments: args}, "", nil
+			}
 		}
 	}
 	if ec.Message != nil {
@@ -434,12 +470,30 @@ func plain(v any) any {
 
 // decodePart decodes a data part into v.
 func decodePart(part *spec.Part, v any) bool {
-	d := part.Data()
+	return decodeAny(part.Data(), v)
+}
+
+// decodeAny decodes JSON values (maps, slices, …) into v.
+func decodeAny(d, v any) bool {
 	if d == nil {
 		return false
 	}
 	b, err := json.Marshal(d)
 	return err == nil && json.Unmarshal(b, v) == nil
+}
+
+// messageText is the text of a message's text parts.
+func messageText(m *spec.Message) string {
+	if m == nil {
+		return ""
+	}
+	var out []string
+	for _, p := range m.Parts {
+		if t := p.Text(); t != "" {
+			out = append(out, t)
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 // later is the A2A channel's Asker: a call waiting for consent answers at

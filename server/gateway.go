@@ -307,7 +307,7 @@ func specFromConfig(u config.Upstream) (upstreams.Spec, error) {
 	if err != nil {
 		return upstreams.Spec{}, fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
-	spec := upstreams.Spec{Name: u.Name, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout), ProtocolVersion: u.ProtocolVersion, WithdrawWhenDown: u.WithdrawWhenDown, Auth: u.Auth}
+	spec := upstreams.Spec{Name: u.Name, Kind: u.Kind, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout), ProtocolVersion: u.ProtocolVersion, WithdrawWhenDown: u.WithdrawWhenDown, Auth: u.Auth}
 	if u.RateLimit != nil {
 		spec.RateLimit = &upstreams.RateLimit{PerMinute: u.RateLimit.PerMinute, Burst: u.RateLimit.Burst}
 	}

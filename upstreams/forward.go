@@ -193,7 +193,9 @@ func (m *Manager) CallTool(ctx context.Context, down *mcp.ServerSession, t *Tool
 			return m.resumeBridged(ctx, t, p)
 		}
 	}
-	if u, ok := m.lookup(t.Upstream); ok && u.bridges(down) {
+	if u, ok := m.lookup(t.Upstream); ok && u.spec.Kind == KindA2A {
+		return m.callAgent(ctx, u, down, t, p)
+	} else if ok && u.bridges(down) {
 		return m.callBridged(ctx, u, down, t, p)
 	}
 	res, err := forward(ctx, m, t.Upstream, down, p.Meta, func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (*mcp.CallToolResult, error) {
@@ -513,7 +515,7 @@ func (m *Manager) httpClient(u *upstream, c *conn) *http.Client {
 		base = http.DefaultTransport
 	}
 	if m.opts.Credentials != nil && u.spec.Auth != AuthNone {
-		base = &credentialTransport{base: base, creds: m.opts.Credentials, u: u, c: c}
+		base = &credentialTransport{base: base, creds: m.opts.Credentials, u: u, caller: c.caller.Load}
 	}
 	hc.Transport = &cancelShim{base: base}
 	return &hc
@@ -544,16 +546,16 @@ func (t *cancelShim) RoundTrip(req *http.Request) (*http.Response, error) {
 // credentialTransport authenticates each request of one connection for the
 // caller the connection currently serves.
 type credentialTransport struct {
-	base  http.RoundTripper
-	creds Credentials
-	u     *upstream
-	c     *conn
+	base   http.RoundTripper
+	creds  Credentials
+	u      *upstream
+	caller func() *caller
 }
 
 func (t *credentialTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	req = req.Clone(req.Context())
 	var err error
-	if cl := t.c.caller.Load(); cl != nil && cl.cred != nil {
+	if cl := t.caller(); cl != nil && cl.cred != nil {
 		err = cl.cred.Apply(req) // minted by the pipeline for this call
 	} else {
 		o := t.u.onBehalfOf()

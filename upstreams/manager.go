@@ -151,6 +151,11 @@ func (m *Manager) Add(ctx context.Context, spec Spec) (Report, error) {
 		return Report{}, err
 	}
 	tgt, _ := parseTarget(spec.URL)
+	supervise := (*upstream).supervise
+	if spec.Kind == KindA2A {
+		tgt.transport, tgt.endpoint = TransportA2A, strings.TrimRight(tgt.endpoint, "/")
+		supervise = (*upstream).superviseAgent
+	}
 	u := newUpstream(m, spec, tgt)
 	m.mu.Lock()
 	select {
@@ -169,7 +174,7 @@ func (m *Manager) Add(ctx context.Context, spec Spec) (Report, error) {
 	m.mu.Unlock()
 	go func() {
 		defer m.wg.Done()
-		u.supervise()
+		supervise(u)
 	}()
 
 	select {

@@ -21,6 +21,17 @@ const (
 	TransportSSE Transport = "sse"
 	// TransportStdio is a spawned command speaking MCP on stdin/stdout (stdio:COMMAND ARGS).
 	TransportStdio Transport = "stdio"
+	// TransportA2A is an A2A agent (Spec.Kind KindA2A) at its base URL.
+	TransportA2A Transport = "a2a"
+)
+
+// Kinds of upstream.
+const (
+	// KindMCP is an MCP server (the default).
+	KindMCP = "mcp"
+	// KindA2A is an A2A agent: SAG reads its agent card and offers each of
+	// its skills as a tool.
+	KindA2A = "a2a"
 )
 
 // Naming is how an upstream's tool and prompt names appear in the catalog.
@@ -49,6 +60,8 @@ func ParseNaming(s string) (Naming, error) {
 type Spec struct {
 	// Name is the upstream's unique name; it is the default tool-name prefix.
 	Name string `json:"name"`
+	// Kind is KindMCP ("" too) or KindA2A.
+	Kind string `json:"kind,omitempty"`
 	// URL is http(s)://… (Streamable HTTP), sse+http(s)://… (legacy SSE) or
 	// stdio:COMMAND ARGS (a spawned server).
 	URL string `json:"url"`
@@ -121,8 +134,21 @@ func (s Spec) Validate() error {
 	if !slices.Contains([]string{"", AuthDPoP, AuthMTLS, AuthNone}, s.Auth) {
 		return fmt.Errorf("upstream %s: auth %q: want dpop, mtls or none", s.Name, s.Auth)
 	}
-	if _, err := parseTarget(s.URL); err != nil {
+	tgt, err := parseTarget(s.URL)
+	if err != nil {
 		return fmt.Errorf("upstream %s: %w", s.Name, err)
+	}
+	switch s.Kind {
+	case "", KindMCP:
+	case KindA2A:
+		if tgt.transport != TransportHTTP {
+			return fmt.Errorf("upstream %s: url %q: an A2A agent's url is its http(s):// base URL (its card is at %s under it)", s.Name, s.URL, AgentCardPath)
+		}
+		if s.ProtocolVersion != "" || len(s.Env) > 0 {
+			return fmt.Errorf("upstream %s: protocol_version and env are for MCP upstreams, not A2A agents", s.Name)
+		}
+	default:
+		return fmt.Errorf("upstream %s: kind %q: want mcp or a2a", s.Name, s.Kind)
 	}
 	return nil
 }
@@ -136,6 +162,9 @@ func (s Spec) Transport() Transport {
 	t, err := parseTarget(s.URL)
 	if err != nil {
 		return ""
+	}
+	if s.Kind == KindA2A {
+		return TransportA2A
 	}
 	return t.transport
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	spec "github.com/a2aproject/a2a-go/v2/a2a"
 	"log/slog"
 	"net"
 	"os"
@@ -35,6 +36,7 @@ type upstream struct {
 	pool     []*conn // idle pooled connections for stateless clients (bridge.go)
 	busy     int     // pooled connections checked out
 	listing  listing
+	card     *spec.AgentCard // an A2A upstream's, once read
 	lastErr  string
 	closed   bool
 
@@ -396,7 +398,7 @@ func (u *upstream) stateless() bool {
 func (u *upstream) currentListing() listing {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.spec.WithdrawWhenDown && u.control == nil {
+	if u.spec.WithdrawWhenDown && u.control == nil && u.card == nil {
 		return listing{upstream: u.spec.Name, naming: u.spec.Prefix}
 	}
 	return u.listing
@@ -408,7 +410,7 @@ func (u *upstream) status() Status {
 	return Status{
 		Spec:       u.spec,
 		Transport:  u.tgt.transport,
-		Connected:  u.control != nil,
+		Connected:  u.control != nil || u.card != nil,
 		Negotiated: u.version,
 		LastError:  u.lastErr,
 		Tools:      len(u.listing.tools),

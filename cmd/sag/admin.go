@@ -121,6 +121,7 @@ func cmdUpstreams(args []string) error {
 	switch args[0] {
 	case "add":
 		prefix := fs.String("prefix", "", "naming override: always, conditional or none")
+		kind := fs.String("kind", "", "mcp (default) or a2a: URL is an A2A agent's base URL, each skill of its card a tool")
 		timeout := fs.String("timeout", "", "per-call timeout (Go duration)")
 		var env repeated
 		fs.Var(&env, "env", "environment `VAR` passed to a stdio upstream (repeatable)")
@@ -129,7 +130,7 @@ func cmdUpstreams(args []string) error {
 			return err
 		}
 		var out server.UpstreamResponse
-		req := server.UpstreamRequest{Name: fs.Arg(0), URL: fs.Arg(1), Prefix: *prefix, Env: env, Timeout: *timeout}
+		req := server.UpstreamRequest{Name: fs.Arg(0), Kind: *kind, URL: fs.Arg(1), Prefix: *prefix, Env: env, Timeout: *timeout}
 		if err := c.do(http.MethodPost, "/admin/upstreams", req, &out); err != nil {
 			return err
 		}

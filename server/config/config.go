@@ -173,6 +173,9 @@ type SPIFFE struct {
 type Upstream struct {
 	// Name is unique among upstreams and the default tool-name prefix.
 	Name string `yaml:"name" json:"name"`
+	// Kind is "mcp" (default) or "a2a": an A2A agent whose card is at
+	// URL + /.well-known/agent-card.json.
+	Kind string `yaml:"kind" json:"kind,omitempty"`
 	// URL is http(s)://… (Streamable HTTP), sse+http(s)://… (legacy
 	// HTTP+SSE) or stdio:COMMAND ARGS (a spawned process).
 	URL string `yaml:"url" json:"url"`

@@ -1,0 +1,125 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	spec "github.com/a2aproject/a2a-go/v2/a2a"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/fixtures"
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/server"
+	"github.com/sag-gateway/sag/server/config"
+)
+
+// startAgentUpstream starts the A2A fixture agent as a strict resource
+// server of tg's tokens and registers it as the upstream "helper".
+func startAgentUpstream(t *testing.T, tg *testGateway, o fixtures.AgentOptions) (*fixtures.Agent, server.UpstreamResponse) {
+	t.Helper()
+	o.Verify = &fixtures.Verify{JWKSURL: tg.Base + "/.well-known/jwks.json", Issuer: tg.Base, Actor: tg.Base}
+	a := fixtures.NewAgent(o)
+	url, stop, err := a.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return a, tg.addUpstream(t, server.UpstreamRequest{Name: "helper", Kind: "a2a", URL: url})
+}
+
+// TestAgentUpstream: an A2A agent registered as an upstream offers its
+// skills as tools to MCP and A2A callers; every request it gets carries a
+// token minted for it (never the caller's); its questions reach the caller
+// and the answer continues its task; AUTH_REQUIRED is refused; a call that
+// ends early cancels the agent's task.
+func TestAgentUpstream(t *testing.T) {
+	tg := startGateway(t, func(c *config.Config) { c.Auth = config.AuthDPoP; allowAll(t, c) })
+	ag, reg := startAgentUpstream(t, tg, fixtures.AgentOptions{Name: "helper"})
+	if !reg.Connected || reg.Tools != 4 || reg.Transport != "a2a" {
+		t.Fatalf("registered agent: %+v", reg)
+	}
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	cs := alice.connect(t, tg.MCP)
+	tools := toolNames(t, cs)
+	for _, name := range []string{"helper__echo", "helper__ask", "helper__auth", "helper__slow"} {
+		if tools[name] == nil {
+			t.Fatalf("tools/list lacks %s: %v", name, tools)
+		}
+	}
+
+	if res := callTool(t, cs, "helper__echo", map[string]any{"message": "hi"}); res.IsError || toolText(res) != "echo: hi" {
+		t.Errorf("helper__echo: %q (isError %v)", toolText(res), res.IsError)
+	}
+	if ag.Verified().Accepted.Load() == 0 || ag.Verified().Refused.Load() != 0 {
+		t.Errorf("the agent accepted %d and refused %d requests (%v)", ag.Verified().Accepted.Load(), ag.Verified().Refused.Load(), ag.Verified().Reasons())
+	}
+	for _, c := range ag.Verified().Claims() {
+		if c.Subject != "alice" || c.Act == nil || c.Act.Sub != tg.Base {
+			t.Errorf("a token the agent got: sub %q act %+v; want alice, acted for by the gateway", c.Subject, c.Act)
+		}
+	}
+	for _, h := range ag.Authorizations() {
+		if strings.Contains(h, alice.token) {
+			t.Fatal("the agent received the caller's own token")
+		}
+	}
+
+	// The agent asks; the answer on its task completes it.
+	res := callTool(t, cs, "helper__ask", map[string]any{"message": "start"})
+	var st struct {
+		A2A struct{ State, TaskID, ContextID string } `json:"a2a"`
+	}
+	b, _ := json.Marshal(res.StructuredContent)
+	json.Unmarshal(b, &st)
+	if res.IsError || st.A2A.State != "input-required" || st.A2A.TaskID == "" || !strings.Contains(toolText(res), "What is your name?") {
+		t.Fatalf("helper__ask: %q %s", toolText(res), b)
+	}
+	if res := callTool(t, cs, "helper__ask", map[string]any{"message": "Alice", "taskId": st.A2A.TaskID, "contextId": st.A2A.ContextID}); res.IsError || toolText(res) != "hello, Alice" {
+		t.Errorf("the answer: %q (isError %v)", toolText(res), res.IsError)
+	}
+	if res := callTool(t, cs, "helper__auth", map[string]any{"message": "x"}); !res.IsError || !strings.Contains(toolText(res), "AUTH_REQUIRED") {
+		t.Errorf("helper__auth: %q (isError %v), want a refusal", toolText(res), res.IsError)
+	}
+	if res := callTool(t, cs, "helper__echo", map[string]any{}); !res.IsError {
+		t.Errorf("helper__echo without a message: %q, want a tool error", toolText(res))
+	}
+
+	// A call given up early cancels the agent's task.
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "helper__slow", Arguments: map[string]any{"message": "go"}})
+	cancel()
+	if err == nil {
+		t.Error("helper__slow returned before it was cancelled")
+	}
+	eventually(t, "the agent's task cancelled", func() bool { return ag.Cancelled() > 0 })
+
+	// A2A callers reach the same skills; the agent's question becomes the
+	// task's INPUT_REQUIRED and the next message answers it.
+	actx, acancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer acancel()
+	_, c := a2aClient(t, actx, tg, alice)
+	if task := send(t, actx, c, toolMessage("helper__echo", map[string]any{"message": "via a2a"})); task.Status.State != spec.TaskStateCompleted || !strings.Contains(partsText(task.Artifacts[0].Parts), "echo: via a2a") {
+		t.Errorf("A2A → agent: %s %+v", task.Status.State, task.Artifacts)
+	}
+	asking := send(t, actx, c, toolMessage("helper__ask", map[string]any{"message": "start"}))
+	if asking.Status.State != spec.TaskStateInputRequired || !strings.Contains(partsText(asking.Status.Message.Parts), "What is your name?") {
+		t.Fatalf("A2A → agent asking: %s %+v", asking.Status.State, asking.Status.Message)
+	}
+	answered := send(t, actx, c, spec.NewMessageForTask(spec.MessageRoleUser, asking, spec.NewTextPart("Bob")))
+	if answered.Status.State != spec.TaskStateCompleted || !strings.Contains(partsText(answered.Artifacts[0].Parts), "hello, Bob") {
+		t.Errorf("A2A answer to the agent: %s %+v", answered.Status.State, answered.Artifacts)
+	}
+}
+
+// TestAgentCardOffOrigin: a card whose interface points off its own origin
+// (at a private address here) is refused, and none of its skills listed.
+func TestAgentCardOffOrigin(t *testing.T) {
+	tg := startGateway(t, func(c *config.Config) { c.Auth = config.AuthDPoP; allowAll(t, c) })
+	_, reg := startAgentUpstream(t, tg, fixtures.AgentOptions{InterfaceURL: "http://10.1.2.3/rpc"})
+	if reg.Connected || reg.Tools != 0 || !strings.Contains(reg.ConnectError, "private address") {
+		t.Errorf("an agent card pointing at a private address: %+v", reg)
+	}
+}
