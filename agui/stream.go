@@ -77,6 +77,10 @@ type Options struct {
 	// ResultWait bounds how long a resumed run waits for the calls it
 	// approved to finish (default 2m).
 	ResultWait time.Duration
+	// Runs starts the runs of upstream AG-UI agents (ServeAgent), and
+	// CheckEvent checks each of their events; nil Runs serves none.
+	Runs       Runs
+	CheckEvent func(raw []byte) error
 	Log        *slog.Logger
 }
 
@@ -84,7 +88,10 @@ type Options struct {
 // authenticated user. A run attached to a thread (a workflow id, or
 // AllThreads) waits until calls of that thread need the user's consent and
 // ends with them as interrupts; a run with resume entries answers them.
-type Stream struct{ o Options }
+type Stream struct {
+	o          Options
+	parkedRuns parkedRuns
+}
 
 // NewStream returns a Stream.
 func NewStream(o Options) *Stream {

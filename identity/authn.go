@@ -55,6 +55,11 @@ type AuthOptions struct {
 	Agents AgentAuthenticator
 	// Revocations may be nil.
 	Revocations RevocationChecker
+	// SelfIssuer is the gateway's own issuer: a DPoP-bound token it minted
+	// for an agent it runs (claim sag_agent equal to act.sub) names that
+	// agent, proven by the key the token is bound to; its sag_workflow
+	// binds the calls to their workflow.
+	SelfIssuer string
 }
 
 // Authenticator authenticates HTTP requests to the gateway: access token,
@@ -187,6 +192,18 @@ func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 		}
 		p.Agent = agent
 	}
+	if run, ok := a.runAgent(p); ok && p.Agent == "" {
+		// The gateway bound the token to the agent's registered key when
+		// it minted it for the agent's run, and this request proved that
+		// key (RFC 9449 §7.1): its holder is the agent.
+		// The user is the one the agent runs for, as their own issuer
+		// named them: the calls join the user's session graph (and a kill
+		// of the user covers them).
+		p.Agent, p.Workflow = run.agent, run.workflow
+		if run.issuer != "" {
+			p.Issuer = run.issuer
+		}
+	}
 	if p.Act != nil && p.Act.Sub != p.Agent {
 		if p.Agent == "" {
 			return Principal{}, invalidTokenErr("token names an actor; authenticate as that agent (mTLS or "+AgentTokenHeader+")", scheme)
@@ -194,6 +211,24 @@ func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 		return Principal{}, invalidTokenErr("authenticated agent is not the token's actor", scheme)
 	}
 	return p, nil
+}
+
+// runClaims are the run-token claims of a principal.
+type runClaims struct{ agent, workflow, issuer string }
+
+// runAgent returns the run-token claims of p: a token the gateway itself
+// minted, DPoP-bound, whose sag_agent is its actor.
+func (a *Authenticator) runAgent(p Principal) (runClaims, bool) {
+	if a.o.SelfIssuer == "" || p.Issuer != a.o.SelfIssuer || p.Method != MethodDPoP || p.Act == nil {
+		return runClaims{}, false
+	}
+	agent, _ := p.Claims["sag_agent"].(string)
+	workflow, _ := p.Claims["sag_workflow"].(string)
+	issuer, _ := p.Claims["sag_iss"].(string)
+	if agent == "" || agent != p.Act.Sub {
+		return runClaims{}, false
+	}
+	return runClaims{agent: agent, workflow: workflow, issuer: issuer}, true
 }
 
 // token verifies an access token, mapping failures to OAuthErrors.

@@ -1104,3 +1104,41 @@ func BenchmarkAuthenticateDPoP(b *testing.B) {
 		}
 	}
 }
+
+// TestRunTokenAgent: a DPoP-bound token the gateway itself minted for an
+// agent's run names that agent (sag_agent = act.sub) and binds its
+// workflow; the same claims from another issuer, sent as bearer, or with
+// an agent other than the actor are refused as an unauthenticated actor.
+func TestRunTokenAgent(t *testing.T) {
+	run := func(c *Claims) {
+		c.Act = &Actor{Sub: "agui-agent:helper"}
+		c.RunAgent, c.RunWorkflow, c.RunIssuer = "agui-agent:helper", "wf-1", "https://idp.example"
+	}
+	e := newAuthEnv(t, ModeBearer)
+	e.opts.SelfIssuer = authPublicURL
+	tok, _ := e.mint(t, run)
+	p := e.mustAccept(t, e.dpopRequest(t, tok))
+	if p.Agent != "agui-agent:helper" || p.Workflow != "wf-1" || p.Issuer != "https://idp.example" || p.User != "alice" {
+		t.Errorf("run token: agent %q workflow %q user %q of %q", p.Agent, p.Workflow, p.User, p.Issuer)
+	}
+
+	dpop := func(e *authEnv, tok string) *http.Request { return e.dpopRequest(t, tok) }
+	for name, c := range map[string]struct {
+		self string
+		mod  func(*Claims)
+		req  func(e *authEnv, tok string) *http.Request
+	}{
+		"agent is not the actor": {authPublicURL, func(c *Claims) { run(c); c.RunAgent = "agui-agent:other" }, dpop},
+		"not the gateway's own":  {"https://other.example", run, dpop},
+		"bearer": {authPublicURL, func(c *Claims) { run(c); c.Cnf = nil }, func(_ *authEnv, tok string) *http.Request {
+			return request("POST", "/mcp", "Authorization", "Bearer "+tok)
+		}},
+	} {
+		e := newAuthEnv(t, ModeBearer)
+		e.opts.SelfIssuer = c.self
+		tok, _ := e.mint(t, c.mod)
+		if p, err := e.auth(t).Authenticate(c.req(e, tok)); err == nil || !strings.Contains(err.Error(), "actor") {
+			t.Errorf("%s: %+v, %v; want the actor refused", name, p.Agent, err)
+		}
+	}
+}

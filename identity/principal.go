@@ -33,6 +33,9 @@ type Principal struct {
 	Scopes []string
 	// Groups are the token's groups claim.
 	Groups []string
+	// Workflow is the workflow a run token binds the agent's calls to (the
+	// gateway's own sag_workflow claim), "" otherwise.
+	Workflow string
 	// Claims are all the token's claims (decoded JSON; read-only).
 	Claims map[string]any
 	// IssuedAt is the token's iat, Expiry when it expires (both zero under

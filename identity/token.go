@@ -81,6 +81,13 @@ type Claims struct {
 	// Groups is the user's groups, a common claim of identity providers
 	// that allow-list rules can name.
 	Groups []string `json:"groups,omitempty"`
+	// RunAgent, RunWorkflow and RunIssuer are set only in the tokens the
+	// gateway mints for an agent it runs for a user (the AG-UI agent
+	// proxy): the agent (also act.sub), the workflow its calls belong to,
+	// and the issuer of the user's own token (sub is the user there).
+	RunAgent    string `json:"sag_agent,omitempty"`
+	RunWorkflow string `json:"sag_workflow,omitempty"`
+	RunIssuer   string `json:"sag_iss,omitempty"`
 	// All holds every claim of a verified token as decoded JSON, for
 	// allow-list rules that name other claims. It is never encoded.
 	All map[string]any `json:"-"`

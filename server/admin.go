@@ -112,12 +112,15 @@ func (g *Gateway) requireToken(scope string, next http.HandlerFunc) http.Handler
 // UpstreamRequest is the body of POST /admin/upstreams.
 type UpstreamRequest struct {
 	Name string `json:"name"`
-	// Kind is "mcp" (default) or "a2a" (an A2A agent at URL, its base URL).
-	Kind    string   `json:"kind,omitempty"`
-	URL     string   `json:"url"`
-	Prefix  string   `json:"prefix,omitempty"`
-	Env     []string `json:"env,omitempty"`
-	Timeout string   `json:"timeout,omitempty"` // Go duration, e.g. "30s"
+	// Kind is "mcp" (default), "a2a" (an A2A agent at URL, its base URL)
+	// or "agui" (an AG-UI agent's run endpoint).
+	Kind string `json:"kind,omitempty"`
+	// AgentKey is an AG-UI agent's DPoP key thumbprint (RFC 7638).
+	AgentKey string   `json:"agent_key,omitempty"`
+	URL      string   `json:"url"`
+	Prefix   string   `json:"prefix,omitempty"`
+	Env      []string `json:"env,omitempty"`
+	Timeout  string   `json:"timeout,omitempty"` // Go duration, e.g. "30s"
 	// ProtocolVersion pins the MCP revision spoken to the upstream.
 	ProtocolVersion string `json:"protocol_version,omitempty"`
 	// WithdrawWhenDown takes the upstream's entries out of the catalog while
@@ -164,7 +167,7 @@ func (g *Gateway) addUpstream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return badRequest("%v", err)
 	}
-	spec := upstreams.Spec{Name: req.Name, Kind: req.Kind, URL: req.URL, Prefix: naming, Env: req.Env, ProtocolVersion: req.ProtocolVersion, WithdrawWhenDown: req.WithdrawWhenDown, Auth: req.Auth, RateLimit: req.RateLimit}
+	spec := upstreams.Spec{Name: req.Name, Kind: req.Kind, AgentKey: req.AgentKey, URL: req.URL, Prefix: naming, Env: req.Env, ProtocolVersion: req.ProtocolVersion, WithdrawWhenDown: req.WithdrawWhenDown, Auth: req.Auth, RateLimit: req.RateLimit}
 	if req.Timeout != "" {
 		if spec.Timeout, err = time.ParseDuration(req.Timeout); err != nil || spec.Timeout <= 0 {
 			return badRequest("timeout %q: want a positive Go duration such as 30s", req.Timeout)

@@ -32,7 +32,13 @@ type aguiRun struct {
 // --auth open) and streams its events.
 func startRun(t testing.TB, ctx context.Context, tg *testGateway, a *agent, input string) *aguiRun {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tg.Base+"/agui", strings.NewReader(input))
+	return startRunAt(t, ctx, tg, a, "/agui", input)
+}
+
+// startRunAt is startRun on another AG-UI endpoint of the gateway.
+func startRunAt(t testing.TB, ctx context.Context, tg *testGateway, a *agent, path, input string) *aguiRun {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tg.Base+path, strings.NewReader(input))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +54,7 @@ func startRun(t testing.TB, ctx context.Context, tg *testGateway, a *agent, inpu
 	}
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
-		t.Fatalf("POST /agui: %d", resp.StatusCode)
+		t.Fatalf("POST %s: %d", path, resp.StatusCode)
 	}
 	run := &aguiRun{events: make(chan map[string]any, 64)}
 	go func() {

@@ -151,6 +151,7 @@ func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Stor
 		Nonces:              nonces,
 		Revocations:         revocations,
 		Agents:              agents(a.spiffe),
+		SelfIssuer:          base,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)

@@ -217,8 +217,10 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		Workflow: func(p identity.Principal, thread string) (string, bool) {
 			return workflowSession(g.sessions.userSession(p), thread), validWorkflowID(thread)
 		},
-		Listening: g.listeners.listen,
-		Log:       log,
+		Listening:  g.listeners.listen,
+		Runs:       agentRuns{g},
+		CheckEvent: checkAgentEvent,
+		Log:        log,
 	})
 	g.a2a = a2a.New(a2a.Options{
 		Pipeline: g.pipeline,
@@ -307,7 +309,7 @@ func specFromConfig(u config.Upstream) (upstreams.Spec, error) {
 	if err != nil {
 		return upstreams.Spec{}, fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
-	spec := upstreams.Spec{Name: u.Name, Kind: u.Kind, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout), ProtocolVersion: u.ProtocolVersion, WithdrawWhenDown: u.WithdrawWhenDown, Auth: u.Auth}
+	spec := upstreams.Spec{Name: u.Name, Kind: u.Kind, AgentKey: u.AgentKey, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout), ProtocolVersion: u.ProtocolVersion, WithdrawWhenDown: u.WithdrawWhenDown, Auth: u.Auth}
 	if u.RateLimit != nil {
 		spec.RateLimit = &upstreams.RateLimit{PerMinute: u.RateLimit.PerMinute, Burst: u.RateLimit.Burst}
 	}

@@ -24,6 +24,7 @@ func (g *Gateway) routes() http.Handler {
 	// The AG-UI consent stream, over SSE and WebSocket: the user
 	// authenticates like any caller.
 	mux.Handle("POST /agui", g.metrics.instrument("/agui", g.checkOrigin(g.authenticated(g.consentStream.ServeHTTP))))
+	mux.Handle("POST /agui/agents/{name}", g.metrics.instrument("/agui/agents", g.checkOrigin(g.authenticated(g.consentStream.ServeAgent))))
 	mux.Handle("GET /agui/ws", g.metrics.instrument("/agui/ws", g.checkOrigin(g.authenticated(g.consentStream.ServeWS))))
 	// A2A: JSON-RPC for authenticated callers, the agent card for anyone.
 	mux.Handle("/a2a", g.metrics.instrument("/a2a", g.checkOrigin(g.authenticated(g.a2a.RPC.ServeHTTP))))

@@ -105,6 +105,13 @@ func (s *sessionGraph) resolve(c *pipeline.Call) error {
 	if ids.MSID == "" {
 		ids.MSID = ids.ASID
 	}
+	if bound := p.Workflow; bound != "" {
+		// A run token binds the agent's calls to the run's workflow.
+		if c.Workflow != "" && c.Workflow != bound {
+			return &pipeline.Error{Code: pipeline.CodeInvalidRequest, Message: "this token is bound to workflow " + bound + "; " + WorkflowHeader + " names another"}
+		}
+		c.Workflow = bound
+	}
 	if wf := c.Workflow; wf != "" {
 		if !validWorkflowID(wf) {
 			return &pipeline.Error{Code: pipeline.CodeInvalidRequest, Message: WorkflowHeader + " must be 1-128 visible ASCII characters"}

@@ -383,3 +383,31 @@ func (m *Manager) agentClient(u *upstream, cl *caller) *http.Client {
 	}
 	return &hc
 }
+
+// superviseRunEndpoint holds an AG-UI agent: nothing to read ahead (it is
+// reached run by run), so the first try is at once.
+func (u *upstream) superviseRunEndpoint() {
+	defer close(u.done)
+	u.firstOnce.Do(func() { close(u.firstTry) })
+	<-u.stop
+}
+
+// RunAgent is an AG-UI agent as a run through SAG needs it.
+type RunAgent struct {
+	URL string
+	// Key is the agent's DPoP key thumbprint.
+	Key string
+	// Client authenticates SAG to the agent on behalf of ctx's caller
+	// (WithCaller): a token minted for the agent, never the caller's.
+	Client *http.Client
+}
+
+// RunAgent returns the AG-UI agent name for a run on behalf of ctx's
+// caller.
+func (m *Manager) RunAgent(ctx context.Context, name string) (RunAgent, bool) {
+	u, ok := m.lookup(name)
+	if !ok || u.spec.Kind != KindAGUI {
+		return RunAgent{}, false
+	}
+	return RunAgent{URL: u.tgt.endpoint, Key: u.spec.AgentKey, Client: m.agentClient(u, callerOf(ctx))}, true
+}

@@ -152,9 +152,13 @@ func (m *Manager) Add(ctx context.Context, spec Spec) (Report, error) {
 	}
 	tgt, _ := parseTarget(spec.URL)
 	supervise := (*upstream).supervise
-	if spec.Kind == KindA2A {
+	switch spec.Kind {
+	case KindA2A:
 		tgt.transport, tgt.endpoint = TransportA2A, strings.TrimRight(tgt.endpoint, "/")
 		supervise = (*upstream).superviseAgent
+	case KindAGUI:
+		tgt.transport = TransportAGUI
+		supervise = (*upstream).superviseRunEndpoint
 	}
 	u := newUpstream(m, spec, tgt)
 	m.mu.Lock()

@@ -23,6 +23,8 @@ const (
 	TransportStdio Transport = "stdio"
 	// TransportA2A is an A2A agent (Spec.Kind KindA2A) at its base URL.
 	TransportA2A Transport = "a2a"
+	// TransportAGUI is an AG-UI agent (Spec.Kind KindAGUI) at its run URL.
+	TransportAGUI Transport = "ag-ui"
 )
 
 // Kinds of upstream.
@@ -32,6 +34,9 @@ const (
 	// KindA2A is an A2A agent: SAG reads its agent card and offers each of
 	// its skills as a tool.
 	KindA2A = "a2a"
+	// KindAGUI is an AG-UI agent (its HTTP SSE run endpoint) that users run
+	// through SAG (POST /agui/agents/NAME); it offers no tools.
+	KindAGUI = "agui"
 )
 
 // Naming is how an upstream's tool and prompt names appear in the catalog.
@@ -60,8 +65,12 @@ func ParseNaming(s string) (Naming, error) {
 type Spec struct {
 	// Name is the upstream's unique name; it is the default tool-name prefix.
 	Name string `json:"name"`
-	// Kind is KindMCP ("" too) or KindA2A.
+	// Kind is KindMCP ("" too), KindA2A or KindAGUI.
 	Kind string `json:"kind,omitempty"`
+	// AgentKey is an AG-UI agent's DPoP key (its RFC 7638 JWK
+	// thumbprint): the token SAG gives the agent for its calls back to SAG
+	// is bound to it.
+	AgentKey string `json:"agent_key,omitempty"`
 	// URL is http(s)://… (Streamable HTTP), sse+http(s)://… (legacy SSE) or
 	// stdio:COMMAND ARGS (a spawned server).
 	URL string `json:"url"`
@@ -101,6 +110,9 @@ const (
 
 // ProtocolVersions are the MCP revisions SAG can speak to an upstream.
 var ProtocolVersions = []string{"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"}
+
+// jwkThumbprintRE matches a SHA-256 JWK thumbprint, base64url.
+var jwkThumbprintRE = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
 
@@ -147,8 +159,18 @@ func (s Spec) Validate() error {
 		if s.ProtocolVersion != "" || len(s.Env) > 0 {
 			return fmt.Errorf("upstream %s: protocol_version and env are for MCP upstreams, not A2A agents", s.Name)
 		}
+	case KindAGUI:
+		if tgt.transport != TransportHTTP {
+			return fmt.Errorf("upstream %s: url %q: an AG-UI agent's url is its http(s):// run endpoint", s.Name, s.URL)
+		}
+		if !jwkThumbprintRE.MatchString(s.AgentKey) {
+			return fmt.Errorf("upstream %s: agent_key: want the agent's DPoP key as its RFC 7638 JWK thumbprint (43 base64url characters)", s.Name)
+		}
 	default:
-		return fmt.Errorf("upstream %s: kind %q: want mcp or a2a", s.Name, s.Kind)
+		return fmt.Errorf("upstream %s: kind %q: want mcp, a2a or agui", s.Name, s.Kind)
+	}
+	if s.AgentKey != "" && s.Kind != KindAGUI {
+		return fmt.Errorf("upstream %s: agent_key is for AG-UI agents (kind agui)", s.Name)
 	}
 	return nil
 }
@@ -163,8 +185,11 @@ func (s Spec) Transport() Transport {
 	if err != nil {
 		return ""
 	}
-	if s.Kind == KindA2A {
+	switch s.Kind {
+	case KindA2A:
 		return TransportA2A
+	case KindAGUI:
+		return TransportAGUI
 	}
 	return t.transport
 }

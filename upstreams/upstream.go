@@ -410,7 +410,7 @@ func (u *upstream) status() Status {
 	return Status{
 		Spec:       u.spec,
 		Transport:  u.tgt.transport,
-		Connected:  u.control != nil || u.card != nil,
+		Connected:  u.control != nil || u.card != nil || u.spec.Kind == KindAGUI,
 		Negotiated: u.version,
 		LastError:  u.lastErr,
 		Tools:      len(u.listing.tools),

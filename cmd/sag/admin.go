@@ -121,7 +121,8 @@ func cmdUpstreams(args []string) error {
 	switch args[0] {
 	case "add":
 		prefix := fs.String("prefix", "", "naming override: always, conditional or none")
-		kind := fs.String("kind", "", "mcp (default) or a2a: URL is an A2A agent's base URL, each skill of its card a tool")
+		kind := fs.String("kind", "", "mcp (default); a2a: URL is an A2A agent's base URL, each skill of its card a tool; agui: URL is an AG-UI agent's run endpoint")
+		agentKey := fs.String("agent-key", "", "an AG-UI agent's DPoP key thumbprint (RFC 7638)")
 		timeout := fs.String("timeout", "", "per-call timeout (Go duration)")
 		var env repeated
 		fs.Var(&env, "env", "environment `VAR` passed to a stdio upstream (repeatable)")
@@ -130,7 +131,7 @@ func cmdUpstreams(args []string) error {
 			return err
 		}
 		var out server.UpstreamResponse
-		req := server.UpstreamRequest{Name: fs.Arg(0), Kind: *kind, URL: fs.Arg(1), Prefix: *prefix, Env: env, Timeout: *timeout}
+		req := server.UpstreamRequest{Name: fs.Arg(0), Kind: *kind, AgentKey: *agentKey, URL: fs.Arg(1), Prefix: *prefix, Env: env, Timeout: *timeout}
 		if err := c.do(http.MethodPost, "/admin/upstreams", req, &out); err != nil {
 			return err
 		}

@@ -173,9 +173,12 @@ type SPIFFE struct {
 type Upstream struct {
 	// Name is unique among upstreams and the default tool-name prefix.
 	Name string `yaml:"name" json:"name"`
-	// Kind is "mcp" (default) or "a2a": an A2A agent whose card is at
-	// URL + /.well-known/agent-card.json.
+	// Kind is "mcp" (default), "a2a" (an A2A agent whose card is at URL +
+	// /.well-known/agent-card.json) or "agui" (an AG-UI agent's run
+	// endpoint, run by users through POST /agui/agents/NAME).
 	Kind string `yaml:"kind" json:"kind,omitempty"`
+	// AgentKey is an AG-UI agent's DPoP key thumbprint (RFC 7638).
+	AgentKey string `yaml:"agent_key" json:"agent_key,omitempty"`
 	// URL is http(s)://… (Streamable HTTP), sse+http(s)://… (legacy
 	// HTTP+SSE) or stdio:COMMAND ARGS (a spawned process).
 	URL string `yaml:"url" json:"url"`

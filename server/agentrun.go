@@ -1,0 +1,96 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/sag-gateway/sag/agui"
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/pipeline"
+	"github.com/sag-gateway/sag/upstreams"
+)
+
+// maxRunToken bounds the life of the token an AG-UI agent gets for its
+// calls back to the gateway during a run (never past the user's own).
+const maxRunToken = 30 * time.Minute
+
+// agentRuns starts runs of upstream AG-UI agents for users (agui.Runs).
+type agentRuns struct{ g *Gateway }
+
+// agentIdentity is an AG-UI agent's identity in the session graph and in
+// the tokens it gets.
+func (g *Gateway) agentIdentity(name string) string {
+	return g.cfg.ResolvedPublicURL() + "/agui/agents/" + name
+}
+
+// Start places the run in the session graph (the user's session, the
+// thread's workflow, an agent session of its own: a kill of any of them
+// ends the run), and gives the agent a token for its calls back to the
+// gateway: the user's, acted by the agent, bound to the agent's registered
+// DPoP key and to the workflow, revoked when the run ends. The gateway
+// reaches the agent with a token minted for it, never the user's.
+func (a agentRuns) Start(ctx context.Context, p identity.Principal, name, thread string) (*agui.AgentRun, error) {
+	g := a.g
+	if spec, ok := g.upstreams.Spec(name); !ok || spec.Kind != upstreams.KindAGUI {
+		return nil, agui.ErrUnknownAgent
+	}
+	agent := g.agentIdentity(name)
+	ap := p
+	ap.Agent, ap.Act = agent, &identity.Actor{Sub: agent, Act: p.Act}
+	c := &pipeline.Call{Principal: ap, Channel: pipeline.AGUI, Workflow: thread}
+	// The run outlives the request that starts it (it may wait for a
+	// resume), not the kill-switch.
+	runCtx, done, err := g.sessions.Admit(context.WithoutCancel(ctx), c)
+	if err != nil {
+		return nil, err
+	}
+	ra, ok := g.upstreams.RunAgent(upstreams.WithCaller(runCtx, p, c.Sessions.MSID, nil), name)
+	if !ok {
+		done()
+		return nil, agui.ErrUnknownAgent
+	}
+	base := g.cfg.ResolvedPublicURL()
+	props := map[string]any{"mcpUrl": base + "/mcp", "workflow": thread, "agent": agent}
+	end := done
+	if g.auth.check != nil {
+		ttl := maxRunToken
+		if !p.Expiry.IsZero() {
+			ttl = min(ttl, time.Until(p.Expiry))
+		}
+		tok, claims, err := g.auth.issuer.Mint(identity.Claims{
+			Subject: p.User, Audience: identity.Audience{base}, ClientID: agent, SessionID: p.SessionID,
+			Scope: strings.Join(p.Scopes, " "), Groups: p.Groups,
+			// RFC 9449 §6.1: bound to the agent's own key.
+			Cnf:      &identity.Confirmation{JKT: ra.Key},
+			Act:      ap.Act,
+			RunAgent: agent, RunWorkflow: thread, RunIssuer: p.Issuer,
+		}, ttl)
+		if err != nil {
+			done()
+			return nil, err
+		}
+		props["token"], props["tokenType"] = tok, "DPoP"
+		exp := time.Unix(claims.Expiry, 0)
+		end = func() {
+			if err := g.revoked.revoke(context.Background(), base, claims.JTI, exp); err != nil {
+				g.log.Error("agent run token not revoked; it expires on its own", "agent", agent, "expires", exp, "error", err)
+			}
+			done()
+		}
+	}
+	return &agui.AgentRun{URL: ra.URL, Client: ra.Client, Agent: agent, Props: props, Ctx: runCtx, End: end}, nil
+}
+
+// checkAgentEvent checks an event of an upstream AG-UI agent.
+var checkAgentEvent = func(raw []byte) error {
+	var ev struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(raw, &ev); err != nil || ev.Type == "" {
+		return errors.New("AG-UI event: not an object with a type")
+	}
+	return nil
+}

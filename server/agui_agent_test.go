@@ -1,0 +1,211 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/sag-gateway/sag/fixtures"
+	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/server"
+)
+
+// startAGUIAgent starts the AG-UI fixture agent (calling tool through the
+// gateway) as a strict resource server of tg's tokens and registers it as
+// "helper".
+func startAGUIAgent(t *testing.T, tg *testGateway, tool string) *fixtures.AGUIAgent {
+	t.Helper()
+	ag, err := fixtures.NewAGUIAgent(fixtures.AGUIAgentOptions{Tool: tool,
+		Verify: &fixtures.Verify{JWKSURL: tg.Base + "/.well-known/jwks.json", Issuer: tg.Base, Actor: tg.Base}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url, stop, err := ag.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	if reg := tg.addUpstream(t, server.UpstreamRequest{Name: "helper", Kind: "agui", URL: url, AgentKey: ag.Key()}); !reg.Connected || reg.Tools != 0 {
+		t.Fatalf("registered AG-UI agent: %+v", reg)
+	}
+	return ag
+}
+
+// interruptsOf returns the interrupt ids of a RUN_FINISHED event.
+func interruptsOf(t *testing.T, ev map[string]any) []string {
+	t.Helper()
+	var fin struct {
+		Outcome struct {
+			Type       string
+			Interrupts []struct{ ID string }
+		}
+	}
+	b, _ := json.Marshal(ev)
+	json.Unmarshal(b, &fin)
+	if fin.Outcome.Type != "interrupt" {
+		t.Fatalf("RUN_FINISHED %s, want an interrupt", b)
+	}
+	var ids []string
+	for _, in := range fin.Outcome.Interrupts {
+		ids = append(ids, in.ID)
+	}
+	return ids
+}
+
+// untilType reads a run's events up to the first of type typ.
+func (r *aguiRun) untilType(t *testing.T, typ string) (seen []map[string]any) {
+	t.Helper()
+	for {
+		ev := r.next(t)
+		seen = append(seen, ev)
+		if ev["type"] == typ {
+			return seen
+		}
+	}
+}
+
+// TestAGUIAgentProxy: alice runs an AG-UI agent through the gateway. The
+// agent gets a token minted for it (never alice's), and calls a tool
+// through the gateway's MCP endpoint with the token the run gave it; the
+// call needs alice's consent, so the run ends with the interrupt while the
+// agent waits; alice's resume on the thread approves it and the same
+// agent run goes on to its end in the resumed run.
+func TestAGUIAgentProxy(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy)
+	ag := startAGUIAgent(t, tg, "fx__echo")
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	msgs := `[{"id":"u1","role":"user","content":"hello"}]`
+
+	run := startRunAt(t, ctx, tg, alice, "/agui/agents/helper", runInput("wf-agent", "r1", msgs, ""))
+	if ev := run.next(t); ev["type"] != "RUN_STARTED" || ev["runId"] != "r1" {
+		t.Fatalf("first event %v", ev)
+	}
+	seen := run.untilType(t, "RUN_FINISHED")
+	var types []string
+	for _, ev := range seen {
+		types = append(types, ev["type"].(string))
+	}
+	if !strings.HasPrefix(strings.Join(types, " "), "TEXT_MESSAGE_START TEXT_MESSAGE_CONTENT TEXT_MESSAGE_END TOOL_CALL_START TOOL_CALL_ARGS TOOL_CALL_END") {
+		t.Errorf("relayed events %v", types)
+	}
+	ids := interruptsOf(t, seen[len(seen)-1])
+	if len(ids) != 1 {
+		t.Fatalf("interrupts %v, want the agent's call", ids)
+	}
+	r, err := tg.GW.ConsentRequest(ctx, ids[0])
+	if err != nil || r.Agent != tg.Base+"/agui/agents/helper" || r.User != "alice" || r.Tool != "echo" {
+		t.Fatalf("the consent request: %+v, %v", r, err)
+	}
+
+	// A new run while the interrupt is open is refused.
+	req, _ := http.NewRequest(http.MethodPost, tg.Base+"/agui/agents/helper", strings.NewReader(runInput("wf-agent", "r1b", msgs, "")))
+	if resp, err := alice.client().Do(req); err != nil || resp.StatusCode != http.StatusConflict {
+		t.Errorf("a second run on the waiting thread: %v %v", resp.StatusCode, err)
+	}
+
+	resumed := startRunAt(t, ctx, tg, alice, "/agui/agents/helper", runInput("wf-agent", "r2", msgs, `[{"interruptId":"`+ids[0]+`","status":"resolved","payload":{"approved":true}}]`))
+	if ev := resumed.next(t); ev["type"] != "RUN_STARTED" || ev["runId"] != "r2" {
+		t.Fatalf("resumed run's first event %v", ev)
+	}
+	seen = resumed.untilType(t, "RUN_FINISHED")
+	if res := seen[len(seen)-2]; res["type"] != "TOOL_CALL_RESULT" || res["content"] != "hello" {
+		t.Errorf("the agent's result %v", res)
+	}
+	if fin := seen[len(seen)-1]; fin["runId"] != "r2" || fin["threadId"] != "wf-agent" {
+		t.Errorf("RUN_FINISHED %v, want the resumed run's ids", fin)
+	}
+	if got := ag.Results(); len(got) != 1 || got[0] != "hello" {
+		t.Errorf("the agent's tool results %v", got)
+	}
+	if ag.Verified().Accepted.Load() != 1 || ag.Verified().Refused.Load() != 0 {
+		t.Errorf("the agent accepted %d, refused %d runs (%v)", ag.Verified().Accepted.Load(), ag.Verified().Refused.Load(), ag.Verified().Reasons())
+	}
+	for _, h := range ag.Authorizations() {
+		if strings.Contains(h, alice.token) {
+			t.Fatal("the agent received alice's own token")
+		}
+	}
+	// The agent's call was alice's, made by the agent, in the run's
+	// workflow and an agent session of its own.
+	var call *struct{ WSID, ASID, SpiffeID string }
+	for _, rec := range auditRecords(t, tg, "fx__echo") {
+		if rec.Method == "tools/call" {
+			call = &struct{ WSID, ASID, SpiffeID string }{rec.WSID, rec.ASID, rec.SpiffeID}
+		}
+	}
+	if call == nil || call.WSID == "" || call.SpiffeID != tg.Base+"/agui/agents/helper" {
+		t.Errorf("audit of the agent's call: %+v", call)
+	}
+}
+
+// TestAGUIAgentProxyKill: killing the run's workflow while the run waits
+// for consent ends it: the agent's call is refused, the run's token is
+// revoked, and no resume finds the run.
+func TestAGUIAgentProxyKill(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy)
+	ag := startAGUIAgent(t, tg, "fx__echo")
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	msgs := `[{"id":"u1","role":"user","content":"doomed"}]`
+	run := startRunAt(t, ctx, tg, alice, "/agui/agents/helper", runInput("wf-kill", "r1", msgs, ""))
+	seen := run.untilType(t, "RUN_FINISHED")
+	ids := interruptsOf(t, seen[len(seen)-1])
+	r, err := tg.GW.ConsentRequest(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := tg.adminDo(t, http.MethodPost, "/admin/kill", server.KillRequest{Session: r.WSID}); code != http.StatusOK {
+		t.Fatalf("kill: %d %s", code, body)
+	}
+	eventually(t, "the agent's call ended", func() bool { return len(ag.Results()) == 1 })
+	if got := ag.Results()[0]; !strings.HasPrefix(got, "error:") {
+		t.Errorf("the agent's call after the kill: %q, want an error", got)
+	}
+	resumed := startRunAt(t, ctx, tg, alice, "/agui/agents/helper", runInput("wf-kill", "r2", msgs, `[{"interruptId":"`+ids[0]+`","status":"resolved","payload":{"approved":true}}]`))
+	resumed.expect(t, "RUN_STARTED")
+	if ev := resumed.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != "NO_WAITING_RUN" {
+		t.Errorf("resume after the kill: %v", ev)
+	}
+}
+
+// TestAGUIAgentProxyRefusals: unknown agents, bad threads and anonymous
+// callers are refused before anything reaches an agent.
+func TestAGUIAgentProxyRefusals(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy)
+	ag := startAGUIAgent(t, tg, "fx__echo")
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	post := func(c *http.Client, path, body string) int {
+		req, _ := http.NewRequest(http.MethodPost, tg.Base+path, strings.NewReader(body))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	msgs := `[{"id":"u1","role":"user","content":"x"}]`
+	for _, c := range []struct {
+		name, path, body string
+		client           *http.Client
+		want             int
+	}{
+		{"unknown agent", "/agui/agents/nobody", runInput("wf", "r", msgs, ""), alice.client(), http.StatusNotFound},
+		{"an MCP upstream is no agent", "/agui/agents/fx", runInput("wf", "r", msgs, ""), alice.client(), http.StatusNotFound},
+		{"not a workflow thread", "/agui/agents/helper", runInput("sag:all", "r", msgs, ""), alice.client(), http.StatusBadRequest},
+		{"a request thread", "/agui/agents/helper", runInput("sag:consent:x", "r", msgs, ""), alice.client(), http.StatusBadRequest},
+		{"not a RunAgentInput", "/agui/agents/helper", `{"threadId":1}`, alice.client(), http.StatusBadRequest},
+		{"no token", "/agui/agents/helper", runInput("wf", "r", msgs, ""), http.DefaultClient, http.StatusUnauthorized},
+	} {
+		if got := post(c.client, c.path, c.body); got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, got, c.want)
+		}
+	}
+	if n := ag.Verified().Accepted.Load() + ag.Verified().Refused.Load(); n != 0 {
+		t.Errorf("%d requests reached the agent", n)
+	}
+}
