@@ -146,8 +146,13 @@ func (ts tasks) List(ctx context.Context, req *spec.ListTasksRequest) (*spec.Lis
 		return nil, fmt.Errorf("%w: pageSize must be 1 to %d, got %d", spec.ErrInvalidParams, maxPageSize, size)
 	}
 	q := store.A2ATaskQuery{Owner: own, ContextID: req.ContextID, Limit: size}
-	if req.Status != spec.TaskStateUnspecified {
+	switch req.Status {
+	case spec.TaskStateUnspecified:
+	case spec.TaskStateSubmitted, spec.TaskStateWorking, spec.TaskStateInputRequired, spec.TaskStateAuthRequired,
+		spec.TaskStateCompleted, spec.TaskStateFailed, spec.TaskStateCanceled, spec.TaskStateRejected:
 		q.State = string(req.Status)
+	default:
+		return nil, fmt.Errorf("%w: status %q is not a task state", spec.ErrInvalidParams, req.Status)
 	}
 	if req.StatusTimestampAfter != nil {
 		q.After = *req.StatusTimestampAfter

@@ -3,17 +3,19 @@
 # test against `sag serve` in front of the go-sdk everything-server, a DPoP
 # interop test (npm dpop + oauth4webapi proofs) against `sag serve --auth dpop`,
 # an AG-UI test (the @ag-ui/client 1.0.0 HttpAgent approving, denying and
-# editing calls that wait in `sag call`, and AG-UI's interrupt rules), a
+# editing calls that wait in `sag call`, and AG-UI's interrupt rules), an
+# A2A test (the @a2a-js/sdk 1.3.0 client calling tools as A2A 1.0 tasks:
+# completed, rejected, waiting for consent, cancelled, each user's own), a
 # SPIFFE test with a real SPIRE 1.13.3 server + agent issuing the gateway's
 # and the agent's X.509-SVIDs (mTLS + DPoP + act.sub), and the consent
 # console in a real browser (Debian's chromium, installed by
 # e2e/chromium.sh when missing, driven by chromedp: go test -tags browser).
 #
-# Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [agui] [spire] [console]   (default: all six)
+# Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [agui] [a2a] [spire] [console]   (default: all seven)
 #
 # Environment:
 #   E2E_DIRECT=1              test the everything-server directly (baseline), no gateway
-#                             (the dpop, agui and spire parts, which test the gateway only, are skipped)
+#                             (the dpop, agui, a2a, spire and console parts, which test the gateway only, are skipped)
 #   E2E_UPSTREAM_STATELESS=1  run the everything-server with -stateless=true
 #                             (default -stateless=false: with conformance 0.1.16 the
 #                             stateless server fails the sampling/elicitation scenarios)
@@ -24,6 +26,7 @@
 #   E2E_CONFORMANCE_TIMEOUT=secs  limit for the conformance run (default 600)
 #   E2E_DPOP_TIMEOUT=secs     limit for the dpop interop script (default 60)
 #   E2E_AGUI_TIMEOUT=secs     limit for the AG-UI interop script (default 60)
+#   E2E_A2A_TIMEOUT=secs      limit for the A2A interop script (default 60)
 #   E2E_SPIRE_TIMEOUT=secs    how long to wait for each SVID (default 60)
 #   E2E_SPIRE_BUILD_TIMEOUT=secs  limit for e2e/spire/build.sh (default 1800)
 #   SAG_SPIRE_CACHE=dir       where e2e/spire/build.sh caches SPIRE (default ~/.cache/sag/spire-v1.13.3;
@@ -44,6 +47,7 @@ EXPECTED_FAILURES="$E2E_DIR/conformance-expected-failures.yml"
 
 DPOP_TIMEOUT="${E2E_DPOP_TIMEOUT:-60}"
 AGUI_TIMEOUT="${E2E_AGUI_TIMEOUT:-60}"
+A2A_TIMEOUT="${E2E_A2A_TIMEOUT:-60}"
 SPIRE_SVID_TIMEOUT="${E2E_SPIRE_TIMEOUT:-60}"
 SPIRE_BUILD_TIMEOUT="${E2E_SPIRE_BUILD_TIMEOUT:-1800}"
 
@@ -51,6 +55,7 @@ RUN_CONFORMANCE=0
 RUN_INSPECTOR=0
 RUN_DPOP=0
 RUN_AGUI=0
+RUN_A2A=0
 RUN_SPIRE=0
 RUN_CONSOLE=0
 if [[ $# -eq 0 ]]; then
@@ -59,6 +64,7 @@ if [[ $# -eq 0 ]]; then
   RUN_INSPECTOR=1
   RUN_DPOP=1
   RUN_AGUI=1
+  RUN_A2A=1
   RUN_SPIRE=1
 fi
 for part in "$@"; do
@@ -67,10 +73,11 @@ for part in "$@"; do
     inspector) RUN_INSPECTOR=1 ;;
     dpop) RUN_DPOP=1 ;;
     agui) RUN_AGUI=1 ;;
+    a2a) RUN_A2A=1 ;;
     spire) RUN_SPIRE=1 ;;
     console) RUN_CONSOLE=1 ;;
-    -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop, agui, spire, console)" >&2; exit 2 ;;
+    -h | --help) sed -n '2,/^set -euo pipefail$/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop, agui, a2a, spire, console)" >&2; exit 2 ;;
   esac
 done
 GATEWAY_ONLY_SKIPPED=()
@@ -81,6 +88,10 @@ fi
 if [[ "$E2E_DIRECT" == 1 && $RUN_AGUI == 1 ]]; then
   RUN_AGUI=0
   GATEWAY_ONLY_SKIPPED+=(agui)
+fi
+if [[ "$E2E_DIRECT" == 1 && $RUN_A2A == 1 ]]; then
+  RUN_A2A=0
+  GATEWAY_ONLY_SKIPPED+=(a2a)
 fi
 if [[ "$E2E_DIRECT" == 1 && $RUN_CONSOLE == 1 ]]; then
   RUN_CONSOLE=0
@@ -210,7 +221,7 @@ NODE_VERSION=$("$NODE" --version)
 [[ "$NODE_VERSION" =~ ^v(2[2-9]|[3-9][0-9]) ]] || die "need Node >= 22 at $NODE, got $NODE_VERSION"
 export PATH="$NODE_BIN:$PATH"
 pkgver() { "$NODE" -p "require('$E2E_DIR/node_modules/$1/package.json').version"; }
-log "node $NODE_VERSION, conformance $(pkgver @modelcontextprotocol/conformance), inspector $(pkgver @modelcontextprotocol/inspector), dpop $(pkgver dpop), oauth4webapi $(pkgver oauth4webapi)"
+log "node $NODE_VERSION, conformance $(pkgver @modelcontextprotocol/conformance), inspector $(pkgver @modelcontextprotocol/inspector), dpop $(pkgver dpop), oauth4webapi $(pkgver oauth4webapi), @a2a-js/sdk $(pkgver @a2a-js/sdk)"
 
 # free_port VAR: sets VAR to a free loopback port, different from every port
 # handed out before (not in a subshell, so that USED_PORTS remembers them).
@@ -453,6 +464,68 @@ EOF
   total=$(grep -E '^agui interop: ' "$OUT/agui.log" | tail -n 1 || true)
   log "${total:-agui interop: no summary line} (exit $rc, $((SECONDS - t0))s)"
   if [[ $rc -ne 0 || -z "$total" ]]; then FAILED+=("agui"); fi
+fi
+
+# -------------------------------------------------------------------- a2a --
+# A gateway with --auth bearer and an allow-list for e2e/a2a.mjs, in front of
+# the same everything-server: alice may call test_simple_text and
+# test_error_handling without consent and json_schema_2020_12_tool (which
+# echoes its arguments) with her consent, bob test_simple_text; no rule allows
+# test_audio_content. e2e/a2a.mjs drives the A2A endpoints with the
+# @a2a-js/sdk 1.3.0 client (JSON-RPC, A2A 1.0) as alice and bob, and decides
+# alice's consent requests with @ag-ui/client as agui.mjs does. The tokens
+# (sag token) reach it in its environment, never on a command line or in a log.
+if [[ $RUN_A2A == 1 ]]; then
+  t0=$SECONDS
+  free_port A2A_PORT
+  A2A_URL="http://127.0.0.1:$A2A_PORT"
+  mkdir -p "$OUT/sag-a2a-data"
+  cat >"$OUT/sag-a2a-allow.yaml" <<EOF
+id: a2a-e2e
+rules:
+  - id: alice-free
+    upstream: everything
+    tools: [test_simple_text, test_error_handling]
+    principals: {users: [alice]}
+    consent: never
+  - id: alice-needs-consent
+    upstream: everything
+    tools: [json_schema_2020_12_tool]
+    principals: {users: [alice]}
+    consent: always
+    consent_ttl: 30s
+  - id: bob-free
+    upstream: everything
+    tools: [test_simple_text]
+    principals: {users: [bob]}
+    consent: never
+EOF
+  log "starting sag serve --auth bearer with the A2A rules (sag-a2a-allow.yaml) on 127.0.0.1:$A2A_PORT"
+  start_bg "$OUT/sag-a2a.log" "$WORK/sag" serve \
+    --listen "127.0.0.1:$A2A_PORT" \
+    --data "$OUT/sag-a2a-data" \
+    --auth bearer \
+    --policy "$OUT/sag-a2a-allow.yaml" \
+    --upstream "everything=http://127.0.0.1:$UP_PORT/mcp"
+  A2A_PID=$LAST_PID
+  wait_http "$A2A_URL/readyz" 200 "$A2A_PID" "$OUT/sag-a2a.log"
+  rc=0
+  A2A_ALICE_TOKEN=$("$WORK/sag" token --data "$OUT/sag-a2a-data" --url "$A2A_URL" --sub alice 2>"$OUT/a2a-token.err") &&
+    A2A_BOB_TOKEN=$("$WORK/sag" token --data "$OUT/sag-a2a-data" --url "$A2A_URL" --sub bob 2>>"$OUT/a2a-token.err") || rc=$?
+  if [[ $rc -ne 0 || -z "${A2A_ALICE_TOKEN:-}" || -z "${A2A_BOB_TOKEN:-}" ]]; then
+    cat "$OUT/a2a-token.err" >&2
+    log "a2a: sag token --sub alice / --sub bob failed (exit $rc)"
+    FAILED+=("a2a")
+  else
+    log "a2a gateway ready in $((SECONDS - t0))s; node e2e/a2a.mjs"
+    A2A_URL="$A2A_URL" A2A_ALICE_TOKEN="$A2A_ALICE_TOKEN" A2A_BOB_TOKEN="$A2A_BOB_TOKEN" \
+      run_logged "$E2E_DIR" "$OUT/a2a.log" \
+      timeout --kill-after=5 "$A2A_TIMEOUT" "$NODE" "$E2E_DIR/a2a.mjs" </dev/null || rc=$?
+    total=$(grep -E '^a2a interop: ' "$OUT/a2a.log" | tail -n 1 || true)
+    log "${total:-a2a interop: no summary line} (exit $rc, $((SECONDS - t0))s)"
+    if [[ $rc -ne 0 || -z "$total" ]]; then FAILED+=("a2a"); fi
+  fi
+  unset A2A_ALICE_TOKEN A2A_BOB_TOKEN
 fi
 
 # ------------------------------------------------------------------ spire --

@@ -192,6 +192,9 @@ func TestA2ATasks(t *testing.T) {
 	} else if next, err := ca.ListTasks(ctx, &spec.ListTasksRequest{PageSize: 1, PageToken: page.NextPageToken}); err != nil || len(next.Tasks) != 1 || next.Tasks[0].ID == page.Tasks[0].ID {
 		t.Errorf("the next page: %+v, %v", next, err)
 	}
+	if _, err := ca.ListTasks(ctx, &spec.ListTasksRequest{Status: "BOGUS"}); !errors.Is(err, spec.ErrInvalidParams) {
+		t.Errorf("an unknown status filter: %v, want InvalidParams", err)
+	}
 	if _, err := ca.ListTasks(ctx, &spec.ListTasksRequest{PageToken: "forged"}); !errors.Is(err, spec.ErrInvalidParams) {
 		t.Errorf("a forged page token: %v, want InvalidParams", err)
 	}
