@@ -164,6 +164,28 @@ func (s *Server) card() *spec.AgentCard {
 	return c
 }
 
+// UpstreamCard is the card of an upstream agent as SAG offers it: the
+// agent's name, description and skills (named as SAG's tools, which is how
+// callers name them), with SAG's interfaces and security schemes in place
+// of the agent's own, and none of its signatures (SAG's card is not the
+// agent's signed one). A message to SAG naming one of these skills in its
+// metadata "skillId" calls it with the message's text.
+func (s *Server) UpstreamCard(card *spec.AgentCard, tools map[string]string) *spec.AgentCard {
+	c := s.card()
+	c.Name, c.Description, c.Provider, c.DocumentationURL, c.IconURL = card.Name, card.Description, card.Provider, card.DocumentationURL, card.IconURL
+	c.Capabilities.ExtendedAgentCard = false
+	c.DefaultInputModes, c.DefaultOutputModes = []string{"text/plain", "application/json"}, []string{"text/plain", "application/json"}
+	c.Skills = nil
+	for _, sk := range card.Skills {
+		if name, ok := tools[sk.ID]; ok {
+			sk.ID = name
+			sk.SecurityRequirements = nil
+			c.Skills = append(c.Skills, sk)
+		}
+	}
+	return c
+}
+
 // extendedCard is the card with the caller's own tools as skills.
 func (s *Server) extendedCard(ctx context.Context, _ *spec.GetExtendedAgentCardRequest) (*spec.AgentCard, error) {
 	cc, _ := a2asrv.CallContextFrom(ctx)
@@ -431,6 +453,14 @@ func callOf(ec *a2asrv.ExecutorContext) (call toolCall, resume string, err error
 		}
 	}
 	if ec.Message != nil {
+		if skill, _ := ec.Message.Metadata["skillId"].(string); skill != "" {
+			// A message to a skill of an upstream agent's card: its text is
+			// the agent skill's message.
+			if text := messageText(ec.Message); text != "" {
+				args, _ := json.Marshal(map[string]string{"message": text})
+				return toolCall{Tool: skill, Arguments: args}, "", nil
+			}
+		}
 		for _, part := range ec.Message.Parts {
 			if decodePart(part, &call) && (call.Tool != "" || call.Skill != "") {
 				if call.Tool == "" {

@@ -3,13 +3,17 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	spec "github.com/a2aproject/a2a-go/v2/a2a"
+	"github.com/a2aproject/a2a-go/v2/a2aclient"
+	"github.com/a2aproject/a2a-go/v2/a2aclient/agentcard"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/a2a"
 	"github.com/sag-gateway/sag/fixtures"
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/server"
@@ -121,5 +125,41 @@ func TestAgentCardOffOrigin(t *testing.T) {
 	_, reg := startAgentUpstream(t, tg, fixtures.AgentOptions{InterfaceURL: "http://10.1.2.3/rpc"})
 	if reg.Connected || reg.Tools != 0 || !strings.Contains(reg.ConnectError, "private address") {
 		t.Errorf("an agent card pointing at a private address: %+v", reg)
+	}
+}
+
+// TestAgentUpstreamCard: SAG offers an upstream agent's card with its own
+// URLs and security in place of the agent's, skills named as SAG's tools;
+// a generic A2A client of that card reaches the agent through SAG by the
+// skill id and the message text.
+func TestAgentUpstreamCard(t *testing.T) {
+	tg := startGateway(t, func(c *config.Config) { c.Auth = config.AuthDPoP; allowAll(t, c) })
+	startAgentUpstream(t, tg, fixtures.AgentOptions{Name: "helper"})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	card, err := agentcard.DefaultResolver.Resolve(ctx, tg.Base+"/a2a/agents/helper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var skills []string
+	for _, s := range card.Skills {
+		skills = append(skills, s.ID)
+	}
+	if card.Name != "helper" || card.SupportedInterfaces[0].URL != tg.Base+"/a2a" || card.SecuritySchemes["dpop"] == nil ||
+		strings.Join(skills, ",") != "helper__echo,helper__ask,helper__auth,helper__slow" {
+		t.Fatalf("the agent's card as SAG offers it: %+v (skills %v)", card, skills)
+	}
+	if resp, err := http.Get(tg.Base + "/a2a/agents/nobody" + a2a.CardPath); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the card of no agent: %v %v", resp.StatusCode, err)
+	}
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	c, err := a2aclient.NewFromCard(ctx, card, a2aclient.WithJSONRPCTransport(alice.client()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := spec.NewMessage(spec.MessageRoleUser, spec.NewTextPart("by skill"))
+	msg.Metadata = map[string]any{"skillId": "helper__echo"}
+	if task := send(t, ctx, c, msg); task.Status.State != spec.TaskStateCompleted || !strings.Contains(partsText(task.Artifacts[0].Parts), "echo: by skill") {
+		t.Errorf("a message to the agent's skill through SAG: %s %+v", task.Status.State, task.Artifacts)
 	}
 }

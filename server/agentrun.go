@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"strings"
 	"time"
 
@@ -93,4 +94,16 @@ var checkAgentEvent = func(raw []byte) error {
 		return errors.New("AG-UI event: not an object with a type")
 	}
 	return nil
+}
+
+// upstreamAgentCard serves the card of an upstream A2A agent as SAG
+// offers it (public, like SAG's own card): its URLs are SAG's.
+func (g *Gateway) upstreamAgentCard(w http.ResponseWriter, r *http.Request) {
+	card, tools, ok := g.upstreams.AgentCard(r.PathValue("name"))
+	if !ok {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "error_description": "no A2A agent " + r.PathValue("name")})
+		return
+	}
+	w.Header().Set("Access-Control-Allow-Origin", "*")
+	writeJSON(w, http.StatusOK, g.a2a.UpstreamCard(card, tools))
 }

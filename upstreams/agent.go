@@ -411,3 +411,27 @@ func (m *Manager) RunAgent(ctx context.Context, name string) (RunAgent, bool) {
 	}
 	return RunAgent{URL: u.tgt.endpoint, Key: u.spec.AgentKey, Client: m.agentClient(u, callerOf(ctx))}, true
 }
+
+// AgentCard returns the card of the A2A upstream name as last read, and
+// the catalog name of each of its skills' tools (by skill id).
+func (m *Manager) AgentCard(name string) (*spec.AgentCard, map[string]string, bool) {
+	u, ok := m.lookup(name)
+	if !ok || u.spec.Kind != KindA2A {
+		return nil, nil, false
+	}
+	u.mu.Lock()
+	card := u.card
+	u.mu.Unlock()
+	if card == nil {
+		return nil, nil, false
+	}
+	tools := map[string]string{}
+	for _, t := range m.Catalog().Tools {
+		if t.Upstream == name {
+			if skill, ok := t.Def.Meta["sag/a2a-skill"].(string); ok {
+				tools[skill] = t.Name
+			}
+		}
+	}
+	return card, tools, true
+}
