@@ -279,7 +279,9 @@ func (s *Stream) relay(ctx context.Context, out emitter, p identity.Principal, t
 	defer beat.Stop()
 	for {
 		changed := s.o.Consents.Changed()
-		if len(pr.open) == 0 {
+		// An interrupt comes between the agent's events: after those it
+		// has sent so far, outside any message or tool call.
+		if len(pr.open) == 0 && len(pr.events) == 0 {
 			open, err := s.open(ctx, p, th)
 			if err != nil {
 				s.sendError(out, err)

@@ -2,6 +2,9 @@ package server_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -11,6 +14,8 @@ import (
 	spec "github.com/a2aproject/a2a-go/v2/a2a"
 	"github.com/a2aproject/a2a-go/v2/a2aclient"
 	"github.com/a2aproject/a2a-go/v2/a2aclient/agentcard"
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwk"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/a2a"
@@ -161,5 +166,58 @@ func TestAgentUpstreamCard(t *testing.T) {
 	msg.Metadata = map[string]any{"skillId": "helper__echo"}
 	if task := send(t, ctx, c, msg); task.Status.State != spec.TaskStateCompleted || !strings.Contains(partsText(task.Artifacts[0].Parts), "echo: by skill") {
 		t.Errorf("a message to the agent's skill through SAG: %s %+v", task.Status.State, task.Artifacts)
+	}
+}
+
+// TestAgentCardSignatures: a card signed with a key its registration names
+// is read; one signed with another key, a signed card registered without
+// keys and an unsigned card registered with keys are refused.
+func TestAgentCardSignatures(t *testing.T) {
+	newKey := func(kid string) (jwk.Key, json.RawMessage) {
+		priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := jwk.Import(priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.Set(jwk.KeyIDKey, kid)
+		k.Set(jwk.AlgorithmKey, jwa.ES256())
+		pub, _ := k.PublicKey()
+		set := jwk.NewSet()
+		set.AddKey(pub)
+		b, _ := json.Marshal(set)
+		return k, b
+	}
+	signer, signerSet := newKey("card-1")
+	_, otherSet := newKey("card-1")
+	for _, c := range []struct {
+		name  string
+		key   jwk.Key
+		keys  json.RawMessage
+		error string // "" when the card is read
+	}{
+		{"signed, verified", signer, signerSet, ""},
+		{"signed with another key", signer, otherSet, "no signature of the agent card verifies"},
+		{"signed, no keys registered", signer, nil, "register the agent with card_jwks"},
+		{"unsigned, keys registered", nil, signerSet, "is not signed"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tg := startGateway(t, func(cfg *config.Config) { cfg.Auth = config.AuthDPoP; allowAll(t, cfg) })
+			a := fixtures.NewAgent(fixtures.AgentOptions{Name: "signed", CardKey: c.key})
+			url, stop, err := a.Start()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(stop)
+			reg := tg.addUpstream(t, server.UpstreamRequest{Name: "signed", Kind: "a2a", URL: url, CardJWKS: c.keys})
+			if c.error == "" && (!reg.Connected || reg.Tools != 4) {
+				t.Errorf("a card signed with its registered key: %+v", reg)
+			}
+			if c.error != "" && (reg.Connected || reg.Tools != 0 || !strings.Contains(reg.ConnectError, c.error)) {
+				t.Errorf("%+v, want refused with %q", reg, c.error)
+			}
+		})
 	}
 }

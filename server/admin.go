@@ -116,11 +116,13 @@ type UpstreamRequest struct {
 	// or "agui" (an AG-UI agent's run endpoint).
 	Kind string `json:"kind,omitempty"`
 	// AgentKey is an AG-UI agent's DPoP key thumbprint (RFC 7638).
-	AgentKey string   `json:"agent_key,omitempty"`
-	URL      string   `json:"url"`
-	Prefix   string   `json:"prefix,omitempty"`
-	Env      []string `json:"env,omitempty"`
-	Timeout  string   `json:"timeout,omitempty"` // Go duration, e.g. "30s"
+	AgentKey string `json:"agent_key,omitempty"`
+	// CardJWKS are the public keys an A2A agent's card is signed with.
+	CardJWKS json.RawMessage `json:"card_jwks,omitempty"`
+	URL      string          `json:"url"`
+	Prefix   string          `json:"prefix,omitempty"`
+	Env      []string        `json:"env,omitempty"`
+	Timeout  string          `json:"timeout,omitempty"` // Go duration, e.g. "30s"
 	// ProtocolVersion pins the MCP revision spoken to the upstream.
 	ProtocolVersion string `json:"protocol_version,omitempty"`
 	// WithdrawWhenDown takes the upstream's entries out of the catalog while
@@ -167,7 +169,7 @@ func (g *Gateway) addUpstream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return badRequest("%v", err)
 	}
-	spec := upstreams.Spec{Name: req.Name, Kind: req.Kind, AgentKey: req.AgentKey, URL: req.URL, Prefix: naming, Env: req.Env, ProtocolVersion: req.ProtocolVersion, WithdrawWhenDown: req.WithdrawWhenDown, Auth: req.Auth, RateLimit: req.RateLimit}
+	spec := upstreams.Spec{Name: req.Name, Kind: req.Kind, AgentKey: req.AgentKey, CardJWKS: req.CardJWKS, URL: req.URL, Prefix: naming, Env: req.Env, ProtocolVersion: req.ProtocolVersion, WithdrawWhenDown: req.WithdrawWhenDown, Auth: req.Auth, RateLimit: req.RateLimit}
 	if req.Timeout != "" {
 		if spec.Timeout, err = time.ParseDuration(req.Timeout); err != nil || spec.Timeout <= 0 {
 			return badRequest("timeout %q: want a positive Go duration such as 30s", req.Timeout)

@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -83,17 +81,6 @@ func (a agentRuns) Start(ctx context.Context, p identity.Principal, name, thread
 		}
 	}
 	return &agui.AgentRun{URL: ra.URL, Client: ra.Client, Agent: agent, Props: props, Ctx: runCtx, End: end}, nil
-}
-
-// checkAgentEvent checks an event of an upstream AG-UI agent.
-var checkAgentEvent = func(raw []byte) error {
-	var ev struct {
-		Type string `json:"type"`
-	}
-	if err := json.Unmarshal(raw, &ev); err != nil || ev.Type == "" {
-		return errors.New("AG-UI event: not an object with a type")
-	}
-	return nil
 }
 
 // upstreamAgentCard serves the card of an upstream A2A agent as SAG

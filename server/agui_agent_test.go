@@ -3,10 +3,13 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
+	"github.com/sag-gateway/sag/agui"
 	"github.com/sag-gateway/sag/fixtures"
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/server"
@@ -85,12 +88,10 @@ func TestAGUIAgentProxy(t *testing.T) {
 		t.Fatalf("first event %v", ev)
 	}
 	seen := run.untilType(t, "RUN_FINISHED")
+	all := seen
 	var types []string
 	for _, ev := range seen {
 		types = append(types, ev["type"].(string))
-	}
-	if !strings.HasPrefix(strings.Join(types, " "), "TEXT_MESSAGE_START TEXT_MESSAGE_CONTENT TEXT_MESSAGE_END TOOL_CALL_START TOOL_CALL_ARGS TOOL_CALL_END") {
-		t.Errorf("relayed events %v", types)
 	}
 	ids := interruptsOf(t, seen[len(seen)-1])
 	if len(ids) != 1 {
@@ -112,6 +113,26 @@ func TestAGUIAgentProxy(t *testing.T) {
 		t.Fatalf("resumed run's first event %v", ev)
 	}
 	seen = resumed.untilType(t, "RUN_FINISHED")
+	all = append(all, seen...)
+	for _, ev := range seen {
+		types = append(types, ev["type"].(string))
+	}
+	for _, ev := range all {
+		if b, _ := json.Marshal(ev); agui.CheckEvent(b) != nil {
+			t.Errorf("an event the user got is not AG-UI: %s (%v)", b, agui.CheckEvent(b))
+		}
+	}
+	// The agent's events, in its order, around the interrupt (which comes
+	// between two of them, wherever the agent was when it called).
+	var agents []string
+	for _, typ := range types {
+		if strings.HasPrefix(typ, "TEXT_MESSAGE_") || typ == "TOOL_CALL_RESULT" {
+			agents = append(agents, typ)
+		}
+	}
+	if strings.Join(agents, " ") != "TEXT_MESSAGE_START TEXT_MESSAGE_CONTENT TEXT_MESSAGE_END TOOL_CALL_RESULT" {
+		t.Errorf("relayed events %v", types)
+	}
 	if res := seen[len(seen)-2]; res["type"] != "TOOL_CALL_RESULT" || res["content"] != "hello" {
 		t.Errorf("the agent's result %v", res)
 	}
@@ -207,5 +228,30 @@ func TestAGUIAgentProxyRefusals(t *testing.T) {
 	}
 	if n := ag.Verified().Accepted.Load() + ag.Verified().Refused.Load(); n != 0 {
 		t.Errorf("%d requests reached the agent", n)
+	}
+}
+
+// TestAGUIAgentProxyBadEvents: an agent whose event is not AG-UI ends the
+// run with RUN_ERROR INVALID_AGENT_EVENT; nothing of it reaches the user.
+func TestAGUIAgentProxyBadEvents(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy)
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: {\"type\":\"RUN_STARTED\",\"threadId\":\"wf\",\"runId\":\"r\"}\n\n")
+		io.WriteString(w, "data: {\"type\":\"TOOL_CALL_START\",\"toolCallId\":\"t1\"}\n\n")
+	}))
+	t.Cleanup(bad.Close)
+	key, err := identity.NewDPoPKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg.addUpstream(t, server.UpstreamRequest{Name: "bad", Kind: "agui", URL: bad.URL, AgentKey: key.Thumbprint()})
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	run := startRunAt(t, ctx, tg, alice, "/agui/agents/bad", runInput("wf", "r", `[{"id":"u1","role":"user","content":"x"}]`, ""))
+	run.expect(t, "RUN_STARTED")
+	if ev := run.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != "INVALID_AGENT_EVENT" || !strings.Contains(ev["message"].(string), "toolCallName") {
+		t.Errorf("an invalid agent event: %v", ev)
 	}
 }

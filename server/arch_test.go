@@ -17,7 +17,7 @@ var layers = [][]string{
 	{"policy", "consent", "upstreams"},
 	{"identity"},
 	{"store", "schemas"},
-	{"internal/lru"},
+	{"internal/lru", "internal/jcs"},
 }
 
 const module = "github.com/sag-gateway/sag/"

@@ -219,7 +219,7 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		},
 		Listening:  g.listeners.listen,
 		Runs:       agentRuns{g},
-		CheckEvent: checkAgentEvent,
+		CheckEvent: agui.CheckEvent,
 		Log:        log,
 	})
 	g.a2a = a2a.New(a2a.Options{
@@ -312,6 +312,11 @@ func specFromConfig(u config.Upstream) (upstreams.Spec, error) {
 	spec := upstreams.Spec{Name: u.Name, Kind: u.Kind, AgentKey: u.AgentKey, URL: u.URL, Prefix: naming, Env: u.Env, Timeout: time.Duration(u.Timeout), ProtocolVersion: u.ProtocolVersion, WithdrawWhenDown: u.WithdrawWhenDown, Auth: u.Auth}
 	if u.RateLimit != nil {
 		spec.RateLimit = &upstreams.RateLimit{PerMinute: u.RateLimit.PerMinute, Burst: u.RateLimit.Burst}
+	}
+	if u.CardJWKSFile != "" {
+		if spec.CardJWKS, err = os.ReadFile(u.CardJWKSFile); err != nil {
+			return upstreams.Spec{}, fmt.Errorf("upstream %s: card_jwks_file: %w", u.Name, err)
+		}
 	}
 	return spec, spec.Validate()
 }

@@ -1,7 +1,9 @@
 package upstreams
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,7 +18,11 @@ import (
 	spec "github.com/a2aproject/a2a-go/v2/a2a"
 	"github.com/a2aproject/a2a-go/v2/a2aclient"
 	"github.com/a2aproject/a2a-go/v2/a2acompat/a2av0"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+	"github.com/lestrrat-go/jwx/v3/jws"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/internal/jcs"
 )
 
 // An A2A upstream (Spec.Kind KindA2A) is an agent SAG calls on behalf of
@@ -68,7 +74,7 @@ func (u *upstream) superviseAgent() {
 	backoff := 100 * time.Millisecond
 	for {
 		ctx, cancelTry := context.WithTimeout(base, min(u.timeout(), 10*time.Second))
-		card, err := u.m.fetchCard(ctx, u.tgt.endpoint)
+		card, err := u.m.fetchCard(ctx, u.tgt.endpoint, u.spec.CardJWKS)
 		cancelTry()
 		wait := cardRefreshEvery
 		u.mu.Lock()
@@ -101,7 +107,7 @@ func (u *upstream) superviseAgent() {
 // maxCardBytes, within ctx's deadline, and every interface it names on the
 // card's own origin (a card cannot send SAG's requests, and the tokens
 // minted for the agent, anywhere else).
-func (m *Manager) fetchCard(ctx context.Context, base string) (*spec.AgentCard, error) {
+func (m *Manager) fetchCard(ctx context.Context, base string, keys json.RawMessage) (*spec.AgentCard, error) {
 	hc := *m.opts.HTTPClient
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return errors.New("the agent card redirects: refused") }
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+AgentCardPath, nil)
@@ -137,10 +143,70 @@ func (m *Manager) fetchCard(ctx context.Context, base string) (*spec.AgentCard, 
 	if len(card.SupportedInterfaces) == 0 {
 		return nil, errors.New("agent card lists no interface")
 	}
-	if len(card.Signatures) > 0 {
-		return nil, errors.New("agent card is signed and SAG cannot verify card signatures yet: refused")
+	if err := verifyCard(b, card, keys); err != nil {
+		return nil, err
 	}
 	return card, nil
+}
+
+// cardKeys parses the public keys a card is signed with.
+func cardKeys(raw json.RawMessage) (jwk.Set, error) {
+	set, err := jwk.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	if set.Len() == 0 {
+		return nil, errors.New("no keys")
+	}
+	for i := range set.Len() {
+		k, _ := set.Key(i)
+		if _, ok := k.(jwk.SymmetricKey); ok {
+			return nil, errors.New("a symmetric key cannot verify a card signature")
+		}
+		if pub, err := k.PublicKey(); err != nil || !jwk.Equal(pub, k) {
+			return nil, errors.New("a private key: give only public keys")
+		}
+	}
+	return set, nil
+}
+
+// verifyCard checks a card's signatures (A2A §8.4): each is a JWS whose
+// detached payload is the card without "signatures" in the canonical form
+// of RFC 8785. With keys registered, one signature must verify with one of
+// them; a signed card without registered keys, or an unsigned one when keys
+// are registered, is refused.
+func verifyCard(raw []byte, card *spec.AgentCard, keys json.RawMessage) error {
+	switch {
+	case len(card.Signatures) == 0 && len(keys) == 0:
+		return nil
+	case len(card.Signatures) == 0:
+		return errors.New("agent card is not signed, and the agent is registered with card_jwks: refused")
+	case len(keys) == 0:
+		return errors.New("agent card is signed: register the agent with card_jwks (the keys it is signed with) so that SAG can verify it: refused")
+	}
+	set, err := cardKeys(keys)
+	if err != nil {
+		return err
+	}
+	var doc map[string]any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&doc); err != nil {
+		return fmt.Errorf("agent card: %w", err)
+	}
+	delete(doc, "signatures")
+	payload, err := jcs.Value(doc)
+	if err != nil {
+		return fmt.Errorf("agent card: %w", err)
+	}
+	body := base64.RawURLEncoding.EncodeToString(payload)
+	for _, sig := range card.Signatures {
+		compact := sig.Protected + "." + body + "." + sig.Signature
+		if _, err := jws.Verify([]byte(compact), jws.WithKeySet(set, jws.WithInferAlgorithmFromKey(true))); err == nil {
+			return nil
+		}
+	}
+	return errors.New("no signature of the agent card verifies with the agent's registered card_jwks: refused")
 }
 
 // parseCard reads an A2A 1.0 card, or a 0.3 one.

@@ -1,6 +1,7 @@
 package upstreams
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -71,6 +72,11 @@ type Spec struct {
 	// thumbprint): the token SAG gives the agent for its calls back to SAG
 	// is bound to it.
 	AgentKey string `json:"agent_key,omitempty"`
+	// CardJWKS are the public keys an A2A agent's card is signed with (a
+	// JWK Set): the card must then be signed, and a signature verify with
+	// one of them (A2A §8.4). A signed card needs them: a key the card
+	// names itself vouches for nothing.
+	CardJWKS json.RawMessage `json:"card_jwks,omitempty"`
 	// URL is http(s)://… (Streamable HTTP), sse+http(s)://… (legacy SSE) or
 	// stdio:COMMAND ARGS (a spawned server).
 	URL string `json:"url"`
@@ -171,6 +177,14 @@ func (s Spec) Validate() error {
 	}
 	if s.AgentKey != "" && s.Kind != KindAGUI {
 		return fmt.Errorf("upstream %s: agent_key is for AG-UI agents (kind agui)", s.Name)
+	}
+	if len(s.CardJWKS) > 0 {
+		if s.Kind != KindA2A {
+			return fmt.Errorf("upstream %s: card_jwks is for A2A agents (kind a2a)", s.Name)
+		}
+		if _, err := cardKeys(s.CardJWKS); err != nil {
+			return fmt.Errorf("upstream %s: card_jwks: %w", s.Name, err)
+		}
 	}
 	return nil
 }

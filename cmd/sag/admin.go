@@ -123,6 +123,7 @@ func cmdUpstreams(args []string) error {
 		prefix := fs.String("prefix", "", "naming override: always, conditional or none")
 		kind := fs.String("kind", "", "mcp (default); a2a: URL is an A2A agent's base URL, each skill of its card a tool; agui: URL is an AG-UI agent's run endpoint")
 		agentKey := fs.String("agent-key", "", "an AG-UI agent's DPoP key thumbprint (RFC 7638)")
+		cardJWKS := fs.String("card-jwks", "", "a JWK Set `FILE` of the public keys an A2A agent's card is signed with")
 		timeout := fs.String("timeout", "", "per-call timeout (Go duration)")
 		var env repeated
 		fs.Var(&env, "env", "environment `VAR` passed to a stdio upstream (repeatable)")
@@ -130,8 +131,14 @@ func cmdUpstreams(args []string) error {
 		if err != nil {
 			return err
 		}
+		var keys []byte
+		if *cardJWKS != "" {
+			if keys, err = os.ReadFile(*cardJWKS); err != nil {
+				return err
+			}
+		}
 		var out server.UpstreamResponse
-		req := server.UpstreamRequest{Name: fs.Arg(0), Kind: *kind, AgentKey: *agentKey, URL: fs.Arg(1), Prefix: *prefix, Env: env, Timeout: *timeout}
+		req := server.UpstreamRequest{Name: fs.Arg(0), Kind: *kind, AgentKey: *agentKey, CardJWKS: keys, URL: fs.Arg(1), Prefix: *prefix, Env: env, Timeout: *timeout}
 		if err := c.do(http.MethodPost, "/admin/upstreams", req, &out); err != nil {
 			return err
 		}

@@ -179,6 +179,9 @@ type Upstream struct {
 	Kind string `yaml:"kind" json:"kind,omitempty"`
 	// AgentKey is an AG-UI agent's DPoP key thumbprint (RFC 7638).
 	AgentKey string `yaml:"agent_key" json:"agent_key,omitempty"`
+	// CardJWKSFile is a JWK Set file of the public keys an A2A agent's
+	// card is signed with.
+	CardJWKSFile string `yaml:"card_jwks_file" json:"card_jwks_file,omitempty"`
 	// URL is http(s)://… (Streamable HTTP), sse+http(s)://… (legacy
 	// HTTP+SSE) or stdio:COMMAND ARGS (a spawned process).
 	URL string `yaml:"url" json:"url"`

@@ -111,6 +111,7 @@ var patternWords = map[string]string{
 	`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`:                        "must be 1 to 64 letters, digits, '_' or '-', starting with a letter or digit",
 	`^((sse\+)?https?://[^\s]+|stdio:.*\S.*)$`:                "must be " + upstreamURLForms,
 	`^[A-Za-z_][A-Za-z0-9_]*$`:                                "must be an environment variable name: letters, digits and '_', not starting with a digit",
+	`^[A-Za-z0-9_-]{43}$`:                                     "must be a JWK thumbprint (RFC 7638): 43 base64url characters",
 }
 
 // patternInWords replaces the schema validator's message for a value that
