@@ -62,6 +62,10 @@ const (
 	// eventBuffer is how many of the agent's events wait while the run is
 	// parked before the agent is slowed down.
 	eventBuffer = 256
+	// agentQuiet is how long the agent's stream must have been quiet
+	// before a consent request of its call interrupts the run: the events
+	// it sent before the call, still on their way, come first.
+	agentQuiet = 100 * time.Millisecond
 )
 
 // agentEvent is one event of the agent's stream, or why it ended.
@@ -277,10 +281,13 @@ func (s *Stream) relay(ctx context.Context, out emitter, p identity.Principal, t
 	defer s.o.Listening(p)()
 	beat := time.NewTicker(s.o.Heartbeat)
 	defer beat.Stop()
+	last := time.Now() // when the agent last sent an event
 	for {
 		changed := s.o.Consents.Changed()
 		// An interrupt comes between the agent's events: after those it
-		// has sent so far, outside any message or tool call.
+		// sent before its call (the agent is quiet while the call waits),
+		// outside any message or tool call.
+		var settle <-chan time.Time
 		if len(pr.open) == 0 && len(pr.events) == 0 {
 			open, err := s.open(ctx, p, th)
 			if err != nil {
@@ -288,8 +295,12 @@ func (s *Stream) relay(ctx context.Context, out emitter, p identity.Principal, t
 				return false
 			}
 			if mine := agentRequests(open, pr.run.Agent); len(mine) > 0 {
-				_ = s.interrupt(out, in, mine, nil)
-				return true
+				if wait := agentQuiet - time.Since(last); wait > 0 {
+					settle = time.After(wait)
+				} else {
+					_ = s.interrupt(out, in, mine, nil)
+					return true
+				}
 			}
 		}
 		select {
@@ -302,9 +313,11 @@ func (s *Stream) relay(ctx context.Context, out emitter, p identity.Principal, t
 				_ = out.send(runError{Type: "RUN_ERROR", Code: "INVALID_AGENT_EVENT", Message: ev.err.Error()})
 				return false
 			}
+			last = time.Now()
 			if done, err := s.relayEvent(out, in, pr, ev); err != nil || done {
 				return false
 			}
+		case <-settle:
 		case <-changed:
 		case <-beat.C:
 			if out.comment() != nil {

@@ -4,18 +4,22 @@
 # interop test (npm dpop + oauth4webapi proofs) against `sag serve --auth dpop`,
 # an AG-UI test (the @ag-ui/client 1.0.0 HttpAgent approving, denying and
 # editing calls that wait in `sag call`, and AG-UI's interrupt rules), an
-# A2A test (the @a2a-js/sdk 1.3.0 client calling tools as A2A 1.0 tasks:
+# AG-UI agent-proxy test (the same HttpAgent running a real AG-UI agent,
+# the sag-fixture process, through POST /agui/agents/{name}: the agent's tool
+# call waits for the user's consent as an interrupt, resumed, denied, killed),
+# an A2A test (the @a2a-js/sdk 1.3.0 client calling tools as A2A 1.0 tasks:
 # completed, rejected, waiting for consent, cancelled, each user's own), a
 # SPIFFE test with a real SPIRE 1.13.3 server + agent issuing the gateway's
 # and the agent's X.509-SVIDs (mTLS + DPoP + act.sub), and the consent
 # console in a real browser (Debian's chromium, installed by
 # e2e/chromium.sh when missing, driven by chromedp: go test -tags browser).
 #
-# Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [agui] [a2a] [spire] [console]   (default: all seven)
+# Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [agui] [agui-agent] [a2a] [spire] [console]
+#        (default: all eight)
 #
 # Environment:
 #   E2E_DIRECT=1              test the everything-server directly (baseline), no gateway
-#                             (the dpop, agui, a2a, spire and console parts, which test the gateway only, are skipped)
+#                             (the dpop, agui, agui-agent, a2a, spire and console parts, which test the gateway only, are skipped)
 #   E2E_UPSTREAM_STATELESS=1  run the everything-server with -stateless=true
 #                             (default -stateless=false: with conformance 0.1.16 the
 #                             stateless server fails the sampling/elicitation scenarios)
@@ -26,6 +30,7 @@
 #   E2E_CONFORMANCE_TIMEOUT=secs  limit for the conformance run (default 600)
 #   E2E_DPOP_TIMEOUT=secs     limit for the dpop interop script (default 60)
 #   E2E_AGUI_TIMEOUT=secs     limit for the AG-UI interop script (default 60)
+#   E2E_AGUI_AGENT_TIMEOUT=secs  limit for the AG-UI agent-proxy script (default 60)
 #   E2E_A2A_TIMEOUT=secs      limit for the A2A interop script (default 60)
 #   E2E_SPIRE_TIMEOUT=secs    how long to wait for each SVID (default 60)
 #   E2E_SPIRE_BUILD_TIMEOUT=secs  limit for e2e/spire/build.sh (default 1800)
@@ -47,6 +52,7 @@ EXPECTED_FAILURES="$E2E_DIR/conformance-expected-failures.yml"
 
 DPOP_TIMEOUT="${E2E_DPOP_TIMEOUT:-60}"
 AGUI_TIMEOUT="${E2E_AGUI_TIMEOUT:-60}"
+AGUI_AGENT_TIMEOUT="${E2E_AGUI_AGENT_TIMEOUT:-60}"
 A2A_TIMEOUT="${E2E_A2A_TIMEOUT:-60}"
 SPIRE_SVID_TIMEOUT="${E2E_SPIRE_TIMEOUT:-60}"
 SPIRE_BUILD_TIMEOUT="${E2E_SPIRE_BUILD_TIMEOUT:-1800}"
@@ -55,6 +61,7 @@ RUN_CONFORMANCE=0
 RUN_INSPECTOR=0
 RUN_DPOP=0
 RUN_AGUI=0
+RUN_AGUI_AGENT=0
 RUN_A2A=0
 RUN_SPIRE=0
 RUN_CONSOLE=0
@@ -64,6 +71,7 @@ if [[ $# -eq 0 ]]; then
   RUN_INSPECTOR=1
   RUN_DPOP=1
   RUN_AGUI=1
+  RUN_AGUI_AGENT=1
   RUN_A2A=1
   RUN_SPIRE=1
 fi
@@ -73,11 +81,12 @@ for part in "$@"; do
     inspector) RUN_INSPECTOR=1 ;;
     dpop) RUN_DPOP=1 ;;
     agui) RUN_AGUI=1 ;;
+    agui-agent) RUN_AGUI_AGENT=1 ;;
     a2a) RUN_A2A=1 ;;
     spire) RUN_SPIRE=1 ;;
     console) RUN_CONSOLE=1 ;;
     -h | --help) sed -n '2,/^set -euo pipefail$/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop, agui, a2a, spire, console)" >&2; exit 2 ;;
+    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop, agui, agui-agent, a2a, spire, console)" >&2; exit 2 ;;
   esac
 done
 GATEWAY_ONLY_SKIPPED=()
@@ -88,6 +97,10 @@ fi
 if [[ "$E2E_DIRECT" == 1 && $RUN_AGUI == 1 ]]; then
   RUN_AGUI=0
   GATEWAY_ONLY_SKIPPED+=(agui)
+fi
+if [[ "$E2E_DIRECT" == 1 && $RUN_AGUI_AGENT == 1 ]]; then
+  RUN_AGUI_AGENT=0
+  GATEWAY_ONLY_SKIPPED+=(agui-agent)
 fi
 if [[ "$E2E_DIRECT" == 1 && $RUN_A2A == 1 ]]; then
   RUN_A2A=0
@@ -251,6 +264,10 @@ if [[ "$E2E_DIRECT" != 1 ]]; then
   [[ "$E2E_RACE" == 1 ]] && race=(-race)
   log "building ./cmd/sag ${race[*]}"
   (cd "$ROOT" && go build "${race[@]}" -o "$WORK/sag" ./cmd/sag)
+fi
+if [[ $RUN_AGUI_AGENT == 1 ]]; then
+  log "building ./fixtures/cmd/sag-fixture (the AG-UI fixture agent)"
+  (cd "$ROOT" && go build -o "$WORK/sag-fixture" ./fixtures/cmd/sag-fixture)
 fi
 log "build done in $((SECONDS - t0))s"
 
@@ -464,6 +481,95 @@ EOF
   total=$(grep -E '^agui interop: ' "$OUT/agui.log" | tail -n 1 || true)
   log "${total:-agui interop: no summary line} (exit $rc, $((SECONDS - t0))s)"
   if [[ $rc -ne 0 || -z "$total" ]]; then FAILED+=("agui"); fi
+fi
+
+# ------------------------------------------------------------- agui-agent --
+# SAG's AG-UI agent proxy (POST /agui/agents/{name}) in front of a real AG-UI
+# agent: the sag-fixture process (-agui), whose every run says what it does,
+# calls everything__test_simple_text through the gateway's MCP endpoint with
+# the DPoP-bound run token SAG put in forwardedProps.sag (bound to the
+# agent's own key, whose thumbprint it prints), and shows the result. A
+# gateway with --auth bearer and an allow-list by which alice's calls of
+# test_simple_text need her consent; the agent is registered with
+# `sag upstreams add --kind agui --agent-key THUMBPRINT` (the admin token is
+# read from the data directory, never on a command line). e2e/agui-agent.mjs
+# runs the agent as alice with @ag-ui/client 1.0.0: interrupt, approve, deny,
+# an admin kill of the run's workflow, and the audit of the agent's calls.
+# alice's token (sag token) reaches it in its environment, never in a log.
+if [[ $RUN_AGUI_AGENT == 1 ]]; then
+  t0=$SECONDS
+  free_port AGENT_GW_PORT
+  free_port AGENT_FIXTURE_PORT
+  AGENT_GW_URL="http://127.0.0.1:$AGENT_GW_PORT"
+  AGENT_DATA="$OUT/sag-agui-agent-data"
+  AGENT_NAME=helper
+  AGENT_TOOL=everything__test_simple_text
+  mkdir -p "$AGENT_DATA"
+  cat >"$OUT/sag-agui-agent-allow.yaml" <<EOF2
+id: agui-agent-e2e
+rules:
+  - id: alice-agent-needs-consent
+    upstream: everything
+    tools: [test_simple_text]
+    principals: {users: [alice]}
+    consent: always
+EOF2
+  log "starting the AG-UI fixture agent (sag-fixture -agui 127.0.0.1:$AGENT_FIXTURE_PORT -agui-tool $AGENT_TOOL)"
+  start_bg "$OUT/agui-agent-fixture.log" "$WORK/sag-fixture" \
+    -agui "127.0.0.1:$AGENT_FIXTURE_PORT" -agui-tool "$AGENT_TOOL"
+  AGENT_FIXTURE_PID=$LAST_PID
+  log "starting sag serve --auth bearer with the agent's consent rule (sag-agui-agent-allow.yaml) on 127.0.0.1:$AGENT_GW_PORT"
+  start_bg "$OUT/sag-agui-agent.log" "$WORK/sag" serve \
+    --listen "127.0.0.1:$AGENT_GW_PORT" \
+    --data "$AGENT_DATA" \
+    --auth bearer \
+    --policy "$OUT/sag-agui-agent-allow.yaml" \
+    --upstream "everything=http://127.0.0.1:$UP_PORT/mcp"
+  AGENT_GW_PID=$LAST_PID
+  # The fixture prints "listening URL" and "agent key THUMBPRINT" on stderr.
+  AGENT_KEY=""
+  deadline=$((SECONDS + READY_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    AGENT_KEY=$(sed -n 's/^agent key \([A-Za-z0-9_-]\{43\}\)$/\1/p' "$OUT/agui-agent-fixture.log")
+    [[ -n "$AGENT_KEY" ]] && break
+    kill -0 "$AGENT_FIXTURE_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  AGENT_RUN_URL=$(sed -n 's/^listening \(http:.*\)$/\1/p' "$OUT/agui-agent-fixture.log")
+  wait_http "$AGENT_GW_URL/readyz" 200 "$AGENT_GW_PID" "$OUT/sag-agui-agent.log"
+  rc=0
+  if [[ -z "$AGENT_KEY" || "$AGENT_RUN_URL" != "http://127.0.0.1:$AGENT_FIXTURE_PORT/run" ]]; then
+    cat "$OUT/agui-agent-fixture.log" >&2
+    log "agui-agent: the fixture agent did not print its run URL and key (log: $OUT/agui-agent-fixture.log)"
+    rc=1
+  elif ! "$WORK/sag" upstreams add --server "$AGENT_GW_URL" --data "$AGENT_DATA" \
+    --kind agui --agent-key "$AGENT_KEY" "$AGENT_NAME" "$AGENT_RUN_URL" >"$OUT/agui-agent-register.log" 2>&1; then
+    cat "$OUT/agui-agent-register.log" >&2
+    log "agui-agent: sag upstreams add --kind agui failed"
+    rc=1
+  else
+    log "agui-agent: $(cat "$OUT/agui-agent-register.log")"
+    AGENT_ALICE_TOKEN=$("$WORK/sag" token --data "$AGENT_DATA" --url "$AGENT_GW_URL" --sub alice 2>"$OUT/agui-agent-token.err") || rc=$?
+    if [[ $rc -ne 0 || -z "${AGENT_ALICE_TOKEN:-}" ]]; then
+      cat "$OUT/agui-agent-token.err" >&2
+      log "agui-agent: sag token --sub alice failed (exit $rc)"
+      rc=1
+    fi
+  fi
+  if [[ $rc -ne 0 ]]; then
+    FAILED+=("agui-agent")
+  else
+    log "agui-agent: gateway and agent ready in $((SECONDS - t0))s; node e2e/agui-agent.mjs"
+    AGENT_GW_URL="$AGENT_GW_URL" AGENT_DATA="$AGENT_DATA" AGENT_GW_LOG="$OUT/sag-agui-agent.log" \
+      AGENT_NAME="$AGENT_NAME" AGENT_TOOL="$AGENT_TOOL" AGENT_RUN_URL="$AGENT_RUN_URL" \
+      AGENT_ALICE_TOKEN="$AGENT_ALICE_TOKEN" \
+      run_logged "$E2E_DIR" "$OUT/agui-agent.log" \
+      timeout --kill-after=5 "$AGUI_AGENT_TIMEOUT" "$NODE" "$E2E_DIR/agui-agent.mjs" </dev/null || rc=$?
+    total=$(grep -E '^agui agent interop: ' "$OUT/agui-agent.log" | tail -n 1 || true)
+    log "${total:-agui agent interop: no summary line} (exit $rc, $((SECONDS - t0))s)"
+    if [[ $rc -ne 0 || -z "$total" ]]; then FAILED+=("agui-agent"); fi
+  fi
+  unset AGENT_ALICE_TOKEN
 fi
 
 # -------------------------------------------------------------------- a2a --
