@@ -301,9 +301,9 @@ func TestDemoWorksAsPrinted(t *testing.T) {
 	}()
 
 	// Every command is printed as it runs from the repository: no bare sag.
-	bare := regexp.MustCompile(`(^|[\s(:])sag (serve|demo|tools|call|token|upstreams|kill|keys|audit|bench)\b`)
+	bare := regexp.MustCompile(`(^|[\s(:])sag (serve|demo|tools|call|agent|token|upstreams|kill|keys|audit|bench)\b`)
 	var ran int
-	consented := false
+	consented, ranAgent := false, false
 	vars := map[string]string{}
 	for _, l := range printed {
 		l = strings.TrimSpace(l)
@@ -344,6 +344,14 @@ func TestDemoWorksAsPrinted(t *testing.T) {
 			}
 			consented = true
 		}
+		// The agent's call waits for alice's consent; the command asks,
+		// and with nothing to read it denies.
+		if strings.HasPrefix(args, "agent ") {
+			if !strings.Contains(out, "asks to call echo on alpha for alice") || !strings.Contains(out, "← error: denied by alice") {
+				t.Errorf("the agent run %q:\n%s%s", l, out, errOut)
+			}
+			ranAgent = true
+		}
 		if name != "" {
 			vars[name] = strings.TrimSpace(out)
 		}
@@ -351,6 +359,9 @@ func TestDemoWorksAsPrinted(t *testing.T) {
 	}
 	if !consented {
 		t.Error("the demo printed no call that needs consent")
+	}
+	if !ranAgent {
+		t.Error("the demo printed no agent run")
 	}
 	t.Logf("ran %d printed commands", ran)
 	if ran < 6 {

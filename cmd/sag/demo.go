@@ -52,6 +52,25 @@ func cmdDemo(args []string) error {
 		}
 		list = append(list, fmt.Sprintf("  %-6s %s (Streamable HTTP, %s fixture)", u.name, url, kind))
 	}
+	// The agents: an A2A agent whose skills become tools, and an AG-UI
+	// agent that users run through the gateway (it calls alpha__echo).
+	helperURL, stopHelper, err := fixtures.NewAgent(fixtures.AgentOptions{Name: "helper"}).Start()
+	if err != nil {
+		return err
+	}
+	defer stopHelper()
+	assistant, err := fixtures.NewAGUIAgent(fixtures.AGUIAgentOptions{Tool: "alpha__echo"})
+	if err != nil {
+		return err
+	}
+	assistantURL, stopAssistant, err := assistant.Start()
+	if err != nil {
+		return err
+	}
+	defer stopAssistant()
+	list = append(list,
+		fmt.Sprintf("  %-9s %s (an A2A agent: its skills are tools helper__echo, helper__ask, …)", "helper", helperURL),
+		fmt.Sprintf("  %-9s %s (an AG-UI agent users run through SAG)", "assistant", assistantURL))
 	// The consent console's development sign-in (loopback only); --auth
 	// open needs none.
 	f.devLogin = f.auth != config.AuthOpen
@@ -59,6 +78,19 @@ func cmdDemo(args []string) error {
 	if err != nil {
 		return err
 	}
+	cfg.Upstreams = append(cfg.Upstreams,
+		config.Upstream{Name: "helper", Kind: "a2a", URL: helperURL},
+		config.Upstream{Name: "assistant", Kind: "agui", URL: assistantURL, AgentKey: assistant.Key()})
+	// The assistant's calls wait for alice's consent: a rule ahead of the
+	// demo's own (the first matching rule decides).
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	agents := filepath.Join(cfg.DataDir, "demo-agents.yaml")
+	if err := os.WriteFile(agents, fmt.Appendf(nil, demoAgentRules, cfg.ResolvedPublicURL()+"/agui/agents/assistant"), 0o600); err != nil {
+		return err
+	}
+	cfg.Policy.Files = append(cfg.Policy.Files, agents)
 	// The demo's allow-list (fixtures/allowlists/demo.yaml), written where
 	// it can be read and edited: the gateway reloads it on change.
 	allow := filepath.Join(cfg.DataDir, "demo-allowlist.yaml")
@@ -71,6 +103,21 @@ func cmdDemo(args []string) error {
 	log := slog.New(fixtureConflicts{newLogger(cfg).Handler()})
 	return run(ctx, cfg, log, func(base string) { printDemo(cfg, base, list) })
 }
+
+// demoAgentRules is the demo's allow-list for its AG-UI agent (%s: the
+// agent's identity, which names the gateway's URL).
+const demoAgentRules = `# sag demo: what the assistant agent may do when alice runs it.
+id: demo-agents
+version: "1"
+rules:
+  - id: assistant-asks-alice
+    description: The assistant (an AG-UI agent run through SAG) may call
+      alpha's echo for its user, each call with alice's consent.
+    upstream: alpha
+    tools: [echo]
+    principals: {agents: [%q]}
+    consent: always
+`
 
 // fixtureConflicts logs at debug level, instead of as warnings, the catalog
 // conflicts the demo causes on purpose: its two fixtures serve the same
@@ -147,6 +194,16 @@ Consent: alpha__delete_everything is annotated destructive, so each call waits f
   3. Approve: the call completes. Deny: it returns the reason. Nothing reaches alpha before.
 
 `, base, who, urlFlag, as)
+	fmt.Printf(`Agents:
+  An A2A agent behind SAG, as MCP tools (each request to it carries a token SAG minted for it):
+  go run ./cmd/sag call%s%s helper__echo '{"message":"hello, agent"}'
+  A2A clients: SAG's card %s/.well-known/agent-card.json, the agent's as SAG offers it
+  %s/a2a/agents/helper/.well-known/agent-card.json
+  Run the AG-UI agent "assistant" as alice: it calls alpha__echo through SAG, the call waits
+  for alice's consent, and you answer right there (or in the console):
+  go run ./cmd/sag agent%s%s assistant 'hello from alice'
+
+`, urlFlag, as, base, base, urlFlag, as)
 	if cfg.Auth != config.AuthOpen {
 		key := filepath.Join(cfg.DataDir, "alice.jwk")
 		fmt.Printf(`Each call sends an access token bound to a fresh DPoP key, with a new proof per request;

@@ -53,6 +53,7 @@ func main() {
 		"demo":      cmdDemo,
 		"tools":     cmdTools,
 		"call":      cmdCall,
+		"agent":     cmdAgent,
 		"token":     cmdToken,
 		"upstreams": cmdUpstreams,
 		"kill":      cmdKill,
