@@ -280,22 +280,36 @@ func (e *executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter
 			yield(nil, err)
 			return
 		}
-		if ec.StoredTask == nil {
-			if !yield(spec.NewSubmittedTask(ec, ec.Message), nil) {
+		task := ec.StoredTask
+		if task == nil {
+			task = spec.NewSubmittedTask(ec, ec.Message)
+			if !yield(task, nil) {
 				return
 			}
 		}
-		c := &pipeline.Call{Principal: p, Channel: pipeline.A2A, Kind: pipeline.ToolCall, Workflow: ec.ContextID,
+		// The workflow is the context the client names (one SAG made up for
+		// a message without it is no workflow of the client's: each such
+		// task would otherwise open a workflow of its own).
+		c := &pipeline.Call{Principal: p, Channel: pipeline.A2A, Kind: pipeline.ToolCall, Workflow: ec.Message.ContextID,
 			Name: call.Tool, Args: call.Arguments, Asker: later{}, Resume: resume}
 		out := e.s.o.Pipeline.Run(ctx, c)
-		if nodes := c.Sessions.Nodes(); len(nodes) > 0 {
-			// A kill of any of these nodes cancels the task.
+		evs := events(ec, call, out)
+		last, _ := evs[len(evs)-1].(*spec.TaskStatusUpdateEvent)
+		if nodes := c.Sessions.Nodes(); len(nodes) > 0 && last != nil && !last.Status.State.Terminal() {
+			// The task waits: a kill of any of these nodes cancels it.
 			if err := e.s.o.Tasks.BindA2ATask(context.WithoutCancel(ctx), string(ec.TaskID), nodes); err != nil {
 				yield(nil, err)
 				return
 			}
 		}
-		for _, ev := range events(ec, call, out) {
+		if len(evs) == 2 {
+			// A result: the artifact and COMPLETED, stored in one write.
+			done := *task
+			done.Artifacts = append(slices.Clone(task.Artifacts), evs[0].(*spec.TaskArtifactUpdateEvent).Artifact)
+			done.Status = last.Status
+			evs = []spec.Event{&done}
+		}
+		for _, ev := range evs {
 			if !yield(ev, nil) {
 				return
 			}

@@ -3,12 +3,16 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
 	"testing"
 	"time"
 
+	spec "github.com/a2aproject/a2a-go/v2/a2a"
+	"github.com/a2aproject/a2a-go/v2/a2aclient"
+	"github.com/a2aproject/a2a-go/v2/a2aclient/agentcard"
 	mcpgo "github.com/mark3labs/mcp-go/mcp"
 	mcpserver "github.com/mark3labs/mcp-go/server"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -139,17 +143,15 @@ func BenchmarkDirectParallel(b *testing.B) {
 	runBench(b, benchUpstream(b), "echo", true)
 }
 
-// BenchmarkPipelineSecure is BenchmarkPipeline with full security: a DPoP
-// client (token verified once, a proof per request), a per-upstream token
-// minted per session with a proof per request, and an upstream that
-// verifies both.
-func BenchmarkPipelineSecure(b *testing.B) {
-	tg := &testGateway{}
+// secureBench starts a gateway with full security in front of an upstream
+// that verifies the tokens minted for it, and returns its base URL and a
+// DPoP client of it.
+func secureBench(b *testing.B) (base string, a *agent) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	base := "http://" + ln.Addr().String()
+	base = "http://" + ln.Addr().String()
 	up, stop, err := fixtures.NewServer(fixtures.Options{Name: "up", Verify: &fixtures.Verify{JWKSURL: base + "/.well-known/jwks.json", Issuer: base, Actor: base}}).StartHTTP(false)
 	if err != nil {
 		b.Fatal(err)
@@ -173,30 +175,83 @@ func BenchmarkPipelineSecure(b *testing.B) {
 		cancel()
 		<-done
 	})
-	tg.Base, tg.DataDir = base, cfg.DataDir
-	a := newAgent(b, tg, identity.Claims{Subject: "bench"})
+	return base, newAgent(b, &testGateway{Base: base, DataDir: cfg.DataDir}, identity.Claims{Subject: "bench"})
+}
+
+// untilCallable retries call until the upstream answers: it fetches the
+// gateway's keys once the gateway serves, refusing it until then.
+func untilCallable(b *testing.B, call func() error) {
+	for deadline := time.Now().Add(waitFor); call() != nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatal("the upstream never became callable")
+		}
+	}
+}
+
+// BenchmarkPipelineSecure is BenchmarkPipeline with full security: a DPoP
+// client (token verified once, a proof per request), a per-upstream token
+// minted per session with a proof per request, and an upstream that
+// verifies both.
+func BenchmarkPipelineSecure(b *testing.B) {
+	base, a := secureBench(b)
+	ctx := context.Background()
 	c := mcp.NewClient(&mcp.Implementation{Name: "bench", Version: "1"}, nil)
 	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: base + "/mcp", HTTPClient: a.client(), DisableStandaloneSSE: true}, &mcp.ClientSessionOptions{ProtocolVersion: legacy})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { cs.Close() })
-	// The upstream fetches the gateway's keys once the gateway serves; until
-	// then the gateway's discovery is refused and retried.
-	for deadline := time.Now().Add(waitFor); ; time.Sleep(20 * time.Millisecond) {
-		if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "up__echo", Arguments: map[string]any{"text": "x"}}); err == nil && !res.IsError {
-			break
+	untilCallable(b, func() error {
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "up__echo", Arguments: map[string]any{"text": "x"}})
+		if err == nil && res.IsError {
+			err = errors.New(toolText(res))
 		}
-		if time.Now().After(deadline) {
-			b.Fatal("the upstream never became callable")
-		}
-	}
+		return err
+	})
 	for range 100 {
 		benchCall(b, cs, "up__echo")
 	}
 	b.ReportAllocs()
 	for b.Loop() {
 		benchCall(b, cs, "up__echo")
+	}
+}
+
+// BenchmarkA2ASecure is BenchmarkPipelineSecure through the A2A endpoint:
+// SendMessage with the tool call as a data part, the a2a-go client with a
+// DPoP proof per request; each message is a new task, stored.
+func BenchmarkA2ASecure(b *testing.B) {
+	base, a := secureBench(b)
+	ctx := context.Background()
+	card, err := agentcard.DefaultResolver.Resolve(ctx, base)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := a2aclient.NewFromCard(ctx, card, a2aclient.WithJSONRPCTransport(a.client()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	call := func() error {
+		res, err := c.SendMessage(ctx, &spec.SendMessageRequest{Message: toolMessage("up__echo", map[string]any{"text": "bench"})})
+		if err != nil {
+			return err
+		}
+		if t, ok := res.(*spec.Task); !ok || t.Status.State != spec.TaskStateCompleted {
+			return fmt.Errorf("SendMessage answered %+v", res)
+		}
+		return nil
+	}
+	untilCallable(b, call)
+	for range 100 {
+		if err := call(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := call(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 
