@@ -221,3 +221,38 @@ func TestAgentCardSignatures(t *testing.T) {
 		})
 	}
 }
+
+// TestA2ACancelRunningCall: CancelTask of a task whose call is running
+// cancels the call and the upstream agent's own task; the task ends
+// CANCELED.
+func TestA2ACancelRunningCall(t *testing.T) {
+	tg := startGateway(t, func(c *config.Config) { c.Auth = config.AuthDPoP; allowAll(t, c) })
+	ag, _ := startAgentUpstream(t, tg, fixtures.AgentOptions{Name: "helper"})
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	_, c := a2aClient(t, ctx, tg, alice)
+	var id spec.TaskID
+	for ev, err := range c.SendStreamingMessage(ctx, &spec.SendMessageRequest{Message: toolMessage("helper__slow", map[string]any{"message": "go"})}) {
+		if err != nil {
+			t.Fatalf("stream: %v", err)
+		}
+		if task, ok := ev.(*spec.Task); ok {
+			id = task.ID
+			break // the call runs on
+		}
+	}
+	if id == "" {
+		t.Fatal("the stream named no task")
+	}
+	// The call reaches the agent before the cancel does.
+	eventually(t, "the agent got the call", func() bool { return len(ag.Authorizations()) >= 1 })
+	got, err := c.CancelTask(ctx, &spec.CancelTaskRequest{ID: id})
+	if err != nil || got.Status.State != spec.TaskStateCanceled {
+		t.Fatalf("CancelTask of a running call: %+v, %v", got, err)
+	}
+	eventually(t, "the agent's task cancelled", func() bool { return ag.Cancelled() > 0 })
+	if task, err := c.GetTask(ctx, &spec.GetTaskRequest{ID: id}); err != nil || task.Status.State != spec.TaskStateCanceled {
+		t.Errorf("the task after the cancel: %+v, %v", task, err)
+	}
+}
