@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	spec "github.com/a2aproject/a2a-go/v2/a2a"
@@ -292,7 +293,26 @@ func (e *executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter
 		// task would otherwise open a workflow of its own).
 		c := &pipeline.Call{Principal: p, Channel: pipeline.A2A, Kind: pipeline.ToolCall, Workflow: ec.Message.ContextID,
 			Name: call.Tool, Args: call.Arguments, Asker: later{}, Resume: resume}
+		// An upstream agent's status updates reach the task as WORKING
+		// while the call runs (yield is not called once Run returned).
+		var mu sync.Mutex
+		running, progressed := true, false
+		c.Progress = func(msg string) {
+			mu.Lock()
+			defer mu.Unlock()
+			if running {
+				progressed = true
+				running = yield(spec.NewStatusUpdateEvent(ec, spec.TaskStateWorking, spec.NewMessageForTask(spec.MessageRoleAgent, ec, spec.NewTextPart(msg))), nil)
+			}
+		}
 		out := e.s.o.Pipeline.Run(ctx, c)
+		mu.Lock()
+		stopped := !running
+		running = false
+		mu.Unlock()
+		if stopped {
+			return
+		}
 		evs := events(ec, call, out)
 		last, _ := evs[len(evs)-1].(*spec.TaskStatusUpdateEvent)
 		if nodes := c.Sessions.Nodes(); len(nodes) > 0 && last != nil && !last.Status.State.Terminal() {
@@ -302,8 +322,9 @@ func (e *executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter
 				return
 			}
 		}
-		if len(evs) == 2 {
-			// A result: the artifact and COMPLETED, stored in one write.
+		if len(evs) == 2 && !progressed {
+			// A result: the artifact and COMPLETED, stored in one write
+			// (when nothing changed the task since it was submitted).
 			done := *task
 			done.Artifacts = append(slices.Clone(task.Artifacts), evs[0].(*spec.TaskArtifactUpdateEvent).Artifact)
 			done.Status = last.Status

@@ -96,7 +96,9 @@ type Call struct {
 	// reads it; the pipeline never looks inside.
 	Origin any
 	// Progress, when the caller asked for progress, tells it why its call
-	// is still waiting (a consent request); nil otherwise.
+	// is still waiting (a consent request) or how the upstream's work goes
+	// (an A2A agent's status); nil otherwise. It may be called from
+	// another goroutine than Run's.
 	Progress func(message string)
 	// Asker, when the channel can send the caller's user to a page (MCP
 	// URL-mode elicitation), points them at the consent request's page;

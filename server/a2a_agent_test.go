@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -112,6 +113,22 @@ func TestAgentUpstream(t *testing.T) {
 	_, c := a2aClient(t, actx, tg, alice)
 	if task := send(t, actx, c, toolMessage("helper__echo", map[string]any{"message": "via a2a"})); task.Status.State != spec.TaskStateCompleted || !strings.Contains(partsText(task.Artifacts[0].Parts), "echo: via a2a") {
 		t.Errorf("A2A → agent: %s %+v", task.Status.State, task.Artifacts)
+	}
+	// Streamed, the agent's own status reaches the caller as WORKING.
+	var working []string
+	var final spec.TaskState
+	for ev, err := range c.SendStreamingMessage(actx, &spec.SendMessageRequest{Message: toolMessage("helper__echo", map[string]any{"message": "streamed"})}) {
+		if err != nil {
+			t.Fatalf("stream: %v", err)
+		}
+		if st, ok := ev.(*spec.TaskStatusUpdateEvent); ok {
+			if final = st.Status.State; final == spec.TaskStateWorking && st.Status.Message != nil {
+				working = append(working, partsText(st.Status.Message.Parts))
+			}
+		}
+	}
+	if final != spec.TaskStateCompleted || !slices.Contains(working, "echoing") {
+		t.Errorf("A2A stream → agent: WORKING %q, last %s", working, final)
 	}
 	asking := send(t, actx, c, toolMessage("helper__ask", map[string]any{"message": "start"}))
 	if asking.Status.State != spec.TaskStateInputRequired || !strings.Contains(partsText(asking.Status.Message.Parts), "What is your name?") {

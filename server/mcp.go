@@ -247,8 +247,12 @@ func (fw mcpForwarder) Forward(ctx context.Context, c *pipeline.Call, t pipeline
 	req, _ := c.Origin.(mcp.Request)
 	if req == nil && c.Kind == pipeline.ToolCall {
 		// A tool call of another channel (A2A): on a pooled upstream
-		// connection, with no MCP session to relay to.
+		// connection, with no MCP session to relay to; what the upstream
+		// says of its progress goes to the channel's own.
 		req = &mcp.CallToolRequest{Params: &mcp.CallToolParamsRaw{Name: c.Name}}
+		if c.Progress != nil {
+			ctx = upstreams.WithProgress(ctx, c.Progress)
+		}
 	}
 	if req == nil {
 		return pipeline.Result{}, errors.New("mcp forwarder: a call without its MCP request")

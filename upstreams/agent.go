@@ -261,6 +261,14 @@ func skillTools(card *spec.AgentCard) []*mcp.Tool {
 
 func ptr[T any](v T) *T { return &v }
 
+type progressKey struct{}
+
+// WithProgress returns ctx carrying where a call of another channel than
+// MCP hears of its progress (an agent's status updates).
+func WithProgress(ctx context.Context, fn func(message string)) context.Context {
+	return context.WithValue(ctx, progressKey{}, fn)
+}
+
 // callAgent sends a skill tool's message to its agent and answers with the
 // agent's reply: the artifacts of a completed task, its question when it
 // asks for input (continue with taskId), a tool error when it fails,
@@ -294,7 +302,9 @@ func (m *Manager) callAgent(ctx context.Context, u *upstream, down *mcp.ServerSe
 	req := &spec.SendMessageRequest{Message: msg}
 
 	progress := func(string) {}
-	if tok, ok := p.Meta["progressToken"]; ok && down != nil {
+	if fn, ok := ctx.Value(progressKey{}).(func(string)); ok {
+		progress = fn
+	} else if tok, ok := p.Meta["progressToken"]; ok && down != nil {
 		n := 0.0
 		progress = func(s string) {
 			n++
