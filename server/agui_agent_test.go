@@ -150,6 +150,10 @@ func TestAGUIAgentProxy(t *testing.T) {
 			t.Fatal("the agent received alice's own token")
 		}
 	}
+	// The token the run gave the agent ended with the run.
+	if got := ag.CallAgain(ctx); !strings.Contains(got, "Unauthorized") {
+		t.Errorf("the agent's token after its run: %q, want refused", got)
+	}
 	// The agent's call was alice's, made by the agent, in the run's
 	// workflow and an agent session of its own.
 	var call *struct{ WSID, ASID, SpiffeID string }
