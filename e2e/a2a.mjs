@@ -207,10 +207,12 @@ try {
     const ids = new Set(events.map((p) => (p?.$case === "task" ? p.value.id : p?.value?.taskId)));
     const [id] = ids;
     if (id) tasksOf.alice.add(id);
+    // The stream ends COMPLETED either with a status update after an
+    // artifact update, or with the whole task (its artifact in it).
     const last = events.at(-1);
-    const artifact = events.find((p) => p?.$case === "artifactUpdate");
-    check(!streamError && events[0]?.$case === "task" && last?.$case === "statusUpdate" &&
-        last.value.status?.state === TaskState.TASK_STATE_COMPLETED && textOf(partsOf(artifact?.value?.artifact)) === SIMPLE_TEXT &&
+    const artifact = last?.$case === "task" ? last.value.artifacts?.[0] : events.find((p) => p?.$case === "artifactUpdate")?.value?.artifact;
+    check(!streamError && events[0]?.$case === "task" && (last?.$case === "statusUpdate" || last?.$case === "task") &&
+        last.value.status?.state === TaskState.TASK_STATE_COMPLETED && textOf(partsOf(artifact)) === SIMPLE_TEXT &&
         ids.size === 1,
       `streaming: SendStreamingMessage yields ${events.map((p) => p?.$case).join(", ")} of one task, the artifact with the result, the last event TASK_STATE_COMPLETED`,
       `streaming: ${streamError ? showErr(streamError) : ""} events ${JSON.stringify(events).slice(0, 1500)}`);
