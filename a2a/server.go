@@ -82,7 +82,7 @@ func New(o Options) *Server {
 	s := &Server{o: o, tasks: tasks{st: o.Tasks, now: o.Now}}
 	card := s.card()
 	opts := []a2asrv.RequestHandlerOption{
-		a2asrv.WithCallInterceptors(principalInterceptor{o.Principal}),
+		a2asrv.WithCallInterceptors(principalInterceptor{o.Principal, s.tasks}),
 		a2asrv.WithTaskStore(s.tasks),
 		a2asrv.WithExtendedAgentCardProducer(a2asrv.ExtendedAgentCardProducerFn(s.extendedCard)),
 		a2asrv.WithCapabilityChecks(&card.Capabilities),
@@ -216,14 +216,22 @@ const principalAttr = "sag.principal"
 // principalInterceptor hands the authenticated principal to the executor.
 type principalInterceptor struct {
 	principal func(ctx context.Context) (identity.Principal, bool)
+	tasks     tasks
 }
 
-func (pi principalInterceptor) Before(ctx context.Context, cc *a2asrv.CallContext, _ *a2asrv.Request) (context.Context, any, error) {
+func (pi principalInterceptor) Before(ctx context.Context, cc *a2asrv.CallContext, req *a2asrv.Request) (context.Context, any, error) {
 	p, ok := pi.principal(ctx)
 	if !ok {
 		return ctx, nil, spec.ErrUnauthenticated
 	}
 	cc.User = a2asrv.NewAuthenticatedUser(p.Key(), map[string]any{principalAttr: p})
+	if sub, ok := req.Payload.(*spec.SubscribeToTaskRequest); ok {
+		// The SDK follows a running task by its id alone: only its owner
+		// may (another principal's task is not found, A2A §3.3.2).
+		if _, err := pi.tasks.Get(ctx, sub.ID); err != nil {
+			return ctx, nil, err
+		}
+	}
 	return ctx, nil, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -264,11 +265,46 @@ func TestA2ACancelRunningCall(t *testing.T) {
 	}
 	// The call reaches the agent before the cancel does.
 	eventually(t, "the agent got the call", func() bool { return len(ag.Authorizations()) >= 1 })
+	// Another principal cannot follow the task; its owner can, and sees
+	// it end.
+	bob := newAgent(t, tg, identity.Claims{Subject: "bob"})
+	_, cb := a2aClient(t, ctx, tg, bob)
+	for _, err := range cb.SubscribeToTask(ctx, &spec.SubscribeToTaskRequest{ID: id}) {
+		if !errors.Is(err, spec.ErrTaskNotFound) {
+			t.Errorf("bob's SubscribeToTask of alice's task: %v, want TaskNotFound", err)
+		}
+		break
+	}
+	followed := make(chan spec.TaskState, 1)
+	go func() {
+		var last spec.TaskState
+		for ev, err := range c.SubscribeToTask(ctx, &spec.SubscribeToTaskRequest{ID: id}) {
+			if err != nil {
+				break
+			}
+			switch e := ev.(type) {
+			case *spec.Task:
+				last = e.Status.State
+			case *spec.TaskStatusUpdateEvent:
+				last = e.Status.State
+			}
+		}
+		followed <- last
+	}()
+	time.Sleep(100 * time.Millisecond) // the subscription is open
 	got, err := c.CancelTask(ctx, &spec.CancelTaskRequest{ID: id})
 	if err != nil || got.Status.State != spec.TaskStateCanceled {
 		t.Fatalf("CancelTask of a running call: %+v, %v", got, err)
 	}
 	eventually(t, "the agent's task cancelled", func() bool { return ag.Cancelled() > 0 })
+	select {
+	case st := <-followed:
+		if st != spec.TaskStateCanceled {
+			t.Errorf("the subscription's last state: %s, want CANCELED", st)
+		}
+	case <-time.After(waitFor):
+		t.Error("the subscription did not end with the task")
+	}
 	if task, err := c.GetTask(ctx, &spec.GetTaskRequest{ID: id}); err != nil || task.Status.State != spec.TaskStateCanceled {
 		t.Errorf("the task after the cancel: %+v, %v", task, err)
 	}

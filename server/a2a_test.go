@@ -175,6 +175,10 @@ func TestA2ATasks(t *testing.T) {
 	// CancelTask withdraws the consent request the task waits for.
 	waiting := send(t, ctx, ca, toolMessage("fx__echo", map[string]any{"text": "never"}))
 	id := consentIDOf(t, waiting)
+	// Another principal cannot go on with it either.
+	if _, err := cb.SendMessage(ctx, &spec.SendMessageRequest{Message: spec.NewMessageForTask(spec.MessageRoleUser, waiting, spec.NewTextPart("mine now"))}); !errors.Is(err, spec.ErrTaskNotFound) {
+		t.Errorf("bob's message on alice's task: %v, want TaskNotFound", err)
+	}
 	cancelled, err := ca.CancelTask(ctx, &spec.CancelTaskRequest{ID: waiting.ID})
 	if err != nil || cancelled.Status.State != spec.TaskStateCanceled {
 		t.Fatalf("CancelTask: %+v, %v", cancelled, err)
