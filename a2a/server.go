@@ -210,8 +210,12 @@ func (s *Server) extendedCard(ctx context.Context, _ *spec.GetExtendedAgentCardR
 	return c, nil
 }
 
-// principalAttr carries the caller's principal in the A2A user's attributes.
-const principalAttr = "sag.principal"
+// principalAttr carries the caller's principal in the A2A user's
+// attributes; blockingAttr marks a blocking SendMessage of a new task.
+const (
+	principalAttr = "sag.principal"
+	blockingAttr  = "sag.blocking"
+)
 
 // principalInterceptor hands the authenticated principal to the executor.
 type principalInterceptor struct {
@@ -224,7 +228,14 @@ func (pi principalInterceptor) Before(ctx context.Context, cc *a2asrv.CallContex
 	if !ok {
 		return ctx, nil, spec.ErrUnauthenticated
 	}
-	cc.User = a2asrv.NewAuthenticatedUser(p.Key(), map[string]any{principalAttr: p})
+	attrs := map[string]any{principalAttr: p}
+	if send, ok := req.Payload.(*spec.SendMessageRequest); ok && cc.Method() == "SendMessage" && send.Message != nil && send.Message.TaskID == "" &&
+		(send.Config == nil || !send.Config.ReturnImmediately) {
+		// A blocking SendMessage of a new task: its caller learns of the
+		// task only when it ends.
+		attrs[blockingAttr] = true
+	}
+	cc.User = a2asrv.NewAuthenticatedUser(p.Key(), attrs)
 	if sub, ok := req.Payload.(*spec.SubscribeToTaskRequest); ok {
 		// The SDK follows a running task by its id alone: only its owner
 		// may (another principal's task is not found, A2A §3.3.2).
@@ -289,10 +300,13 @@ func (e *executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter
 			yield(nil, err)
 			return
 		}
+		// A blocking SendMessage of a new task stores it once, when it
+		// ends: nobody can ask for it before (its id is in the answer).
+		blocking := ec.StoredTask == nil && ec.User != nil && ec.User.Attributes[blockingAttr] == true
 		task := ec.StoredTask
 		if task == nil {
 			task = spec.NewSubmittedTask(ec, ec.Message)
-			if !yield(task, nil) {
+			if !blocking && !yield(task, nil) {
 				return
 			}
 		}
@@ -301,16 +315,19 @@ func (e *executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter
 		// task would otherwise open a workflow of its own).
 		c := &pipeline.Call{Principal: p, Channel: pipeline.A2A, Kind: pipeline.ToolCall, Workflow: ec.Message.ContextID,
 			Name: call.Tool, Args: call.Arguments, Asker: later{}, Resume: resume}
-		// An upstream agent's status updates reach the task as WORKING
-		// while the call runs (yield is not called once Run returned).
+		// An upstream agent's status updates reach a followed task as
+		// WORKING while the call runs (yield is not called once Run
+		// returned).
 		var mu sync.Mutex
 		running, progressed := true, false
-		c.Progress = func(msg string) {
-			mu.Lock()
-			defer mu.Unlock()
-			if running {
-				progressed = true
-				running = yield(spec.NewStatusUpdateEvent(ec, spec.TaskStateWorking, spec.NewMessageForTask(spec.MessageRoleAgent, ec, spec.NewTextPart(msg))), nil)
+		if !blocking {
+			c.Progress = func(msg string) {
+				mu.Lock()
+				defer mu.Unlock()
+				if running {
+					progressed = true
+					running = yield(spec.NewStatusUpdateEvent(ec, spec.TaskStateWorking, spec.NewMessageForTask(spec.MessageRoleAgent, ec, spec.NewTextPart(msg))), nil)
+				}
 			}
 		}
 		out := e.s.o.Pipeline.Run(ctx, c)
@@ -330,13 +347,10 @@ func (e *executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter
 				return
 			}
 		}
-		if len(evs) == 2 && !progressed {
-			// A result: the artifact and COMPLETED, stored in one write
-			// (when nothing changed the task since it was submitted).
-			done := *task
-			done.Artifacts = append(slices.Clone(task.Artifacts), evs[0].(*spec.TaskArtifactUpdateEvent).Artifact)
-			done.Status = last.Status
-			evs = []spec.Event{&done}
+		if !progressed {
+			// The task as it ends, stored in one write (the SDK would
+			// store each event).
+			evs = []spec.Event{fold(task, evs)}
 		}
 		for _, ev := range evs {
 			if !yield(ev, nil) {
@@ -344,6 +358,25 @@ func (e *executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter
 			}
 		}
 	}
+}
+
+// fold applies status and artifact events to a copy of task, as the SDK
+// does when it stores them.
+func fold(task *spec.Task, evs []spec.Event) *spec.Task {
+	t := *task
+	t.History, t.Artifacts = slices.Clone(task.History), slices.Clone(task.Artifacts)
+	for _, ev := range evs {
+		switch e := ev.(type) {
+		case *spec.TaskArtifactUpdateEvent:
+			t.Artifacts = append(t.Artifacts, e.Artifact)
+		case *spec.TaskStatusUpdateEvent:
+			if t.Status.Message != nil {
+				t.History = append(t.History, t.Status.Message)
+			}
+			t.Status = e.Status
+		}
+	}
+	return &t
 }
 
 // events are the events a pipeline outcome ends the task's run with.
