@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sag-gateway/sag/agui"
 	"github.com/sag-gateway/sag/fixtures"
@@ -257,5 +258,44 @@ func TestAGUIAgentProxyBadEvents(t *testing.T) {
 	run.expect(t, "RUN_STARTED")
 	if ev := run.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != "INVALID_AGENT_EVENT" || !strings.Contains(ev["message"].(string), "toolCallName") {
 		t.Errorf("an invalid agent event: %v", ev)
+	}
+}
+
+// TestAGUIAgentProxyKillWhileRunning: a kill of the run's workflow while
+// the agent is streaming ends the user's run (RUN_ERROR SESSION_KILLED)
+// and the gateway's request to the agent.
+func TestAGUIAgentProxyKillWhileRunning(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy)
+	gone := make(chan struct{})
+	busy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: {\"type\":\"RUN_STARTED\",\"threadId\":\"wf-busy\",\"runId\":\"r\"}\n\n")
+		io.WriteString(w, "data: {\"type\":\"TEXT_MESSAGE_START\",\"messageId\":\"m\",\"role\":\"assistant\"}\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // works until the gateway hangs up
+		close(gone)
+	}))
+	t.Cleanup(busy.Close)
+	key, err := identity.NewDPoPKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg.addUpstream(t, server.UpstreamRequest{Name: "busy", Kind: "agui", URL: busy.URL, AgentKey: key.Thumbprint()})
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	run := startRunAt(t, ctx, tg, alice, "/agui/agents/busy", runInput("wf-busy", "r", `[{"id":"u1","role":"user","content":"x"}]`, ""))
+	run.expect(t, "RUN_STARTED", "TEXT_MESSAGE_START")
+	wsid := tg.GW.WorkflowSession(identity.Principal{Issuer: tg.Base, User: "alice"}, "wf-busy")
+	if code, body := tg.adminDo(t, http.MethodPost, "/admin/kill", server.KillRequest{Session: wsid}); code != http.StatusOK {
+		t.Fatalf("kill: %d %s", code, body)
+	}
+	if ev := run.next(t); ev["type"] != "RUN_ERROR" || ev["code"] != "SESSION_KILLED" {
+		t.Errorf("the run after the kill: %v", ev)
+	}
+	select {
+	case <-gone:
+	case <-time.After(waitFor):
+		t.Error("the gateway's request to the agent outlived the kill")
 	}
 }

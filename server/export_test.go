@@ -40,3 +40,8 @@ func (g *Gateway) StreamsOpen(p identity.Principal) bool {
 	defer g.listeners.mu.Unlock()
 	return g.listeners.open[userKey{p.Issuer, p.User}] > 0
 }
+
+// WorkflowSession is the WSID of p's workflow thread.
+func (g *Gateway) WorkflowSession(p identity.Principal, thread string) string {
+	return workflowSession(g.sessions.userSession(p), thread)
+}
