@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/sag-gateway/sag/policy"
 	"github.com/sag-gateway/sag/store"
 )
@@ -38,6 +40,8 @@ type Pipeline struct {
 	Auditor     Auditor
 	Clock       Clock
 	Log         *slog.Logger
+	// Tracer records a span per call and per step; nil records none.
+	Tracer trace.Tracer
 	// Watch, when set, sees every committed record with its call (the
 	// user's live activity in the consent stream).
 	Watch func(c *Call, rec store.AuditRecord)
@@ -53,12 +57,14 @@ type Pipeline struct {
 func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 	r := &run{p: p, c: c, start: p.Clock.Now()}
 	r.rec = newRecord(c)
+	ctx = r.startCall(ctx)
 
 	// 1. authenticate: done at the channel's edge (identity); c.Principal
 	// is the verified caller.
 
 	// 2. session: the call's place in the session graph; a revoked node
 	// stops it. From here the kill-switch can cancel it.
+	r.step(ctx, "session")
 	ctx, done, err := p.Sessions.Admit(ctx, c)
 	if err != nil {
 		return r.refuse(ctx, err)
@@ -68,6 +74,7 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 	// 3. authorize: the first rule naming this principal and target whose
 	// condition holds allows the call, within its rate limit and the
 	// session's risk. What no rule shows the caller does not exist for it.
+	r.step(ctx, "authorize")
 	t, ok := p.Catalog.Resolve(c)
 	if !ok {
 		return r.refuse(ctx, notFound(c))
@@ -94,6 +101,7 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 
 	// 4. validate: the arguments against the upstream's schema and the
 	// rule's; failures are tool errors a model can correct.
+	r.step(ctx, "validate")
 	if msg := p.Validator.Arguments(t, d.Input, args); msg != "" {
 		return r.deny(ctx, policy.CountValidationFailure, CodeInvalidParams, msg)
 	}
@@ -102,6 +110,7 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 	// the upstream.
 	sent := c.Args
 	if d.DLP != nil && len(sent) > 0 {
+		r.step(ctx, "dlp")
 		red, acts, err := d.DLP.RedactJSON(sent)
 		if err != nil {
 			return r.deny(ctx, "", CodeDenied, "arguments withheld: they could not be checked for secrets")
@@ -113,7 +122,7 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 	// 6. consent: a call the decision says needs the user's approval waits
 	// for it here, and only here.
 	if d.Consent {
-		ap, err := p.Consent.Await(ctx, c, t, d, sent)
+		ap, err := p.Consent.Await(r.step(ctx, "consent"), c, t, d, sent)
 		r.rec.ConsentID = ap.ID
 		if ir, ok := err.(*InputRequired); ok {
 			r.rec.Decision, r.rec.Reason = DecisionPending, ir.Message
@@ -139,18 +148,19 @@ func (p *Pipeline) Run(ctx context.Context, c *Call) Outcome {
 
 	// 7. credentials: the token minted for this upstream on the caller's
 	// behalf (never the caller's own), handed to the forwarder.
-	cred, err := p.Credentials.For(ctx, c, t)
+	cred, err := p.Credentials.For(r.step(ctx, "credentials"), c, t)
 	if err != nil {
 		p.Log.Error("no credentials for the upstream; call refused", "upstream", t.Upstream, "error", err)
 		return r.finish(ctx, Result{}, &Error{Code: CodeUpstream, Message: "upstream " + t.Upstream + ": no credentials could be minted for it", Cause: err})
 	}
 
 	// 8. forward.
-	res, err := p.Forwarder.Forward(ctx, c, t, sent, cred)
+	res, err := p.Forwarder.Forward(r.step(ctx, "forward"), c, t, sent, cred)
 
 	// 9. check output: structured content against the output schemas,
 	// then DLP on everything that goes back.
 	if err == nil {
+		r.step(ctx, "output")
 		res, err = r.checkOutput(ctx, t, d, res)
 	}
 
@@ -200,10 +210,13 @@ type Visibility struct {
 func (p *Pipeline) List(ctx context.Context, c *Call, entries []policy.Target) ([]Visibility, *Error) {
 	r := &run{p: p, c: c, start: p.Clock.Now()}
 	r.rec = newRecord(c)
+	ctx = r.startCall(ctx)
+	r.step(ctx, "session")
 	ctx, done, err := p.Sessions.Admit(ctx, c)
 	if err != nil {
 		return nil, r.refuse(ctx, err).Err
 	}
+	r.step(ctx, "authorize")
 	defer done()
 	vis := make([]Visibility, len(entries))
 	p.Authorizer.Visible(c.Principal, entries, vis)
@@ -226,6 +239,8 @@ type run struct {
 	c     *Call
 	start time.Time
 	rec   store.AuditRecord
+	// span is the call's; cur the current step's.
+	span, cur trace.Span
 }
 
 func newRecord(c *Call) store.AuditRecord {
@@ -357,7 +372,11 @@ func (r *run) finish(ctx context.Context, res Result, err error) Outcome {
 
 // commit audits the outcome; a record that cannot be committed turns any
 // outcome into a refusal (fail closed).
-func (r *run) commit(ctx context.Context, out Outcome) Outcome {
+func (r *run) commit(ctx context.Context, out Outcome) (final Outcome) {
+	r.step(ctx, "audit")
+	if r.span != nil {
+		defer func() { r.endCall(final) }()
+	}
 	now := r.p.Clock.Now()
 	ids := r.c.Sessions
 	r.rec.USID, r.rec.WSID, r.rec.ASID, r.rec.MSID = ids.USID, ids.WSID, ids.ASID, ids.MSID

@@ -89,6 +89,7 @@ type Gateway struct {
 	a2a      *a2a.Server
 	admin    string // admin API token
 	auth     *authn
+	tracing  *tracing
 	revoked  *revocations
 	policy   atomic.Pointer[loadedPolicy] // swapped whole on reload
 	policyMu sync.Mutex                   // serialises reloads
@@ -160,6 +161,9 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 	if g.revoked, err = loadRevocations(ctx, g.store); err != nil {
 		return nil, err
 	}
+	if g.tracing, err = newTracing(ctx, cfg, deps.Version); err != nil {
+		return nil, fmt.Errorf("traces: %w", err)
+	}
 	if g.auth, err = newAuthn(ctx, cfg, log, g.store, deps.Keys, g.revoked); err != nil {
 		return nil, err
 	}
@@ -209,6 +213,7 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 	g.pipeline = &pipeline.Pipeline{
 		Sessions: g.sessions, Catalog: s, Authorizer: s, Validator: s, Consent: consentStep{g},
 		Credentials: s, Forwarder: mcpForwarder{g}, Auditor: g.store, Clock: clock(deps.Now), Log: log, Watch: g.activity.watch,
+		Tracer: g.tracing.tracer(),
 	}
 	g.consentStream = agui.NewStream(agui.Options{
 		Consents:  auditedConsents{g},
@@ -235,7 +240,7 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		Auth: cfg.Auth, MTLS: g.auth.serverTLS() != nil,
 		Now: g.sessions.now, Log: log,
 	})
-	g.handler = g.routes()
+	g.handler = g.tracing.headerContext(g.routes())
 	return g, nil
 }
 
@@ -425,6 +430,11 @@ func (g *Gateway) Close() error {
 			errs = append(errs, g.store.Close())
 		}
 		errs = append(errs, g.auth.close())
+		if g.tracing != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			errs = append(errs, g.tracing.close(ctx))
+			cancel()
+		}
 		g.closeErr = errors.Join(errs...)
 	})
 	return g.closeErr

@@ -45,6 +45,7 @@ func (f *front) run(ctx context.Context, req mcp.Request, kind pipeline.Kind, na
 	if !ok {
 		return pipeline.Outcome{Err: errUnauthenticated}
 	}
+	ctx = f.gw.tracing.mcpContext(ctx, req)
 	c.Kind, c.Names, c.Name, c.Args = kind, names, name, args
 	if tp, ok := req.GetParams().(interface{ GetProgressToken() any }); ok && ss != nil {
 		if tok := tp.GetProgressToken(); tok != nil {
@@ -334,6 +335,7 @@ func (f *front) filter(ctx context.Context, method string, req mcp.Request, res 
 		return rpcError(errUnauthenticated, false)
 	}
 	c.Kind, c.Name = pipeline.List, method
+	ctx = f.gw.tracing.mcpContext(ctx, req)
 	pl, cat := f.gw.pipeline, f.gw.upstreams.Catalog()
 	var err error
 	switch lr := res.(type) {

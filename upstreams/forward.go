@@ -14,6 +14,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sag-gateway/sag/identity"
 )
@@ -71,6 +73,15 @@ func (m *Manager) begin(ctx context.Context, u *upstream, down *mcp.ServerSessio
 	downCtx, cancel := context.WithTimeout(ctx, u.timeout())
 	up, stop := isolate(downCtx)
 	r := &request{id: m.seq.Add(1), down: downCtx, up: up, meta: upstreamMeta(meta), caller: callerOf(ctx)}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		// The upstream continues the gateway's trace (W3C trace context in
+		// _meta, as MCP carries it), not the caller's.
+		carrier := propagation.MapCarrier{}
+		propagation.TraceContext{}.Inject(ctx, carrier)
+		for k, v := range carrier {
+			r.meta[k] = v
+		}
+	}
 	var upTok string
 	if tok, ok := meta["progressToken"]; ok && down != nil {
 		upTok = "sag-" + strconv.FormatUint(r.id, 36)

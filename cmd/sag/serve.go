@@ -41,6 +41,7 @@ type serveFlags struct {
 	// is the place to state that it is off.
 	allowStdio bool
 	devLogin   bool
+	otlp       string
 }
 
 func newServeFlags(name string) *serveFlags {
@@ -56,6 +57,7 @@ func newServeFlags(name string) *serveFlags {
 	f.fs.Var(&f.upstreams, "upstream", "`NAME=URL` upstream (repeatable): http(s)://… Streamable HTTP, sse+http(s)://… legacy SSE, stdio:COMMAND ARGS")
 	f.fs.Var(&f.policies, "policy", "allow-list `FILE` (repeatable; reloaded when it changes)")
 	f.fs.BoolVar(&f.allowStdio, "allow-stdio-registration", false, "let the admin API register stdio: upstreams, which run commands on this host (--upstream and the config file always may)")
+	f.fs.StringVar(&f.otlp, "otlp-endpoint", "", "send OpenTelemetry traces to this OTLP/HTTP `URL` (e.g. http://127.0.0.1:4318/v1/traces)")
 	f.fs.BoolVar(&f.devLogin, "dev-login", false, "development sign-in to the consent console as any user, without a password (loopback only)")
 	return f
 }
@@ -87,6 +89,7 @@ func (f *serveFlags) load() (*config.Config, error) {
 	if f.devLogin {
 		cfg.Console.DevLogin = true
 	}
+	set(&cfg.Traces.OTLPEndpoint, f.otlp)
 	cfg.Policy.Files = append(cfg.Policy.Files, f.policies...)
 	for _, s := range f.upstreams {
 		u, err := config.ParseUpstreamFlag(s)

@@ -46,8 +46,18 @@ type Config struct {
 	Policy Policy `yaml:"policy" json:"policy"`
 	// Console configures the consent console (/console).
 	Console Console `yaml:"console" json:"console"`
+	// Traces configures OpenTelemetry traces (off unless an endpoint is
+	// set).
+	Traces Traces `yaml:"traces" json:"traces"`
 	// Upstreams are the MCP servers behind the gateway.
 	Upstreams []Upstream `yaml:"upstreams" json:"upstreams"`
+}
+
+// Traces configures OpenTelemetry traces.
+type Traces struct {
+	// OTLPEndpoint is the OTLP/HTTP traces URL of a collector, e.g.
+	// http://127.0.0.1:4318/v1/traces; empty turns traces off.
+	OTLPEndpoint string `yaml:"otlp_endpoint" json:"otlp_endpoint,omitempty"`
 }
 
 // Console configures the consent console.
