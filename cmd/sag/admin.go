@@ -13,12 +13,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/sag-gateway/sag/server"
-	"github.com/sag-gateway/sag/store"
 )
 
 // adminClient talks to a gateway's admin API.
@@ -52,6 +52,15 @@ type yamlBody []byte
 
 // do sends one admin request and decodes a JSON answer into out (if non-nil).
 func (c *adminClient) do(method, path string, body, out any) error {
+	data, err := c.send(method, path, body)
+	if err != nil || out == nil {
+		return err
+	}
+	return json.Unmarshal(data, out)
+}
+
+// send sends one admin request and returns the answer's body.
+func (c *adminClient) send(method, path string, body any) ([]byte, error) {
 	var rd io.Reader
 	contentType := "application/json"
 	switch b := body.(type) {
@@ -61,7 +70,7 @@ func (c *adminClient) do(method, path string, body, out any) error {
 	default:
 		j, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd = bytes.NewReader(j)
 	}
@@ -69,7 +78,7 @@ func (c *adminClient) do(method, path string, body, out any) error {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	if body != nil {
@@ -77,12 +86,12 @@ func (c *adminClient) do(method, path string, body, out any) error {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
@@ -90,14 +99,11 @@ func (c *adminClient) do(method, path string, body, out any) error {
 			Desc string `json:"error_description"`
 		}
 		if json.Unmarshal(data, &e) == nil && e.Code != "" {
-			return fmt.Errorf("%s: %s (HTTP %d)", e.Code, e.Desc, resp.StatusCode)
+			return nil, fmt.Errorf("%s: %s (HTTP %d)", e.Code, e.Desc, resp.StatusCode)
 		}
-		return fmt.Errorf("HTTP %d", resp.StatusCode)
+		return nil, fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
-	if out != nil {
-		return json.Unmarshal(data, out)
-	}
-	return nil
+	return data, nil
 }
 
 func cmdUpstreams(args []string) error {
@@ -243,32 +249,28 @@ func cmdUpstreams(args []string) error {
 // cmdAudit prints audit records from the data directory, newest first.
 func cmdAudit(args []string) error {
 	fs := flag.NewFlagSet("sag audit", flag.ContinueOnError)
-	data := fs.String("data", "./sag-data", "gateway data `directory`")
+	client := adminFlags(fs)
 	session := fs.String("session", "", "only records of this session (USID, WSID, ASID or MSID)")
 	limit := fs.Int("limit", 50, "at most this many records")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(*data, "sag.db")); err != nil {
-		return fmt.Errorf("no SAG database in %s", *data)
-	}
-	ctx := context.Background()
-	st, err := store.Open(ctx, *data, store.Options{})
+	c, err := client()
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	recs, err := st.QueryAudit(ctx, store.AuditQuery{Session: *session, Limit: *limit})
+	// The gateway's admin API, not its database file: the store may be
+	// another machine's (or PostgreSQL), and the gateway holds it open.
+	q := url.Values{"limit": {strconv.Itoa(*limit)}}
+	if *session != "" {
+		q.Set("session", *session)
+	}
+	lines, err := c.send(http.MethodGet, "/admin/audit?"+q.Encode(), nil)
 	if err != nil {
 		return err
 	}
-	enc := json.NewEncoder(os.Stdout)
-	for _, r := range recs {
-		if err := enc.Encode(r); err != nil {
-			return err
-		}
-	}
-	return nil
+	_, err = os.Stdout.Write(lines)
+	return err
 }
 
 // cmdKill calls the kill-switch: it revokes a session (or every session of a

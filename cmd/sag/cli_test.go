@@ -106,7 +106,7 @@ func TestUpstreamsCLI(t *testing.T) {
 		t.Errorf("a wrong admin token: ok=%v\n%s", ok, errOut)
 	}
 
-	out, errOut, ok = sag(t, "audit", "--data", p.data, "--limit", "10")
+	out, errOut, ok = sag(t, "audit", "--server", p.base, "--data", p.data, "--limit", "10")
 	if !ok {
 		t.Fatalf("audit: %s", errOut)
 	}
