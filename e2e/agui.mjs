@@ -273,7 +273,7 @@ else bad(`conflicting answer: ${show(conflict)}`);
     `edit: sag call with a schema-breaking edit: ${exit(res2)}`);
   // The gateway's audit: that call was denied, not forwarded.
   if (w.interrupt) {
-    const audit = execFileSync(SAG_BIN, ["audit", "--data", AGUI_DATA, "--limit", "50"]).toString().split("\n").filter(Boolean).map((l) => JSON.parse(l));
+    const audit = execFileSync(SAG_BIN, ["audit", "--server", AGUI_URL, "--data", AGUI_DATA, "--limit", "50"]).toString().split("\n").filter(Boolean).map((l) => JSON.parse(l));
     const recs = audit.filter((a) => a.consent_id === w.interrupt.id && a.method === "tools/call");
     check(recs.length === 1 && recs[0].decision === "deny" && /^edited arguments/.test(recs[0].reason ?? ""),
       `edit: the audit records the call as denied, nothing forwarded: ${JSON.stringify({ decision: recs[0]?.decision, reason: recs[0]?.reason })}`,
