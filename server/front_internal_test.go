@@ -1,9 +1,13 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -88,6 +92,43 @@ func FuzzTightenTool(f *testing.F) {
 		all, _ := got["allOf"].([]any)
 		if len(all) == 0 {
 			t.Fatalf("no allOf in %s", b)
+		}
+	})
+}
+
+// FuzzCheckJSONRPC: any body either goes on to the SDK unchanged, or is
+// answered with a JSON-RPC error (-32700 or -32601) that is itself JSON.
+func FuzzCheckJSONRPC(f *testing.F) {
+	for _, s := range []string{
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}`,
+		`{"jsonrpc":"2.0","id":"a","method":"nope"}`,
+		`{"jsonrpc":"2.0","method":"notifications/initialized"}`,
+		`[{"jsonrpc":"2.0","id":1,"method":"ping"}]`,
+		`{"jsonrpc":"2.0","id":1,"result":{}}`,
+		`{"id":1,"method":null}`, `{`, ``, `null`, "\xff",
+	} {
+		f.Add([]byte(s), false)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, modern bool) {
+		r := httptest.NewRequest(http.MethodPost, "/mcp", bytes.NewReader(body))
+		if modern {
+			r.Header.Set("Mcp-Protocol-Version", statelessVersion)
+		}
+		w := httptest.NewRecorder()
+		if checkJSONRPC(w, r, 1<<20) {
+			got, _ := io.ReadAll(r.Body)
+			if !bytes.Equal(got, body) {
+				t.Fatalf("the body went on changed: %q → %q", body, got)
+			}
+			return
+		}
+		var resp struct {
+			JSONRPC string
+			Error   struct{ Code int64 }
+		}
+		if err := json.Unmarshal(w.Body.Bytes(), &resp); err != nil || resp.JSONRPC != "2.0" ||
+			(resp.Error.Code != -32700 && resp.Error.Code != -32601) {
+			t.Fatalf("refused %q with %d %s", body, w.Code, w.Body.Bytes())
 		}
 	})
 }
