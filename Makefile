@@ -2,7 +2,7 @@
 GO ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build vet unit test e2e e2e-direct bench fuzz clean distclean
+.PHONY: all build vet unit fuzz-short test e2e e2e-direct bench fuzz clean distclean
 
 all: build
 
@@ -16,8 +16,13 @@ vet:
 unit:
 	$(GO) test -race -count=1 ./...
 
-# vet, unit tests with the race detector, then the end-to-end suite.
-test: vet unit e2e
+# A short run of every fuzz target (300 inputs each beyond its seeds).
+fuzz-short:
+	FUZZTIME=300x GO=$(GO) bash .ci/fuzz.sh
+
+# vet, unit tests with the race detector, a short fuzz run, then the
+# end-to-end suite.
+test: vet unit fuzz-short e2e
 
 # Conformance suite, Inspector CLI smoke test, DPoP interop (Node dpop, oauth4webapi) and a real SPIRE against `sag serve` (e2e/README.md).
 e2e:
