@@ -62,6 +62,8 @@ const (
 	// eventBuffer is how many of the agent's events wait while the run is
 	// parked before the agent is slowed down.
 	eventBuffer = 256
+	// agentStart bounds the wait for the agent's answer to a run.
+	agentStart = 30 * time.Second
 	// agentQuiet is how long the agent's stream must have been quiet
 	// before a consent request of its call interrupts the run: the events
 	// it sent before the call, still on their way, come first.
@@ -80,6 +82,8 @@ type proxied struct {
 	run    *AgentRun
 	events chan agentEvent
 	body   io.Closer
+	cancel context.CancelFunc // ends the request to the agent
+	done   chan struct{}      // closed when the run ends
 	once   sync.Once
 	// open counts the text messages and tool calls the agent started and
 	// has not ended: an interrupt waits until none is open.
@@ -88,9 +92,21 @@ type proxied struct {
 
 func (pr *proxied) end() {
 	pr.once.Do(func() {
+		close(pr.done)
+		pr.cancel()
 		pr.body.Close()
 		pr.run.End()
 	})
+}
+
+// emit hands the reader's next event to the run, unless the run ended.
+func (pr *proxied) emit(ev agentEvent) bool {
+	select {
+	case pr.events <- ev:
+		return true
+	case <-pr.done:
+		return false
+	}
 }
 
 // ServeAgent serves POST /agui/agents/{name}.
@@ -116,11 +132,14 @@ func (s *Stream) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var pr *proxied
 	if len(in.Resume) == 0 {
-		if s.parked(key, false) != nil {
-			httpError(w, http.StatusConflict, "a run of this agent on this thread waits for its interrupts: answer them with resume")
+		// One run of an agent per user and thread: the key is taken before
+		// the run starts, so that two starts cannot both get it.
+		if !s.runs.claim(key) {
+			httpError(w, http.StatusConflict, "a run of this agent on this thread is open: answer its interrupts with resume")
 			return
 		}
 		if pr, err = s.startAgent(ctx, p, name, in.ThreadID, body); err != nil {
+			s.runs.release(key, nil)
 			var he *httpErr
 			if errors.As(err, &he) {
 				httpError(w, he.status, he.msg)
@@ -130,7 +149,20 @@ func (s *Stream) ServeAgent(w http.ResponseWriter, r *http.Request) {
 			}
 			return
 		}
+		s.runs.attach(key, pr)
 	}
+	// Every way out parks the run for a resume or ends it.
+	parked := false
+	defer func() {
+		if pr == nil {
+			return
+		}
+		if parked {
+			s.runs.park(key, pr)
+		} else {
+			s.runs.release(key, pr)
+		}
+	}()
 	out, err := newSSE(w)
 	if err != nil {
 		httpError(w, http.StatusInternalServerError, "streaming unavailable")
@@ -140,7 +172,7 @@ func (s *Stream) ServeAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if pr == nil {
-		if pr = s.parked(key, true); pr == nil {
+		if pr = s.runs.take(key); pr == nil {
 			_ = out.send(runError{Type: "RUN_ERROR", Code: "NO_WAITING_RUN", Message: "no run of this agent waits on this thread"})
 			return
 		}
@@ -149,16 +181,12 @@ func (s *Stream) ServeAgent(w http.ResponseWriter, r *http.Request) {
 			_, err = s.resume(ctx, p, open, in.Resume)
 		}
 		if err != nil {
-			s.park(key, pr) // the interrupts stay open
+			parked = true // the interrupts stay open
 			s.sendError(out, err)
 			return
 		}
 	}
-	if parked := s.relay(ctx, out, p, th, in, pr); parked {
-		s.park(key, pr)
-		return
-	}
-	pr.end()
+	parked = s.relay(ctx, out, p, th, in, pr)
 }
 
 // httpErr is a refusal before the stream starts.
@@ -183,24 +211,31 @@ func (s *Stream) startAgent(ctx context.Context, p identity.Principal, name, thr
 		run.End()
 		return nil, &httpErr{http.StatusBadRequest, "the RunAgentInput cannot be forwarded: " + err.Error()}
 	}
-	req, err := http.NewRequestWithContext(run.Ctx, http.MethodPost, run.URL, bytes.NewReader(fwd))
-	if err != nil {
+	reqCtx, cancel := context.WithCancel(run.Ctx)
+	fail := func(e error) (*proxied, error) {
+		cancel()
 		run.End()
-		return nil, err
+		return nil, e
+	}
+	req, err := http.NewRequestWithContext(reqCtx, http.MethodPost, run.URL, bytes.NewReader(fwd))
+	if err != nil {
+		return fail(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "text/event-stream")
+	slow := time.AfterFunc(agentStart, cancel) // no answer: the run does not start
 	resp, err := run.Client.Do(req)
-	if err != nil {
-		run.End()
-		return nil, &httpErr{http.StatusBadGateway, "the agent " + name + " is unreachable"}
+	if !slow.Stop() || err != nil {
+		if err == nil {
+			resp.Body.Close()
+		}
+		return fail(&httpErr{http.StatusBadGateway, "the agent " + name + " did not answer"})
 	}
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		resp.Body.Close()
-		run.End()
-		return nil, &httpErr{http.StatusBadGateway, fmt.Sprintf("the agent %s answered HTTP %d, not an event stream", name, resp.StatusCode)}
+		return fail(&httpErr{http.StatusBadGateway, fmt.Sprintf("the agent %s answered HTTP %d, not an event stream", name, resp.StatusCode)})
 	}
-	pr := &proxied{run: run, events: make(chan agentEvent, eventBuffer), body: resp.Body, open: map[string]bool{}}
+	pr := &proxied{run: run, events: make(chan agentEvent, eventBuffer), body: resp.Body, cancel: cancel, done: make(chan struct{}), open: map[string]bool{}}
 	go s.read(pr, resp.Body)
 	return pr, nil
 }
@@ -240,15 +275,14 @@ func (s *Stream) read(pr *proxied, body io.Reader) {
 		}
 		raw := json.RawMessage(bytes.Clone(data.Bytes()))
 		if err := s.o.CheckEvent(raw); err != nil {
-			pr.events <- agentEvent{err: err}
+			pr.emit(agentEvent{err: err})
 			return false
 		}
 		var head struct {
 			Type string `json:"type"`
 		}
 		_ = json.Unmarshal(raw, &head) // checked above
-		pr.events <- agentEvent{raw: raw, typ: head.Type}
-		return true
+		return pr.emit(agentEvent{raw: raw, typ: head.Type})
 	}
 	for sc.Scan() {
 		line := sc.Text()
@@ -268,7 +302,7 @@ func (s *Stream) read(pr *proxied, body io.Reader) {
 		return
 	}
 	if err := sc.Err(); err != nil {
-		pr.events <- agentEvent{err: fmt.Errorf("the agent's stream broke: %w", err)}
+		pr.emit(agentEvent{err: fmt.Errorf("the agent's stream broke: %w", err)})
 	}
 }
 
@@ -386,46 +420,91 @@ func (s *Stream) sendError(out emitter, err error) {
 	_ = out.send(re)
 }
 
-// parked runs wait for their user's resume, by (principal, agent, thread).
-type parkedRuns struct {
+// agentRuns are the open agent runs, by (principal, agent, thread): one
+// at a time on a thread, either served by a request or parked for the
+// user's resume.
+type agentRuns struct {
 	mu   sync.Mutex
-	runs map[string]*parkedRun
+	runs map[string]*runSlot
 }
 
-type parkedRun struct {
-	pr    *proxied
-	timer *time.Timer
-	stop  func() bool // stops the kill watch
+type runSlot struct {
+	pr     *proxied // nil while the run starts
+	served bool     // a request serves it (it is not parked)
+	timer  *time.Timer
+	stop   func() bool // stops the kill watch of a parked run
+}
+
+// claim takes key for a new run; false when a run holds it.
+func (a *agentRuns) claim(key string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, taken := a.runs[key]; taken {
+		return false
+	}
+	if a.runs == nil {
+		a.runs = map[string]*runSlot{}
+	}
+	a.runs[key] = &runSlot{served: true}
+	return true
+}
+
+// attach gives a claimed key its started run.
+func (a *agentRuns) attach(key string, pr *proxied) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.runs[key].pr = pr
+}
+
+// release frees key and ends pr (nil: a run that did not start).
+func (a *agentRuns) release(key string, pr *proxied) {
+	a.mu.Lock()
+	if r, ok := a.runs[key]; ok && r.pr == pr {
+		delete(a.runs, key)
+	}
+	a.mu.Unlock()
+	if pr != nil {
+		pr.end()
+	}
 }
 
 // park keeps pr for its user's resume: it ends if the resume does not come
 // within parkedFor, or when the run's sessions are killed.
-func (s *Stream) park(key string, pr *proxied) {
-	s.parkedRuns.mu.Lock()
-	defer s.parkedRuns.mu.Unlock()
-	if s.parkedRuns.runs == nil {
-		s.parkedRuns.runs = map[string]*parkedRun{}
+func (a *agentRuns) park(key string, pr *proxied) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r, ok := a.runs[key]
+	if !ok || r.pr != pr {
+		go pr.end() // not this key's run any more: nobody could resume it
+		return
 	}
 	drop := func() {
-		if s.parked(key, true) == pr {
+		a.mu.Lock()
+		r, ok := a.runs[key]
+		mine := ok && r.pr == pr && !r.served
+		if mine {
+			delete(a.runs, key)
+		}
+		a.mu.Unlock()
+		if mine {
 			pr.end()
 		}
 	}
-	s.parkedRuns.runs[key] = &parkedRun{pr: pr, timer: time.AfterFunc(parkedFor, drop), stop: context.AfterFunc(pr.run.Ctx, drop)}
+	r.served = false
+	r.timer, r.stop = time.AfterFunc(parkedFor, drop), context.AfterFunc(pr.run.Ctx, drop)
 }
 
-// parked returns the run parked under key, taking it when take is set.
-func (s *Stream) parked(key string, take bool) *proxied {
-	s.parkedRuns.mu.Lock()
-	defer s.parkedRuns.mu.Unlock()
-	r, ok := s.parkedRuns.runs[key]
-	if !ok {
+// take returns the run parked under key for a request to serve, nil when
+// none waits there.
+func (a *agentRuns) take(key string) *proxied {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r, ok := a.runs[key]
+	if !ok || r.served || r.pr == nil {
 		return nil
 	}
-	if take {
-		delete(s.parkedRuns.runs, key)
-		r.timer.Stop()
-		r.stop()
-	}
+	r.served = true
+	r.timer.Stop()
+	r.stop()
 	return r.pr
 }

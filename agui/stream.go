@@ -89,8 +89,8 @@ type Options struct {
 // AllThreads) waits until calls of that thread need the user's consent and
 // ends with them as interrupts; a run with resume entries answers them.
 type Stream struct {
-	o          Options
-	parkedRuns parkedRuns
+	o    Options
+	runs agentRuns
 }
 
 // NewStream returns a Stream.

@@ -450,6 +450,11 @@ func (m *Manager) agentClient(u *upstream, cl *caller) *http.Client {
 	if u.spec.Auth == AuthMTLS && m.mtls != nil {
 		hc = *m.mtls
 	}
+	// A redirect would take the caller's message, and a token minted for
+	// the agent, somewhere else: refused.
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error {
+		return fmt.Errorf("agent %s redirects: refused", u.spec.Name)
+	}
 	if m.opts.Credentials != nil && u.spec.Auth != AuthNone {
 		base := hc.Transport
 		if base == nil {

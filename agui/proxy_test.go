@@ -1,0 +1,201 @@
+package agui
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sag-gateway/sag/consent"
+	"github.com/sag-gateway/sag/identity"
+)
+
+const fakeRunAgent = "https://gw/agui/agents/helper"
+
+// fakeRunConsents: one pending request of the agent's call on workflow wf.
+type fakeRunConsents struct{}
+
+func (fakeRunConsents) Pending(context.Context) ([]consent.Request, error) {
+	return []consent.Request{{ID: "c_1", Issuer: "https://idp", User: "alice", WSID: "w_wf", Agent: fakeRunAgent,
+		Upstream: "fx", Tool: "echo", Expires: time.Now().Add(time.Hour), State: consent.Pending}}, nil
+}
+func (fakeRunConsents) Decide(context.Context, string, consent.Decision) (consent.Request, error) {
+	return consent.Request{}, consent.ErrNotFound
+}
+func (fakeRunConsents) MayDecide(r consent.Request, p identity.Principal) bool {
+	return p.Issuer == r.Issuer && p.User == r.User
+}
+func (fakeRunConsents) Changed() <-chan struct{}                       { return make(chan struct{}) }
+func (fakeRunConsents) Result(context.Context, string) (string, error) { return "", errors.New("no") }
+
+// fakeRuns starts runs against url; it counts the runs started and ended and
+// keeps each run's cancel (a kill).
+type fakeRuns struct {
+	url            string
+	started, ended atomic.Int32
+	mu             sync.Mutex
+	kills          []context.CancelFunc
+}
+
+func (r *fakeRuns) Start(ctx context.Context, p identity.Principal, name, thread string) (*AgentRun, error) {
+	rctx, cancel := context.WithCancel(context.Background())
+	r.mu.Lock()
+	r.kills = append(r.kills, cancel)
+	r.mu.Unlock()
+	r.started.Add(1)
+	var once sync.Once
+	return &AgentRun{URL: r.url, Client: http.DefaultClient, Agent: fakeRunAgent, Props: map[string]any{}, Ctx: rctx,
+		End: func() { once.Do(func() { r.ended.Add(1); cancel() }) }}, nil
+}
+
+func fakeRunStream(runs Runs) *Stream {
+	return NewStream(Options{
+		Consents: fakeRunConsents{},
+		Activity: noActivity{},
+		Principal: func(*http.Request) (identity.Principal, bool) {
+			return identity.Principal{Issuer: "https://idp", User: "alice"}, true
+		},
+		Workflow:   func(_ identity.Principal, id string) (string, bool) { return "w_" + id, true },
+		Listening:  func(identity.Principal) func() { return func() {} },
+		Heartbeat:  time.Hour,
+		Runs:       runs,
+		CheckEvent: CheckEvent,
+	})
+}
+
+func holdingAgent(t *testing.T, gate <-chan struct{}, extra int) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if gate != nil {
+			<-gate
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: {\"type\":\"RUN_STARTED\",\"threadId\":\"wf\",\"runId\":\"x\"}\n\n")
+		w.(http.Flusher).Flush()
+		if extra > 0 {
+			time.Sleep(400 * time.Millisecond) // the run is parked by now
+			for i := 0; i < extra; i++ {
+				fmt.Fprintf(w, "data: {\"type\":\"CUSTOM\",\"name\":\"n\",\"value\":%d}\n\n", i)
+			}
+			w.(http.Flusher).Flush()
+		}
+		<-r.Context().Done()
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func postRun(s *Stream, w http.ResponseWriter) {
+	body := `{"threadId":"wf","runId":"r","messages":[{"id":"u","role":"user","content":"hi"}]}`
+	req := httptest.NewRequest(http.MethodPost, "/agui/agents/helper", strings.NewReader(body))
+	req.SetPathValue("name", "helper")
+	s.ServeAgent(w, req)
+}
+
+// TestAgentRunsOnePerThread: of two concurrent starts on one thread, one
+// runs (and parks at its interrupt) and the other is refused with 409
+// before anything reaches the agent; a kill of the parked run ends it and
+// frees the thread.
+func TestAgentRunsOnePerThread(t *testing.T) {
+	gate := make(chan struct{})
+	runs := &fakeRuns{}
+	runs.url = holdingAgent(t, gate, 0).URL
+	s := fakeRunStream(runs)
+	codes := make(chan int, 2)
+	for range 2 {
+		go func() {
+			rec := httptest.NewRecorder()
+			postRun(s, rec)
+			codes <- rec.Code
+		}()
+	}
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal(what)
+			}
+		}
+	}
+	// The refused start returns while the other waits for the agent.
+	if code := <-codes; code != http.StatusConflict {
+		t.Fatalf("the second start: %d, want 409", code)
+	}
+	close(gate)
+	if code := <-codes; code != http.StatusOK {
+		t.Fatalf("the first start: %d, want 200 (its run parked)", code)
+	}
+	parked := func() int {
+		s.runs.mu.Lock()
+		defer s.runs.mu.Unlock()
+		return len(s.runs.runs)
+	}
+	if runs.started.Load() != 1 || parked() != 1 {
+		t.Fatalf("started %d runs, %d parked; want 1 and 1", runs.started.Load(), parked())
+	}
+	runs.mu.Lock()
+	runs.kills[0]()
+	runs.mu.Unlock()
+	eventually("the killed run ended", func() bool { return runs.ended.Load() == 1 && parked() == 0 })
+}
+
+// failWriter fails every write (the user went away before RUN_STARTED).
+type failWriter struct{ h http.Header }
+
+func (f *failWriter) Header() http.Header       { return f.h }
+func (f *failWriter) Write([]byte) (int, error) { return 0, io.ErrClosedPipe }
+func (f *failWriter) WriteHeader(int)           {}
+func (f *failWriter) Flush()                    {}
+
+// TestAgentRunEndsWhenUserLeaves: a run whose user went away before its
+// first event ends (its token, its request to the agent).
+func TestAgentRunEndsWhenUserLeaves(t *testing.T) {
+	runs := &fakeRuns{}
+	runs.url = holdingAgent(t, nil, 0).URL
+	s := fakeRunStream(runs)
+	postRun(s, &failWriter{h: http.Header{}})
+	time.Sleep(200 * time.Millisecond)
+	if runs.started.Load() != 1 || runs.ended.Load() != 1 {
+		t.Errorf("started %d, ended %d: a run whose user left before RUN_STARTED must end", runs.started.Load(), runs.ended.Load())
+	}
+}
+
+// TestAgentReaderStopsWithRun: an agent streams more than eventBuffer
+// events while its run is parked; when the run ends (a kill), its reader
+// stops rather than waiting on the full buffer.
+func TestAgentReaderStopsWithRun(t *testing.T) {
+	runs := &fakeRuns{}
+	runs.url = holdingAgent(t, nil, eventBuffer+10).URL
+	s := fakeRunStream(runs)
+	postRun(s, httptest.NewRecorder())
+	time.Sleep(800 * time.Millisecond)
+	s.runs.mu.Lock()
+	var pr *proxied
+	for _, r := range s.runs.runs {
+		pr = r.pr
+	}
+	s.runs.mu.Unlock()
+	if pr == nil {
+		t.Fatal("not parked")
+	}
+	t.Logf("buffered while parked: %d", len(pr.events))
+	runs.mu.Lock()
+	runs.kills[0]()
+	runs.mu.Unlock()
+	time.Sleep(300 * time.Millisecond)
+	if runs.ended.Load() != 1 {
+		t.Fatalf("not ended")
+	}
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	if strings.Contains(string(buf[:n]), "agui.(*Stream).read") {
+		t.Errorf("the reader of an ended run is still running (%d events held)", len(pr.events))
+	}
+}
