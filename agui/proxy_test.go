@@ -199,3 +199,23 @@ func TestAgentReaderStopsWithRun(t *testing.T) {
 		t.Errorf("the reader of an ended run is still running (%d events held)", len(pr.events))
 	}
 }
+
+// TestStreamsAreUsers: an agent (its own identity, or acting for the user)
+// neither follows the user's consent stream nor runs an agent.
+func TestStreamsAreUsers(t *testing.T) {
+	for _, p := range []identity.Principal{
+		{Issuer: "https://idp", User: "alice", Agent: "spiffe://example.org/robot"},
+		{Issuer: "https://idp", User: "alice", Act: &identity.Actor{Sub: "https://gw/agui/agents/helper"}},
+	} {
+		runs := &fakeRuns{}
+		s := fakeRunStream(runs)
+		s.o.Principal = func(*http.Request) (identity.Principal, bool) { return p, true }
+		for path, serve := range map[string]http.HandlerFunc{"/agui": s.ServeHTTP, "/agui/ws": s.ServeWS} {
+			rec := httptest.NewRecorder()
+			serve(rec, httptest.NewRequest(http.MethodPost, path, strings.NewReader(`{"threadId":"sag:all","runId":"r","messages":[]}`)))
+			if rec.Code != http.StatusForbidden {
+				t.Errorf("%+v on %s: %d, want 403", p, path, rec.Code)
+			}
+		}
+	}
+}

@@ -180,9 +180,8 @@ func (s *Stream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusMethodNotAllowed, "use POST with a RunAgentInput")
 		return
 	}
-	p, ok := s.o.Principal(r)
+	p, ok := s.user(w, r)
 	if !ok {
-		httpError(w, http.StatusUnauthorized, "not authenticated")
 		return
 	}
 	var in runInput
@@ -197,6 +196,21 @@ func (s *Stream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.serveRun(r.Context(), out, p, in)
+}
+
+// user returns the user a consent stream request comes from, or answers
+// it: the stream shows a user's calls and decides their consent, so it is
+// the user's, not an agent's acting for them.
+func (s *Stream) user(w http.ResponseWriter, r *http.Request) (identity.Principal, bool) {
+	p, ok := s.o.Principal(r)
+	switch {
+	case !ok:
+		httpError(w, http.StatusUnauthorized, "not authenticated")
+	case p.Agent != "" || p.Act != nil:
+		httpError(w, http.StatusForbidden, "the consent stream is for users, not agents")
+		ok = false
+	}
+	return p, ok
 }
 
 // emitter is where a run's events go: an SSE response or a WebSocket.

@@ -18,9 +18,8 @@ var upgrader = websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 4096}
 // RunAgentInput; the runs' events come back one JSON event per message, a
 // run after the other.
 func (s *Stream) ServeWS(w http.ResponseWriter, r *http.Request) {
-	p, ok := s.o.Principal(r)
+	p, ok := s.user(w, r)
 	if !ok {
-		httpError(w, http.StatusUnauthorized, "not authenticated")
 		return
 	}
 	conn, err := upgrader.Upgrade(w, r, nil)

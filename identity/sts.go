@@ -509,6 +509,11 @@ func (e *Exchange) subject(ctx context.Context, r *http.Request, req *tokenReque
 			return nil, invalidRequest("invalid subject_token: token revoked")
 		}
 	}
+	if c.RunAgent != "" {
+		// A run token lives and dies with its run; an exchanged token
+		// would outlive it.
+		return nil, invalidRequest("subject_token is an agent run's token, which cannot be exchanged")
+	}
 	// A sender-constrained subject token is exchanged only by its holder:
 	// otherwise a stolen bound token could be turned into a fresh one bound
 	// to the thief's key (RFC 9449 §1, RFC 8705 §3).

@@ -545,6 +545,8 @@ func stsCases() []stsCase {
 
 		// Transport and form.
 		{name: "GET", mod: func(_ *testing.T, _ *stsEnv, q *stsReq) { q.method = http.MethodGet }, status: 405, code: "invalid_request", desc: "POST", header: [2]string{"Allow", "POST"}},
+		{name: "an agent run's token as subject", mod: setSubject(func(c *identity.Claims) { c.RunAgent, c.RunWorkflow = stsAgent, "wf" }),
+			status: 400, code: "invalid_request", desc: "agent run's token"},
 		{name: "JSON body", mod: func(_ *testing.T, _ *stsEnv, q *stsReq) { q.contentType = "application/json" }, status: 400, code: "invalid_request", desc: "content type"},
 		{name: "no content type", mod: func(_ *testing.T, _ *stsEnv, q *stsReq) { q.contentType = "" }, status: 400, code: "invalid_request", desc: "content type"},
 		{name: "form in another charset", mod: func(_ *testing.T, _ *stsEnv, q *stsReq) { q.contentType += "; charset=iso-8859-1" }, status: 400, code: "invalid_request", desc: "UTF-8"},

@@ -328,4 +328,9 @@ func TestA2ABadRequests(t *testing.T) {
 	if status, _ := post(http.DefaultClient, "1.0", `{"jsonrpc":"2.0","id":1,"method":"GetTask","params":{"id":"nope"}}`); status != http.StatusUnauthorized {
 		t.Errorf("without a token: %d, want 401", status)
 	}
+	// A body past limits.max_request_bytes is not read into memory.
+	huge := `{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{"message":{"parts":[{"text":"` + strings.Repeat("x", int(tg.Cfg.Limits.MaxRequestBytes)) + `"}]}}}`
+	if _, out := post(alice.client(), "1.0", huge); code(out) == 0 {
+		t.Errorf("an oversized body: %v, want a JSON-RPC error", out)
+	}
 }

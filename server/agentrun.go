@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -35,6 +36,11 @@ func (a agentRuns) Start(ctx context.Context, p identity.Principal, name, thread
 	g := a.g
 	if spec, ok := g.upstreams.Spec(name); !ok || spec.Kind != upstreams.KindAGUI {
 		return nil, agui.ErrUnknownAgent
+	}
+	if p.Agent != "" || p.Act != nil {
+		// A user's UI runs agents; an agent that ran one would hide
+		// behind it (its calls judged as the other agent's).
+		return nil, errors.New("agents cannot run agents through SAG: a user runs them")
 	}
 	agent := g.agentIdentity(name)
 	ap := p
@@ -73,7 +79,11 @@ func (a agentRuns) Start(ctx context.Context, p identity.Principal, name, thread
 		}
 		props["token"], props["tokenType"] = tok, "DPoP"
 		exp := time.Unix(claims.Expiry, 0)
+		// The token works only while the run lives here (a restart or the
+		// run's end stops it at once) and stands for p.
+		g.liveRuns.Store(claims.JTI, p)
 		end = func() {
+			g.liveRuns.Delete(claims.JTI)
 			if err := g.revoked.revoke(context.Background(), base, claims.JTI, exp); err != nil {
 				g.log.Error("agent run token not revoked; it expires on its own", "agent", agent, "expires", exp, "error", err)
 			}

@@ -299,3 +299,25 @@ func TestAGUIAgentProxyKillWhileRunning(t *testing.T) {
 		t.Error("the gateway's request to the agent outlived the kill")
 	}
 }
+
+// TestAGUIAgentRunIsTheUsers: the agent's calls are judged with its
+// user's own claims (a rule that names a claim of the user's token matches
+// them).
+func TestAGUIAgentRunIsTheUsers(t *testing.T) {
+	tg, _ := startPolicyGateway(t, `id: by-claim
+rules:
+  - {id: users-app, upstream: fx, tools: [echo], principals: {claims: {client_id: users-app}}, consent: never}
+`)
+	ag := startAGUIAgent(t, tg, "fx__echo")
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice", ClientID: "users-app"})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	run := startRunAt(t, ctx, tg, alice, "/agui/agents/helper", runInput("wf-claims", "r", `[{"id":"u1","role":"user","content":"mine"}]`, ""))
+	seen := run.untilType(t, "RUN_FINISHED")
+	if res := seen[len(seen)-2]; res["type"] != "TOOL_CALL_RESULT" || res["content"] != "mine" {
+		t.Errorf("the agent's call under alice's claims: %v", res)
+	}
+	if got := ag.Results(); len(got) != 1 || got[0] != "mine" {
+		t.Errorf("the agent's results %v", got)
+	}
+}

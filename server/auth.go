@@ -213,6 +213,20 @@ func (g *Gateway) admit(w http.ResponseWriter, r *http.Request, scopes []string)
 		if p.Method == identity.MethodBearer {
 			g.log.Debug("bearer token accepted (not sender-constrained)", "sub", p.User)
 		}
+		if p.Workflow != "" {
+			// A run token: good only while its run lives in this gateway,
+			// and its holder is judged as the user it runs for (the user's
+			// own claims, groups and scopes, not the token's).
+			user, ok := g.liveRuns.Load(p.TokenID)
+			if !ok {
+				g.metrics.authFailures.Inc()
+				g.auth.check.WriteError(w, &identity.OAuthError{Status: http.StatusUnauthorized, Code: "invalid_token",
+					Description: "the agent run this token was given for has ended", Scheme: "DPoP"})
+				return nil
+			}
+			u := user.(identity.Principal)
+			p.Claims, p.Groups, p.Scopes, p.ClientID = u.Claims, u.Groups, u.Scopes, u.ClientID
+		}
 	}
 	// A killed user or agent session stops here, before the SDK opens a new
 	// MCP session for it (the pipeline checks every node again).

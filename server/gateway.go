@@ -86,10 +86,13 @@ type Gateway struct {
 	// consentStream serves POST /agui.
 	consentStream *agui.Stream
 	// a2a serves A2A at /a2a and the public agent card.
-	a2a      *a2a.Server
-	admin    string // admin API token
-	auth     *authn
-	tracing  *tracing
+	a2a     *a2a.Server
+	admin   string // admin API token
+	auth    *authn
+	tracing *tracing
+	// liveRuns are the running AG-UI agent runs' tokens (jti → the user
+	// the run is for).
+	liveRuns sync.Map
 	revoked  *revocations
 	policy   atomic.Pointer[loadedPolicy] // swapped whole on reload
 	policyMu sync.Mutex                   // serialises reloads

@@ -27,8 +27,8 @@ func (g *Gateway) routes() http.Handler {
 	mux.Handle("POST /agui/agents/{name}", g.metrics.instrument("/agui/agents", g.checkOrigin(g.authenticated(g.consentStream.ServeAgent))))
 	mux.Handle("GET /agui/ws", g.metrics.instrument("/agui/ws", g.checkOrigin(g.authenticated(g.consentStream.ServeWS))))
 	// A2A: JSON-RPC for authenticated callers, the agent card for anyone.
-	mux.Handle("/a2a", g.metrics.instrument("/a2a", g.checkOrigin(g.authenticated(g.a2a.RPC.ServeHTTP))))
-	mux.Handle("/a2a/rest/", g.metrics.instrument("/a2a/rest", g.checkOrigin(g.authenticated(http.StripPrefix("/a2a/rest", g.a2a.REST).ServeHTTP))))
+	mux.Handle("/a2a", g.metrics.instrument("/a2a", g.checkOrigin(g.authenticated(g.bounded(g.a2a.RPC)))))
+	mux.Handle("/a2a/rest/", g.metrics.instrument("/a2a/rest", g.checkOrigin(g.authenticated(g.bounded(http.StripPrefix("/a2a/rest", g.a2a.REST))))))
 	mux.Handle("GET "+a2a.CardPath, g.metrics.instrument(a2a.CardPath, g.a2a.Card))
 	mux.Handle("GET /a2a/agents/{name}"+a2a.CardPath, g.metrics.instrument("/a2a/agents/card", http.HandlerFunc(g.upstreamAgentCard)))
 	mux.Handle("GET "+agui.CapabilitiesPath, g.metrics.instrument(agui.CapabilitiesPath, agui.Capabilities(g.version)))
@@ -64,6 +64,15 @@ func (g *Gateway) authenticated(next http.HandlerFunc) http.Handler {
 			next(w, r)
 		}
 	})
+}
+
+// bounded limits a request's body to limits.max_request_bytes (the SDK's
+// handlers read whatever comes).
+func (g *Gateway) bounded(next http.Handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, g.cfg.Limits.MaxRequestBytes)
+		next.ServeHTTP(w, r)
+	}
 }
 
 // checkOrigin refuses, with 403, browser requests from foreign origins and,
