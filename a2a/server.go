@@ -310,10 +310,7 @@ func (e *executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter
 				return
 			}
 		}
-		// The workflow is the context the client names (one SAG made up for
-		// a message without it is no workflow of the client's: each such
-		// task would otherwise open a workflow of its own).
-		c := &pipeline.Call{Principal: p, Channel: pipeline.A2A, Kind: pipeline.ToolCall, Workflow: ec.Message.ContextID,
+		c := &pipeline.Call{Principal: p, Channel: pipeline.A2A, Kind: pipeline.ToolCall, Workflow: workflowOf(ec),
 			Name: call.Tool, Args: call.Arguments, Asker: later{}, Resume: resume}
 		// An upstream agent's status updates reach a followed task as
 		// WORKING while the call runs (yield is not called once Run
@@ -358,6 +355,20 @@ func (e *executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter
 			}
 		}
 	}
+}
+
+// workflowOf is the workflow of a task's call: the context its client
+// named, in this message or the one that started the task (one SAG made up
+// for a task without it is no workflow of the client's: each such task
+// would otherwise open a workflow of its own).
+func workflowOf(ec *a2asrv.ExecutorContext) string {
+	if ec.Message.ContextID != "" {
+		return ec.Message.ContextID
+	}
+	if t := ec.StoredTask; t != nil && len(t.History) > 0 && t.History[0] != nil {
+		return t.History[0].ContextID
+	}
+	return ""
 }
 
 // fold applies status and artifact events to a copy of task, as the SDK

@@ -129,6 +129,8 @@ func TestParseInvalid(t *testing.T) {
 			want: []string{`identity.issuers[0]: missing property 'jwks_url'`}},
 		{name: "issuer listed twice", yaml: "identity:\n  issuers:\n    - {issuer: a, jwks_file: a.json}\n    - {issuer: a, jwks_file: b.json}\n",
 			want: []string{`identity.issuers[1].issuer: "a" is listed twice`}},
+		{name: "an issuer under the gateway's own name", yaml: "public_url: https://sag.example\nidentity:\n  issuers:\n    - {issuer: https://sag.example/, jwks_file: a.json}\n",
+			want: []string{`identity.issuers[0].issuer: "https://sag.example/" is the gateway's own issuer`}},
 		{name: "spiffe cert without key", yaml: "identity:\n  spiffe:\n    cert_file: c.pem\n",
 			want: []string{`identity.spiffe: cert_file and key_file go together`}},
 		{name: "spiffe bundle without trust domain", yaml: "identity:\n  spiffe:\n    bundle_file: b.pem\n",

@@ -106,6 +106,13 @@ func (c *Config) Validate() error {
 		add("limits.max_upstream_sessions: got %d, want at least 1", l.MaxUpstreamSessions)
 	}
 
+	for i, is := range c.Identity.Issuers {
+		// The gateway's own issuer is its keys alone: another key set under
+		// its name could mint what only the gateway may (run tokens).
+		if strings.TrimRight(is.Issuer, "/") == c.ResolvedPublicURL() {
+			add("identity.issuers[%d].issuer: %q is the gateway's own issuer (its public URL)", i, is.Issuer)
+		}
+	}
 	if err := c.Identity.validate(); err != nil {
 		for _, e := range unjoin(err) {
 			add("identity.%w", e)
