@@ -156,11 +156,19 @@ func TestAgentCardOffOrigin(t *testing.T) {
 // a generic A2A client of that card reaches the agent through SAG by the
 // skill id and the message text.
 func TestAgentUpstreamCard(t *testing.T) {
-	tg := startGateway(t, func(c *config.Config) { c.Auth = config.AuthDPoP; allowAll(t, c) })
+	tg, _ := startPolicyGateway(t, `id: cards
+rules:
+  - {id: alice-helper, upstream: helper, tools: ["*"], principals: {users: [alice]}, consent: never}
+  - {id: bob-echo, upstream: helper, tools: [echo], principals: {users: [bob]}, consent: never}
+`)
 	startAgentUpstream(t, tg, fixtures.AgentOptions{Name: "helper"})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
 	defer cancel()
-	card, err := agentcard.DefaultResolver.Resolve(ctx, tg.Base+"/a2a/agents/helper")
+	if _, err := agentcard.DefaultResolver.Resolve(ctx, tg.Base+"/a2a/agents/helper"); err == nil {
+		t.Error("an upstream agent's card without authentication")
+	}
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	card, err := agentcard.NewResolver(alice.client()).Resolve(ctx, tg.Base+"/a2a/agents/helper")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,10 +180,14 @@ func TestAgentUpstreamCard(t *testing.T) {
 		strings.Join(skills, ",") != "helper__echo,helper__ask,helper__auth,helper__slow" {
 		t.Fatalf("the agent's card as SAG offers it: %+v (skills %v)", card, skills)
 	}
-	if resp, err := http.Get(tg.Base + "/a2a/agents/nobody" + a2a.CardPath); err != nil || resp.StatusCode != http.StatusNotFound {
+	// Each caller's card lists the skills it may use.
+	bob := newAgent(t, tg, identity.Claims{Subject: "bob"})
+	if bobs, err := agentcard.NewResolver(bob.client()).Resolve(ctx, tg.Base+"/a2a/agents/helper"); err != nil || len(bobs.Skills) != 1 || bobs.Skills[0].ID != "helper__echo" {
+		t.Errorf("bob's card of the agent: %+v, %v; want helper__echo alone", bobs, err)
+	}
+	if resp, err := alice.client().Get(tg.Base + "/a2a/agents/nobody" + a2a.CardPath); err != nil || resp.StatusCode != http.StatusNotFound {
 		t.Errorf("the card of no agent: %v %v", resp.StatusCode, err)
 	}
-	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
 	c, err := a2aclient.NewFromCard(ctx, card, a2aclient.WithJSONRPCTransport(alice.client()))
 	if err != nil {
 		t.Fatal(err)

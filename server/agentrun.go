@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/sag-gateway/sag/a2a"
 	"github.com/sag-gateway/sag/agui"
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/pipeline"
@@ -94,13 +96,25 @@ func (a agentRuns) Start(ctx context.Context, p identity.Principal, name, thread
 }
 
 // upstreamAgentCard serves the card of an upstream A2A agent as SAG
-// offers it (public, like SAG's own card): its URLs are SAG's.
+// offers it to the caller: its URLs are SAG's, and its skills those the
+// caller may use (like the extended card, it needs authentication).
 func (g *Gateway) upstreamAgentCard(w http.ResponseWriter, r *http.Request) {
 	card, tools, ok := g.upstreams.AgentCard(r.PathValue("name"))
-	if !ok {
+	p, _ := principalOf(r)
+	var allowed []a2a.Tool
+	var err error
+	if ok {
+		allowed, err = g.toolsFor(r.Context(), p)
+	}
+	if !ok || err != nil {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "error_description": "no A2A agent " + r.PathValue("name")})
 		return
 	}
-	w.Header().Set("Access-Control-Allow-Origin", "*")
-	writeJSON(w, http.StatusOK, g.a2a.UpstreamCard(card, tools))
+	mine := map[string]string{}
+	for skill, tool := range tools {
+		if slices.ContainsFunc(allowed, func(t a2a.Tool) bool { return t.Name == tool }) {
+			mine[skill] = tool
+		}
+	}
+	writeJSON(w, http.StatusOK, g.a2a.UpstreamCard(card, mine))
 }

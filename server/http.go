@@ -30,7 +30,7 @@ func (g *Gateway) routes() http.Handler {
 	mux.Handle("/a2a", g.metrics.instrument("/a2a", g.checkOrigin(g.authenticated(g.bounded(g.a2a.RPC)))))
 	mux.Handle("/a2a/rest/", g.metrics.instrument("/a2a/rest", g.checkOrigin(g.authenticated(g.bounded(http.StripPrefix("/a2a/rest", g.a2a.REST))))))
 	mux.Handle("GET "+a2a.CardPath, g.metrics.instrument(a2a.CardPath, g.a2a.Card))
-	mux.Handle("GET /a2a/agents/{name}"+a2a.CardPath, g.metrics.instrument("/a2a/agents/card", http.HandlerFunc(g.upstreamAgentCard)))
+	mux.Handle("GET /a2a/agents/{name}"+a2a.CardPath, g.metrics.instrument("/a2a/agents/card", g.authenticated(g.upstreamAgentCard)))
 	mux.Handle("GET "+agui.CapabilitiesPath, g.metrics.instrument(agui.CapabilitiesPath, agui.Capabilities(g.version)))
 	mux.Handle("GET "+resourceMetadataPath, g.metrics.instrument(resourceMetadataPath, http.HandlerFunc(g.resourceMetadata)))
 	mux.Handle("GET /.well-known/jwks.json", g.metrics.instrument("/.well-known/jwks.json", http.HandlerFunc(g.jwks)))
