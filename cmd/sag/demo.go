@@ -198,7 +198,7 @@ Consent: alpha__delete_everything is annotated destructive, so each call waits f
   An A2A agent behind SAG, as MCP tools (each request to it carries a token SAG minted for it):
   go run ./cmd/sag call%s%s helper__echo '{"message":"hello, agent"}'
   A2A clients: SAG's card %s/.well-known/agent-card.json, the agent's as SAG offers it
-  %s/a2a/agents/helper/.well-known/agent-card.json
+  (authenticated) %s/a2a/agents/helper/.well-known/agent-card.json
   Run the AG-UI agent "assistant" as alice: it calls alpha__echo through SAG, the call waits
   for alice's consent, and you answer right there (or in the console):
   go run ./cmd/sag agent%s%s assistant 'hello from alice'
