@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/sag-gateway/sag/agui"
 	"github.com/sag-gateway/sag/fixtures"
 	"github.com/sag-gateway/sag/identity"
@@ -319,5 +321,51 @@ rules:
 	}
 	if got := ag.Results(); len(got) != 1 || got[0] != "mine" {
 		t.Errorf("the agent's results %v", got)
+	}
+}
+
+// TestAGUIRunTokenLife: the token a run gives its agent works while the
+// run lives and the agent is registered with the key it is bound to; once
+// the agent is removed, it is refused, though the run still streams.
+func TestAGUIRunTokenLife(t *testing.T) {
+	tg, _ := startPolicyGateway(t, consentPolicy)
+	key, err := identity.NewDPoPKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := make(chan string, 1)
+	holder := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			ForwardedProps struct {
+				SAG struct{ Token string } `json:"sag"`
+			} `json:"forwardedProps"`
+		}
+		json.NewDecoder(r.Body).Decode(&in)
+		tokens <- in.ForwardedProps.SAG.Token
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: {\"type\":\"RUN_STARTED\",\"threadId\":\"wf-life\",\"runId\":\"r\"}\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	t.Cleanup(holder.Close)
+	tg.addUpstream(t, server.UpstreamRequest{Name: "holder", Kind: "agui", URL: holder.URL, AgentKey: key.Thumbprint()})
+	alice := newAgent(t, tg, identity.Claims{Subject: "alice"})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	startRunAt(t, ctx, tg, alice, "/agui/agents/holder", runInput("wf-life", "r", `[{"id":"u1","role":"user","content":"x"}]`, "")).expect(t, "RUN_STARTED")
+	tok := <-tokens
+	asAgent := &agent{key: key, token: tok}
+	cs := asAgent.connect(t, tg.MCP)
+	if _, err := cs.ListTools(ctx, nil); err != nil {
+		t.Fatalf("the run's token while the run lives: %v", err)
+	}
+	cs.Close()
+	if code, body := tg.adminDo(t, http.MethodDelete, "/admin/upstreams/holder", nil); code != http.StatusNoContent {
+		t.Fatalf("remove the agent: %d %s", code, body)
+	}
+	c := mcp.NewClient(&mcp.Implementation{Name: "after", Version: "1"}, nil)
+	if cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: tg.MCP, HTTPClient: asAgent.client()}, nil); err == nil {
+		cs.Close()
+		t.Error("the run's token of a removed agent still works")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/auth"
@@ -15,6 +16,7 @@ import (
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/server/config"
 	"github.com/sag-gateway/sag/store"
+	"github.com/sag-gateway/sag/upstreams"
 )
 
 // principalKey is where authenticated requests carry their principal in
@@ -218,6 +220,12 @@ func (g *Gateway) admit(w http.ResponseWriter, r *http.Request, scopes []string)
 			// and its holder is judged as the user it runs for (the user's
 			// own claims, groups and scopes, not the token's).
 			user, ok := g.liveRuns.Load(p.TokenID)
+			if ok {
+				// ... and while the agent is registered with the key the
+				// token is bound to.
+				spec, registered := g.upstreams.Spec(strings.TrimPrefix(p.Agent, g.cfg.ResolvedPublicURL()+"/agui/agents/"))
+				ok = registered && spec.Kind == upstreams.KindAGUI && spec.AgentKey == p.KeyThumbprint
+			}
 			if !ok {
 				g.metrics.authFailures.Inc()
 				g.auth.check.WriteError(w, &identity.OAuthError{Status: http.StatusUnauthorized, Code: "invalid_token",
