@@ -134,8 +134,12 @@ func (s *Stream) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	if len(in.Resume) == 0 {
 		// One run of an agent per user and thread: the key is taken before
 		// the run starts, so that two starts cannot both get it.
-		if !s.runs.claim(key) {
+		switch s.runs.claim(key, p.Key()) {
+		case errRunOpen:
 			httpError(w, http.StatusConflict, "a run of this agent on this thread is open: answer its interrupts with resume")
+			return
+		case errTooManyRuns:
+			httpError(w, http.StatusTooManyRequests, fmt.Sprintf("at most %d agent runs of one user are open at once", maxUserRuns))
 			return
 		}
 		if pr, err = s.startAgent(ctx, p, name, in.ThreadID, body); err != nil {
@@ -426,27 +430,52 @@ func (s *Stream) sendError(out emitter, err error) {
 type agentRuns struct {
 	mu   sync.Mutex
 	runs map[string]*runSlot
+	// open counts each principal's open runs.
+	open map[string]int
 }
 
+// maxUserRuns bounds the open (running or parked) agent runs of one
+// principal: each holds a connection to its agent and buffered events.
+const maxUserRuns = 16
+
+// Refusals of claim.
+var (
+	errRunOpen     = errors.New("a run is open on this thread")
+	errTooManyRuns = errors.New("too many open runs")
+)
+
 type runSlot struct {
+	owner  string
 	pr     *proxied // nil while the run starts
 	served bool     // a request serves it (it is not parked)
 	timer  *time.Timer
 	stop   func() bool // stops the kill watch of a parked run
 }
 
-// claim takes key for a new run; false when a run holds it.
-func (a *agentRuns) claim(key string) bool {
+// claim takes key for a new run of owner's.
+func (a *agentRuns) claim(key, owner string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if _, taken := a.runs[key]; taken {
-		return false
+		return errRunOpen
+	}
+	if a.open[owner] >= maxUserRuns {
+		return errTooManyRuns
 	}
 	if a.runs == nil {
-		a.runs = map[string]*runSlot{}
+		a.runs, a.open = map[string]*runSlot{}, map[string]int{}
 	}
-	a.runs[key] = &runSlot{served: true}
-	return true
+	a.runs[key] = &runSlot{owner: owner, served: true}
+	a.open[owner]++
+	return nil
+}
+
+// free drops key's slot; a.mu is held.
+func (a *agentRuns) free(key string, r *runSlot) {
+	delete(a.runs, key)
+	if a.open[r.owner]--; a.open[r.owner] <= 0 {
+		delete(a.open, r.owner)
+	}
 }
 
 // attach gives a claimed key its started run.
@@ -460,7 +489,7 @@ func (a *agentRuns) attach(key string, pr *proxied) {
 func (a *agentRuns) release(key string, pr *proxied) {
 	a.mu.Lock()
 	if r, ok := a.runs[key]; ok && r.pr == pr {
-		delete(a.runs, key)
+		a.free(key, r)
 	}
 	a.mu.Unlock()
 	if pr != nil {
@@ -483,7 +512,7 @@ func (a *agentRuns) park(key string, pr *proxied) {
 		r, ok := a.runs[key]
 		mine := ok && r.pr == pr && !r.served
 		if mine {
-			delete(a.runs, key)
+			a.free(key, r)
 		}
 		a.mu.Unlock()
 		if mine {

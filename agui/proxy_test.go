@@ -219,3 +219,27 @@ func TestStreamsAreUsers(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentRunsPerUser: a principal holds at most maxUserRuns open runs;
+// one that ends frees its place; another principal is not counted.
+func TestAgentRunsPerUser(t *testing.T) {
+	var a agentRuns
+	for i := range maxUserRuns {
+		if err := a.claim(fmt.Sprint("alice-", i), "alice"); err != nil {
+			t.Fatalf("run %d: %v", i, err)
+		}
+	}
+	if err := a.claim("alice-x", "alice"); err != errTooManyRuns {
+		t.Errorf("one run too many: %v", err)
+	}
+	if err := a.claim("bob-0", "bob"); err != nil {
+		t.Errorf("bob's first run: %v", err)
+	}
+	if err := a.claim("alice-0", "alice"); err != errRunOpen {
+		t.Errorf("a run on an open thread: %v", err)
+	}
+	a.release("alice-0", nil)
+	if err := a.claim("alice-x", "alice"); err != nil {
+		t.Errorf("after one ended: %v", err)
+	}
+}
