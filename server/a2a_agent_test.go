@@ -88,6 +88,13 @@ func TestAgentUpstream(t *testing.T) {
 	if res.IsError || st.A2A.State != "input-required" || st.A2A.TaskID == "" || !strings.Contains(toolText(res), "What is your name?") {
 		t.Fatalf("helper__ask: %q %s", toolText(res), b)
 	}
+	// Another principal cannot go on with alice's task or context.
+	mallory := newAgent(t, tg, identity.Claims{Subject: "mallory"}).connect(t, tg.MCP)
+	for _, args := range []map[string]any{{"message": "mine now", "taskId": st.A2A.TaskID}, {"message": "mine now", "contextId": st.A2A.ContextID}} {
+		if res := callTool(t, mallory, "helper__ask", args); !res.IsError || !strings.Contains(toolText(res), "of yours") {
+			t.Errorf("mallory on alice's agent task %v: %q (isError %v)", args, toolText(res), res.IsError)
+		}
+	}
 	if res := callTool(t, cs, "helper__ask", map[string]any{"message": "Alice", "taskId": st.A2A.TaskID, "contextId": st.A2A.ContextID}); res.IsError || toolText(res) != "hello, Alice" {
 		t.Errorf("the answer: %q (isError %v)", toolText(res), res.IsError)
 	}

@@ -286,6 +286,14 @@ func (m *Manager) callAgent(ctx context.Context, u *upstream, down *mcp.ServerSe
 	if err := json.Unmarshal(p.Arguments, &in); err != nil || in.Message == "" {
 		return toolError(fmt.Sprintf("%s needs a message", t.Name)), nil
 	}
+	// A caller goes on only with the agent's tasks and contexts it was
+	// given: the agent may not tell its callers apart.
+	owner := callerKeyOf(ctx)
+	for _, id := range []string{"t:" + in.TaskID, "c:" + in.ContextID} {
+		if len(id) > 2 && !m.ownsAgentTask(u.spec.Name, id, owner) {
+			return toolError(fmt.Sprintf("agent %s has no task or context %s of yours", u.spec.Name, id[2:])), nil
+		}
+	}
 	skill, _ := t.Def.Meta["sag/a2a-skill"].(string)
 	ctx, cancel := context.WithTimeout(ctx, u.timeout())
 	defer cancel()
@@ -334,7 +342,32 @@ func (m *Manager) callAgent(ctx context.Context, u *upstream, down *mcp.ServerSe
 		}
 		return nil, &Error{Upstream: u.spec.Name, Msg: "the agent answered an error: " + safeError(err)}
 	}
+	if task != nil {
+		m.giveAgentTask(u.spec.Name, "t:"+string(task.ID), owner)
+		m.giveAgentTask(u.spec.Name, "c:"+task.ContextID, owner)
+	} else if reply != nil {
+		m.giveAgentTask(u.spec.Name, "c:"+reply.ContextID, owner)
+	}
 	return agentResult(u.spec.Name, task, reply), nil
+}
+
+// maxAgentTasks bounds the agents' task and context ids remembered with
+// the caller they were given to (the oldest are forgotten: their callers
+// can no longer go on with them).
+const maxAgentTasks = 100_000
+
+// giveAgentTask records that an agent's task or context id went to owner.
+func (m *Manager) giveAgentTask(agent, id, owner string) {
+	if len(id) > 2 {
+		m.agentTasks.Add(agent+"\x00"+id, owner)
+	}
+}
+
+// ownsAgentTask reports whether an agent's task or context id went to
+// owner.
+func (m *Manager) ownsAgentTask(agent, id, owner string) bool {
+	got, ok := m.agentTasks.Get(agent + "\x00" + id)
+	return ok && got == owner
 }
 
 // streamAgent sends req on the agent's stream and folds its events into the

@@ -16,6 +16,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/internal/lru"
 )
 
 // Credentials authenticate SAG to upstreams. Apply is called for every
@@ -70,6 +71,9 @@ type Manager struct {
 	catalog  atomic.Pointer[Catalog]
 	progress sync.Map // upstream-facing token (string) → *progressRoute
 	parked   sync.Map // requestState (string) → *bridged
+	// agentTasks are the A2A agents' task and context ids, by agent, with
+	// the principal each was given to.
+	agentTasks *lru.Cache[string, string]
 	levels   sync.Map // downstream session id → mcp.LoggingLevel
 	seq      atomic.Uint64
 
@@ -100,7 +104,7 @@ func New(opts Options) *Manager {
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
-	m := &Manager{opts: opts, ups: map[string]*upstream{}, closing: make(chan struct{})}
+	m := &Manager{opts: opts, ups: map[string]*upstream{}, closing: make(chan struct{}), agentTasks: lru.New[string, string](maxAgentTasks)}
 	if opts.MTLS != nil {
 		t := newTransport(opts.MaxSessions)
 		t.TLSClientConfig = opts.MTLS
