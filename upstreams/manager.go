@@ -74,8 +74,8 @@ type Manager struct {
 	// agentTasks are the A2A agents' task and context ids, by agent, with
 	// the principal each was given to.
 	agentTasks *lru.Cache[string, string]
-	levels   sync.Map // downstream session id → mcp.LoggingLevel
-	seq      atomic.Uint64
+	levels     sync.Map // downstream session id → mcp.LoggingLevel
+	seq        atomic.Uint64
 
 	closing chan struct{}
 	wg      sync.WaitGroup
