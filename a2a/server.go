@@ -189,12 +189,11 @@ func (s *Server) UpstreamCard(card *spec.AgentCard, tools map[string]string) *sp
 
 // extendedCard is the card with the caller's own tools as skills.
 func (s *Server) extendedCard(ctx context.Context, _ *spec.GetExtendedAgentCardRequest) (*spec.AgentCard, error) {
-	cc, _ := a2asrv.CallContextFrom(ctx)
-	var p identity.Principal
-	ok := false
-	if cc != nil && cc.User != nil {
-		p, ok = cc.User.Attributes[principalAttr].(identity.Principal)
+	cc, ok := a2asrv.CallContextFrom(ctx)
+	if !ok {
+		return nil, spec.ErrUnauthenticated
 	}
+	p, ok := userPrincipal(cc.User)
 	if !ok {
 		return nil, spec.ErrUnauthenticated
 	}
@@ -514,29 +513,42 @@ func (s *Server) Killed(ctx context.Context, killed map[string]bool) (int, error
 
 // principalOf returns the principal principalInterceptor attached.
 func principalOf(ec *a2asrv.ExecutorContext) (identity.Principal, bool) {
-	if ec.User == nil {
+	return userPrincipal(ec.User)
+}
+
+// userPrincipal is the principal principalInterceptor gave u.
+func userPrincipal(u *a2asrv.User) (identity.Principal, bool) {
+	if u == nil {
 		return identity.Principal{}, false
 	}
-	p, ok := ec.User.Attributes[principalAttr].(identity.Principal)
+	p, ok := u.Attributes[principalAttr].(identity.Principal)
 	return p, ok
+}
+
+// waitingParts are the parts of the status of a task waiting in
+// INPUT_REQUIRED (for consent, or for an upstream agent's answer); nil for
+// any other.
+func waitingParts(t *spec.Task) []*spec.Part {
+	if t == nil || t.Status.State != spec.TaskStateInputRequired || t.Status.Message == nil {
+		return nil
+	}
+	return t.Status.Message.Parts
 }
 
 // callOf reads the tool call of a message: its data part, or for a message
 // that goes on with a task waiting for consent, the task's own call and the
 // consent request it waits for.
 func callOf(ec *a2asrv.ExecutorContext) (call toolCall, resume string, err error) {
-	if t := ec.StoredTask; t != nil && t.Status.State == spec.TaskStateInputRequired && t.Status.Message != nil {
-		for _, part := range t.Status.Message.Parts {
-			var pc pendingConsent
-			if decodePart(part, &pc) && pc.Consent.ID != "" && pc.Tool != "" {
-				return pc.toolCall, pc.Consent.ID, nil
-			}
-			var pa pendingAgent
-			if decodePart(part, &pa) && pa.Agent.TaskID != "" && pa.Tool != "" {
-				// The message answers the upstream agent's question.
-				args, _ := json.Marshal(map[string]string{"message": messageText(ec.Message), "taskId": pa.Agent.TaskID, "contextId": pa.Agent.ContextID})
-				return toolCall{Tool: pa.Tool, Arguments: args}, "", nil
-			}
+	for _, part := range waitingParts(ec.StoredTask) {
+		var pc pendingConsent
+		if decodePart(part, &pc) && pc.Consent.ID != "" && pc.Tool != "" {
+			return pc.toolCall, pc.Consent.ID, nil
+		}
+		var pa pendingAgent
+		if decodePart(part, &pa) && pa.Agent.TaskID != "" && pa.Tool != "" {
+			// The message answers the upstream agent's question.
+			args, _ := json.Marshal(map[string]string{"message": messageText(ec.Message), "taskId": pa.Agent.TaskID, "contextId": pa.Agent.ContextID})
+			return toolCall{Tool: pa.Tool, Arguments: args}, "", nil
 		}
 	}
 	if ec.Message != nil {
@@ -564,10 +576,7 @@ func callOf(ec *a2asrv.ExecutorContext) (call toolCall, resume string, err error
 // waitingConsent is the consent request a task in INPUT_REQUIRED waits
 // for, "" for none.
 func waitingConsent(t *spec.Task) string {
-	if t == nil || t.Status.State != spec.TaskStateInputRequired || t.Status.Message == nil {
-		return ""
-	}
-	for _, part := range t.Status.Message.Parts {
+	for _, part := range waitingParts(t) {
 		var pc pendingConsent
 		if decodePart(part, &pc) && pc.Consent.ID != "" {
 			return pc.Consent.ID

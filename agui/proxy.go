@@ -320,19 +320,22 @@ func (s *Stream) relay(ctx context.Context, out emitter, p identity.Principal, t
 	beat := time.NewTicker(s.o.Heartbeat)
 	defer beat.Stop()
 	last := time.Now() // when the agent last sent an event
+	check := true      // the consent requests may have changed since read
 	for {
 		changed := s.o.Consents.Changed()
 		// An interrupt comes between the agent's events: after those it
 		// sent before its call (the agent is quiet while the call waits),
 		// outside any message or tool call.
 		var settle <-chan time.Time
-		if len(pr.open) == 0 && len(pr.events) == 0 {
+		if check && len(pr.open) == 0 && len(pr.events) == 0 {
 			open, err := s.open(ctx, p, th)
 			if err != nil {
 				s.sendError(out, err)
 				return false
 			}
-			if mine := agentRequests(open, pr.run.Agent); len(mine) > 0 {
+			mine := agentRequests(open, pr.run.Agent)
+			check = len(mine) > 0
+			if check {
 				if wait := agentQuiet - time.Since(last); wait > 0 {
 					settle = time.After(wait)
 				} else {
@@ -357,6 +360,7 @@ func (s *Stream) relay(ctx context.Context, out emitter, p identity.Principal, t
 			}
 		case <-settle:
 		case <-changed:
+			check = true
 		case <-beat.C:
 			if out.comment() != nil {
 				return false

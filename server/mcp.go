@@ -438,13 +438,9 @@ func (g *Gateway) audit(ctx context.Context, rec *store.AuditRecord, start time.
 func (g *Gateway) toolsFor(ctx context.Context, p identity.Principal) ([]a2a.Tool, error) {
 	cat := g.upstreams.Catalog()
 	c := &pipeline.Call{Principal: p, Channel: pipeline.A2A, Kind: pipeline.List, Name: "tools/list"}
-	entries := make([]policy.Target, len(cat.Tools))
-	for i := range cat.Tools {
-		entries[i] = policyTool(&cat.Tools[i])
-	}
-	vis, perr := g.pipeline.List(ctx, c, entries)
-	if perr != nil {
-		return nil, perr
+	vis, err := visible(ctx, g.pipeline, c, cat.Tools, func(t upstreams.Tool) policy.Target { return policyTool(&t) })
+	if err != nil {
+		return nil, err
 	}
 	var out []a2a.Tool
 	for i, t := range cat.Tools {
