@@ -162,6 +162,9 @@ type Outcome struct {
 	// the channel's own form of it instead and Result is nil.
 	Result json.RawMessage
 	Value  any
+	// IsError says that Result or Value is a tool error the upstream
+	// returned.
+	IsError bool
 	// ToolError is set when a tool call is answered with a tool execution
 	// error (isError) that the gateway wrote: a denial, invalid arguments
 	// or output, an upstream that did not answer.

@@ -346,9 +346,9 @@ func (r *run) finish(ctx context.Context, res Result, err error) Outcome {
 			r.rec.Reason = "upstream returned a tool error"
 		}
 		if res.JSON != nil {
-			return r.commit(ctx, Outcome{Result: res.JSON})
+			return r.commit(ctx, Outcome{Result: res.JSON, IsError: res.IsError})
 		}
-		return r.commit(ctx, Outcome{Value: res.Value})
+		return r.commit(ctx, Outcome{Value: res.Value, IsError: res.IsError})
 	}
 	r.rec.Decision = DecisionError
 	if tf, ok := err.(*toolFailure); ok {

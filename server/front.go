@@ -72,9 +72,10 @@ func newFront(gw *Gateway, version string) *front {
 func (f *front) handler() http.Handler {
 	maxBody := f.gw.cfg.Limits.MaxRequestBytes
 	get := func(*http.Request) *mcp.Server { return f.srv }
+	// Idle sessions are closed by the front (watched.idle), which sees
+	// the fast path's requests too; the SDK sees only its own.
 	stateful := mcp.NewStreamableHTTPHandler(get, &mcp.StreamableHTTPOptions{
 		EventStore:          mcp.NewMemoryEventStore(nil),
-		SessionTimeout:      time.Duration(f.gw.cfg.Limits.SessionIdleTimeout),
 		MaxRequestBodyBytes: maxBody,
 		Logger:              f.gw.log,
 	})
@@ -93,7 +94,14 @@ func (f *front) handler() http.Handler {
 			if r.Header.Get("Mcp-Method") != "subscriptions/listen" {
 				defer f.gw.inflight.request()()
 			}
-			if !checkJSONRPC(w, r, maxBody) {
+			msg, ok := checkJSONRPC(w, r, maxBody)
+			if !ok {
+				return
+			}
+			if ws, ok := f.watched.Load(r.Header.Get("Mcp-Session-Id")); ok {
+				defer ws.(*watched).busy()()
+			}
+			if msg != nil && f.serveFast(w, r, msg) {
 				return
 			}
 			if r.Header.Get("Mcp-Session-Id") == "" && r.Header.Get("Mcp-Protocol-Version") < statelessVersion &&
@@ -128,8 +136,9 @@ var methods = map[string]bool{
 
 // checkJSONRPC reads a POST body and answers a malformed one with -32700 and
 // an unknown method with -32601, as JSON-RPC errors. It restores the body for
-// the SDK and reports whether the request goes on.
-func checkJSONRPC(w http.ResponseWriter, r *http.Request, maxBody int64) bool {
+// the SDK and reports whether the request goes on, with its envelope when it
+// is a single request (nil for a batch, a notification or a response).
+func checkJSONRPC(w http.ResponseWriter, r *http.Request, maxBody int64) (*envelope, bool) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -138,19 +147,20 @@ func checkJSONRPC(w http.ResponseWriter, r *http.Request, maxBody int64) bool {
 		} else {
 			http.Error(w, "cannot read request body", http.StatusBadRequest)
 		}
-		return false
+		return nil, false
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	if !json.Valid(body) {
-		writeRPCError(w, http.StatusBadRequest, nil, jsonrpc.CodeParseError, "parse error: the body is not valid JSON")
-		return false
+	msg := new(envelope)
+	if err := json.Unmarshal(body, msg); err != nil {
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) {
+			writeRPCError(w, http.StatusBadRequest, nil, jsonrpc.CodeParseError, "parse error: the body is not valid JSON")
+			return nil, false
+		}
+		return nil, true // a batch: the SDK decides
 	}
-	var msg struct {
-		ID     json.RawMessage `json:"id"`
-		Method *string         `json:"method"`
-	}
-	if json.Unmarshal(body, &msg) != nil || msg.Method == nil || len(msg.ID) == 0 {
-		return true // a batch, a notification or a response: the SDK decides
+	if msg.Method == nil || len(msg.ID) == 0 {
+		return nil, true // a notification or a response: the SDK decides
 	}
 	if !methods[*msg.Method] {
 		// 2026-07-28 answers an unknown method with 404; before it, 404
@@ -160,9 +170,9 @@ func checkJSONRPC(w http.ResponseWriter, r *http.Request, maxBody int64) bool {
 			status = http.StatusNotFound
 		}
 		writeRPCError(w, status, msg.ID, jsonrpc.CodeMethodNotFound, "method not found: "+*msg.Method)
-		return false
+		return nil, false
 	}
-	return true
+	return msg, true
 }
 
 func writeRPCError(w http.ResponseWriter, status int, id json.RawMessage, code int64, msg string) {
@@ -306,6 +316,34 @@ func (f *front) policyChanged() {
 type watched struct {
 	ss    *mcp.ServerSession
 	owner string // identity.Principal.Key
+	// logging is set once the client set a log level (logging/setLevel).
+	logging atomic.Bool
+
+	// The idle timer closes the session once no request of it has run
+	// for the idle timeout; it is paused while any runs (the SDK's own
+	// rule, kept here because the fast path's requests never reach it).
+	mu       sync.Mutex
+	requests int
+	timer    *time.Timer
+	timeout  time.Duration
+}
+
+// busy marks a request of the session as running until the returned func
+// is called.
+func (w *watched) busy() func() {
+	w.mu.Lock()
+	if w.requests == 0 {
+		w.timer.Stop()
+	}
+	w.requests++
+	w.mu.Unlock()
+	return func() {
+		w.mu.Lock()
+		if w.requests--; w.requests == 0 {
+			w.timer.Reset(w.timeout)
+		}
+		w.mu.Unlock()
+	}
 }
 
 // watch runs on every request: the first request of a session-based
@@ -324,13 +362,19 @@ func (f *front) watch(ctx context.Context, ss *mcp.ServerSession, extra *mcp.Req
 	if !ok {
 		return
 	}
-	if _, seen := f.watched.LoadOrStore(ss.ID(), &watched{ss: ss, owner: p.Key()}); seen {
+	w := &watched{ss: ss, owner: p.Key(), timeout: time.Duration(f.gw.cfg.Limits.SessionIdleTimeout)}
+	w.timer = time.AfterFunc(w.timeout, func() { _ = ss.Close() })
+	if _, seen := f.watched.LoadOrStore(ss.ID(), w); seen {
+		w.timer.Stop()
 		return
 	}
 	f.open.Add(1)
 	f.gw.sessionOpened(ctx, p, ss.ID(), header(extra).Get(WorkflowHeader))
 	go func() {
 		_ = ss.Wait()
+		w.mu.Lock()
+		w.timer.Stop()
+		w.mu.Unlock()
 		f.watched.Delete(ss.ID())
 		f.open.Add(-1)
 		f.gw.sessionClosed(ss.ID())
@@ -375,6 +419,9 @@ func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 		case *mcp.ReadResourceRequest:
 			return f.readResource(ctx, r)
 		case *mcp.ServerRequest[*mcp.SetLoggingLevelParams]:
+			if w, ok := f.watched.Load(sessionID(ss)); ok {
+				w.(*watched).logging.Store(true)
+			}
 			if p, ok := f.gw.principal(req.GetExtra()); ok {
 				f.gw.upstreams.SetLoggingLevel(upstreams.WithCaller(ctx, p, f.gw.sessions.protocolSession(p, ss), nil), ss, r.Params.Level)
 			}

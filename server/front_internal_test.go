@@ -115,7 +115,10 @@ func FuzzCheckJSONRPC(f *testing.F) {
 			r.Header.Set("Mcp-Protocol-Version", statelessVersion)
 		}
 		w := httptest.NewRecorder()
-		if checkJSONRPC(w, r, 1<<20) {
+		if msg, ok := checkJSONRPC(w, r, 1<<20); ok {
+			if msg != nil && (msg.Method == nil || !methods[*msg.Method] || len(msg.ID) == 0) {
+				t.Fatalf("an envelope went on that is not a known request: %q", body)
+			}
 			got, _ := io.ReadAll(r.Body)
 			if !bytes.Equal(got, body) {
 				t.Fatalf("the body went on changed: %q → %q", body, got)

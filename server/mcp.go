@@ -134,7 +134,7 @@ func (f *front) callTool(ctx context.Context, req *mcp.CallToolRequest) (*mcp.Ca
 	case out.ToolError != "":
 		res = toolError(out.ToolError)
 	}
-	f.gw.metrics.toolCall(out.Record.Upstream, req.Params.Name, out.Record.Decision, res, time.Since(start))
+	f.gw.metrics.toolCall(out.Record.Upstream, req.Params.Name, out.Record.Decision, res != nil && res.IsError, time.Since(start))
 	return res, err
 }
 
@@ -245,6 +245,13 @@ func (fw mcpForwarder) Forward(ctx context.Context, c *pipeline.Call, t pipeline
 		return pipeline.Result{}, err
 	}
 	ctx = upstreams.WithCaller(ctx, c.Principal, c.Sessions.MSID, cred)
+	if rc, ok := c.Origin.(*rawCall); ok {
+		res, isError, err := g.upstreams.CallToolRaw(ctx, rc.down, t.Entry.(*upstreams.Tool), args, rc.meta)
+		if err != nil {
+			return pipeline.Result{}, upstreamError(err)
+		}
+		return pipeline.Result{JSON: res, IsError: isError}, nil
+	}
 	req, _ := c.Origin.(mcp.Request)
 	if req == nil && c.Kind == pipeline.ToolCall {
 		// A tool call of another channel (A2A): on a pooled upstream

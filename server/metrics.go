@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -70,14 +69,14 @@ func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-func (m *metrics) toolCall(upstream, tool, decision string, res *mcp.CallToolResult, d time.Duration) {
+func (m *metrics) toolCall(upstream, tool, decision string, isError bool, d time.Duration) {
 	outcome := "ok"
 	switch {
 	case decision == pipeline.DecisionDeny:
 		outcome = "denied"
 	case decision == pipeline.DecisionError:
 		outcome = "error"
-	case res != nil && res.IsError:
+	case isError:
 		outcome = "tool_error"
 	}
 	m.calls.WithLabelValues(upstream, tool, outcome).Inc()

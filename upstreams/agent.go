@@ -479,21 +479,14 @@ func partsText(m *spec.Message) string {
 // agentClient is the HTTP client of one call to an agent: credentials
 // for the call's caller on every request (never the caller's own token).
 func (m *Manager) agentClient(u *upstream, cl *caller) *http.Client {
-	hc := *m.opts.HTTPClient
-	if u.spec.Auth == AuthMTLS && m.mtls != nil {
-		hc = *m.mtls
-	}
+	hc := m.baseClient(u)
 	// A redirect would take the caller's message, and a token minted for
 	// the agent, somewhere else: refused.
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error {
 		return fmt.Errorf("agent %s redirects: refused", u.spec.Name)
 	}
-	if m.opts.Credentials != nil && u.spec.Auth != AuthNone {
-		base := hc.Transport
-		if base == nil {
-			base = http.DefaultTransport
-		}
-		hc.Transport = &credentialTransport{base: base, creds: m.opts.Credentials, u: u, caller: func() *caller { return cl }}
+	if u.credentialed() {
+		hc.Transport = &credentialTransport{base: hc.Transport, u: u, caller: func() *caller { return cl }}
 	}
 	return &hc
 }

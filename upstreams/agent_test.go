@@ -28,7 +28,7 @@ func TestAgentClientRefusesRedirects(t *testing.T) {
 	}))
 	defer agent.Close()
 	m := &Manager{opts: Options{HTTPClient: &http.Client{}, Credentials: headerCreds{}}}
-	u := &upstream{spec: Spec{Name: "agent", Kind: KindA2A, Auth: AuthDPoP}, tgt: target{endpoint: agent.URL}}
+	u := &upstream{m: m, spec: Spec{Name: "agent", Kind: KindA2A, Auth: AuthDPoP}, tgt: target{endpoint: agent.URL}}
 	resp, err := m.agentClient(u, nil).Post(agent.URL+"/rpc", "application/json", strings.NewReader(`{"message":"private"}`))
 	if err == nil {
 		resp.Body.Close()

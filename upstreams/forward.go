@@ -517,19 +517,31 @@ func (u *upstream) onBehalfOf() identity.OnBehalfOf {
 // transport, credentials for the connection's caller on every request, and
 // the cancellation shim.
 func (m *Manager) httpClient(u *upstream, c *conn) *http.Client {
+	hc := m.baseClient(u)
+	base := hc.Transport
+	if u.credentialed() {
+		base = &credentialTransport{base: base, u: u, caller: c.caller.Load}
+	}
+	hc.Transport = &cancelShim{base: base}
+	return &hc
+}
+
+// baseClient is the HTTP client requests to u go out on, before
+// credentials: the shared transport, or the mTLS one.
+func (m *Manager) baseClient(u *upstream) http.Client {
 	hc := *m.opts.HTTPClient
 	if u.spec.Auth == AuthMTLS && m.mtls != nil {
 		hc = *m.mtls
 	}
-	base := hc.Transport
-	if base == nil {
-		base = http.DefaultTransport
+	if hc.Transport == nil {
+		hc.Transport = http.DefaultTransport
 	}
-	if m.opts.Credentials != nil && u.spec.Auth != AuthNone {
-		base = &credentialTransport{base: base, creds: m.opts.Credentials, u: u, caller: c.caller.Load}
-	}
-	hc.Transport = &cancelShim{base: base}
-	return &hc
+	return hc
+}
+
+// credentialed reports whether requests to u carry minted credentials.
+func (u *upstream) credentialed() bool {
+	return u.m.opts.Credentials != nil && u.spec.Auth != AuthNone
 }
 
 // cancelShim answers the go-sdk client's notifications/cancelled on
@@ -558,28 +570,37 @@ func (t *cancelShim) RoundTrip(req *http.Request) (*http.Response, error) {
 // caller the connection currently serves.
 type credentialTransport struct {
 	base   http.RoundTripper
-	creds  Credentials
 	u      *upstream
 	caller func() *caller
 }
 
 func (t *credentialTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	req = req.Clone(req.Context())
-	var err error
-	if cl := t.caller(); cl != nil && cl.cred != nil {
-		err = cl.cred.Apply(req) // minted by the pipeline for this call
-	} else {
-		o := t.u.onBehalfOf()
-		if cl != nil {
-			o.Principal, o.Session = &cl.p, cl.session
-		}
-		err = t.creds.Apply(req, o)
-	}
-	if err != nil {
+	if err := t.u.authorize(req, t.caller()); err != nil {
 		if req.Body != nil {
 			req.Body.Close()
 		}
-		return nil, fmt.Errorf("credentials for upstream %s: %w", t.u.spec.Name, err)
+		return nil, err
 	}
 	return t.base.RoundTrip(req)
+}
+
+// authorize sets the credentials of one request to u made for cl: the
+// credential the pipeline minted for the call, or one minted now for cl
+// (or for the gateway itself when cl is nil).
+func (u *upstream) authorize(req *http.Request, cl *caller) error {
+	var err error
+	if cl != nil && cl.cred != nil {
+		err = cl.cred.Apply(req) // minted by the pipeline for this call
+	} else {
+		o := u.onBehalfOf()
+		if cl != nil {
+			o.Principal, o.Session = &cl.p, cl.session
+		}
+		err = u.m.opts.Credentials.Apply(req, o)
+	}
+	if err != nil {
+		return fmt.Errorf("credentials for upstream %s: %w", u.spec.Name, err)
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	spec "github.com/a2aproject/a2a-go/v2/a2a"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -40,6 +41,7 @@ type upstream struct {
 	lastErr  string
 	closed   bool
 
+	raw        atomic.Pointer[http.Client] // the raw path's (raw.go), made on first use
 	refreshing atomic.Bool
 	recheck    chan struct{} // a connection failed: check the upstream now
 	firstTry   chan struct{} // closed after the first connection attempt

@@ -1,0 +1,175 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/sag-gateway/sag/pipeline"
+	"github.com/sag-gateway/sag/upstreams"
+)
+
+// The fast path: a tools/call on an open session-based MCP session that
+// needs nothing of the session's stream is served here, from the HTTP
+// request to the upstream's answer, without the go-sdk server or client.
+// It reads the envelope and the few params the pipeline needs, runs the
+// same pipeline, and answers with one JSON body; the upstream's result
+// goes back as the upstream wrote it (upstreams.CallToolRaw).
+//
+// A call needs the session's stream, and goes the go-sdk way, when
+// something may have to reach the client while it runs: progress it asked
+// for, elicitation or sampling it declared (an upstream's questions, and
+// consent asked with URL-mode elicitation), or log messages at a level it
+// set. Anything else unusual (other params, a missing or 2026-07-28
+// protocol header, another media type) goes that way too, so the SDK
+// answers it as before.
+
+// rawCall is the Origin of a fast-path call: the downstream session and
+// the caller's _meta.
+type rawCall struct {
+	down *mcp.ServerSession
+	meta upstreams.RawMeta
+}
+
+// envelope is what the front reads of every POSTed JSON-RPC request.
+type envelope struct {
+	ID     json.RawMessage `json:"id"`
+	Method *string         `json:"method"`
+	Params json.RawMessage `json:"params"`
+}
+
+// serveFast serves msg if it is a tools/call the fast path can carry, and
+// reports whether it did.
+func (f *front) serveFast(w http.ResponseWriter, r *http.Request, msg *envelope) bool {
+	sid, v := r.Header.Get("Mcp-Session-Id"), r.Header.Get("Mcp-Protocol-Version")
+	if *msg.Method != "tools/call" || sid == "" || v == "" || v >= statelessVersion || !sdkAccepts(r) {
+		return false
+	}
+	wv, ok := f.watched.Load(sid)
+	if !ok {
+		return false
+	}
+	ws := wv.(*watched)
+	p, ok := principalOf(r)
+	if !ok || p.Key() != ws.owner || ws.logging.Load() || !quiet(ws.ss) {
+		return false
+	}
+	name, args, meta, ok := fastParams(msg.Params)
+	if !ok {
+		return false
+	}
+	start := time.Now()
+	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Origin: &rawCall{down: ws.ss, meta: meta},
+		Workflow: r.Header.Get(WorkflowHeader), ProtocolSession: sid, Kind: pipeline.ToolCall, Name: name, Args: args}
+	ctx := f.gw.tracing.rawContext(r.Context(), meta, r.Header)
+	out := f.gw.pipeline.Run(ctx, c)
+
+	var res []byte
+	var err error
+	isError := false
+	switch {
+	case out.Err != nil:
+		var rpc *jsonrpc.Error
+		errors.As(rpcError(out.Err, false), &rpc)
+		res, err = json.Marshal(struct {
+			JSONRPC string          `json:"jsonrpc"`
+			ID      json.RawMessage `json:"id"`
+			Error   *jsonrpc.Error  `json:"error"`
+		}{"2.0", msg.ID, rpc})
+	case out.ToolError != "":
+		isError = true
+		res, err = json.Marshal(toolError(out.ToolError))
+	case out.Result != nil:
+		res, isError = out.Result, out.IsError
+	default: // a consent answer for later, which only 2026-07-28 clients get
+		res, err = json.Marshal(out.Value)
+	}
+	f.gw.metrics.toolCall(out.Record.Upstream, name, out.Record.Decision, isError, time.Since(start))
+	if err != nil {
+		writeRPCError(w, http.StatusOK, msg.ID, jsonrpc.CodeInternalError, "the result could not be encoded")
+		return true
+	}
+	if out.Err == nil {
+		b := make([]byte, 0, len(res)+len(msg.ID)+36)
+		b = append(b, `{"jsonrpc":"2.0","id":`...)
+		b = append(b, msg.ID...)
+		b = append(b, `,"result":`...)
+		b = append(b, res...)
+		res = append(b, '}')
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(res)
+	return true
+}
+
+// sdkAccepts reports whether the SDK would take r's media types: a JSON
+// body, and an Accept that names both JSON and event streams.
+func sdkAccepts(r *http.Request) bool {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return false
+	}
+	accept := strings.Join(r.Header.Values("Accept"), ",")
+	return strings.Contains(accept, "application/json") && strings.Contains(accept, "text/event-stream") ||
+		strings.Contains(accept, "*/*")
+}
+
+// quiet reports whether a session's client declared nothing that could
+// reach it in the middle of a call: neither elicitation nor sampling.
+func quiet(ss *mcp.ServerSession) bool {
+	ip := ss.InitializeParams()
+	if ip == nil {
+		return false
+	}
+	caps := ip.Capabilities
+	return caps == nil || caps.Elicitation == nil && caps.Sampling == nil
+}
+
+// fastParams reads a tools/call's params: its name, arguments and _meta,
+// and nothing else (a retry's requestState or inputResponses, a task, go
+// the SDK's way). ok is false for anything the fast path leaves alone.
+func fastParams(raw json.RawMessage) (name string, args json.RawMessage, meta upstreams.RawMeta, ok bool) {
+	var params map[string]json.RawMessage
+	if json.Unmarshal(raw, &params) != nil || json.Unmarshal(params["name"], &name) != nil {
+		return "", nil, nil, false
+	}
+	for k := range params {
+		if k != "name" && k != "arguments" && k != "_meta" {
+			return "", nil, nil, false
+		}
+	}
+	if m, has := params["_meta"]; has {
+		if json.Unmarshal(m, &meta) != nil {
+			return "", nil, nil, false
+		}
+		if _, has := meta["progressToken"]; has {
+			return "", nil, nil, false
+		}
+		if _, has := meta[mcp.MetaKeyLogLevel]; has {
+			return "", nil, nil, false
+		}
+	}
+	return name, params["arguments"], meta, true
+}
+
+// rawContext is mcpContext for a fast-path call: the trace context in its
+// _meta, else in its HTTP headers.
+func (t *tracing) rawContext(ctx context.Context, meta upstreams.RawMeta, h http.Header) context.Context {
+	if t.provider == nil {
+		return ctx
+	}
+	var tp, ts string
+	if json.Unmarshal(meta["traceparent"], &tp) == nil && tp != "" {
+		_ = json.Unmarshal(meta["tracestate"], &ts)
+		return w3c.Extract(ctx, propagation.MapCarrier{"traceparent": tp, "tracestate": ts})
+	}
+	return w3c.Extract(ctx, propagation.HeaderCarrier(h))
+}
