@@ -135,3 +135,37 @@ func FuzzCheckJSONRPC(f *testing.F) {
 		}
 	})
 }
+
+// FuzzFastParams: the fast path takes a tools/call's params only when they
+// hold nothing but a name, arguments and a _meta that asks for neither
+// progress nor a log level.
+func FuzzFastParams(f *testing.F) {
+	for _, s := range []string{
+		`{"name":"a__b","arguments":{"x":1}}`, `{"name":"a","_meta":{"progressToken":1}}`,
+		`{"name":"a","task":{}}`, `{"name":1}`, `{"name":"a","_meta":[]}`, `null`, `{"name":"a","_meta":{"traceparent":"00-x"}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		name, _, meta, ok := fastParams(raw)
+		if !ok {
+			return
+		}
+		var all map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &all); err != nil {
+			t.Fatalf("taken but not an object: %q", raw)
+		}
+		var n string
+		if json.Unmarshal(all["name"], &n) != nil || n != name {
+			t.Fatalf("name %q from %q", name, raw)
+		}
+		for k := range all {
+			if k != "name" && k != "arguments" && k != "_meta" {
+				t.Fatalf("taken with %q: %q", k, raw)
+			}
+		}
+		if _, has := meta["progressToken"]; has {
+			t.Fatalf("taken with a progress token: %q", raw)
+		}
+	})
+}

@@ -203,7 +203,7 @@ func (u *upstream) postRaw(r *request, c *conn, body []byte, name string) (json.
 		}
 		return msg.answer()
 	case "text/event-stream":
-		return u.readStream(r, c, bufio.NewReader(in), want)
+		return readStream(bufio.NewReader(in), want, func(msg *rawMessage) { u.handleRaw(r, c, msg) })
 	}
 	return nil, false, fmt.Errorf("unexpected content type %q", mt)
 }
@@ -306,12 +306,9 @@ func cleanRaw(res json.RawMessage) (json.RawMessage, bool, error) {
 	return out, head.IsError, err
 }
 
-// readStream reads a response event stream until the answer to want.
-// Notifications are handled as the session's go-sdk handlers would
-// (logging to the downstream session, list changes, resource updates);
-// requests are answered (ping, and "method not found" for what the
-// connection did not declare).
-func (u *upstream) readStream(r *request, c *conn, in *bufio.Reader, want string) (json.RawMessage, bool, error) {
+// readStream reads a response event stream until the answer to want,
+// passing every notification and request before it to handle.
+func readStream(in *bufio.Reader, want string, handle func(*rawMessage)) (json.RawMessage, bool, error) {
 	var data []byte
 	for {
 		line, err := in.ReadSlice('\n')
@@ -343,7 +340,7 @@ func (u *upstream) readStream(r *request, c *conn, in *bufio.Reader, want string
 				}
 				continue // an answer to another request: not ours
 			}
-			u.handleRaw(r, c, &msg)
+			handle(&msg)
 		case bytes.HasPrefix(line, []byte("data:")):
 			v := bytes.TrimPrefix(bytes.TrimPrefix(line, []byte("data:")), []byte(" "))
 			if len(data) > 0 {
@@ -358,7 +355,10 @@ func (u *upstream) readStream(r *request, c *conn, in *bufio.Reader, want string
 }
 
 // handleRaw handles a notification or request an upstream sent on a raw
-// call's stream.
+// call's stream as the session's go-sdk handlers would: logging goes to the
+// downstream session, list changes and resource updates where the
+// connection's own go; requests are answered (ping, and "method not found"
+// for what the connection did not declare).
 func (u *upstream) handleRaw(r *request, c *conn, msg *rawMessage) {
 	if len(msg.ID) > 0 {
 		reply := `{"jsonrpc":"2.0","id":` + string(msg.ID) + `,"result":{}}`
