@@ -81,34 +81,19 @@ const selectAudit = `SELECT id, time, method,
 	policy_id, decision, reason, latency_us, consent_id
 FROM audit`
 
-// Append stores rec and returns only once it is committed, so a caller may
-// acknowledge the decision it records; any error means the record may not be
-// stored and the caller must fail closed. A zero Time is set from the store's
+// Append stores rec and returns only once it is written to the audit
+// journal (journal.go), so a caller may acknowledge the decision it records;
+// any error means the record may not be stored and the caller must fail
+// closed. A zero Time is set from the store's
 // clock; rec.ID is ignored (the store assigns it).
 func (s *SQLite) Append(ctx context.Context, rec AuditRecord) error {
 	if rec.Time.IsZero() {
 		rec.Time = s.now()
 	}
-	var dlp any // NULL when empty
-	if len(rec.DLPActions) > 0 {
-		b, err := json.Marshal(rec.DLPActions)
-		if err != nil {
-			return fmt.Errorf("store: append audit: dlp actions: %w", err)
-		}
-		dlp = string(b)
-	}
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.Stmt(s.insertAuditSessions).Exec(rec.USID, rec.WSID, rec.ASID, rec.MSID); err != nil {
-			return err
-		}
-		_, err := tx.Stmt(s.insertAudit).Exec(nanos(rec.Time), rec.Method,
-			rec.USID, rec.WSID, rec.ASID, rec.MSID, rec.Sub, rec.SpiffeID, rec.Act, rec.Aud,
-			rec.DPoPJTI, rec.DPoPHTU, rec.DPoPHTM, rec.DPoPATH, rec.MTLSThumbprint,
-			rec.Tool, rec.Upstream, rec.SchemaVersion, rec.AllowListMatch, dlp,
-			rec.PolicyID, rec.Decision, rec.Reason, rec.LatencyUS, rec.ConsentID)
+	if err := ctx.Err(); err != nil {
 		return err
-	})
-	if err != nil {
+	}
+	if err := s.journal.append(rec); err != nil {
 		return fmt.Errorf("store: append audit: %w", err)
 	}
 	return nil
@@ -116,6 +101,9 @@ func (s *SQLite) Append(ctx context.Context, rec AuditRecord) error {
 
 // QueryAudit returns the audit records q selects, newest first.
 func (s *SQLite) QueryAudit(ctx context.Context, q AuditQuery) ([]AuditRecord, error) {
+	if err := s.journal.flush(ctx); err != nil {
+		return nil, fmt.Errorf("store: query audit: %w", err)
+	}
 	if q.Limit <= 0 {
 		q.Limit = 100
 	}

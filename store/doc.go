@@ -8,6 +8,10 @@
 // only once its own change is committed (WAL with synchronous=NORMAL, so a
 // commit costs no disk flush yet survives a killed process). Reads use a
 // separate read-only connection pool and never queue behind the writer.
+// Audit records are the exception on the way in: Append writes each to an
+// append-only journal file and returns, and the writer moves them into the
+// audit table in batches (journal.go); reads of the audit log wait for what
+// was journaled before them.
 //
 // The store is the bottom of the import chain: it must not import any other
 // SAG package, make policy decisions, log or wrap token values or session ids

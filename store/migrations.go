@@ -193,6 +193,12 @@ CREATE TABLE a2a_task_nodes (
 	nodes TEXT NOT NULL -- session-graph ids, space-separated
 );
 `,
+	// 10: the audit journal's last sequence moved into the audit table
+	// (journal.go), updated in the transaction that moves it.
+	`
+CREATE TABLE audit_journal (seq INTEGER NOT NULL);
+INSERT INTO audit_journal (seq) VALUES (0);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

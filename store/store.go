@@ -56,6 +56,7 @@ type SQLite struct {
 
 	insertAudit         *sql.Stmt // prepared on w
 	insertAuditSessions *sql.Stmt // prepared on w
+	journal             *journal  // audit records on their way to the audit table
 
 	// mu orders calls against Close: readers hold it shared while they query
 	// and writers while they send on ops; Close takes it exclusively, so no
@@ -148,9 +149,18 @@ func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
 	}
 	s.r = r
 
+	if s.journal, err = s.openJournal(ctx, filepath.Join(dir, journalFile)); err != nil {
+		_ = r.Close()
+		_ = s.insertAudit.Close()
+		_ = s.insertAuditSessions.Close()
+		_ = w.Close()
+		return nil, err
+	}
+
 	s.ops = make(chan op, s.maxBatch)
 	s.stopped = make(chan struct{})
 	go s.run()
+	go s.journal.run()
 	return s, nil
 }
 
@@ -164,6 +174,11 @@ func dsn(path string, params ...string) string {
 // (or has failed), and closes the database. Calls after Close, including a
 // second Close, return ErrClosed.
 func (s *SQLite) Close() error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	// The journal's records are moved before the writer stops.
+	jerr := s.journal.close()
 	s.mu.Lock()
 	if s.closed.Load() {
 		s.mu.Unlock()
@@ -174,7 +189,7 @@ func (s *SQLite) Close() error {
 	s.mu.Unlock()
 
 	<-s.stopped
-	err := errors.Join(s.insertAudit.Close(), s.insertAuditSessions.Close(), s.r.Close(), s.w.Close())
+	err := errors.Join(jerr, s.insertAudit.Close(), s.insertAuditSessions.Close(), s.r.Close(), s.w.Close())
 	if err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}

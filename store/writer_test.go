@@ -54,6 +54,25 @@ func countAudit(t *testing.T, s *SQLite) int {
 	return n
 }
 
+// insertRow is a write through the writer: one audit_sessions row named
+// key.
+func insertRow(ctx context.Context, s *SQLite, key string) error {
+	return s.submit(ctx, func(tx *sql.Tx) error {
+		_, err := tx.Exec(`INSERT INTO audit_sessions (usid, wsid, asid, msid) VALUES (?, 'w', '', '')`, key)
+		return err
+	})
+}
+
+// countRows counts the rows insertRow wrote.
+func countRows(t *testing.T, s *SQLite) int {
+	t.Helper()
+	var n int
+	if err := s.r.QueryRow(`SELECT COUNT(*) FROM audit_sessions WHERE wsid = 'w'`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 func TestConcurrentAppends(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, Options{})
@@ -109,7 +128,7 @@ func TestGroupCommitBatches(t *testing.T) {
 			var wg sync.WaitGroup
 			errs := make(chan error, tc.n)
 			for i := range tc.n {
-				wg.Go(func() { errs <- s.Append(ctx, AuditRecord{Reason: fmt.Sprint(i)}) })
+				wg.Go(func() { errs <- insertRow(ctx, s, fmt.Sprint(i)) })
 			}
 			waitQueued(t, s, min(tc.n, tc.maxBatch))
 			before := s.commits.Load()
@@ -118,11 +137,11 @@ func TestGroupCommitBatches(t *testing.T) {
 			close(errs)
 			for err := range errs {
 				if err != nil {
-					t.Fatalf("Append: %v", err)
+					t.Fatalf("insert: %v", err)
 				}
 			}
 			commits := s.commits.Load() - before - 1 // not counting the holding op's commit
-			if got := countAudit(t, s); got != tc.n {
+			if got := countRows(t, s); got != tc.n {
 				t.Errorf("%d records committed, want %d", got, tc.n)
 			}
 			if commits < tc.wantCommits || (!tc.atLeast && commits != tc.wantCommits) {
@@ -146,7 +165,7 @@ func TestFailedOpSparesItsBatch(t *testing.T) {
 	errs := make(chan error, good)
 	failed := make(chan error, 1)
 	for i := range good {
-		wg.Go(func() { errs <- s.Append(ctx, AuditRecord{Reason: fmt.Sprint("good", i)}) })
+		wg.Go(func() { errs <- insertRow(ctx, s, fmt.Sprint("good", i)) })
 		if i == good/2 {
 			waitQueued(t, s, i+1)
 			// A failing op that writes first: its write must be undone,
@@ -173,10 +192,10 @@ func TestFailedOpSparesItsBatch(t *testing.T) {
 	}
 	for err := range errs {
 		if err != nil {
-			t.Errorf("Append in the failing op's batch: %v", err)
+			t.Errorf("insert in the failing op's batch: %v", err)
 		}
 	}
-	if got := countAudit(t, s); got != good {
+	if got := countRows(t, s); got != good {
 		t.Errorf("%d records committed, want %d", got, good)
 	}
 	if ups, err := s.ListUpstreams(ctx); err != nil || len(ups) != 0 {
@@ -204,8 +223,8 @@ func TestFailedLoneOpRollsBack(t *testing.T) {
 		t.Errorf("failing op's write survived: %v, %v", ups, err)
 	}
 	// The writer is still usable.
-	if err := s.Append(ctx, AuditRecord{}); err != nil {
-		t.Errorf("Append after a failed op: %v", err)
+	if err := insertRow(ctx, s, "x"); err != nil {
+		t.Errorf("insert after a failed op: %v", err)
 	}
 }
 
@@ -213,16 +232,16 @@ func TestAppendContextCancelled(t *testing.T) {
 	s := openTest(t, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := s.Append(ctx, AuditRecord{}); !errors.Is(err, context.Canceled) {
-		t.Errorf("Append with cancelled context = %v, want context.Canceled", err)
+	if err := insertRow(ctx, s, "x"); !errors.Is(err, context.Canceled) {
+		t.Errorf("insert with cancelled context = %v, want context.Canceled", err)
 	}
 
 	// Cancelled while queued behind a busy writer: the call returns at once.
 	release := holdWriter(t, s)
 	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel()
-	if err := s.Append(ctx, AuditRecord{}); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Append queued past its deadline = %v, want context.DeadlineExceeded", err)
+	if err := insertRow(ctx, s, "x"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("insert queued past its deadline = %v, want context.DeadlineExceeded", err)
 	}
 	release()
 }
@@ -239,7 +258,7 @@ func TestCloseWaitsForQueuedOps(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	for i := range n {
-		wg.Go(func() { errs <- s.Append(ctx, AuditRecord{Reason: fmt.Sprint(i)}) })
+		wg.Go(func() { errs <- insertRow(ctx, s, fmt.Sprint(i)) })
 	}
 	waitQueued(t, s, n)
 	closed := make(chan error, 1)
@@ -267,23 +286,50 @@ func TestCloseWaitsForQueuedOps(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if got := countAudit(t, s); got != n {
+	if got := countRows(t, s); got != n {
 		t.Errorf("%d records after reopen, want %d", got, n)
 	}
 }
 
+// TestAppendFailsClosed: while journaled records cannot be moved into the
+// audit table, Append fails; once they can again, nothing was lost and
+// Append works again.
 func TestAppendFailsClosed(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, Options{})
-	// Break the store underneath the writer.
-	if err := s.submit(ctx, func(tx *sql.Tx) error {
-		_, err := tx.Exec(`DROP TABLE audit`)
-		return err
-	}); err != nil {
+	rename := func(from, to string) {
+		t.Helper()
+		if err := s.submit(ctx, func(tx *sql.Tx) error {
+			_, err := tx.Exec(`ALTER TABLE ` + from + ` RENAME TO ` + to)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rename("audit", "audit_away") // the store breaks underneath the writer
+	if err := s.Append(ctx, AuditRecord{Decision: "allow", Reason: "first"}); err != nil {
+		t.Fatalf("the first Append is journaled: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Append(ctx, AuditRecord{Decision: "allow", Reason: "more"}) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("Append kept succeeding while its records could not be stored")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	rename("audit_away", "audit")
+	for s.Append(ctx, AuditRecord{Decision: "allow", Reason: "after"}) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("Append still failing after the store recovered")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	recs, err := s.QueryAudit(ctx, AuditQuery{Limit: 1000})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Append(ctx, AuditRecord{Decision: "allow"}); err == nil {
-		t.Fatal("Append on a broken store returned nil, want an error")
+	if len(recs) == 0 || recs[len(recs)-1].Reason != "first" || recs[0].Reason != "after" {
+		t.Fatalf("want the first record kept and the last one stored; got %d records", len(recs))
 	}
 }
 
@@ -300,7 +346,7 @@ func TestCloseDuringAppends(t *testing.T) {
 	for range 8 {
 		wg.Go(func() {
 			for {
-				err := s.Append(ctx, AuditRecord{})
+				err := s.Append(ctx, AuditRecord{Decision: "allow"})
 				if errors.Is(err, ErrClosed) {
 					return
 				}

@@ -49,7 +49,7 @@ func cmdBench(args []string) error {
 	protocol := fs.String("protocol", "2025-11-25", "MCP revision the clients speak")
 	upProtocol := fs.String("upstream-protocol", "", "pin the MCP revision the gateway speaks to the upstream (default: negotiate)")
 	gogc := fs.String("gateway-gogc", "", "GOGC for the gateway process only (default: inherited)")
-	security := fs.String("security", "none", "none: --auth open, plain upstream; full: DPoP on the client, token verification, per-upstream tokens minted and verified by the upstream")
+	security := fs.String("security", "none", "none: --auth open, a plain upstream that takes no token (auth: none); full: DPoP on the client, token verification, per-upstream tokens minted and verified by the upstream")
 	peer := fs.String("peer", "", "a peer proxy `BINARY` to measure too: TBXark/mcp-proxy (v2 JSON config)")
 	cpuProfile := fs.String("cpuprofile", "", "write the gateway process's CPU profile (its whole run) to `FILE`")
 	memProfile := fs.String("memprofile", "", "write the gateway process's allocation profile (its whole run) to `FILE`")
@@ -447,6 +447,11 @@ func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security strin
 	}
 	conf := filepath.Join(data, "bench.yaml")
 	yaml := fmt.Sprintf("upstreams:\n  - name: up\n    url: %q\n    protocol_version: %q\n", upstreamURL, upstreamProtocol)
+	if security != "full" {
+		// Open mode is security off on both sides: the plain upstream
+		// takes no token, so none is minted for it.
+		yaml += "    auth: none\n"
+	}
 	if security == "full" {
 		// An authenticated gateway denies everything without an
 		// allow-list: this one allows the benchmark's calls.

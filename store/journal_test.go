@@ -1,0 +1,104 @@
+package store
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestJournalWriteFailure: once a journal write fails, Append fails and
+// keeps failing (the journal may end in a cut line), while what was
+// acknowledged before stays readable.
+func TestJournalWriteFailure(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(ctx, dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(ctx, AuditRecord{Decision: "allow", Reason: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := os.Open(filepath.Join(dir, journalFile)) // writes fail on it
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.journal.mu.Lock()
+	good := s.journal.f
+	s.journal.f = ro
+	s.journal.mu.Unlock()
+	for range 2 {
+		if err := s.Append(ctx, AuditRecord{Decision: "allow", Reason: "lost"}); err == nil || !strings.Contains(err.Error(), "audit journal") {
+			t.Fatalf("Append with an unwritable journal = %v, want the journal's error", err)
+		}
+	}
+	recs, err := s.QueryAudit(ctx, AuditQuery{})
+	if err != nil || len(recs) != 1 || recs[0].Reason != "before" {
+		t.Fatalf("QueryAudit = %v, %v; want the one acknowledged record", recs, err)
+	}
+	s.journal.mu.Lock()
+	s.journal.f = good
+	s.journal.mu.Unlock()
+	ro.Close()
+	// The journal may end in a cut line now: nothing more goes after it
+	// until it is replayed.
+	if err := s.Append(ctx, AuditRecord{Decision: "allow", Reason: "after"}); err == nil {
+		t.Fatal("Append after a failed journal write succeeded")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestJournalReplay: Open moves what the journal holds beyond the last
+// moved sequence, once, and ignores a line cut by a crash.
+func TestJournalReplay(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(ctx, dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(ctx, AuditRecord{Decision: "allow", Reason: "moved"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// What a process killed after its mover committed seq 1 but before
+	// the journal was emptied leaves behind, plus two records not moved
+	// and a cut line.
+	journalText := `{"seq":1,"rec":{"time":"2026-12-05T00:00:00Z","reason":"moved"}}
+{"seq":2,"rec":{"time":"2026-12-05T00:00:01Z","reason":"two"}}
+{"seq":3,"rec":{"time":"2026-12-05T00:00:02Z","reason":"three"}}
+{"seq":4,"rec":{"time":"2026-12-`
+	if err := os.WriteFile(filepath.Join(dir, journalFile), []byte(journalText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second Open finds nothing more to move
+		s, err = Open(ctx, dir, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs, err := s.QueryAudit(ctx, AuditQuery{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, r := range recs {
+			got = append(got, r.Reason)
+		}
+		if strings.Join(got, ",") != "three,two,moved" {
+			t.Fatalf("records after replay: %v, want three, two, moved", got)
+		}
+		var seq int
+		if err := s.r.QueryRow(`SELECT seq FROM audit_journal`).Scan(&seq); err != nil || seq != 3 {
+			t.Fatalf("moved sequence %d (%v), want 3", seq, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
