@@ -34,6 +34,10 @@ const journalTruncateAt = 4 << 20
 // journalRetry is how long the mover waits after a failed move.
 const journalRetry = time.Second
 
+// journalGather is how long the mover lets records gather before it moves
+// them, unless a read waits for them: one transaction then carries many.
+const journalGather = 20 * time.Millisecond
+
 // journaled is one line of the journal.
 type journaled struct {
 	Seq uint64      `json:"seq"`
@@ -56,6 +60,7 @@ type journal struct {
 	changed         chan struct{}
 
 	kick    chan struct{}
+	urgent  chan struct{} // a read waits: move now
 	stop    chan struct{}
 	stopped chan struct{}
 }
@@ -63,7 +68,7 @@ type journal struct {
 // openJournal moves what a previous process journaled but did not move
 // into the audit table, empties the journal and starts the mover.
 func (s *SQLite) openJournal(ctx context.Context, path string) (*journal, error) {
-	j := &journal{s: s, changed: make(chan struct{}), kick: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
+	j := &journal{s: s, changed: make(chan struct{}), kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
 	if err := s.w.QueryRowContext(ctx, `SELECT seq FROM audit_journal`).Scan(&j.moved); err != nil {
 		return nil, fmt.Errorf("store: open journal: %w", err)
 	}
@@ -155,9 +160,21 @@ func (j *journal) append(rec AuditRecord) error {
 // stopped, then moves what is left.
 func (j *journal) run() {
 	defer close(j.stopped)
+	gather := time.NewTimer(journalGather)
+	gather.Stop()
 	for {
 		select {
 		case <-j.kick:
+			gather.Reset(journalGather)
+			select {
+			case <-gather.C:
+			case <-j.urgent:
+				gather.Stop()
+			case <-j.stop:
+				j.move()
+				return
+			}
+		case <-j.urgent:
 		case <-j.stop:
 			j.move()
 			return
@@ -221,6 +238,8 @@ func (j *journal) move() bool {
 // last one's sequence as moved.
 func (s *SQLite) moveRecords(tx *sql.Tx, recs []journaled) error {
 	insSessions, ins := tx.Stmt(s.insertAuditSessions), tx.Stmt(s.insertAudit)
+	type nodes struct{ u, w, a, m string }
+	seen := map[nodes]bool{} // the calls of one session share a row
 	for i := range recs {
 		rec := &recs[i].Rec
 		var dlp any // NULL when empty
@@ -231,8 +250,11 @@ func (s *SQLite) moveRecords(tx *sql.Tx, recs []journaled) error {
 			}
 			dlp = string(b)
 		}
-		if _, err := insSessions.Exec(rec.USID, rec.WSID, rec.ASID, rec.MSID); err != nil {
-			return err
+		if n := (nodes{rec.USID, rec.WSID, rec.ASID, rec.MSID}); !seen[n] {
+			if _, err := insSessions.Exec(rec.USID, rec.WSID, rec.ASID, rec.MSID); err != nil {
+				return err
+			}
+			seen[n] = true
 		}
 		if _, err := ins.Exec(nanos(rec.Time), rec.Method,
 			rec.USID, rec.WSID, rec.ASID, rec.MSID, rec.Sub, rec.SpiffeID, rec.Act, rec.Aud,
@@ -265,7 +287,10 @@ func (j *journal) flush(ctx context.Context) error {
 	j.mu.Lock()
 	target := j.seq
 	j.mu.Unlock()
-	j.kickSelf()
+	select {
+	case j.urgent <- struct{}{}:
+	default:
+	}
 	for {
 		j.mu.Lock()
 		moved, err, changed := j.moved, j.failing, j.changed
