@@ -75,7 +75,10 @@ type Manager struct {
 	// the principal each was given to.
 	agentTasks *lru.Cache[string, string]
 	levels     sync.Map // downstream session id → mcp.LoggingLevel
-	seq        atomic.Uint64
+	// sessionMeta is the _meta of a raw call with nothing of the
+	// caller's, per 2026-07-28-or-later revision (raw.go).
+	sessionMeta sync.Map
+	seq         atomic.Uint64
 
 	closing chan struct{}
 	wg      sync.WaitGroup

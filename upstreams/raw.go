@@ -115,7 +115,45 @@ func (m *Manager) callToolEncoded(ctx context.Context, down *mcp.ServerSession, 
 // clients that declared neither elicitation nor sampling, whose upstream
 // connections declare nothing either: their capabilities are {}.
 func (m *Manager) rawToolCall(ctx context.Context, id uint64, version, name string, args json.RawMessage, meta RawMeta) ([]byte, error) {
-	out := make(RawMeta, len(meta)+2)
+	mb, err := m.rawMeta(ctx, version, meta)
+	if err != nil {
+		return nil, err
+	}
+	n, err := json.Marshal(name)
+	if err != nil {
+		return nil, err
+	}
+	if len(args) == 0 {
+		args = json.RawMessage("{}")
+	}
+	b := make([]byte, 0, 96+len(name)+len(args)+len(mb))
+	b = append(b, `{"jsonrpc":"2.0","id":"sag-`...)
+	b = strconv.AppendUint(b, id, 36)
+	b = append(b, `","method":"tools/call","params":{"name":`...)
+	b = append(b, n...)
+	b = append(b, `,"arguments":`...)
+	b = append(b, args...)
+	if len(mb) > 0 {
+		b = append(b, `,"_meta":`...)
+		b = append(b, mb...)
+	}
+	return append(b, "}}"...), nil
+}
+
+// rawMeta is the _meta of a raw call, nil for none. The usual one (no
+// caller's keys, no trace, a 2026-07-28 session's triple) is encoded once
+// per revision.
+func (m *Manager) rawMeta(ctx context.Context, version string, meta RawMeta) (json.RawMessage, error) {
+	traced := trace.SpanContextFromContext(ctx).IsValid()
+	if len(meta) == 0 && !traced {
+		if version < stateless {
+			return nil, nil
+		}
+		if b, ok := m.sessionMeta.Load(version); ok {
+			return b.(json.RawMessage), nil
+		}
+	}
+	out := make(RawMeta, len(meta)+3)
 	for k, v := range meta {
 		if !strings.HasPrefix(k, reservedMeta) {
 			out[k] = v
@@ -130,7 +168,7 @@ func (m *Manager) rawToolCall(ctx context.Context, id uint64, version, name stri
 		out[mcp.MetaKeyClientInfo] = info
 		out[mcp.MetaKeyClientCapabilities] = json.RawMessage("{}")
 	}
-	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+	if traced {
 		// The upstream continues the gateway's trace, not the caller's.
 		carrier := propagation.MapCarrier{}
 		propagation.TraceContext{}.Inject(ctx, carrier)
@@ -138,29 +176,17 @@ func (m *Manager) rawToolCall(ctx context.Context, id uint64, version, name stri
 			out[k], _ = json.Marshal(v)
 		}
 	}
-	n, err := json.Marshal(name)
+	if len(out) == 0 {
+		return nil, nil
+	}
+	b, err := json.Marshal(out)
 	if err != nil {
 		return nil, err
 	}
-	if len(args) == 0 {
-		args = json.RawMessage("{}")
+	if len(meta) == 0 && !traced {
+		m.sessionMeta.Store(version, json.RawMessage(b))
 	}
-	b := make([]byte, 0, 96+len(name)+len(args))
-	b = append(b, `{"jsonrpc":"2.0","id":"sag-`...)
-	b = strconv.AppendUint(b, id, 36)
-	b = append(b, `","method":"tools/call","params":{"name":`...)
-	b = append(b, n...)
-	b = append(b, `,"arguments":`...)
-	b = append(b, args...)
-	if len(out) > 0 {
-		mb, err := json.Marshal(out)
-		if err != nil {
-			return nil, err
-		}
-		b = append(b, `,"_meta":`...)
-		b = append(b, mb...)
-	}
-	return append(b, "}}"...), nil
+	return b, nil
 }
 
 // rawID is the JSON form of a raw request's id.
@@ -266,44 +292,165 @@ func (msg *rawMessage) answer() (json.RawMessage, bool, error) {
 // cleanRaw checks a tools/call result and removes what belongs to the
 // upstream's connection (reserved _meta keys, the result type), as
 // cleanResult does for the go-sdk path; a result without either goes back
-// byte for byte.
+// byte for byte, and otherwise only the members that change are rewritten.
+// res is valid JSON (its message was decoded whole).
 func cleanRaw(res json.RawMessage) (json.RawMessage, bool, error) {
-	var head struct {
-		Meta       map[string]json.RawMessage `json:"_meta"`
-		ResultType json.RawMessage            `json:"resultType"`
-		IsError    bool                       `json:"isError"`
-	}
+	notResult := &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "the upstream's result is not a tool result"}
 	res = bytes.TrimSpace(res)
-	if len(res) == 0 || res[0] != '{' || json.Unmarshal(res, &head) != nil {
-		return nil, false, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "the upstream's result is not a tool result"}
+	if len(res) == 0 || res[0] != '{' {
+		return nil, false, notResult
 	}
-	reserved := false
-	for k := range head.Meta {
-		reserved = reserved || strings.HasPrefix(k, reservedMeta)
-	}
-	if !reserved && head.ResultType == nil {
-		return res, head.IsError, nil
-	}
-	if head.ResultType != nil && string(head.ResultType) != `"complete"` {
-		// An upstream asking for input this connection never declared
-		// it could give.
-		return nil, false, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "the upstream asked for input the client cannot give"}
-	}
-	var all map[string]json.RawMessage
-	if err := json.Unmarshal(res, &all); err != nil {
-		return nil, false, err
-	}
-	delete(all, "resultType")
-	if reserved {
-		for k := range head.Meta {
-			if strings.HasPrefix(k, reservedMeta) {
-				delete(head.Meta, k)
+	var (
+		isError, changed, bad bool
+		kept                  [][]byte
+	)
+	ok := members(res, func(key string, member, value []byte) {
+		switch key {
+		case "resultType":
+			if string(value) != `"complete"` {
+				// An upstream asking for input this connection never
+				// declared it could give.
+				bad = true
+			}
+			changed = true
+			return
+		case "isError":
+			switch string(value) {
+			case "true", "false":
+				isError = string(value) == "true"
+			default:
+				bad = true
+			}
+		case "_meta":
+			meta, ok := cleanMeta(value)
+			if !ok {
+				bad = true
+				return
+			}
+			if meta != nil {
+				member, changed = append([]byte(`"_meta":`), meta...), true
 			}
 		}
-		all["_meta"], _ = json.Marshal(head.Meta)
+		kept = append(kept, member)
+	})
+	switch {
+	case !ok:
+		return nil, false, notResult
+	case bad:
+		return nil, false, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "the upstream's result is not a tool result this client can take"}
+	case !changed:
+		return res, isError, nil
 	}
-	out, err := json.Marshal(all)
-	return out, head.IsError, err
+	out := append(make([]byte, 0, len(res)), '{')
+	for i, m := range kept {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, m...)
+	}
+	return append(out, '}'), isError, nil
+}
+
+// cleanMeta returns a result's _meta without the reserved keys, nil when
+// it has none; ok is false when it is neither an object nor null.
+func cleanMeta(value []byte) (json.RawMessage, bool) {
+	var meta map[string]json.RawMessage
+	if json.Unmarshal(value, &meta) != nil {
+		return nil, false
+	}
+	reserved := false
+	for k := range meta {
+		if strings.HasPrefix(k, reservedMeta) {
+			delete(meta, k)
+			reserved = true
+		}
+	}
+	if !reserved {
+		return nil, true
+	}
+	b, err := json.Marshal(meta)
+	return b, err == nil
+}
+
+// members calls fn with each member of the JSON object obj, in order: its
+// key (unescaped), the member's bytes (key through value) and its value's.
+// obj must be valid JSON; ok is false when it is not an object.
+func members(obj []byte, fn func(key string, member, value []byte)) (ok bool) {
+	i := skipSpace(obj, 1)
+	for i < len(obj) && obj[i] != '}' {
+		start := i
+		end := skipValue(obj, i)
+		if end < 0 || obj[i] != '"' {
+			return false
+		}
+		key := string(obj[i+1 : end-1])
+		if strings.IndexByte(key, '\\') >= 0 && json.Unmarshal(obj[i:end], &key) != nil {
+			return false
+		}
+		i = skipSpace(obj, end)
+		if i >= len(obj) || obj[i] != ':' {
+			return false
+		}
+		v := skipSpace(obj, i+1)
+		if i = skipValue(obj, v); i < 0 {
+			return false
+		}
+		fn(key, obj[start:i], obj[v:i])
+		if i = skipSpace(obj, i); i < len(obj) && obj[i] == ',' {
+			i = skipSpace(obj, i+1)
+		}
+	}
+	return i == len(obj)-1
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the index just past the JSON value at b[i], -1 when
+// b ends first.
+func skipValue(b []byte, i int) int {
+	if i >= len(b) {
+		return -1
+	}
+	switch b[i] {
+	case '"':
+		for i++; i < len(b); i++ {
+			switch b[i] {
+			case '\\':
+				i++
+			case '"':
+				return i + 1
+			}
+		}
+		return -1
+	case '{', '[':
+		depth := 0
+		for i < len(b) {
+			switch b[i] {
+			case '"':
+				if i = skipValue(b, i); i < 0 {
+					return -1
+				}
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+			i++
+		}
+		return -1
+	}
+	for i < len(b) && !strings.ContainsRune(",}] \t\r\n", rune(b[i])) {
+		i++
+	}
+	return i
 }
 
 // readStream reads a response event stream until the answer to want,
