@@ -89,7 +89,7 @@ func (f *front) serveFast(w http.ResponseWriter, r *http.Request, msg *envelope)
 		res, err = json.Marshal(toolError(out.ToolError))
 	case out.Result != nil:
 		res, isError = out.Result, out.IsError
-	default: // a consent answer for later, which only 2026-07-28 clients get
+	default: // the raw forwarder answers with JSON; encode anything else
 		res, err = json.Marshal(out.Value)
 	}
 	f.gw.metrics.toolCall(out.Record.Upstream, name, out.Record.Decision, isError, time.Since(start))
