@@ -72,7 +72,7 @@ func newFront(gw *Gateway, version string) *front {
 func (f *front) handler() http.Handler {
 	maxBody := f.gw.cfg.Limits.MaxRequestBytes
 	get := func(*http.Request) *mcp.Server { return f.srv }
-	// Idle sessions are closed by the front (watched.idle), which sees
+	// Idle sessions are closed by the front (watched's timer), which sees
 	// the fast path's requests too; the SDK sees only its own.
 	stateful := mcp.NewStreamableHTTPHandler(get, &mcp.StreamableHTTPOptions{
 		EventStore:          mcp.NewMemoryEventStore(nil),

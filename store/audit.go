@@ -84,8 +84,8 @@ FROM audit`
 // Append stores rec and returns only once it is written to the audit
 // journal (journal.go), so a caller may acknowledge the decision it records;
 // any error means the record may not be stored and the caller must fail
-// closed. A zero Time is set from the store's
-// clock; rec.ID is ignored (the store assigns it).
+// closed. A zero Time is set from the store's clock; rec.ID is ignored (the
+// store assigns it).
 func (s *SQLite) Append(ctx context.Context, rec AuditRecord) error {
 	if rec.Time.IsZero() {
 		rec.Time = s.now()

@@ -313,6 +313,10 @@ func (j *journal) flush(ctx context.Context) error {
 // file; a journal fully moved is emptied.
 func (j *journal) close() error {
 	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return nil // a second Close: the first one closes
+	}
 	j.closed = true
 	j.mu.Unlock()
 	close(j.stop)

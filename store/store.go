@@ -174,9 +174,6 @@ func dsn(path string, params ...string) string {
 // (or has failed), and closes the database. Calls after Close, including a
 // second Close, return ErrClosed.
 func (s *SQLite) Close() error {
-	if s.closed.Load() {
-		return ErrClosed
-	}
 	// The journal's records are moved before the writer stops.
 	jerr := s.journal.close()
 	s.mu.Lock()

@@ -129,8 +129,9 @@ func sessionID(down *mcp.ServerSession) string {
 // forward runs one request against the upstream named by name on the
 // connection for down, with the upstream's timeout, progress re-mapping,
 // in-flight tracking and one reconnect when the upstream lost the session.
+// do sends it on c, under ctx (r.up), with r.meta as its _meta.
 func forward[R any](ctx context.Context, m *Manager, name string, down *mcp.ServerSession, meta mcp.Meta,
-	do func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (R, error)) (R, error) {
+	do func(ctx context.Context, r *request, c *conn) (R, error)) (R, error) {
 	var zero R
 	u, ok := m.lookup(name)
 	if !ok {
@@ -145,7 +146,7 @@ func forward[R any](ctx context.Context, m *Manager, name string, down *mcp.Serv
 			u.recheckSoon()
 			return zero, u.failure(r.down, err)
 		}
-		res, err := do(r.up, c.cs, r.meta)
+		res, err := do(r.up, r, c)
 		if err == nil {
 			done(true)
 			return res, nil
@@ -209,9 +210,9 @@ func (m *Manager) CallTool(ctx context.Context, down *mcp.ServerSession, t *Tool
 	} else if ok && u.bridges(down) {
 		return m.callBridged(ctx, u, down, t, p)
 	}
-	res, err := forward(ctx, m, t.Upstream, down, p.Meta, func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (*mcp.CallToolResult, error) {
-		return cs.CallTool(ctx, &mcp.CallToolParams{
-			Meta:           meta,
+	res, err := forward(ctx, m, t.Upstream, down, p.Meta, func(ctx context.Context, r *request, c *conn) (*mcp.CallToolResult, error) {
+		return c.cs.CallTool(ctx, &mcp.CallToolParams{
+			Meta:           r.meta,
 			Name:           t.Original,
 			Arguments:      p.Arguments,
 			InputResponses: p.InputResponses,
@@ -237,10 +238,10 @@ func cleanResult(res *mcp.CallToolResult) *mcp.CallToolResult {
 
 // GetPrompt forwards a prompts/get for a catalog prompt.
 func (m *Manager) GetPrompt(ctx context.Context, down *mcp.ServerSession, p *Prompt, params *mcp.GetPromptParams) (*mcp.GetPromptResult, error) {
-	res, err := forward(ctx, m, p.Upstream, down, params.Meta, func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (*mcp.GetPromptResult, error) {
+	res, err := forward(ctx, m, p.Upstream, down, params.Meta, func(ctx context.Context, r *request, c *conn) (*mcp.GetPromptResult, error) {
 		q := *params
-		q.Meta, q.Name = meta, p.Original
-		return cs.GetPrompt(ctx, &q)
+		q.Meta, q.Name = r.meta, p.Original
+		return c.cs.GetPrompt(ctx, &q)
 	})
 	if err != nil {
 		return nil, err
@@ -251,10 +252,10 @@ func (m *Manager) GetPrompt(ctx context.Context, down *mcp.ServerSession, p *Pro
 
 // ReadResource forwards a resources/read to the upstream serving the URI.
 func (m *Manager) ReadResource(ctx context.Context, down *mcp.ServerSession, upstream string, params *mcp.ReadResourceParams) (*mcp.ReadResourceResult, error) {
-	res, err := forward(ctx, m, upstream, down, params.Meta, func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (*mcp.ReadResourceResult, error) {
+	res, err := forward(ctx, m, upstream, down, params.Meta, func(ctx context.Context, r *request, c *conn) (*mcp.ReadResourceResult, error) {
 		q := *params
-		q.Meta = meta
-		return cs.ReadResource(ctx, &q)
+		q.Meta = r.meta
+		return c.cs.ReadResource(ctx, &q)
 	})
 	if err != nil {
 		return nil, err
@@ -265,25 +266,25 @@ func (m *Manager) ReadResource(ctx context.Context, down *mcp.ServerSession, ups
 
 // Complete forwards a completion/complete for a prompt or resource template.
 func (m *Manager) Complete(ctx context.Context, down *mcp.ServerSession, upstream string, params *mcp.CompleteParams) (*mcp.CompleteResult, error) {
-	return forward(ctx, m, upstream, down, params.Meta, func(ctx context.Context, cs *mcp.ClientSession, meta mcp.Meta) (*mcp.CompleteResult, error) {
+	return forward(ctx, m, upstream, down, params.Meta, func(ctx context.Context, r *request, c *conn) (*mcp.CompleteResult, error) {
 		q := *params
-		q.Meta = meta
-		return cs.Complete(ctx, &q)
+		q.Meta = r.meta
+		return c.cs.Complete(ctx, &q)
 	})
 }
 
 // Subscribe forwards resources/subscribe on down's connection.
 func (m *Manager) Subscribe(ctx context.Context, down *mcp.ServerSession, upstream, uri string) error {
-	_, err := forward(ctx, m, upstream, down, nil, func(ctx context.Context, cs *mcp.ClientSession, _ mcp.Meta) (struct{}, error) {
-		return struct{}{}, cs.Subscribe(ctx, &mcp.SubscribeParams{URI: uri})
+	_, err := forward(ctx, m, upstream, down, nil, func(ctx context.Context, _ *request, c *conn) (struct{}, error) {
+		return struct{}{}, c.cs.Subscribe(ctx, &mcp.SubscribeParams{URI: uri})
 	})
 	return err
 }
 
 // Unsubscribe forwards resources/unsubscribe on down's connection.
 func (m *Manager) Unsubscribe(ctx context.Context, down *mcp.ServerSession, upstream, uri string) error {
-	_, err := forward(ctx, m, upstream, down, nil, func(ctx context.Context, cs *mcp.ClientSession, _ mcp.Meta) (struct{}, error) {
-		return struct{}{}, cs.Unsubscribe(ctx, &mcp.UnsubscribeParams{URI: uri})
+	_, err := forward(ctx, m, upstream, down, nil, func(ctx context.Context, _ *request, c *conn) (struct{}, error) {
+		return struct{}{}, c.cs.Unsubscribe(ctx, &mcp.UnsubscribeParams{URI: uri})
 	})
 	return err
 }

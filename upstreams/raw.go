@@ -16,8 +16,6 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
-	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // The raw path: a tools/call the gateway sends on a downstream session's
@@ -47,42 +45,22 @@ func (m *Manager) CallToolRaw(ctx context.Context, down *mcp.ServerSession, t *T
 	if !ok || u.spec.Kind == KindA2A || u.tgt.transport != TransportHTTP || sessionID(down) == "" {
 		return m.callToolEncoded(ctx, down, t, args, meta)
 	}
-	downCtx, cancel := context.WithTimeout(ctx, u.timeout())
-	defer cancel()
-	r := &request{id: m.seq.Add(1), down: downCtx, up: downCtx, caller: callerOf(ctx)}
-	for attempt := 0; ; attempt++ {
-		c, done, err := u.acquire(r, down)
-		if err != nil {
-			u.recheckSoon()
-			return nil, false, u.failure(r.down, err)
-		}
-		body, err := m.rawToolCall(ctx, r.id, c.cs.InitializeResult().ProtocolVersion, t.Original, args, meta)
-		if err != nil {
-			done(true)
-			return nil, false, err
-		}
-		res, isError, err := u.postRaw(r, c, body, t.Original)
-		var rpcErr *jsonrpc.Error
-		switch {
-		case err == nil:
-			done(true)
-			return res, isError, nil
-		case errors.As(err, &rpcErr):
-			done(true)
-			return nil, false, boundedRPCError(rpcErr) // the upstream's own answer: pass it on
-		case r.down.Err() != nil:
-			done(true)
-			u.cancelRaw(c, r)
-			return nil, false, u.failure(r.down, err)
-		}
-		done(false)
-		// As in forward: a 404 means the upstream forgot the session
-		// before handling the request; one retry on a fresh session.
-		if attempt == 0 && errors.Is(err, mcp.ErrSessionMissing) {
-			continue
-		}
-		return nil, false, u.failure(r.down, err)
+	type answer struct {
+		res     json.RawMessage
+		isError bool
 	}
+	a, err := forward(ctx, m, t.Upstream, down, nil, func(ctx context.Context, r *request, c *conn) (answer, error) {
+		body, err := m.rawToolCall(r.id, c.cs.InitializeResult().ProtocolVersion, t.Original, args, meta, r.meta)
+		if err != nil {
+			return answer{}, err
+		}
+		res, isError, err := u.postRaw(ctx, r, c, body, t.Original)
+		if err != nil && ctx.Err() != nil {
+			u.cancelRaw(c, r)
+		}
+		return answer{res, isError}, err
+	})
+	return a.res, a.isError, err
 }
 
 // callToolEncoded is CallToolRaw through the go-sdk client.
@@ -114,8 +92,8 @@ func (m *Manager) callToolEncoded(ctx context.Context, down *mcp.ServerSession, 
 // and its capabilities in _meta (SEP-2575). The raw path serves only
 // clients that declared neither elicitation nor sampling, whose upstream
 // connections declare nothing either: their capabilities are {}.
-func (m *Manager) rawToolCall(ctx context.Context, id uint64, version, name string, args json.RawMessage, meta RawMeta) ([]byte, error) {
-	mb, err := m.rawMeta(ctx, version, meta)
+func (m *Manager) rawToolCall(id uint64, version, name string, args json.RawMessage, meta RawMeta, own mcp.Meta) ([]byte, error) {
+	mb, err := m.rawMeta(version, meta, own)
 	if err != nil {
 		return nil, err
 	}
@@ -140,12 +118,13 @@ func (m *Manager) rawToolCall(ctx context.Context, id uint64, version, name stri
 	return append(b, "}}"...), nil
 }
 
-// rawMeta is the _meta of a raw call, nil for none. The usual one (no
-// caller's keys, no trace, a 2026-07-28 session's triple) is encoded once
-// per revision.
-func (m *Manager) rawMeta(ctx context.Context, version string, meta RawMeta) (json.RawMessage, error) {
-	traced := trace.SpanContextFromContext(ctx).IsValid()
-	if len(meta) == 0 && !traced {
+// rawMeta is the _meta of a raw call, nil for none: the caller's keys but
+// the reserved ones, the gateway's own (own: the trace context begin put
+// there) and a 2026-07-28 session's triple. The usual one (nothing of the
+// caller's or the gateway's) is encoded once per revision.
+func (m *Manager) rawMeta(version string, meta RawMeta, own mcp.Meta) (json.RawMessage, error) {
+	usual := len(meta) == 0 && len(own) == 0
+	if usual {
 		if version < stateless {
 			return nil, nil
 		}
@@ -153,11 +132,18 @@ func (m *Manager) rawMeta(ctx context.Context, version string, meta RawMeta) (js
 			return b.(json.RawMessage), nil
 		}
 	}
-	out := make(RawMeta, len(meta)+3)
+	out := make(RawMeta, len(meta)+len(own)+3)
 	for k, v := range meta {
 		if !strings.HasPrefix(k, reservedMeta) {
 			out[k] = v
 		}
+	}
+	for k, v := range own {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil, err
+		}
+		out[k] = b
 	}
 	if version >= stateless {
 		info, err := json.Marshal(mcp.Implementation{Name: "sag", Version: m.opts.Version})
@@ -168,14 +154,6 @@ func (m *Manager) rawMeta(ctx context.Context, version string, meta RawMeta) (js
 		out[mcp.MetaKeyClientInfo] = info
 		out[mcp.MetaKeyClientCapabilities] = json.RawMessage("{}")
 	}
-	if traced {
-		// The upstream continues the gateway's trace, not the caller's.
-		carrier := propagation.MapCarrier{}
-		propagation.TraceContext{}.Inject(ctx, carrier)
-		for k, v := range carrier {
-			out[k], _ = json.Marshal(v)
-		}
-	}
 	if len(out) == 0 {
 		return nil, nil
 	}
@@ -183,7 +161,7 @@ func (m *Manager) rawMeta(ctx context.Context, version string, meta RawMeta) (js
 	if err != nil {
 		return nil, err
 	}
-	if len(meta) == 0 && !traced {
+	if usual {
 		m.sessionMeta.Store(version, json.RawMessage(b))
 	}
 	return b, nil
@@ -198,8 +176,8 @@ var errNoAnswer = errors.New("the upstream's response ended without an answer")
 // postRaw sends one raw request on c's upstream session and reads its
 // answer: a JSON body, or an event stream whose notifications and
 // requests are handled as the go-sdk client's handlers would.
-func (u *upstream) postRaw(r *request, c *conn, body []byte, name string) (json.RawMessage, bool, error) {
-	resp, err := u.send(r.down, c, r.caller, body, name)
+func (u *upstream) postRaw(ctx context.Context, r *request, c *conn, body []byte, name string) (json.RawMessage, bool, error) {
+	resp, err := u.send(ctx, c, r.caller, body, name)
 	if err != nil {
 		return nil, false, err
 	}
