@@ -65,6 +65,12 @@ var tokenParams = map[string]int{
 	"client_secret":         DefaultMaxTokenBytes,
 	"client_assertion":      DefaultMaxTokenBytes,
 	"client_assertion_type": maxShortParam,
+	// The authorization server's grants (authserver.go).
+	"code":          maxShortParam,
+	"code_verifier": maxShortParam,
+	"redirect_uri":  maxShortParam,
+	"client_id":     maxShortParam,
+	"refresh_token": maxShortParam,
 }
 
 // multiParams may be repeated: RFC 8693 §2.1 allows several audience and
@@ -246,20 +252,30 @@ type tokenResponse struct {
 
 // ServeHTTP answers POST /oauth/token.
 func (e *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	resp, c, err := e.exchange(w, r)
+	form, err := readTokenForm(w, r)
 	if err != nil {
-		e.writeError(w, err)
+		writeTokenError(w, e.log, e.o.Nonces, err)
+		return
+	}
+	e.serve(w, r, form)
+}
+
+// serve answers a token request whose form was read.
+func (e *Exchange) serve(w http.ResponseWriter, r *http.Request, form tokenForm) {
+	resp, c, err := e.exchange(r, form)
+	if err != nil {
+		writeTokenError(w, e.log, e.o.Nonces, err)
 		return
 	}
 	e.log.Info("token exchanged", "sub", c.Subject, "actor", c.ClientID, "aud", c.Audience[0], "jti", c.JTI, "scope", c.Scope)
-	e.writeJSON(w, http.StatusOK, resp)
+	writeTokenJSON(w, e.o.Nonces, http.StatusOK, resp)
 }
 
 // exchange runs one request: decode, validate, authenticate (proof, subject,
 // actor), authorize (may_act, audience, scope), then mint and record.
-func (e *Exchange) exchange(w http.ResponseWriter, r *http.Request) (*tokenResponse, *Claims, error) {
+func (e *Exchange) exchange(r *http.Request, form tokenForm) (*tokenResponse, *Claims, error) {
 	ctx := r.Context()
-	req, err := e.decode(w, r)
+	req, err := e.decode(r, form)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -327,8 +343,21 @@ func (e *Exchange) exchange(w http.ResponseWriter, r *http.Request) (*tokenRespo
 	}, c, nil
 }
 
-// decode reads and validates the form (RFC 6749 §3.2, §4.1.3; RFC 8693 §2.1).
-func (e *Exchange) decode(w http.ResponseWriter, r *http.Request) (*tokenRequest, error) {
+// tokenForm is a token request's parameters, as readTokenForm checked them.
+type tokenForm url.Values
+
+// get returns a parameter's value ("" when absent: RFC 6749 §3.2 treats an
+// empty parameter as omitted).
+func (f tokenForm) get(name string) string {
+	if v := f[name]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// readTokenForm reads and checks the form of a token request (RFC 6749
+// §3.2): POST, form-encoded UTF-8, bounded, each parameter once.
+func readTokenForm(w http.ResponseWriter, r *http.Request) (tokenForm, error) {
 	// RFC 6749 §3.2: the client MUST use POST.
 	if r.Method != http.MethodPost {
 		return nil, &OAuthError{Status: http.StatusMethodNotAllowed, Code: ErrCodeInvalidRequest, Description: "use POST"}
@@ -385,12 +414,12 @@ func (e *Exchange) decode(w http.ResponseWriter, r *http.Request) (*tokenRequest
 			}
 		}
 	}
-	get := func(name string) string {
-		if v := form[name]; len(v) > 0 {
-			return v[0]
-		}
-		return ""
-	}
+	return tokenForm(form), nil
+}
+
+// decode validates a token exchange request's form (RFC 8693 §2.1).
+func (e *Exchange) decode(r *http.Request, form tokenForm) (*tokenRequest, error) {
+	get := form.get
 	switch gt := get("grant_type"); gt {
 	case "":
 		return nil, invalidRequest("missing grant_type")
@@ -471,11 +500,17 @@ func (e *Exchange) decode(w http.ResponseWriter, r *http.Request) (*tokenRequest
 // token endpoint, no access token and so no ath. It is required: every
 // issued token is DPoP-bound.
 func (e *Exchange) proof(ctx context.Context, r *http.Request) (*DPoPProof, error) {
-	req := DPoPRequest{Proofs: r.Header.Values("DPoP"), Method: r.Method, URL: e.o.TokenURL}
-	if e.o.Nonces != nil {
-		req.CheckNonce = e.o.Nonces.Valid
+	return tokenProof(ctx, e.o.DPoP, e.o.Nonces, r, e.o.TokenURL)
+}
+
+// tokenProof verifies the DPoP proof of a token request (RFC 9449 §5): htm
+// POST, htu the token endpoint, no access token and so no ath.
+func tokenProof(ctx context.Context, v *DPoPVerifier, nonces *Nonces, r *http.Request, tokenURL string) (*DPoPProof, error) {
+	req := DPoPRequest{Proofs: r.Header.Values("DPoP"), Method: r.Method, URL: tokenURL}
+	if nonces != nil {
+		req.CheckNonce = nonces.Valid
 	}
-	proof, err := e.o.DPoP.Verify(ctx, req)
+	proof, err := v.Verify(ctx, req)
 	if err != nil {
 		var de *OAuthError
 		if errors.As(err, &de) {
@@ -699,19 +734,21 @@ func schemeOf(authz string) string {
 	return scheme
 }
 
-// writeError renders err as an RFC 6749 §5.2 error response.
-func (e *Exchange) writeError(w http.ResponseWriter, err error) {
+// writeTokenError renders err as an RFC 6749 §5.2 error response of the
+// token endpoint; nonces, when set, gives the nonce a use_dpop_nonce error
+// asks for.
+func writeTokenError(w http.ResponseWriter, log *slog.Logger, nonces *Nonces, err error) {
 	var xe *OAuthError
 	if !errors.As(err, &xe) {
-		xe = serverError(http.StatusInternalServerError, ErrCodeServerError, "token exchange failed", err)
+		xe = serverError(http.StatusInternalServerError, ErrCodeServerError, "the token request failed", err)
 	}
 	if xe.Status >= 500 {
 		// The cause stays in the log; the client sees the code only.
-		e.log.Error("token exchange failed", "error", xe.Code, "description", xe.Description, "cause", xe.cause)
+		log.Error("token request failed", "error", xe.Code, "description", xe.Description, "cause", xe.cause)
 	} else {
 		// Client errors are logged without their cause, which may hold
 		// request values (an actor verifier's message, say).
-		e.log.Info("token exchange refused", "error", xe.Code, "description", xe.Description)
+		log.Info("token request refused", "error", xe.Code, "description", xe.Description)
 	}
 	switch {
 	case xe.Status == http.StatusMethodNotAllowed:
@@ -719,30 +756,35 @@ func (e *Exchange) writeError(w http.ResponseWriter, err error) {
 	case xe.Status == http.StatusUnauthorized:
 		// RFC 6749 §5.2: a challenge matching the scheme the client used.
 		w.Header().Set("WWW-Authenticate", cmp.Or(xe.Scheme, "Basic")+` realm="token"`)
-	case xe.Code == ErrCodeUseDPoPNonce && e.o.Nonces != nil:
+	case xe.Code == ErrCodeUseDPoPNonce && nonces != nil:
 		// RFC 9449 §8: the nonce to use comes with the error.
-		w.Header().Set("DPoP-Nonce", e.o.Nonces.Current())
+		w.Header().Set("DPoP-Nonce", nonces.Current())
 	}
+	writeTokenJSON(w, nil, xe.Status, map[string]string{"error": xe.Code, "error_description": errorDescription(xe.Description)})
+}
+
+// errorDescription keeps the characters RFC 6749 §5.2 allows in
+// error_description (%x20-21 / %x23-5B / %x5D-7E).
+func errorDescription(d string) string {
 	var b strings.Builder
-	for _, c := range []byte(xe.Description) {
-		// RFC 6749 §5.2: error_description is %x20-21 / %x23-5B / %x5D-7E.
+	for _, c := range []byte(d) {
 		if c >= 0x20 && c <= 0x7e && c != '"' && c != '\\' {
 			b.WriteByte(c)
 		}
 	}
-	e.writeJSON(w, xe.Status, map[string]string{"error": xe.Code, "error_description": b.String()})
+	return b.String()
 }
 
-// writeJSON writes a token endpoint response: RFC 6749 §5.1 forbids caching
-// it (no-store, and Pragma for HTTP/1.0 caches).
-func (e *Exchange) writeJSON(w http.ResponseWriter, status int, v any) {
+// writeTokenJSON writes a token endpoint response: RFC 6749 §5.1 forbids
+// caching it (no-store, and Pragma for HTTP/1.0 caches). A success carries a
+// fresh DPoP nonce when nonces is set (RFC 9449 §8.2).
+func writeTokenJSON(w http.ResponseWriter, nonces *Nonces, status int, v any) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
 	h.Set("Pragma", "no-cache")
-	if status == http.StatusOK && e.o.Nonces != nil {
-		// RFC 9449 §8.2: a fresh nonce for the client's next proof.
-		h.Set("DPoP-Nonce", e.o.Nonces.Current())
+	if status < 300 && nonces != nil {
+		h.Set("DPoP-Nonce", nonces.Current())
 	}
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(v)

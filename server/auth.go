@@ -3,9 +3,11 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -45,6 +47,9 @@ type authn struct {
 	// exchange is the token service (RFC 8693); nil without SPIFFE, the
 	// only way it can know the actor.
 	exchange *identity.Exchange
+	// server is the authorization server (sign-in); nil unless
+	// identity.authorization_server is enabled.
+	server *identity.AuthServer
 	// stop ends the background JWKS refreshes.
 	stop context.CancelFunc
 }
@@ -302,7 +307,7 @@ func (g *Gateway) resourceMetadata(w http.ResponseWriter, _ *http.Request) {
 	// The gateway is an authorization server for clients only where it
 	// runs the token service (it then serves RFC 8414 metadata too).
 	servers := []string{}
-	if g.auth.exchange != nil {
+	if g.auth.exchange != nil || g.auth.server != nil {
 		servers = append(servers, base)
 	}
 	for _, is := range g.cfg.Identity.Issuers {
@@ -365,8 +370,84 @@ func (a *authn) close() error {
 	return a.spiffe.Close()
 }
 
-// authorizationServerMetadata serves RFC 8414 metadata of the token service.
+// authorizationServerMetadata serves the RFC 8414 metadata of the gateway's
+// authorization server and token service.
 func (g *Gateway) authorizationServerMetadata(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Access-Control-Allow-Origin", "*")
-	writeJSON(w, http.StatusOK, g.auth.exchange.Metadata())
+	if g.auth.server == nil {
+		writeJSON(w, http.StatusOK, g.auth.exchange.Metadata())
+		return
+	}
+	m := g.auth.server.Metadata()
+	if g.auth.exchange != nil {
+		m["grant_types_supported"] = append(m["grant_types_supported"].([]string), identity.GrantTypeTokenExchange)
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+// newAuthServer builds the authorization server when the configuration
+// turns it on (nil otherwise).
+func newAuthServer(cfg *config.Config, log *slog.Logger, st Store, a *authn, revoked func(context.Context, string, string, time.Time) (bool, error),
+	revoke func(ctx context.Context, issuer, jti string, exp time.Time) error) (*identity.AuthServer, error) {
+	ac := cfg.Identity.AuthorizationServer
+	if !ac.Enabled {
+		return nil, nil
+	}
+	users := make([]identity.LocalUser, len(ac.Users))
+	for i, u := range ac.Users {
+		users[i] = identity.LocalUser{Name: u.Name, PasswordHash: u.PasswordHash, Groups: u.Groups}
+	}
+	us, err := identity.NewUsers(users)
+	if err != nil {
+		return nil, err
+	}
+	clients := make([]identity.OAuthClient, len(ac.Clients))
+	for i, c := range ac.Clients {
+		clients[i] = identity.OAuthClient{ID: c.ID, Name: c.Name, RedirectURIs: c.RedirectURIs, AuthMethod: identity.AuthMethodNone}
+		if c.SecretFile != "" {
+			secret, err := os.ReadFile(c.SecretFile)
+			if err != nil {
+				return nil, fmt.Errorf("identity.authorization_server.clients[%d]: %w", i, err)
+			}
+			clients[i].AuthMethod = identity.AuthMethodClientSecretBasic
+			clients[i].SecretHash = identity.HashClientSecret(strings.TrimSpace(string(secret)))
+		}
+	}
+	var docs *identity.MetadataDocuments
+	if ac.ClientMetadataDocuments {
+		o := identity.MetadataDocumentOptions{AllowPrivate: ac.MetadataAllowPrivate}
+		if ac.MetadataCAFile != "" {
+			pem, err := os.ReadFile(ac.MetadataCAFile)
+			if err != nil {
+				return nil, fmt.Errorf("identity.authorization_server.metadata_ca_file: %w", err)
+			}
+			roots := x509.NewCertPool()
+			if !roots.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("identity.authorization_server.metadata_ca_file: no PEM certificates in %s", ac.MetadataCAFile)
+			}
+			o.TLS = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		}
+		docs = identity.NewMetadataDocuments(o)
+	}
+	return identity.NewAuthServer(identity.AuthServerOptions{
+		Issuer: a.issuer, DPoP: a.dpop, Nonces: a.nonces, Store: st, Users: us, Clients: clients,
+		AllowBearer:         cfg.Auth == config.AuthBearer,
+		DynamicRegistration: ac.DynamicRegistration,
+		Documents:           docs,
+		Scopes:              ac.Scopes,
+		DefaultScopes:       cfg.Identity.RequiredScopes,
+		AccessTTL:           time.Duration(ac.AccessTokenTTL),
+		RefreshTTL:          time.Duration(ac.RefreshTokenTTL),
+		SignInTTL:           time.Duration(ac.SignInTTL),
+		SessionRevoked:      revoked,
+		RevokeToken:         revoke,
+		Log:                 log,
+	})
+}
+
+// signInRevoked reports whether a sign-in at the authorization server was
+// ended: its user session killed, or its user killed since.
+func (g *Gateway) signInRevoked(_ context.Context, subject, sid string, at time.Time) (bool, error) {
+	p := identity.Principal{Issuer: g.cfg.ResolvedPublicURL(), User: subject, SessionID: sid, IssuedAt: at}
+	return !g.sessions.admitted(p), nil
 }

@@ -60,6 +60,7 @@ type Store interface {
 	UserKills(ctx context.Context) ([]store.UserKill, error)
 	consent.Store
 	a2a.TaskStore
+	identity.AuthStore
 	Close() error
 }
 
@@ -176,6 +177,9 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 	}
 	if g.sessions, err = newSessionGraph(ctx, st, log, newRisk(riskModel(cfg), time.Duration(cfg.Policy.Risk.HalfLife), st, deps.Now), g.inflight,
 		sessionOptions{MaxWorkflows: cfg.Limits.MaxWorkflows, WorkflowIdle: time.Duration(cfg.Limits.WorkflowIdleTimeout), Now: deps.Now}); err != nil {
+		return nil, err
+	}
+	if g.auth.server, err = newAuthServer(cfg, log, st, g.auth, g.signInRevoked, g.revoked.revoke); err != nil {
 		return nil, err
 	}
 	g.consent = consent.NewEngine(st, deps.Now, approves)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sag-gateway/sag/a2a"
 	"github.com/sag-gateway/sag/agui"
+	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/server/config"
 )
 
@@ -34,10 +35,20 @@ func (g *Gateway) routes() http.Handler {
 	mux.Handle("GET "+agui.CapabilitiesPath, g.metrics.instrument(agui.CapabilitiesPath, agui.Capabilities(g.version)))
 	mux.Handle("GET "+resourceMetadataPath, g.metrics.instrument(resourceMetadataPath, http.HandlerFunc(g.resourceMetadata)))
 	mux.Handle("GET /.well-known/jwks.json", g.metrics.instrument("/.well-known/jwks.json", http.HandlerFunc(g.jwks)))
-	if g.auth.exchange != nil {
+	if g.auth.exchange != nil || g.auth.server != nil {
 		// Any method: the service answers a GET with its own 405.
-		mux.Handle("/oauth/token", g.metrics.instrument("/oauth/token", g.auth.exchange))
+		token := &identity.TokenEndpoint{Exchange: g.auth.exchange, Server: g.auth.server, Nonces: g.auth.nonces, Log: g.log}
+		mux.Handle("/oauth/token", g.metrics.instrument("/oauth/token", oauthCORS(token)))
 		mux.Handle("GET /.well-known/oauth-authorization-server", g.metrics.instrument("/.well-known/oauth-authorization-server", http.HandlerFunc(g.authorizationServerMetadata)))
+	}
+	if as := g.auth.server; as != nil {
+		// The sign-in and consent pages and their forms; the forms check
+		// their origin and CSRF token themselves.
+		mux.Handle("GET "+identity.AuthorizePath, g.metrics.instrument(identity.AuthorizePath, http.HandlerFunc(as.ServeAuthorize)))
+		mux.Handle("POST "+identity.AuthorizePath, g.metrics.instrument(identity.AuthorizePath, http.HandlerFunc(as.ServeAuthorizeForm)))
+		if g.cfg.Identity.AuthorizationServer.DynamicRegistration {
+			mux.Handle(identity.RegisterPath, g.metrics.instrument(identity.RegisterPath, oauthCORS(http.HandlerFunc(as.ServeRegister))))
+		}
 	}
 	mux.Handle("POST /oauth/introspect", g.metrics.instrument("/oauth/introspect", g.requireToken(IntrospectScope, g.introspect)))
 	mux.Handle("POST /oauth/revoke", g.metrics.instrument("/oauth/revoke", g.requireToken(IntrospectScope, g.revoke)))
@@ -169,4 +180,24 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// oauthCORS lets browser-based clients call a token or registration
+// endpoint from any origin: the endpoints take no cookies, so a foreign
+// origin gains nothing it could not do without a browser. Preflights are
+// answered here.
+func oauthCORS(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", "*")
+		h.Set("Access-Control-Expose-Headers", "DPoP-Nonce, WWW-Authenticate")
+		if r.Method == http.MethodOptions {
+			h.Set("Access-Control-Allow-Methods", "POST")
+			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, DPoP")
+			h.Set("Access-Control-Max-Age", "600")
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

@@ -199,6 +199,33 @@ CREATE TABLE a2a_task_nodes (
 CREATE TABLE audit_journal (seq INTEGER NOT NULL);
 INSERT INTO audit_journal (seq) VALUES (0);
 `,
+	// 11: the authorization server: dynamically registered clients,
+	// refresh tokens (by hash, in rotation families) and the clients each
+	// user has allowed to act for them.
+	`
+CREATE TABLE oauth_clients (
+	id       TEXT PRIMARY KEY,
+	metadata TEXT NOT NULL, -- the registered metadata as JSON, with the secret's hash
+	created  INTEGER NOT NULL -- Unix nanoseconds
+);
+CREATE TABLE oauth_refresh_tokens (
+	hash    TEXT PRIMARY KEY, -- SHA-256 of the token, base64url
+	family  TEXT NOT NULL,
+	client  TEXT NOT NULL,
+	subject TEXT NOT NULL,
+	state   TEXT NOT NULL CHECK (state IN ('active', 'used', 'revoked')),
+	expires INTEGER NOT NULL, -- Unix nanoseconds
+	grant   TEXT NOT NULL -- what the token grants, as JSON
+);
+CREATE INDEX oauth_refresh_tokens_family ON oauth_refresh_tokens (family);
+CREATE TABLE oauth_consents (
+	subject TEXT NOT NULL,
+	client  TEXT NOT NULL,
+	scope   TEXT NOT NULL,
+	granted INTEGER NOT NULL, -- Unix nanoseconds
+	PRIMARY KEY (subject, client)
+);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

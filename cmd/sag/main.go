@@ -32,6 +32,7 @@ commands:
   tools       list the tools a gateway offers
   call        call a tool through a gateway
   token       print an access token from the gateway's development issuer
+  hash-password  print an argon2id hash of a password read from stdin (local users)
   upstreams   add, list or remove upstreams (admin API)
   kill        revoke a session, a user or an agent, and all that hangs off it
   risk        clear a session's risk score (risk clear ID)
@@ -49,18 +50,19 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"serve":     cmdServe,
-		"demo":      cmdDemo,
-		"tools":     cmdTools,
-		"call":      cmdCall,
-		"agent":     cmdAgent,
-		"token":     cmdToken,
-		"upstreams": cmdUpstreams,
-		"kill":      cmdKill,
-		"risk":      cmdRisk,
-		"keys":      cmdKeys,
-		"audit":     cmdAudit,
-		"bench":     cmdBench,
+		"serve":         cmdServe,
+		"demo":          cmdDemo,
+		"tools":         cmdTools,
+		"call":          cmdCall,
+		"agent":         cmdAgent,
+		"token":         cmdToken,
+		"hash-password": cmdHashPassword,
+		"upstreams":     cmdUpstreams,
+		"kill":          cmdKill,
+		"risk":          cmdRisk,
+		"keys":          cmdKeys,
+		"audit":         cmdAudit,
+		"bench":         cmdBench,
 
 		"version": func([]string) error {
 			fmt.Println("sag", version)

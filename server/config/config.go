@@ -119,6 +119,59 @@ type Identity struct {
 	Exchange Exchange `yaml:"exchange" json:"exchange"`
 	// SPIFFE configures agent identities.
 	SPIFFE SPIFFE `yaml:"spiffe" json:"spiffe"`
+	// AuthorizationServer configures SAG's own OAuth 2.1 authorization
+	// server: sign-in for MCP clients and people.
+	AuthorizationServer AuthorizationServer `yaml:"authorization_server" json:"authorization_server"`
+}
+
+// AuthorizationServer configures the built-in authorization server
+// (/oauth/authorize, /oauth/token, /oauth/register). Its tokens are
+// DPoP-bound whenever the client proves a key; bearer tokens go only to
+// clients of a gateway whose auth is "bearer".
+type AuthorizationServer struct {
+	Enabled bool `yaml:"enabled" json:"enabled"`
+	// Users is the local user store (argon2id hashes: sag hash-password).
+	Users []LocalUser `yaml:"users" json:"users,omitempty"`
+	// Clients are pre-registered clients.
+	Clients []OAuthClient `yaml:"clients" json:"clients,omitempty"`
+	// DynamicRegistration turns on RFC 7591 registration (default on).
+	DynamicRegistration bool `yaml:"dynamic_registration" json:"dynamic_registration"`
+	// ClientMetadataDocuments accepts https URLs as client IDs, fetching
+	// the client's metadata document from them (default on).
+	ClientMetadataDocuments bool `yaml:"client_metadata_documents" json:"client_metadata_documents"`
+	// MetadataAllowPrivate lets metadata documents be fetched from
+	// loopback and private addresses (clients inside your network).
+	MetadataAllowPrivate bool `yaml:"metadata_allow_private" json:"metadata_allow_private,omitempty"`
+	// MetadataCAFile is a PEM file of the CAs trusted for metadata
+	// documents instead of the system's.
+	MetadataCAFile string `yaml:"metadata_ca_file" json:"metadata_ca_file,omitempty"`
+	// Scopes clients may ask for besides identity.required_scopes (which
+	// are granted when a client asks for none).
+	Scopes []string `yaml:"scopes" json:"scopes,omitempty"`
+	// AccessTokenTTL, RefreshTokenTTL and SignInTTL are the lifetimes of
+	// access tokens, of a sign-in's refresh tokens, and of a browser
+	// sign-in.
+	AccessTokenTTL  Duration `yaml:"access_token_ttl" json:"access_token_ttl"`
+	RefreshTokenTTL Duration `yaml:"refresh_token_ttl" json:"refresh_token_ttl"`
+	SignInTTL       Duration `yaml:"sign_in_ttl" json:"sign_in_ttl"`
+}
+
+// LocalUser is a user of the built-in user store.
+type LocalUser struct {
+	Name string `yaml:"name" json:"name"`
+	// PasswordHash is an argon2id PHC string ($argon2id$v=19$…).
+	PasswordHash string   `yaml:"password_hash" json:"-"`
+	Groups       []string `yaml:"groups" json:"groups,omitempty"`
+}
+
+// OAuthClient is a pre-registered client of the authorization server.
+type OAuthClient struct {
+	ID           string   `yaml:"client_id" json:"client_id"`
+	Name         string   `yaml:"name" json:"name,omitempty"`
+	RedirectURIs []string `yaml:"redirect_uris" json:"redirect_uris"`
+	// SecretFile holds a confidential client's secret; without it the
+	// client is public (PKCE only).
+	SecretFile string `yaml:"secret_file" json:"secret_file,omitempty"`
 }
 
 // Policy configures the allow-lists: files here, plus those tool owners
@@ -277,6 +330,13 @@ func Default() *Config {
 			DPoPWindow:       Duration(60 * time.Second),
 			UpstreamTokenTTL: Duration(5 * time.Minute),
 			Exchange:         Exchange{TTL: Duration(10 * time.Minute)},
+			AuthorizationServer: AuthorizationServer{
+				DynamicRegistration:     true,
+				ClientMetadataDocuments: true,
+				AccessTokenTTL:          Duration(10 * time.Minute),
+				RefreshTokenTTL:         Duration(30 * 24 * time.Hour),
+				SignInTTL:               Duration(12 * time.Hour),
+			},
 		},
 		Policy: Policy{Risk: Risk{Weights: map[string]float64{}, StepUp: 10, Block: 25, HalfLife: Duration(time.Hour)}},
 	}

@@ -109,6 +109,8 @@ var patternWords = map[string]string{
 	`^(unix|tcp)://.+$`:           "must be unix:///PATH or tcp://HOST:PORT",
 	`^(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$`: "must be a Go duration such as 30s, 5m or 1h30m",
 	`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`:                        "must be 1 to 64 letters, digits, '_' or '-', starting with a letter or digit",
+	`^[A-Za-z0-9._@-]{1,64}$`:                                 "must be 1 to 64 letters, digits, '.', '_', '@' or '-'",
+	`^\$argon2id\$`:                                           "must be an argon2id hash ($argon2id$v=19$…; make one with sag hash-password)",
 	`^((sse\+)?https?://[^\s]+|stdio:.*\S.*)$`:                "must be " + upstreamURLForms,
 	`^[A-Za-z_][A-Za-z0-9_]*$`:                                "must be an environment variable name: letters, digits and '_', not starting with a digit",
 	`^[A-Za-z0-9_-]{43}$`:                                     "must be a JWK thumbprint (RFC 7638): 43 base64url characters",

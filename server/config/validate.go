@@ -52,6 +52,23 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	if as := c.Identity.AuthorizationServer; as.Enabled {
+		switch {
+		case c.Auth == AuthOpen:
+			add("identity.authorization_server: under auth %q nobody signs in; use dpop or bearer", AuthOpen)
+		case !strings.HasPrefix(c.ResolvedPublicURL(), "https://") && listenOK && !isLoopbackHost(host):
+			add("identity.authorization_server: sign-in needs an https public_url (or a loopback listen address for trials)")
+		}
+		if len(as.Users) == 0 {
+			add("identity.authorization_server.users: at least one user is needed to sign in")
+		}
+		for name, d := range map[string]Duration{"access_token_ttl": as.AccessTokenTTL, "refresh_token_ttl": as.RefreshTokenTTL, "sign_in_ttl": as.SignInTTL} {
+			if d <= 0 {
+				add("identity.authorization_server.%s: must be positive", name)
+			}
+		}
+	}
+
 	if c.PublicURL != "" {
 		if err := checkBaseURL(c.PublicURL); err != nil {
 			add("public_url: %v", err)
