@@ -303,6 +303,30 @@ func TestSignInFlow(t *testing.T) {
 		t.Fatalf("second token: %d %v", code, tok3)
 	}
 
+	// The user withdraws what they allowed the client: its refresh
+	// token for them stops working, and the next request asks again.
+	del, _ := http.NewRequest(http.MethodDelete, tg.Base+"/console/api/clients/"+client, nil)
+	if resp, err := a.client().Do(del); err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("withdraw the client: %v %v", resp, err)
+	}
+	code, out = refresh(t, tg, key, client, tok3["refresh_token"].(string))
+	wantTokenError(t, code, out, http.StatusBadRequest, "invalid_grant")
+	verifier, challenge = pkce()
+	if resp, page := b.get(authorizeURL(tg, client, challenge, nil)); resp.StatusCode != http.StatusOK || !strings.Contains(page, `value="approve"`) {
+		t.Fatalf("after withdrawing: status %d, want the consent page again", resp.StatusCode)
+	}
+	if resp, err := a.client().Do(del); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("withdraw again: %v %v", resp, err)
+	}
+	_, page := b.get(authorizeURL(tg, client, challenge, nil))
+	f := formFields(t, page)
+	f.Set("action", "approve")
+	resp, _ = b.post(tg.Base+identity.AuthorizePath, f)
+	code, tok3 = redeem(t, tg, key, client, redirectParams(t, resp).Get("code"), verifier)
+	if code != http.StatusOK {
+		t.Fatalf("token after allowing again: %d %v", code, tok3)
+	}
+
 	// Killing the user ends the sign-in: its refresh tokens and its
 	// browser session stop working.
 	if code, body := tg.adminDo(t, http.MethodPost, "/admin/kill", server.KillRequest{User: signInUser}); code != http.StatusOK {

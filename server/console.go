@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -30,6 +31,36 @@ func (g *Gateway) consoleRoutes(mux *http.ServeMux) {
 	}
 	mux.Handle("GET /console/api/graph", g.metrics.instrument("/console/api/graph", g.checkOrigin(g.authenticated(g.consoleGraph))))
 	mux.Handle("POST /console/api/kill", g.metrics.instrument("/console/api/kill", g.checkOrigin(g.authenticated(g.consoleKill))))
+	if g.auth.server != nil {
+		mux.Handle("DELETE /console/api/clients/{client}", g.metrics.instrument("/console/api/clients", g.checkOrigin(g.authenticated(g.consoleForgetClient))))
+	}
+}
+
+// consoleForgetClient serves DELETE /console/api/clients/{client}: a user
+// withdraws what they allowed a client at sign-in; the client's refresh
+// tokens for them are revoked with it, and its next authorization asks
+// again.
+func (g *Gateway) consoleForgetClient(w http.ResponseWriter, r *http.Request) {
+	p, ok := consoleUser(w, r)
+	if !ok {
+		return
+	}
+	if p.Issuer != g.cfg.ResolvedPublicURL() {
+		writeAdminError(w, &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "you signed in elsewhere: this gateway holds no client decisions of yours"})
+		return
+	}
+	client := r.PathValue("client")
+	err := g.store.DeleteClientConsent(r.Context(), p.User, client)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeAdminError(w, &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "you never allowed this client"})
+	case err != nil:
+		g.log.Error("client consent not withdrawn", "error", err)
+		writeAdminError(w, &adminError{Status: http.StatusServiceUnavailable, Code: "unavailable", Description: "the store could not withdraw it; try again"})
+	default:
+		g.log.Info("client consent withdrawn", "sub", p.User, "client", client)
+		w.WriteHeader(http.StatusNoContent)
+	}
 }
 
 // ConsoleConfig is the answer of GET /console/config.

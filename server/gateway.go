@@ -61,6 +61,7 @@ type Store interface {
 	consent.Store
 	a2a.TaskStore
 	identity.AuthStore
+	DeleteClientConsent(ctx context.Context, subject, client string) error
 	Close() error
 }
 
