@@ -2,6 +2,9 @@
 # SAG end-to-end suite: the MCP conformance suite and an MCP Inspector CLI smoke
 # test against `sag serve` in front of the go-sdk everything-server, a DPoP
 # interop test (npm dpop + oauth4webapi proofs) against `sag serve --auth dpop`,
+# an OAuth test (the @modelcontextprotocol/sdk 1.32.2 client registering
+# dynamically, signing in through SAG's authorization server, with DPoP proofs
+# added by its fetch, listing tools and refreshing),
 # an AG-UI test (the @ag-ui/client 1.0.0 HttpAgent approving, denying and
 # editing calls that wait in `sag call`, and AG-UI's interrupt rules), an
 # AG-UI agent-proxy test (the same HttpAgent running a real AG-UI agent,
@@ -14,12 +17,12 @@
 # console in a real browser (Debian's chromium, installed by
 # e2e/chromium.sh when missing, driven by chromedp: go test -tags browser).
 #
-# Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [agui] [agui-agent] [a2a] [spire] [console]
-#        (default: all eight)
+# Usage: bash e2e/run.sh [conformance] [inspector] [dpop] [oauth] [agui] [agui-agent] [a2a] [spire] [console]
+#        (default: all nine)
 #
 # Environment:
 #   E2E_DIRECT=1              test the everything-server directly (baseline), no gateway
-#                             (the dpop, agui, agui-agent, a2a, spire and console parts, which test the gateway only, are skipped)
+#                             (the dpop, oauth, agui, agui-agent, a2a, spire and console parts, which test the gateway only, are skipped)
 #   E2E_UPSTREAM_STATELESS=1  run the everything-server with -stateless=true
 #                             (default -stateless=false: with conformance 0.1.16 the
 #                             stateless server fails the sampling/elicitation scenarios)
@@ -29,6 +32,7 @@
 #   E2E_READY_TIMEOUT=secs    how long to wait for the servers (default 30)
 #   E2E_CONFORMANCE_TIMEOUT=secs  limit for the conformance run (default 600)
 #   E2E_DPOP_TIMEOUT=secs     limit for the dpop interop script (default 60)
+#   E2E_OAUTH_TIMEOUT=secs    limit for the OAuth sign-in script (default 60)
 #   E2E_AGUI_TIMEOUT=secs     limit for the AG-UI interop script (default 60)
 #   E2E_AGUI_AGENT_TIMEOUT=secs  limit for the AG-UI agent-proxy script (default 60)
 #   E2E_A2A_TIMEOUT=secs      limit for the A2A interop script (default 60)
@@ -51,6 +55,7 @@ CONFORMANCE_TIMEOUT="${E2E_CONFORMANCE_TIMEOUT:-600}"
 EXPECTED_FAILURES="$E2E_DIR/conformance-expected-failures.yml"
 
 DPOP_TIMEOUT="${E2E_DPOP_TIMEOUT:-60}"
+OAUTH_TIMEOUT="${E2E_OAUTH_TIMEOUT:-60}"
 AGUI_TIMEOUT="${E2E_AGUI_TIMEOUT:-60}"
 AGUI_AGENT_TIMEOUT="${E2E_AGUI_AGENT_TIMEOUT:-60}"
 A2A_TIMEOUT="${E2E_A2A_TIMEOUT:-60}"
@@ -60,6 +65,7 @@ SPIRE_BUILD_TIMEOUT="${E2E_SPIRE_BUILD_TIMEOUT:-1800}"
 RUN_CONFORMANCE=0
 RUN_INSPECTOR=0
 RUN_DPOP=0
+RUN_OAUTH=0
 RUN_AGUI=0
 RUN_AGUI_AGENT=0
 RUN_A2A=0
@@ -70,6 +76,7 @@ if [[ $# -eq 0 ]]; then
   RUN_CONFORMANCE=1
   RUN_INSPECTOR=1
   RUN_DPOP=1
+  RUN_OAUTH=1
   RUN_AGUI=1
   RUN_AGUI_AGENT=1
   RUN_A2A=1
@@ -80,19 +87,24 @@ for part in "$@"; do
     conformance) RUN_CONFORMANCE=1 ;;
     inspector) RUN_INSPECTOR=1 ;;
     dpop) RUN_DPOP=1 ;;
+    oauth) RUN_OAUTH=1 ;;
     agui) RUN_AGUI=1 ;;
     agui-agent) RUN_AGUI_AGENT=1 ;;
     a2a) RUN_A2A=1 ;;
     spire) RUN_SPIRE=1 ;;
     console) RUN_CONSOLE=1 ;;
     -h | --help) sed -n '2,/^set -euo pipefail$/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop, agui, agui-agent, a2a, spire, console)" >&2; exit 2 ;;
+    *) echo "e2e: unknown part '$part' (want: conformance, inspector, dpop, oauth, agui, agui-agent, a2a, spire, console)" >&2; exit 2 ;;
   esac
 done
 GATEWAY_ONLY_SKIPPED=()
 if [[ "$E2E_DIRECT" == 1 && $RUN_DPOP == 1 ]]; then
   RUN_DPOP=0
   GATEWAY_ONLY_SKIPPED+=(dpop)
+fi
+if [[ "$E2E_DIRECT" == 1 && $RUN_OAUTH == 1 ]]; then
+  RUN_OAUTH=0
+  GATEWAY_ONLY_SKIPPED+=(oauth)
 fi
 if [[ "$E2E_DIRECT" == 1 && $RUN_AGUI == 1 ]]; then
   RUN_AGUI=0
@@ -234,7 +246,7 @@ NODE_VERSION=$("$NODE" --version)
 [[ "$NODE_VERSION" =~ ^v(2[2-9]|[3-9][0-9]) ]] || die "need Node >= 22 at $NODE, got $NODE_VERSION"
 export PATH="$NODE_BIN:$PATH"
 pkgver() { "$NODE" -p "require('$E2E_DIR/node_modules/$1/package.json').version"; }
-log "node $NODE_VERSION, conformance $(pkgver @modelcontextprotocol/conformance), inspector $(pkgver @modelcontextprotocol/inspector), dpop $(pkgver dpop), oauth4webapi $(pkgver oauth4webapi), @a2a-js/sdk $(pkgver @a2a-js/sdk)"
+log "node $NODE_VERSION, conformance $(pkgver @modelcontextprotocol/conformance), inspector $(pkgver @modelcontextprotocol/inspector), dpop $(pkgver dpop), @modelcontextprotocol/sdk $(pkgver @modelcontextprotocol/sdk), oauth4webapi $(pkgver oauth4webapi), @a2a-js/sdk $(pkgver @a2a-js/sdk)"
 
 # free_port VAR: sets VAR to a free loopback port, different from every port
 # handed out before (not in a subshell, so that USED_PORTS remembers them).
@@ -407,6 +419,51 @@ EOF
   total=$(grep -E '^dpop interop: ' "$OUT/dpop.log" | tail -n 1 || true)
   log "${total:-dpop interop: no summary line} (exit $rc, $((SECONDS - t0))s)"
   if [[ $rc -ne 0 || -z "$total" ]]; then FAILED+=("dpop"); fi
+fi
+
+# ------------------------------------------------------------------ oauth --
+# A gateway with auth: dpop and its authorization server on (one local user,
+# alice, password from `sag hash-password`; an allow-all policy), then
+# e2e/oauth.mjs: the @modelcontextprotocol/sdk client registers dynamically,
+# signs alice in headlessly through the sign-in and consent pages, gets a
+# DPoP-bound token (its fetch adds the proofs), lists tools, and refreshes.
+if [[ $RUN_OAUTH == 1 ]]; then
+  t0=$SECONDS
+  free_port OAUTH_PORT
+  OAUTH_URL="http://127.0.0.1:$OAUTH_PORT"
+  OAUTH_PASSWORD="pw-alice"
+  mkdir -p "$OUT/sag-oauth-data"
+  hash=$(printf '%s\n' "$OAUTH_PASSWORD" | "$WORK/sag" hash-password) || die "sag hash-password failed"
+  cat >"$OUT/sag-oauth-policy.yaml" <<EOF
+id: e2e-oauth-allow-all
+rules: [{id: all, tools: ['*'], prompts: ['*'], resources: ['*'], consent: never}]
+EOF
+  cat >"$OUT/sag-oauth.yaml" <<EOF
+listen: 127.0.0.1:$OAUTH_PORT
+data_dir: $OUT/sag-oauth-data
+auth: dpop
+identity:
+  authorization_server:
+    enabled: true
+    users: [{name: alice, password_hash: "$hash", groups: [finance]}]
+policy:
+  files: [$OUT/sag-oauth-policy.yaml]
+upstreams:
+  - name: everything
+    url: http://127.0.0.1:$UP_PORT/mcp
+EOF
+  log "starting sag serve --config sag-oauth.yaml (auth dpop, authorization server) on 127.0.0.1:$OAUTH_PORT"
+  start_bg "$OUT/sag-oauth.log" "$WORK/sag" serve --config "$OUT/sag-oauth.yaml"
+  OAUTH_PID=$LAST_PID
+  wait_http "$OAUTH_URL/readyz" 200 "$OAUTH_PID" "$OUT/sag-oauth.log"
+  log "oauth gateway ready in $((SECONDS - t0))s; node e2e/oauth.mjs"
+  rc=0
+  OAUTH_URL="$OAUTH_URL" OAUTH_USER=alice OAUTH_PASSWORD="$OAUTH_PASSWORD" \
+    run_logged "$E2E_DIR" "$OUT/oauth.log" \
+    timeout --kill-after=5 "$OAUTH_TIMEOUT" "$NODE" "$E2E_DIR/oauth.mjs" </dev/null || rc=$?
+  total=$(grep -E '^oauth: ' "$OUT/oauth.log" | tail -n 1 || true)
+  log "${total:-oauth: no summary line} (exit $rc, $((SECONDS - t0))s)"
+  if [[ $rc -ne 0 || "$total" != "oauth: ok" ]]; then FAILED+=("oauth"); fi
 fi
 
 # ------------------------------------------------------------------- agui --

@@ -54,18 +54,18 @@ func asGateway(t *testing.T, mutate func(*config.Config)) *testGateway {
 	})
 }
 
-// browser is a person's browser: cookies, and redirects not followed.
-type browser struct {
+// webBrowser is a person's browser: cookies, and redirects not followed.
+type webBrowser struct {
 	t *testing.T
 	c *http.Client
 }
 
-func newBrowser(t *testing.T) *browser {
+func newBrowser(t *testing.T) *webBrowser {
 	jar, _ := cookiejar.New(nil)
-	return &browser{t: t, c: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	return &webBrowser{t: t, c: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 
-func (b *browser) do(req *http.Request) (*http.Response, string) {
+func (b *webBrowser) do(req *http.Request) (*http.Response, string) {
 	b.t.Helper()
 	resp, err := b.c.Do(req)
 	if err != nil {
@@ -76,13 +76,13 @@ func (b *browser) do(req *http.Request) (*http.Response, string) {
 	return resp, string(body)
 }
 
-func (b *browser) get(u string) (*http.Response, string) {
+func (b *webBrowser) get(u string) (*http.Response, string) {
 	b.t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, u, nil)
 	return b.do(req)
 }
 
-func (b *browser) post(u string, form url.Values) (*http.Response, string) {
+func (b *webBrowser) post(u string, form url.Values) (*http.Response, string) {
 	b.t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, u, strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
@@ -142,7 +142,7 @@ func redirectParams(t *testing.T, resp *http.Response) url.Values {
 
 // signInAndApprove walks the pages: sign in, allow the client; it returns
 // the redirect's parameters.
-func (b *browser) signInAndApprove(tg *testGateway, authorize string) url.Values {
+func (b *webBrowser) signInAndApprove(tg *testGateway, authorize string) url.Values {
 	b.t.Helper()
 	resp, page := b.get(authorize)
 	if resp.StatusCode != http.StatusOK || !strings.Contains(page, `name="password"`) {
