@@ -42,6 +42,8 @@ const (
 	AuthorizePath = "/oauth/authorize"
 	TokenPath     = "/oauth/token"
 	RegisterPath  = "/oauth/register"
+	// CallbackPath is where federated providers send people back.
+	CallbackPath = "/oauth/callback"
 )
 
 // Defaults of AuthServerOptions.
@@ -86,8 +88,10 @@ type AuthServerOptions struct {
 	Nonces *Nonces
 	// Store keeps clients, refresh tokens and consents. Required.
 	Store AuthStore
-	// Users is the local user store. Required.
-	Users *Users
+	// Users is the local user store; Federation the external OpenID
+	// Providers people may sign in with. At least one of them is needed.
+	Users      *Users
+	Federation []FederatedProvider
 	// Clients are pre-registered clients.
 	Clients []OAuthClient
 	// AllowBearer issues bearer tokens to clients that prove no DPoP key;
@@ -134,8 +138,13 @@ type AuthServer struct {
 	// registrations limits dynamic registration.
 	registrations *rate.Limiter
 
+	// federations are the external providers, in configuration order.
+	federations []*federation
+
 	mu      sync.Mutex
 	pending map[string]*pendingAuthz
+	// fedLogins are sign-ins at providers in progress, by their state.
+	fedLogins map[string]*fedLogin
 	codes   map[string]*authCode
 	signins map[string]*signIn
 }
@@ -192,8 +201,10 @@ func NewAuthServer(o AuthServerOptions) (*AuthServer, error) {
 	switch {
 	case o.Issuer == nil || o.Issuer.URL == "" || o.Issuer.Keys == nil:
 		return nil, errors.New("identity: authorization server needs an issuer with a URL and keys")
-	case o.DPoP == nil || o.Store == nil || o.Users == nil || o.RevokeToken == nil:
-		return nil, errors.New("identity: authorization server needs a DPoP verifier, a store, a user store and token revocation")
+	case o.DPoP == nil || o.Store == nil || o.RevokeToken == nil:
+		return nil, errors.New("identity: authorization server needs a DPoP verifier, a store and token revocation")
+	case (o.Users == nil || len(o.Users.users) == 0) && len(o.Federation) == 0:
+		return nil, errors.New("identity: authorization server needs local users or a federated provider to sign people in")
 	}
 	s := &AuthServer{
 		o:       o,
@@ -205,6 +216,8 @@ func NewAuthServer(o AuthServerOptions) (*AuthServer, error) {
 		pending: map[string]*pendingAuthz{},
 		codes:   map[string]*authCode{},
 		signins: map[string]*signIn{},
+
+		fedLogins: map[string]*fedLogin{},
 
 		registrations: rate.NewLimiter(registrationRate, 20),
 	}
@@ -222,6 +235,18 @@ func NewAuthServer(o AuthServerOptions) (*AuthServer, error) {
 			return nil, fmt.Errorf("identity: %q is not a scope token (RFC 6749 §3.3)", sc)
 		}
 		s.scopes[sc] = true
+	}
+	for _, fp := range o.Federation {
+		f, err := newFederation(fp, o.Issuer.URL+CallbackPath)
+		if err != nil {
+			return nil, fmt.Errorf("identity: %w", err)
+		}
+		for _, other := range s.federations {
+			if other.cfg.Name == f.cfg.Name {
+				return nil, fmt.Errorf("identity: federated provider %s listed twice", f.cfg.Name)
+			}
+		}
+		s.federations = append(s.federations, f)
 	}
 	for i := range o.Clients {
 		c := o.Clients[i]
@@ -465,7 +490,11 @@ func pkceValue(v string) bool {
 // consent page, or (signed in and allowed before) the redirect with a code.
 func (s *AuthServer) next(w http.ResponseWriter, r *http.Request, id string, p *pendingAuthz, problem string) {
 	if p.signIn == nil {
-		s.page(w, http.StatusOK, signInPage, pageData{Request: id, CSRF: p.csrf, Client: clientLabel(p.client), Problem: problem})
+		d := pageData{Request: id, CSRF: p.csrf, Client: clientLabel(p.client), Problem: problem, Passwords: s.o.Users != nil && len(s.o.Users.users) > 0}
+		for _, f := range s.federations {
+			d.Providers = append(d.Providers, providerButton{Name: f.cfg.Name, Label: f.cfg.Label})
+		}
+		s.page(w, http.StatusOK, signInPage, d)
 		return
 	}
 	allowed, err := s.o.Store.ClientConsent(r.Context(), p.signIn.subject, p.client.ID)
@@ -524,6 +553,8 @@ func (s *AuthServer) ServeAuthorizeForm(w http.ResponseWriter, r *http.Request) 
 	switch r.PostForm.Get("action") {
 	case "signin":
 		s.signInForm(w, r, id, p)
+	case "federate":
+		s.federate(w, r, id, p)
 	case "approve":
 		if p.signIn == nil {
 			s.next(w, r, id, p, "")
@@ -554,7 +585,11 @@ func (s *AuthServer) drop(id string) {
 // signInForm checks a name and password against the local user store.
 func (s *AuthServer) signInForm(w http.ResponseWriter, r *http.Request, id string, p *pendingAuthz) {
 	name, password := r.PostForm.Get("username"), r.PostForm.Get("password")
-	groups, ok := s.o.Users.Check(name, password)
+	var groups []string
+	ok := s.o.Users != nil
+	if ok {
+		groups, ok = s.o.Users.Check(name, password)
+	}
 	if !ok {
 		s.mu.Lock()
 		p.failures++
@@ -571,8 +606,14 @@ func (s *AuthServer) signInForm(w http.ResponseWriter, r *http.Request, id strin
 		s.next(w, r, id, p, "Wrong name or password.")
 		return
 	}
+	s.signedIn(w, r, id, p, name, groups)
+}
+
+// signedIn starts a browser sign-in for subject and goes on with the
+// pending request.
+func (s *AuthServer) signedIn(w http.ResponseWriter, r *http.Request, id string, p *pendingAuthz, subject string, groups []string) {
 	now := s.now()
-	si := &signIn{sid: randomToken(), subject: name, groups: groups, at: now, expires: now.Add(s.o.SignInTTL)}
+	si := &signIn{sid: randomToken(), subject: subject, groups: groups, at: now, expires: now.Add(s.o.SignInTTL)}
 	s.mu.Lock()
 	key, stored := put(s, s.signins, si, func(si *signIn) time.Time { return si.expires })
 	if stored {
@@ -586,7 +627,7 @@ func (s *AuthServer) signInForm(w http.ResponseWriter, r *http.Request, id strin
 	}
 	http.SetCookie(w, &http.Cookie{Name: signInCookie, Value: key, Path: "/oauth/", Expires: si.expires,
 		Secure: s.secure, HttpOnly: true, SameSite: http.SameSiteLaxMode})
-	s.log.Info("signed in", "sub", name)
+	s.log.Info("signed in", "sub", subject)
 	s.next(w, r, id, p, "")
 }
 

@@ -16,7 +16,13 @@ type pageData struct {
 	Redirect      string
 	Problem       string
 	Message       string
+	// Passwords shows the local sign-in form; Providers the federated
+	// providers' buttons.
+	Passwords bool
+	Providers []providerButton
 }
+
+type providerButton struct{ Name, Label string }
 
 var pages = template.Must(template.New("").Parse(`
 {{define "head"}}<!doctype html>
@@ -31,12 +37,16 @@ button{margin:1rem .5rem 0 0;padding:.5rem 1.2rem}.problem{color:#b00020}code{wo
 <h1>Sign in to SAG</h1>
 <p><strong>{{.Client}}</strong> wants to act for you at this gateway.</p>
 {{if .Problem}}<p class="problem" role="alert">{{.Problem}}</p>{{end}}
-<form method="post" action="/oauth/authorize">
+{{range .Providers}}<form method="post" action="/oauth/authorize">
+<input type="hidden" name="request" value="{{$.Request}}"><input type="hidden" name="csrf" value="{{$.CSRF}}"><input type="hidden" name="provider" value="{{.Name}}">
+<button type="submit" name="action" value="federate">Sign in with {{.Label}}</button>
+</form>{{end}}
+{{if .Passwords}}<form method="post" action="/oauth/authorize">
 <input type="hidden" name="request" value="{{.Request}}"><input type="hidden" name="csrf" value="{{.CSRF}}">
 <label for="username">Name</label><input id="username" name="username" type="text" autocomplete="username" required autofocus>
 <label for="password">Password</label><input id="password" name="password" type="password" autocomplete="current-password" required>
 <button type="submit" name="action" value="signin">Sign in</button>
-</form></body></html>{{end}}
+</form>{{end}}</body></html>{{end}}
 {{define "consent"}}{{template "head"}}
 <h1>Allow {{.Client}}?</h1>
 <p>Signed in as <strong>{{.User}}</strong>.</p>

@@ -413,6 +413,18 @@ func newAuthServer(cfg *config.Config, log *slog.Logger, st Store, a *authn, rev
 			clients[i].SecretHash = identity.HashClientSecret(strings.TrimSpace(string(secret)))
 		}
 	}
+	feds := make([]identity.FederatedProvider, len(ac.Federation))
+	for i, f := range ac.Federation {
+		feds[i] = identity.FederatedProvider{Name: f.Name, Label: f.Label, Issuer: f.Issuer, ClientID: f.ClientID, Scopes: f.Scopes,
+			SubjectClaim: f.SubjectClaim, GroupsClaim: f.GroupsClaim, GroupMap: f.GroupMap}
+		if f.ClientSecretFile != "" {
+			secret, err := os.ReadFile(f.ClientSecretFile)
+			if err != nil {
+				return nil, fmt.Errorf("identity.authorization_server.federation[%d]: %w", i, err)
+			}
+			feds[i].ClientSecret = strings.TrimSpace(string(secret))
+		}
+	}
 	var docs *identity.MetadataDocuments
 	if ac.ClientMetadataDocuments {
 		o := identity.MetadataDocumentOptions{AllowPrivate: ac.MetadataAllowPrivate}
@@ -430,7 +442,7 @@ func newAuthServer(cfg *config.Config, log *slog.Logger, st Store, a *authn, rev
 		docs = identity.NewMetadataDocuments(o)
 	}
 	return identity.NewAuthServer(identity.AuthServerOptions{
-		Issuer: a.issuer, DPoP: a.dpop, Nonces: a.nonces, Store: st, Users: us, Clients: clients,
+		Issuer: a.issuer, DPoP: a.dpop, Nonces: a.nonces, Store: st, Users: us, Federation: feds, Clients: clients,
 		AllowBearer:         cfg.Auth == config.AuthBearer,
 		DynamicRegistration: ac.DynamicRegistration,
 		Documents:           docs,

@@ -46,6 +46,7 @@ func (g *Gateway) routes() http.Handler {
 		// their origin and CSRF token themselves.
 		mux.Handle("GET "+identity.AuthorizePath, g.metrics.instrument(identity.AuthorizePath, http.HandlerFunc(as.ServeAuthorize)))
 		mux.Handle("POST "+identity.AuthorizePath, g.metrics.instrument(identity.AuthorizePath, http.HandlerFunc(as.ServeAuthorizeForm)))
+		mux.Handle("GET "+identity.CallbackPath, g.metrics.instrument(identity.CallbackPath, http.HandlerFunc(as.ServeCallback)))
 		if g.cfg.Identity.AuthorizationServer.DynamicRegistration {
 			mux.Handle(identity.RegisterPath, g.metrics.instrument(identity.RegisterPath, oauthCORS(http.HandlerFunc(as.ServeRegister))))
 		}

@@ -132,6 +132,8 @@ type AuthorizationServer struct {
 	Enabled bool `yaml:"enabled" json:"enabled"`
 	// Users is the local user store (argon2id hashes: sag hash-password).
 	Users []LocalUser `yaml:"users" json:"users,omitempty"`
+	// Federation lists external OpenID Providers people may sign in with.
+	Federation []FederatedProvider `yaml:"federation" json:"federation,omitempty"`
 	// Clients are pre-registered clients.
 	Clients []OAuthClient `yaml:"clients" json:"clients,omitempty"`
 	// DynamicRegistration turns on RFC 7591 registration (default on).
@@ -162,6 +164,27 @@ type LocalUser struct {
 	// PasswordHash is an argon2id PHC string ($argon2id$v=19$…).
 	PasswordHash string   `yaml:"password_hash" json:"-"`
 	Groups       []string `yaml:"groups" json:"groups,omitempty"`
+}
+
+// FederatedProvider is an external OpenID Provider: people signing in
+// through it become NAME:SUBJECT at SAG, with their groups mapped.
+type FederatedProvider struct {
+	Name  string `yaml:"name" json:"name"`
+	Label string `yaml:"label" json:"label,omitempty"`
+	// Issuer is the provider's issuer URL (OpenID Connect Discovery).
+	Issuer   string `yaml:"issuer" json:"issuer"`
+	ClientID string `yaml:"client_id" json:"client_id"`
+	// ClientSecretFile holds SAG's client secret at the provider; the
+	// provider sends people back to PUBLIC_URL/oauth/callback.
+	ClientSecretFile string   `yaml:"client_secret_file" json:"client_secret_file,omitempty"`
+	Scopes           []string `yaml:"scopes" json:"scopes,omitempty"`
+	// SubjectClaim (default sub) names the user; GroupsClaim (default
+	// groups) holds their groups.
+	SubjectClaim string `yaml:"subject_claim" json:"subject_claim,omitempty"`
+	GroupsClaim  string `yaml:"groups_claim" json:"groups_claim,omitempty"`
+	// GroupMap maps the provider's groups to those allow-lists name; when
+	// set, unlisted groups are dropped.
+	GroupMap map[string]string `yaml:"group_map" json:"group_map,omitempty"`
 }
 
 // OAuthClient is a pre-registered client of the authorization server.

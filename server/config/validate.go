@@ -59,8 +59,8 @@ func (c *Config) Validate() error {
 		case !strings.HasPrefix(c.ResolvedPublicURL(), "https://") && listenOK && !isLoopbackHost(host):
 			add("identity.authorization_server: sign-in needs an https public_url (or a loopback listen address for trials)")
 		}
-		if len(as.Users) == 0 {
-			add("identity.authorization_server.users: at least one user is needed to sign in")
+		if len(as.Users) == 0 && len(as.Federation) == 0 {
+			add("identity.authorization_server: list users or a federation provider, or nobody can sign in")
 		}
 		for name, d := range map[string]Duration{"access_token_ttl": as.AccessTokenTTL, "refresh_token_ttl": as.RefreshTokenTTL, "sign_in_ttl": as.SignInTTL} {
 			if d <= 0 {
