@@ -145,8 +145,8 @@ type AuthServer struct {
 	pending map[string]*pendingAuthz
 	// fedLogins are sign-ins at providers in progress, by their state.
 	fedLogins map[string]*fedLogin
-	codes   map[string]*authCode
-	signins map[string]*signIn
+	codes     map[string]*authCode
+	signins   map[string]*signIn
 }
 
 // pendingAuthz is an authorization request waiting for its person: it was
