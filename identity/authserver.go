@@ -497,6 +497,10 @@ func (s *AuthServer) next(w http.ResponseWriter, r *http.Request, id string, p *
 		s.page(w, http.StatusOK, signInPage, d)
 		return
 	}
+	if p.client.FirstParty {
+		s.finish(w, r, id, p)
+		return
+	}
 	allowed, err := s.o.Store.ClientConsent(r.Context(), p.signIn.subject, p.client.ID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		s.log.Error("authorization: consent lookup failed", "error", err)

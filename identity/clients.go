@@ -43,6 +43,9 @@ type OAuthClient struct {
 	// SecretHash is the hex SHA-256 of a confidential client's secret.
 	// The secret itself is kept nowhere.
 	SecretHash string `json:"secret_hash,omitempty"`
+	// FirstParty marks a client that is part of SAG itself (the console):
+	// signing in to it is the consent, so no consent page is shown.
+	FirstParty bool `json:"-"`
 }
 
 // public reports whether the client has no secret.

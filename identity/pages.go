@@ -70,7 +70,7 @@ const (
 
 // page renders one of the pages with the headers every page of the
 // authorization endpoint carries: never cached, never framed (clickjacking
-// on the consent page), no referrer, no script.
+// on the consent page), no referrer to other sites, no script.
 func (s *AuthServer) page(w http.ResponseWriter, status int, name string, d pageData) {
 	var b bytes.Buffer
 	if err := pages.ExecuteTemplate(&b, name, d); err != nil {
@@ -82,7 +82,9 @@ func (s *AuthServer) page(w http.ResponseWriter, status int, name string, d page
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: with no-referrer browsers send the
+	// forms with Origin: null, which the origin check refuses.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'")
 	w.WriteHeader(status)

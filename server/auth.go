@@ -385,6 +385,10 @@ func (g *Gateway) authorizationServerMetadata(w http.ResponseWriter, _ *http.Req
 	writeJSON(w, http.StatusOK, m)
 }
 
+// ConsoleClientID is the console's client at the authorization server: a
+// first-party public client whose redirect URI is PUBLIC_URL/console/.
+const ConsoleClientID = "sag-console"
+
 // newAuthServer builds the authorization server when the configuration
 // turns it on (nil otherwise).
 func newAuthServer(cfg *config.Config, log *slog.Logger, st Store, a *authn, revoked func(context.Context, string, string, time.Time) (bool, error),
@@ -401,7 +405,7 @@ func newAuthServer(cfg *config.Config, log *slog.Logger, st Store, a *authn, rev
 	if err != nil {
 		return nil, err
 	}
-	clients := make([]identity.OAuthClient, len(ac.Clients))
+	clients := make([]identity.OAuthClient, len(ac.Clients), len(ac.Clients)+1)
 	for i, c := range ac.Clients {
 		clients[i] = identity.OAuthClient{ID: c.ID, Name: c.Name, RedirectURIs: c.RedirectURIs, AuthMethod: identity.AuthMethodNone}
 		if c.SecretFile != "" {
@@ -425,6 +429,8 @@ func newAuthServer(cfg *config.Config, log *slog.Logger, st Store, a *authn, rev
 			feds[i].ClientSecret = strings.TrimSpace(string(secret))
 		}
 	}
+	clients = append(clients, identity.OAuthClient{ID: ConsoleClientID, Name: "SAG console", RedirectURIs: []string{cfg.ResolvedPublicURL() + "/console/"},
+		AuthMethod: identity.AuthMethodNone, GrantTypes: []string{identity.GrantTypeAuthorizationCode, identity.GrantTypeRefreshToken}, FirstParty: true})
 	var docs *identity.MetadataDocuments
 	if ac.ClientMetadataDocuments {
 		o := identity.MetadataDocumentOptions{AllowPrivate: ac.MetadataAllowPrivate}

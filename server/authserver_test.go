@@ -599,3 +599,28 @@ func TestSignInAttacks(t *testing.T) {
 		}
 	})
 }
+
+// TestConsoleClient: the console is a first-party client of the
+// authorization server: its config points at it, and signing in is the
+// consent (no consent page).
+func TestConsoleClient(t *testing.T) {
+	tg := asGateway(t, nil)
+	var cc server.ConsoleConfig
+	getJSON(t, tg.Base+"/console/config", &cc)
+	if cc.SignIn == nil || cc.SignIn.ClientID != server.ConsoleClientID || cc.SignIn.RedirectURI != tg.Base+"/console/" || cc.SignIn.Authorize != tg.Base+identity.AuthorizePath {
+		t.Fatalf("console config: %+v", cc.SignIn)
+	}
+	b := newBrowser(t)
+	_, challenge := pkce()
+	q := url.Values{"response_type": {"code"}, "client_id": {server.ConsoleClientID}, "redirect_uri": {tg.Base + "/console/"},
+		"code_challenge": {challenge}, "code_challenge_method": {"S256"}, "resource": {tg.Base}, "state": {"c1"}}
+	_, page := b.get(tg.Base + identity.AuthorizePath + "?" + q.Encode())
+	f := formFields(t, page)
+	f.Set("action", "signin")
+	f.Set("username", signInUser)
+	f.Set("password", signInPassword)
+	resp, _ := b.post(tg.Base+identity.AuthorizePath, f)
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, tg.Base+"/console/?code=") {
+		t.Fatalf("console sign-in: %d to %q, want straight back to the console with a code", resp.StatusCode, loc)
+	}
+}

@@ -77,12 +77,28 @@ type ConsoleConfig struct {
 	// ids the console uses.
 	AllThreads          string `json:"allThreads"`
 	RequestThreadPrefix string `json:"requestThreadPrefix"`
+	// SignIn is set when the gateway's authorization server is on: the
+	// console signs in through it (code + PKCE, DPoP-bound tokens).
+	SignIn *ConsoleSignIn `json:"signIn,omitempty"`
+}
+
+// ConsoleSignIn is where and as whom the console signs in.
+type ConsoleSignIn struct {
+	Authorize   string `json:"authorize"`
+	Token       string `json:"token"`
+	ClientID    string `json:"clientID"`
+	RedirectURI string `json:"redirectURI"`
 }
 
 func (g *Gateway) consoleConfig(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, ConsoleConfig{Auth: g.cfg.Auth, PublicURL: g.cfg.ResolvedPublicURL(), DevLogin: g.cfg.Console.DevLogin && g.auth.dpop != nil,
-		AllThreads: agui.AllThreads, RequestThreadPrefix: agui.RequestThreadPrefix})
+	base := g.cfg.ResolvedPublicURL()
+	c := ConsoleConfig{Auth: g.cfg.Auth, PublicURL: base, DevLogin: g.cfg.Console.DevLogin && g.auth.dpop != nil,
+		AllThreads: agui.AllThreads, RequestThreadPrefix: agui.RequestThreadPrefix}
+	if g.auth.server != nil {
+		c.SignIn = &ConsoleSignIn{Authorize: base + identity.AuthorizePath, Token: base + identity.TokenPath, ClientID: ConsoleClientID, RedirectURI: base + "/console/"}
+	}
+	writeJSON(w, http.StatusOK, c)
 }
 
 // devLoginUser is what a development sign-in may call itself.

@@ -197,3 +197,60 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("the agent's call after the kill: %s", toolText(r))
 	}
 }
+
+// TestConsoleSignInBrowser: the console signs in through the gateway's
+// authorization server in chromium (code + PKCE, a non-extractable
+// WebCrypto key named by dpop_jkt, the token DPoP-bound), shows alice's
+// sessions, and refuses an answer that names another issuer (mix-up).
+func TestConsoleSignInBrowser(t *testing.T) {
+	tg := asGateway(t, nil)
+	page := browser(t)
+	step := func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		sctx, scancel := context.WithTimeout(page, waitFor)
+		defer scancel()
+		if err := chromedp.Do(sctx, actions...); err != nil {
+			html, _ := chromedp.Run(page, chromedp.OuterHTML(chromedp.CSS("body")))
+			t.Fatalf("%s: %v\n%s", what, err, html)
+		}
+	}
+	text := func(sel string) string {
+		t.Helper()
+		s, err := chromedp.Run(page, chromedp.Text(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("text of %s: %v", sel, err)
+		}
+		return s
+	}
+	step("open the console and go to the sign-in page",
+		chromedp.Navigate(tg.Base+"/console/"),
+		chromedp.WaitVisible(chromedp.ID("signin-sag")),
+		chromedp.Click(chromedp.ID("signin-sag")),
+		chromedp.WaitVisible(chromedp.ID("password")),
+	)
+	step("sign in as alice",
+		chromedp.SendKeys(chromedp.ID("username"), signInUser),
+		chromedp.SendKeys(chromedp.ID("password"), signInPassword),
+		chromedp.Click(chromedp.CSS(`button[value="signin"]`)),
+		chromedp.WaitVisible(chromedp.ID("app")),
+		chromedp.WaitVisible(chromedp.CSS(`#graph li`)),
+	)
+	if who := text("#who"); who != "signed in as alice" {
+		t.Fatalf("the console shows %q", who)
+	}
+	// The console's stream stands on a token from the sign-in.
+	eventually(t, "the console's stream open", func() bool { return tg.GW.StreamsOpen(identity.Principal{Issuer: tg.Base, User: signInUser}) })
+
+	// A page that started a sign-in (its state s1) gets an answer naming
+	// another issuer.
+	if _, err := chromedp.Run(page, chromedp.Evaluate[bool](`sessionStorage.setItem("sag.signin", JSON.stringify({verifier: "v".repeat(43), state: "s1"})), true`)); err != nil {
+		t.Fatal(err)
+	}
+	step("an answer from another issuer",
+		chromedp.Navigate(tg.Base+"/console/?code=stolen&state=s1&iss=https%3A%2F%2Fevil.example"),
+		chromedp.WaitVisible(chromedp.ID("signin")),
+	)
+	if e := text("#signin-error"); !strings.Contains(e, "mix-up") {
+		t.Fatalf("the console shows %q, want the mix-up refused", e)
+	}
+}

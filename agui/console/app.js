@@ -14,6 +14,7 @@ let cfg;          // GET /console/config
 let keys = null;  // the DPoP key pair (private key not extractable)
 let jwk = null;   // its public JWK
 let token = null; // the access token, bound to that key
+let refreshToken = null; // from the authorization server, bound to the key too
 let nonce = null; // the server's DPoP nonce, when it asks for one
 let pending = new Map(); // open interrupts by id
 let calls = [];   // the stream's state: recent calls
@@ -27,10 +28,36 @@ function b64u(bytes) {
   return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
-async function newKey() {
-  keys = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]);
+async function useKeys(k) {
+  keys = k;
   const pub = await crypto.subtle.exportKey("jwk", keys.publicKey);
   jwk = { kty: pub.kty, crv: pub.crv, x: pub.x, y: pub.y };
+}
+
+async function newKey() {
+  await useKeys(await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign", "verify"]));
+}
+
+// thumbprint is the key's RFC 7638 thumbprint (dpop_jkt).
+async function thumbprint() {
+  const canonical = JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y });
+  return b64u(await crypto.subtle.digest("SHA-256", enc.encode(canonical)));
+}
+
+// The key pair survives the trip to the sign-in page in IndexedDB: the
+// private key stays a non-extractable CryptoKey there.
+function keyStore(mode, fn) {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open("sag-console", 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("keys");
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const tx = open.result.transaction("keys", mode);
+      const req = fn(tx.objectStore("keys"));
+      tx.oncomplete = () => resolve(req.result);
+      tx.onerror = () => reject(tx.error);
+    };
+  });
 }
 
 async function proof(method, path) {
@@ -55,6 +82,7 @@ async function send(method, path, body) {
     const n = res.headers.get("DPoP-Nonce");
     if (n) nonce = n;
     if (res.status === 401 && n && attempt === 0) continue;
+    if (res.status === 401 && !n && attempt === 0 && refreshToken && (await refresh())) continue;
     return res;
   }
 }
@@ -409,10 +437,89 @@ async function kill(n) {
 
 function signedOut(why) {
   token = null;
+  refreshToken = null;
   $("app").hidden = true;
   $("signin").hidden = false;
   $("signin-error").textContent = why ? "Signed out: " + why : "";
   status("");
+}
+
+// --- sign-in through the gateway's authorization server (code + PKCE,
+// DPoP-bound tokens: dpop_jkt at the authorization endpoint, RFC 9449 §10)
+
+const random = (n) => b64u(crypto.getRandomValues(new Uint8Array(n)));
+
+async function startSignIn() {
+  await newKey();
+  await keyStore("readwrite", (st) => st.put(keys, "dpop"));
+  const verifier = random(32), state = random(16);
+  sessionStorage.setItem("sag.signin", JSON.stringify({ verifier, state }));
+  const q = new URLSearchParams({
+    response_type: "code", client_id: cfg.signIn.clientID, redirect_uri: cfg.signIn.redirectURI, state,
+    code_challenge: b64u(await crypto.subtle.digest("SHA-256", enc.encode(verifier))), code_challenge_method: "S256",
+    resource: cfg.publicURL, dpop_jkt: await thumbprint(),
+  });
+  location.assign(cfg.signIn.authorize + "?" + q);
+}
+
+// tokenRequest posts a grant to the token endpoint with a proof (no ath),
+// retrying once with a nonce it asks for.
+async function tokenRequest(form) {
+  const path = new URL(cfg.signIn.token).pathname;
+  for (let attempt = 0; ; attempt++) {
+    const held = token;
+    token = null; // a token request's proof has no ath
+    const headers = { "Content-Type": "application/x-www-form-urlencoded", DPoP: await proof("POST", path) };
+    token = held;
+    const res = await fetch(cfg.signIn.token, { method: "POST", headers, body: new URLSearchParams(form), cache: "no-store", credentials: "omit" });
+    const n = res.headers.get("DPoP-Nonce");
+    if (n) nonce = n;
+    const body = await res.json();
+    if (res.status === 400 && body.error === "use_dpop_nonce" && attempt === 0) continue;
+    if (!res.ok) throw new Error(body.error_description || body.error);
+    return body;
+  }
+}
+
+function subjectOf(jwt) {
+  const payload = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+  return JSON.parse(atob(payload)).sub;
+}
+
+// finishSignIn redeems the code the authorization server sent back, after
+// checking that the answer is to this browser's request (state) and from
+// this gateway (iss, RFC 9207: a mix-up is refused).
+async function finishSignIn(params) {
+  const saved = JSON.parse(sessionStorage.getItem("sag.signin") || "null");
+  sessionStorage.removeItem("sag.signin");
+  history.replaceState(null, "", location.pathname);
+  if (!saved || params.get("state") !== saved.state) throw new Error("the answer is not to a sign-in this page started");
+  if (params.get("iss") !== cfg.publicURL) throw new Error("the answer names another issuer than this gateway (mix-up)");
+  if (params.get("error")) throw new Error(params.get("error_description") || params.get("error"));
+  const k = await keyStore("readonly", (st) => st.get("dpop"));
+  await keyStore("readwrite", (st) => st.delete("dpop"));
+  if (!k) throw new Error("this browser lost the sign-in's key");
+  await useKeys(k);
+  const t = await tokenRequest({
+    grant_type: "authorization_code", client_id: cfg.signIn.clientID, code: params.get("code"),
+    redirect_uri: cfg.signIn.redirectURI, code_verifier: saved.verifier,
+  });
+  token = t.access_token;
+  refreshToken = t.refresh_token || null;
+  $("who").textContent = "signed in as " + subjectOf(token);
+}
+
+// refresh renews the access token with the refresh token (rotated).
+async function refresh() {
+  try {
+    const t = await tokenRequest({ grant_type: "refresh_token", client_id: cfg.signIn.clientID, refresh_token: refreshToken });
+    token = t.access_token;
+    refreshToken = t.refresh_token || null;
+    return true;
+  } catch {
+    refreshToken = null;
+    return false;
+  }
 }
 
 async function signIn(ev) {
@@ -444,14 +551,28 @@ function start() {
 async function main() {
   cfg = await (await fetch("/console/config", { cache: "no-store", credentials: "omit" })).json();
   $("signin-form").addEventListener("submit", signIn);
+  $("signin-sag").addEventListener("click", () => startSignIn().catch((e) => ($("signin-error").textContent = "Sign-in failed: " + e.message)));
   if (cfg.auth === "open") {
     $("who").textContent = "anonymous (open trial: no sign-in)";
     return start();
   }
-  if (!cfg.devLogin) {
+  if (!cfg.devLogin && !cfg.signIn) {
     $("unavailable").hidden = false;
-    $("unavailable").textContent = "No sign-in is configured for the console on this gateway. Start it with --dev-login (on loopback), or run sag demo.";
+    $("unavailable").textContent = "No sign-in is configured for the console on this gateway: turn on identity.authorization_server, or run sag demo.";
     return;
+  }
+  $("signin-form").hidden = $("dev-note").hidden = !cfg.devLogin;
+  $("signin-sag").hidden = !cfg.signIn;
+  const params = new URLSearchParams(location.search);
+  if (cfg.signIn && (params.has("code") || params.has("error"))) {
+    try {
+      await finishSignIn(params);
+      return start();
+    } catch (e) {
+      signedOut("");
+      $("signin-error").textContent = "Sign-in failed: " + e.message;
+      return;
+    }
   }
   signedOut("");
 }
