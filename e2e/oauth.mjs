@@ -3,7 +3,13 @@
 // --auth dpop: discovery (RFC 9728 + RFC 8414), dynamic client registration
 // (RFC 7591), the authorization code flow with PKCE, signed in headlessly
 // through SAG's sign-in and consent pages, DPoP-bound tokens, tools/list, and
-// a refresh whose new access token works too.
+// a refresh whose new access token works too. Then a second, separate mode:
+// a client ID metadata document (CIMD): a fresh provider (new storage, new
+// DPoP key, new browser) whose clientMetadataUrl points at a JSON document
+// this script serves over HTTPS (node:https, self-signed certificate for
+// 127.0.0.1); the SDK uses that URL as its client_id instead of registering,
+// SAG fetches the document, and the sign-in, token and tools/list work the
+// same, with the token's client_id claim being the document's URL.
 //
 // The SDK has no DPoP support, so it is given a fetch that adds the proofs
 // (npm dpop): a proof on every POST to the token endpoint, and on /mcp the
@@ -14,8 +20,14 @@
 //   OAUTH_URL       base URL of the gateway (identity.authorization_server on)
 //   OAUTH_USER      the local user to sign in as (default alice)
 //   OAUTH_PASSWORD  their password
+//   OAUTH_CIMD_CERT the PEM certificate (IP 127.0.0.1) of the document server;
+//                   the gateway trusts it (metadata_ca_file) and fetches
+//                   documents from private addresses (metadata_allow_private)
+//   OAUTH_CIMD_KEY  its private key
 // Exits non-zero with a message on any failure; the last line is "oauth: ok".
 import { createServer } from 'node:net'
+import { createServer as createHTTPSServer } from 'node:https'
+import { readFileSync } from 'node:fs'
 import * as DPoP from 'dpop'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
@@ -34,6 +46,8 @@ function env(name, def) {
 const BASE = env('OAUTH_URL').replace(/\/+$/, '')
 const USER = env('OAUTH_USER', 'alice')
 const PASSWORD = env('OAUTH_PASSWORD')
+const CIMD_CERT = env('OAUTH_CIMD_CERT')
+const CIMD_KEY = env('OAUTH_CIMD_KEY')
 const MCP_URL = new URL(`${BASE}/mcp`)
 
 function fail(msg) {
@@ -77,12 +91,12 @@ const asm = await (await fetch(`${BASE}/.well-known/oauth-authorization-server`,
 check(asm.issuer && asm.token_endpoint && asm.registration_endpoint, `authorization server metadata incomplete: ${JSON.stringify(asm)}`)
 const ISSUER = asm.issuer
 const TOKEN_URL = htuOf(asm.token_endpoint)
+const REGISTRATION_URL = htuOf(asm.registration_endpoint)
 step(`metadata: issuer ${ISSUER}, token endpoint ${TOKEN_URL}`)
 
 // ------------------------------------------------------------ DPoP fetch --
 const keypair = await DPoP.generateKeyPair('ES256')
 const jkt = await DPoP.calculateThumbprint(keypair.publicKey)
-const seen = { tokenProofs: 0, mcpProofs: 0 }
 
 function urlOf(input) {
   if (typeof input === 'string') return input
@@ -90,26 +104,33 @@ function urlOf(input) {
   return input.url // Request
 }
 
-// dpopFetch: the fetch given to the SDK (auth() and the transport).
-async function dpopFetch(input, init = {}) {
-  const url = urlOf(input)
-  const method = (init.method || (input instanceof Request ? input.method : 'GET')).toUpperCase()
-  const headers = new Headers(init.headers || (input instanceof Request ? input.headers : undefined))
-  const htu = htuOf(url)
-  if (method === 'POST' && htu === TOKEN_URL) {
-    headers.set('DPoP', await DPoP.generateProof(keypair, htu, method))
-    seen.tokenProofs++
-  } else if (htu === MCP_URL.href) {
-    const authz = headers.get('authorization')
-    const m = authz && /^Bearer\s+(.+)$/i.exec(authz)
-    if (m) {
-      headers.set('Authorization', `DPoP ${m[1]}`)
-      headers.set('DPoP', await DPoP.generateProof(keypair, htu, method, undefined, m[1]))
-      seen.mcpProofs++
+// newDPoPFetch returns the fetch given to the SDK (auth() and the
+// transport), signing with kp and counting into seen: the proofs sent, and
+// the requests to the registration endpoint.
+function newDPoPFetch(kp, seen) {
+  return async function dpopFetch(input, init = {}) {
+    const url = urlOf(input)
+    const method = (init.method || (input instanceof Request ? input.method : 'GET')).toUpperCase()
+    const headers = new Headers(init.headers || (input instanceof Request ? input.headers : undefined))
+    const htu = htuOf(url)
+    if (htu === REGISTRATION_URL) seen.registrations++
+    if (method === 'POST' && htu === TOKEN_URL) {
+      headers.set('DPoP', await DPoP.generateProof(kp, htu, method))
+      seen.tokenProofs++
+    } else if (htu === MCP_URL.href) {
+      const authz = headers.get('authorization')
+      const m = authz && /^Bearer\s+(.+)$/i.exec(authz)
+      if (m) {
+        headers.set('Authorization', `DPoP ${m[1]}`)
+        headers.set('DPoP', await DPoP.generateProof(kp, htu, method, undefined, m[1]))
+        seen.mcpProofs++
+      }
     }
+    return fetch(input, { ...init, headers })
   }
-  return fetch(input, { ...init, headers })
 }
+const seen = { tokenProofs: 0, mcpProofs: 0, registrations: 0 }
+const dpopFetch = newDPoPFetch(keypair, seen)
 
 // ------------------------------------------------------- headless sign-in --
 // A browser in a few lines: a cookie jar, redirects not followed, no Origin.
@@ -162,9 +183,10 @@ function formFields(page, what) {
   return f
 }
 
-// signIn walks SAG's pages for the SDK's authorization URL and returns the
-// redirect's parameters (code, state, iss).
-async function signIn(authorizationUrl) {
+// signIn walks SAG's pages for the SDK's authorization URL, in a new browser
+// (a fresh cookie jar), and returns the redirect's parameters (code, state,
+// iss). With clientName, the consent page must show it.
+async function signIn(authorizationUrl, clientName) {
   const jar = newJar()
   const authorizePath = new URL(authorizationUrl)
   authorizePath.search = ''
@@ -174,6 +196,7 @@ async function signIn(authorizationUrl) {
   let f = formFields(page, 'sign-in page')
   ;({ res, page } = await browse(jar, authorizePath.href, { ...f, action: 'signin', username: USER, password: PASSWORD }))
   check(res.status === 200 && page.includes('value="approve"'), `sign-in: status ${res.status}, want the consent page:\n${page.slice(0, 1500)}`)
+  if (clientName) check(page.includes(clientName), `consent page does not name the client ${JSON.stringify(clientName)}:\n${page.slice(0, 1500)}`)
   f = formFields(page, 'consent page')
   ;({ res, page } = await browse(jar, authorizePath.href, { ...f, action: 'approve' }))
   check(res.status === 303, `approve: status ${res.status}, want a 303 to the client:\n${page.slice(0, 1500)}`)
@@ -234,7 +257,7 @@ class Provider {
     const u = new URL(url)
     check(u.searchParams.get('code_challenge_method') === 'S256', `authorization URL without S256 PKCE: ${u}`)
     check(u.searchParams.get('client_id') === this._client?.client_id, `authorization URL client_id ${u.searchParams.get('client_id')}, want ${this._client?.client_id}`)
-    const { params, cookies } = await signIn(u.href)
+    const { params, cookies } = await signIn(u.href, this.expectClientName)
     step(`signed in as ${USER} and approved (cookies: ${cookies.join(', ')})`)
     check(params.get('code'), `redirect without code: ${params}`)
     check(params.get('state') === this._state, `redirect state ${params.get('state')}, want ${this._state}`)
@@ -243,18 +266,36 @@ class Provider {
   }
 }
 
-function checkTokens(tokens, what) {
+// CIMDProvider identifies the client by a client ID metadata document: with
+// clientMetadataUrl set (and the server's client_id_metadata_document_supported)
+// the SDK takes the URL as client_id instead of registering.
+const CIMD_CLIENT_NAME = 'E2E CIMD client'
+class CIMDProvider extends Provider {
+  constructor(docURL) {
+    super()
+    this.docURL = docURL
+    this.expectClientName = CIMD_CLIENT_NAME
+  }
+  get clientMetadataUrl() {
+    return this.docURL
+  }
+  get clientMetadata() {
+    return { ...super.clientMetadata, client_name: CIMD_CLIENT_NAME }
+  }
+}
+
+function checkTokens(tokens, what, wantJkt = jkt) {
   check(tokens?.access_token, `${what}: no access token`)
   check(String(tokens.token_type).toLowerCase() === 'dpop', `${what}: token_type ${tokens.token_type}, want DPoP`)
   const claims = jwtPayload(tokens.access_token)
   check(claims.sub === USER, `${what}: sub ${claims.sub}, want ${USER}`)
   check(typeof claims.sid === 'string' && claims.sid !== '', `${what}: no sid in ${JSON.stringify(claims)}`)
-  check(claims.cnf?.jkt === jkt, `${what}: cnf.jkt ${claims.cnf?.jkt}, want the key's ${jkt}`)
+  check(claims.cnf?.jkt === wantJkt, `${what}: cnf.jkt ${claims.cnf?.jkt}, want the key's ${wantJkt}`)
   return claims
 }
 
-async function listTools(provider, what) {
-  const transport = new StreamableHTTPClientTransport(MCP_URL, { authProvider: provider, fetch: dpopFetch })
+async function listTools(provider, what, fetchFn = dpopFetch) {
+  const transport = new StreamableHTTPClientTransport(MCP_URL, { authProvider: provider, fetch: fetchFn })
   const client = new Client({ name: 'sag-e2e-oauth', version: '1.0.0' })
   await client.connect(transport)
   const { tools } = await client.listTools()
@@ -309,6 +350,72 @@ check(claims2.sid === claims1.sid, `refreshed token sid ${claims2.sid}, want the
 const tools2 = await listTools(provider, 'after refresh')
 check(provider.redirects === 1, 'after refresh: the SDK asked the user to sign in again')
 step(`refresh: new DPoP token (sid ${claims2.sid}) lists ${tools2.length} tools`)
+
+// 3. Client ID metadata document: a separate client, identified by the URL
+//    of a document this script serves over HTTPS. A fresh provider (its own
+//    storage), a fresh DPoP key and a new browser (signIn's fresh jar: the
+//    sign-in page again, then consent for this new client). The SDK must use
+//    the URL as client_id and not register.
+{
+  let docFetches = 0
+  let docURL
+  const docServer = createHTTPSServer({ cert: readFileSync(CIMD_CERT), key: readFileSync(CIMD_KEY) }, (req, res) => {
+    if (req.method === 'GET' && new URL(req.url, 'https://127.0.0.1').pathname === '/client.json') {
+      docFetches++
+      res.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'max-age=60' })
+      res.end(
+        JSON.stringify({
+          client_id: docURL,
+          client_name: CIMD_CLIENT_NAME,
+          redirect_uris: [REDIRECT_URL],
+          grant_types: ['authorization_code', 'refresh_token'],
+          response_types: ['code'],
+          token_endpoint_auth_method: 'none',
+        }),
+      )
+      return
+    }
+    res.writeHead(404, { 'Content-Type': 'text/plain' })
+    res.end('not found\n')
+  })
+  await new Promise((resolve, reject) => {
+    docServer.on('error', reject)
+    docServer.listen(0, '127.0.0.1', resolve)
+  })
+  docURL = `https://127.0.0.1:${docServer.address().port}/client.json`
+  check(asm.client_id_metadata_document_supported === true, `authorization server metadata without client_id_metadata_document_supported: true`)
+
+  const cimdKeypair = await DPoP.generateKeyPair('ES256')
+  const cimdJkt = await DPoP.calculateThumbprint(cimdKeypair.publicKey)
+  const cimdSeen = { tokenProofs: 0, mcpProofs: 0, registrations: 0 }
+  const cimdFetch = newDPoPFetch(cimdKeypair, cimdSeen)
+  const cimd = new CIMDProvider(docURL)
+
+  const transport = new StreamableHTTPClientTransport(MCP_URL, { authProvider: cimd, fetch: cimdFetch })
+  const client = new Client({ name: 'sag-e2e-oauth-cimd', version: '1.0.0' })
+  let err
+  try {
+    await client.connect(transport)
+  } catch (e) {
+    err = e
+  }
+  check(err instanceof UnauthorizedError, `CIMD first connect: want UnauthorizedError, got ${err?.stack || err || 'success'}`)
+  check(cimdSeen.registrations === 0, `CIMD: the SDK sent ${cimdSeen.registrations} request(s) to the registration endpoint`)
+  check(cimd._client?.client_id === docURL, `CIMD: the SDK's client_id is ${cimd._client?.client_id}, want the document URL ${docURL}`)
+  check(cimd.redirects === 1 && cimd.received, 'CIMD: the SDK did not start the authorization')
+  await transport.finishAuth(cimd.received.get('code'))
+  await transport.close().catch(() => {})
+  check(cimdSeen.tokenProofs >= 1, 'CIMD: no DPoP proof was sent to the token endpoint')
+  const claims = checkTokens(cimd.tokens(), 'CIMD token', cimdJkt)
+  check(claims.client_id === docURL, `CIMD token client_id ${claims.client_id}, want the document URL ${docURL}`)
+  const tools = await listTools(cimd, 'CIMD, after sign-in', cimdFetch)
+  check(cimdSeen.mcpProofs >= 1, 'CIMD: no DPoP proof was sent to /mcp')
+  check(cimdSeen.registrations === 0, `CIMD: the SDK sent ${cimdSeen.registrations} request(s) to the registration endpoint`)
+  check(cimd.redirects === 1, 'CIMD: the SDK asked the user to sign in again')
+  check(docFetches >= 1, 'CIMD: the gateway never fetched the client metadata document')
+  step(`client ID metadata document: client_id ${docURL} (no registration; document fetched ${docFetches}x), sid ${claims.sid}, cnf.jkt ${claims.cnf.jkt}, lists ${tools.length} tools`)
+  await new Promise((resolve) => docServer.close(resolve))
+}
 
 console.log('oauth: ok')
 process.exit(0)

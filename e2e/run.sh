@@ -3,7 +3,8 @@
 # test against `sag serve` in front of the go-sdk everything-server, a DPoP
 # interop test (npm dpop + oauth4webapi proofs) against `sag serve --auth dpop`,
 # an OAuth test (the @modelcontextprotocol/sdk 1.32.2 client registering
-# dynamically, signing in through SAG's authorization server, with DPoP proofs
+# dynamically, and separately by a client ID metadata document the test
+# serves, signing in through SAG's authorization server, with DPoP proofs
 # added by its fetch, listing tools and refreshing),
 # an AG-UI test (the @ag-ui/client 1.0.0 HttpAgent approving, denying and
 # editing calls that wait in `sag call`, and AG-UI's interrupt rules), an
@@ -426,13 +427,24 @@ fi
 # alice, password from `sag hash-password`; an allow-all policy), then
 # e2e/oauth.mjs: the @modelcontextprotocol/sdk client registers dynamically,
 # signs alice in headlessly through the sign-in and consent pages, gets a
-# DPoP-bound token (its fetch adds the proofs), lists tools, and refreshes.
+# DPoP-bound token (its fetch adds the proofs), lists tools, and refreshes;
+# then, as a second client, it identifies itself by a client ID metadata
+# document (CIMD) that oauth.mjs serves over HTTPS on 127.0.0.1 with a
+# self-signed certificate made here (openssl), which the gateway trusts
+# (metadata_ca_file) and may fetch from a loopback address
+# (metadata_allow_private): no registration, the URL is the client_id.
 if [[ $RUN_OAUTH == 1 ]]; then
   t0=$SECONDS
   free_port OAUTH_PORT
   OAUTH_URL="http://127.0.0.1:$OAUTH_PORT"
   OAUTH_PASSWORD="pw-alice"
+  OAUTH_CIMD_CERT="$OUT/oauth-cimd-cert.pem"
+  OAUTH_CIMD_KEY="$OUT/oauth-cimd-key.pem"
   mkdir -p "$OUT/sag-oauth-data"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$OAUTH_CIMD_KEY" -out "$OAUTH_CIMD_CERT" >"$OUT/oauth-cimd-openssl.log" 2>&1 ||
+    die "openssl could not make the CIMD certificate (see $OUT/oauth-cimd-openssl.log)"
   hash=$(printf '%s\n' "$OAUTH_PASSWORD" | "$WORK/sag" hash-password) || die "sag hash-password failed"
   cat >"$OUT/sag-oauth-policy.yaml" <<EOF
 id: e2e-oauth-allow-all
@@ -446,6 +458,8 @@ identity:
   authorization_server:
     enabled: true
     users: [{name: alice, password_hash: "$hash", groups: [finance]}]
+    metadata_allow_private: true
+    metadata_ca_file: $OAUTH_CIMD_CERT
 policy:
   files: [$OUT/sag-oauth-policy.yaml]
 upstreams:
@@ -459,6 +473,7 @@ EOF
   log "oauth gateway ready in $((SECONDS - t0))s; node e2e/oauth.mjs"
   rc=0
   OAUTH_URL="$OAUTH_URL" OAUTH_USER=alice OAUTH_PASSWORD="$OAUTH_PASSWORD" \
+    OAUTH_CIMD_CERT="$OAUTH_CIMD_CERT" OAUTH_CIMD_KEY="$OAUTH_CIMD_KEY" \
     run_logged "$E2E_DIR" "$OUT/oauth.log" \
     timeout --kill-after=5 "$OAUTH_TIMEOUT" "$NODE" "$E2E_DIR/oauth.mjs" </dev/null || rc=$?
   total=$(grep -E '^oauth: ' "$OUT/oauth.log" | tail -n 1 || true)
