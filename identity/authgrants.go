@@ -22,8 +22,12 @@ import (
 // TokenEndpoint answers POST /oauth/token for every grant the gateway runs:
 // it reads the form once (RFC 6749 §3.2) and hands it to the grant's owner.
 type TokenEndpoint struct {
-	// Exchange runs token exchange (RFC 8693); nil when it is off.
+	// Exchange runs token exchange (RFC 8693) for agents; nil when it is
+	// off.
 	Exchange *Exchange
+	// Legacy exchanges legacy tokens (token exchange without an actor, of
+	// a subject token not the gateway's); nil when it is off.
+	Legacy *Legacy
 	// Server runs the authorization_code and refresh_token grants; nil
 	// when the authorization server is off.
 	Server *AuthServer
@@ -42,6 +46,8 @@ func (t *TokenEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch gt := form.get("grant_type"); {
+	case gt == GrantTypeTokenExchange && t.Legacy != nil && t.Legacy.takes(form):
+		t.Legacy.serve(w, r, form)
 	case gt == GrantTypeTokenExchange && t.Exchange != nil:
 		t.Exchange.serve(w, r, form)
 	case (gt == GrantTypeAuthorizationCode || gt == GrantTypeRefreshToken) && t.Server != nil:

@@ -204,6 +204,11 @@ func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 			p.Issuer = run.issuer
 		}
 	}
+	// A token the gateway exchanged for a legacy one (Legacy) stands for
+	// the user as their own issuer named them.
+	if iss, _ := p.Claims["sag_iss"].(string); iss != "" && p.Act == nil && p.Issuer == a.o.SelfIssuer && p.Method == MethodDPoP {
+		p.Issuer = iss
+	}
 	if p.Act != nil && p.Act.Sub != p.Agent {
 		if p.Agent == "" {
 			return Principal{}, invalidTokenErr("token names an actor; authenticate as that agent (mTLS or "+AgentTokenHeader+")", scheme)

@@ -85,6 +85,7 @@ type Claims struct {
 	// gateway mints for an agent it runs for a user (the AG-UI agent
 	// proxy): the agent (also act.sub), the workflow its calls belong to,
 	// and the issuer of the user's own token (sub is the user there).
+	// RunIssuer alone marks a token exchanged for a legacy one (Legacy).
 	RunAgent    string `json:"sag_agent,omitempty"`
 	RunWorkflow string `json:"sag_workflow,omitempty"`
 	RunIssuer   string `json:"sag_iss,omitempty"`

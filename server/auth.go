@@ -50,6 +50,12 @@ type authn struct {
 	// server is the authorization server (sign-in); nil unless
 	// identity.authorization_server is enabled.
 	server *identity.AuthServer
+	// legacy is the legacy-token shim; nil unless identity.legacy is
+	// enabled.
+	legacy *identity.Legacy
+	// tokens verifies access tokens for the gateway (its own and those of
+	// identity.issuers); nil under --auth open.
+	tokens *identity.TokenVerifier
 	// stop ends the background JWKS refreshes.
 	stop context.CancelFunc
 }
@@ -136,6 +142,7 @@ func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Stor
 	if err != nil {
 		return nil, err
 	}
+	a.tokens = tokens
 	window := time.Duration(cfg.Identity.DPoPWindow)
 	// One replay cache for every endpoint, sized for a busy node; when it
 	// is full new proofs are refused rather than replays let through.
@@ -307,7 +314,7 @@ func (g *Gateway) resourceMetadata(w http.ResponseWriter, _ *http.Request) {
 	// The gateway is an authorization server for clients only where it
 	// runs the token service (it then serves RFC 8414 metadata too).
 	servers := []string{}
-	if g.auth.exchange != nil || g.auth.server != nil {
+	if g.auth.exchange != nil || g.auth.server != nil || g.auth.legacy != nil {
 		servers = append(servers, base)
 	}
 	for _, is := range g.cfg.Identity.Issuers {
@@ -375,11 +382,15 @@ func (a *authn) close() error {
 func (g *Gateway) authorizationServerMetadata(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Access-Control-Allow-Origin", "*")
 	if g.auth.server == nil {
+		if g.auth.exchange == nil {
+			writeJSON(w, http.StatusOK, g.auth.legacy.Metadata())
+			return
+		}
 		writeJSON(w, http.StatusOK, g.auth.exchange.Metadata())
 		return
 	}
 	m := g.auth.server.Metadata()
-	if g.auth.exchange != nil {
+	if g.auth.exchange != nil || g.auth.legacy != nil {
 		m["grant_types_supported"] = append(m["grant_types_supported"].([]string), identity.GrantTypeTokenExchange)
 	}
 	writeJSON(w, http.StatusOK, m)
@@ -465,7 +476,39 @@ func newAuthServer(cfg *config.Config, log *slog.Logger, st Store, a *authn, rev
 
 // signInRevoked reports whether a sign-in at the authorization server was
 // ended: its user session killed, or its user killed since.
-func (g *Gateway) signInRevoked(_ context.Context, subject, sid string, at time.Time) (bool, error) {
-	p := identity.Principal{Issuer: g.cfg.ResolvedPublicURL(), User: subject, SessionID: sid, IssuedAt: at}
+func (g *Gateway) signInRevoked(ctx context.Context, subject, sid string, at time.Time) (bool, error) {
+	return g.userRevoked(ctx, g.cfg.ResolvedPublicURL(), subject, sid, at)
+}
+
+// userRevoked reports whether the user (issuer, subject) was killed since
+// at, or their user session sid was.
+func (g *Gateway) userRevoked(_ context.Context, issuer, subject, sid string, at time.Time) (bool, error) {
+	p := identity.Principal{Issuer: issuer, User: subject, SessionID: sid, IssuedAt: at}
 	return !g.sessions.admitted(p), nil
+}
+
+// newLegacy builds the legacy-token shim when the configuration turns it on
+// (nil otherwise).
+func newLegacy(cfg *config.Config, log *slog.Logger, a *authn, revoked func(context.Context, string, string, string, time.Time) (bool, error),
+	revocations identity.RevocationChecker) (*identity.Legacy, error) {
+	lc := cfg.Identity.Legacy
+	if !lc.Enabled {
+		return nil, nil
+	}
+	o := identity.LegacyOptions{Issuer: a.issuer, DPoP: a.dpop, Nonces: a.nonces, Revocations: revocations, UserRevoked: revoked,
+		TTL: time.Duration(lc.TTL), Log: log}
+	if len(cfg.Identity.Issuers) > 0 {
+		o.JWTs = a.tokens
+	}
+	if in := lc.Introspection; in.URL != "" {
+		o.Introspection = &identity.IntrospectionOptions{URL: in.URL, ClientID: in.ClientID, Issuer: in.Issuer, Audience: in.Audience}
+		if in.ClientSecretFile != "" {
+			secret, err := os.ReadFile(in.ClientSecretFile)
+			if err != nil {
+				return nil, fmt.Errorf("identity.legacy.introspection.client_secret_file: %w", err)
+			}
+			o.Introspection.ClientSecret = strings.TrimSpace(string(secret))
+		}
+	}
+	return identity.NewLegacy(o)
 }

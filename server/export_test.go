@@ -45,3 +45,7 @@ func (g *Gateway) StreamsOpen(p identity.Principal) bool {
 func (g *Gateway) WorkflowSession(p identity.Principal, thread string) string {
 	return workflowSession(g.sessions.userSession(p), thread)
 }
+
+// UserSessionID is the USID of a token of (issuer, subject) without sid,
+// of a user never killed.
+func UserSessionID(issuer, subject string) string { return derive("u_", issuer, subject) }

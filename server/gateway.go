@@ -183,6 +183,9 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 	if g.auth.server, err = newAuthServer(cfg, log, st, g.auth, g.signInRevoked, g.revoked.revoke); err != nil {
 		return nil, err
 	}
+	if g.auth.legacy, err = newLegacy(cfg, log, g.auth, g.userRevoked, g.revoked); err != nil {
+		return nil, err
+	}
 	g.consent = consent.NewEngine(st, deps.Now, approves)
 	g.listeners.now = deps.Now
 	g.metrics = newMetrics()

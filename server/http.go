@@ -35,9 +35,9 @@ func (g *Gateway) routes() http.Handler {
 	mux.Handle("GET "+agui.CapabilitiesPath, g.metrics.instrument(agui.CapabilitiesPath, agui.Capabilities(g.version)))
 	mux.Handle("GET "+resourceMetadataPath, g.metrics.instrument(resourceMetadataPath, http.HandlerFunc(g.resourceMetadata)))
 	mux.Handle("GET /.well-known/jwks.json", g.metrics.instrument("/.well-known/jwks.json", http.HandlerFunc(g.jwks)))
-	if g.auth.exchange != nil || g.auth.server != nil {
+	if g.auth.exchange != nil || g.auth.server != nil || g.auth.legacy != nil {
 		// Any method: the service answers a GET with its own 405.
-		token := &identity.TokenEndpoint{Exchange: g.auth.exchange, Server: g.auth.server, Nonces: g.auth.nonces, Log: g.log}
+		token := &identity.TokenEndpoint{Exchange: g.auth.exchange, Legacy: g.auth.legacy, Server: g.auth.server, Nonces: g.auth.nonces, Log: g.log}
 		mux.Handle("/oauth/token", g.metrics.instrument("/oauth/token", oauthCORS(token)))
 		mux.Handle("GET /.well-known/oauth-authorization-server", g.metrics.instrument("/.well-known/oauth-authorization-server", http.HandlerFunc(g.authorizationServerMetadata)))
 	}

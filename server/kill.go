@@ -150,6 +150,9 @@ func (g *Gateway) issuers() []string {
 	for _, is := range g.cfg.Identity.Issuers {
 		out = append(out, is.Issuer)
 	}
+	if in := g.cfg.Identity.Legacy.Introspection; g.cfg.Identity.Legacy.Enabled && in.Issuer != "" && !slices.Contains(out, in.Issuer) {
+		out = append(out, in.Issuer)
+	}
 	if g.cfg.Auth == config.AuthOpen {
 		out = append(out, identity.Anonymous().Issuer)
 	}

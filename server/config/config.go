@@ -119,6 +119,8 @@ type Identity struct {
 	Exchange Exchange `yaml:"exchange" json:"exchange"`
 	// SPIFFE configures agent identities.
 	SPIFFE SPIFFE `yaml:"spiffe" json:"spiffe"`
+	// Legacy configures the legacy-token shim.
+	Legacy Legacy `yaml:"legacy" json:"legacy"`
 	// AuthorizationServer configures SAG's own OAuth 2.1 authorization
 	// server: sign-in for MCP clients and people.
 	AuthorizationServer AuthorizationServer `yaml:"authorization_server" json:"authorization_server"`
@@ -156,6 +158,29 @@ type AuthorizationServer struct {
 	AccessTokenTTL  Duration `yaml:"access_token_ttl" json:"access_token_ttl"`
 	RefreshTokenTTL Duration `yaml:"refresh_token_ttl" json:"refresh_token_ttl"`
 	SignInTTL       Duration `yaml:"sign_in_ttl" json:"sign_in_ttl"`
+}
+
+// Legacy configures the legacy-token shim: clients of an existing identity
+// provider exchange its tokens at POST /oauth/token (RFC 8693, no actor)
+// for short-lived DPoP-bound SAG tokens.
+type Legacy struct {
+	Enabled bool `yaml:"enabled" json:"enabled"`
+	// Introspection takes the opaque tokens of an existing authorization
+	// server; JWTs of identity.issuers are always taken.
+	Introspection Introspection `yaml:"introspection" json:"introspection"`
+	// TTL is the longest life of an exchanged token.
+	TTL Duration `yaml:"ttl" json:"ttl"`
+}
+
+// Introspection is an RFC 7662 endpoint of an existing server.
+type Introspection struct {
+	URL              string `yaml:"url" json:"url,omitempty"`
+	ClientID         string `yaml:"client_id" json:"client_id,omitempty"`
+	ClientSecretFile string `yaml:"client_secret_file" json:"client_secret_file,omitempty"`
+	// Issuer names the server's users' issuer when a response has none.
+	Issuer string `yaml:"issuer" json:"issuer,omitempty"`
+	// Audience, when set, must be among a response's aud.
+	Audience string `yaml:"audience" json:"audience,omitempty"`
 }
 
 // LocalUser is a user of the built-in user store.
@@ -353,6 +378,7 @@ func Default() *Config {
 			DPoPWindow:       Duration(60 * time.Second),
 			UpstreamTokenTTL: Duration(5 * time.Minute),
 			Exchange:         Exchange{TTL: Duration(10 * time.Minute)},
+			Legacy:           Legacy{TTL: Duration(10 * time.Minute)},
 			AuthorizationServer: AuthorizationServer{
 				DynamicRegistration:     true,
 				ClientMetadataDocuments: true,

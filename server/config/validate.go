@@ -52,6 +52,18 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	if lg := c.Identity.Legacy; lg.Enabled {
+		switch {
+		case c.Auth == AuthOpen:
+			add("identity.legacy: under auth %q there is nothing to exchange tokens for", AuthOpen)
+		case lg.Introspection.URL == "" && len(c.Identity.Issuers) == 0:
+			add("identity.legacy: configure introspection or identity.issuers: there is no legacy token to take")
+		case lg.Introspection.URL != "" && lg.Introspection.Issuer == "":
+			add("identity.legacy.introspection.issuer: name the server's issuer (the users become ISSUER, sub)")
+		case lg.TTL <= 0:
+			add("identity.legacy.ttl: must be positive")
+		}
+	}
 	if as := c.Identity.AuthorizationServer; as.Enabled {
 		switch {
 		case c.Auth == AuthOpen:
