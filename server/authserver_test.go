@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,7 +34,7 @@ var (
 
 // asGateway starts a DPoP gateway with the authorization server on, one
 // local user and the mcp-go fixture behind it.
-func asGateway(t *testing.T, mutate func(*config.Config)) *testGateway {
+func asGateway(t testing.TB, mutate func(*config.Config)) *testGateway {
 	t.Helper()
 	hashOnce.Do(func() {
 		var err error
@@ -56,11 +57,11 @@ func asGateway(t *testing.T, mutate func(*config.Config)) *testGateway {
 
 // webBrowser is a person's browser: cookies, and redirects not followed.
 type webBrowser struct {
-	t *testing.T
+	t testing.TB
 	c *http.Client
 }
 
-func newBrowser(t *testing.T) *webBrowser {
+func newBrowser(t testing.TB) *webBrowser {
 	jar, _ := cookiejar.New(nil)
 	return &webBrowser{t: t, c: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
@@ -92,7 +93,7 @@ func (b *webBrowser) post(u string, form url.Values) (*http.Response, string) {
 var hiddenField = regexp.MustCompile(`name="(request|csrf)" value="([^"]+)"`)
 
 // formFields returns the hidden request and csrf fields of a page.
-func formFields(t *testing.T, page string) url.Values {
+func formFields(t testing.TB, page string) url.Values {
 	t.Helper()
 	f := url.Values{}
 	for _, m := range hiddenField.FindAllStringSubmatch(page, -1) {
@@ -128,7 +129,7 @@ func authorizeURL(tg *testGateway, clientID, challenge string, extra map[string]
 
 // redirectParams checks that resp redirects to the client and returns the
 // parameters it carries.
-func redirectParams(t *testing.T, resp *http.Response) url.Values {
+func redirectParams(t testing.TB, resp *http.Response) url.Values {
 	t.Helper()
 	if resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("status %d, want a 303 redirect to the client", resp.StatusCode)
@@ -140,8 +141,8 @@ func redirectParams(t *testing.T, resp *http.Response) url.Values {
 	return loc.Query()
 }
 
-// signInAndApprove walks the pages: sign in, allow the client; it returns
-// the redirect's parameters.
+// signInAndApprove walks the pages: sign in, allow the client (unless the
+// user allowed it before); it returns the redirect's parameters.
 func (b *webBrowser) signInAndApprove(tg *testGateway, authorize string) url.Values {
 	b.t.Helper()
 	resp, page := b.get(authorize)
@@ -153,6 +154,9 @@ func (b *webBrowser) signInAndApprove(tg *testGateway, authorize string) url.Val
 	f.Set("username", signInUser)
 	f.Set("password", signInPassword)
 	resp, page = b.post(tg.Base+identity.AuthorizePath, f)
+	if resp.StatusCode == http.StatusSeeOther {
+		return redirectParams(b.t, resp) // allowed before: no consent page
+	}
 	if resp.StatusCode != http.StatusOK || !strings.Contains(page, `value="approve"`) {
 		b.t.Fatalf("sign-in: status %d, want the consent page:\n%s", resp.StatusCode, page)
 	}
@@ -163,7 +167,7 @@ func (b *webBrowser) signInAndApprove(tg *testGateway, authorize string) url.Val
 }
 
 // register registers a client dynamically and returns its id.
-func register(t *testing.T, tg *testGateway, meta map[string]any) (int, map[string]any) {
+func register(t testing.TB, tg *testGateway, meta map[string]any) (int, map[string]any) {
 	t.Helper()
 	body, _ := json.Marshal(meta)
 	resp, err := http.Post(tg.Base+identity.RegisterPath, "application/json", strings.NewReader(string(body)))
@@ -176,7 +180,7 @@ func register(t *testing.T, tg *testGateway, meta map[string]any) (int, map[stri
 	return resp.StatusCode, out
 }
 
-func publicClient(t *testing.T, tg *testGateway) string {
+func publicClient(t testing.TB, tg *testGateway) string {
 	t.Helper()
 	code, out := register(t, tg, map[string]any{"redirect_uris": []string{testRedirect}, "client_name": "Test Client", "grant_types": []string{"authorization_code", "refresh_token"}})
 	if code != http.StatusCreated {
@@ -187,7 +191,7 @@ func publicClient(t *testing.T, tg *testGateway) string {
 
 // tokenRequest posts form to the token endpoint, with a DPoP proof of key
 // when key is not nil.
-func tokenRequest(t *testing.T, tg *testGateway, key *identity.DPoPKey, form url.Values) (int, map[string]any) {
+func tokenRequest(t testing.TB, tg *testGateway, key *identity.DPoPKey, form url.Values) (int, map[string]any) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, tg.Base+identity.TokenPath, strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
@@ -208,18 +212,18 @@ func tokenRequest(t *testing.T, tg *testGateway, key *identity.DPoPKey, form url
 	return resp.StatusCode, out
 }
 
-func redeem(t *testing.T, tg *testGateway, key *identity.DPoPKey, client, code, verifier string) (int, map[string]any) {
+func redeem(t testing.TB, tg *testGateway, key *identity.DPoPKey, client, code, verifier string) (int, map[string]any) {
 	t.Helper()
 	return tokenRequest(t, tg, key, url.Values{"grant_type": {"authorization_code"}, "client_id": {client}, "code": {code},
 		"redirect_uri": {testRedirect}, "code_verifier": {verifier}})
 }
 
-func refresh(t *testing.T, tg *testGateway, key *identity.DPoPKey, client, token string) (int, map[string]any) {
+func refresh(t testing.TB, tg *testGateway, key *identity.DPoPKey, client, token string) (int, map[string]any) {
 	t.Helper()
 	return tokenRequest(t, tg, key, url.Values{"grant_type": {"refresh_token"}, "client_id": {client}, "refresh_token": {token}})
 }
 
-func wantTokenError(t *testing.T, code int, out map[string]any, status int, oauthErr string) {
+func wantTokenError(t testing.TB, code int, out map[string]any, status int, oauthErr string) {
 	t.Helper()
 	if code != status || out["error"] != oauthErr {
 		t.Fatalf("got %d %v, want %d %s", code, out, status, oauthErr)
@@ -340,7 +344,7 @@ func TestSignInFlow(t *testing.T) {
 	}
 }
 
-func decodeClaims(t *testing.T, tok string) identity.Claims {
+func decodeClaims(t testing.TB, tok string) identity.Claims {
 	t.Helper()
 	parts := strings.Split(tok, ".")
 	if len(parts) != 3 {
@@ -623,4 +627,76 @@ func TestConsoleClient(t *testing.T) {
 	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, tg.Base+"/console/?code=") {
 		t.Fatalf("console sign-in: %d to %q, want straight back to the console with a code", resp.StatusCode, loc)
 	}
+}
+
+// TestSignInBearerAndNoRegistration: under --auth bearer a client without a
+// DPoP key gets a bearer token that works at /mcp; with
+// dynamic_registration off there is no registration endpoint.
+func TestSignInBearerAndNoRegistration(t *testing.T) {
+	tg := asGateway(t, func(c *config.Config) {
+		c.Auth = config.AuthBearer
+		c.Identity.AuthorizationServer.DynamicRegistration = false
+		c.Identity.AuthorizationServer.Clients = []config.OAuthClient{{ID: "old-cli", Name: "Old CLI", RedirectURIs: []string{testRedirect}}}
+	})
+	var asm map[string]any
+	getJSON(t, tg.Base+"/.well-known/oauth-authorization-server", &asm)
+	if _, ok := asm["registration_endpoint"]; ok {
+		t.Fatalf("metadata names a registration endpoint: %v", asm["registration_endpoint"])
+	}
+	if code, _ := register(t, tg, map[string]any{"redirect_uris": []string{testRedirect}}); code != http.StatusNotFound && code != http.StatusMethodNotAllowed {
+		t.Fatalf("registration while off: %d", code)
+	}
+	verifier, challenge := pkce()
+	got := newBrowser(t).signInAndApprove(tg, authorizeURL(tg, "old-cli", challenge, nil))
+	code, tok := redeem(t, tg, nil, "old-cli", got.Get("code"), verifier)
+	if code != http.StatusOK || tok["token_type"] != "Bearer" {
+		t.Fatalf("token without a proof under --auth bearer: %d %v", code, tok)
+	}
+	if c := decodeClaims(t, tok["access_token"].(string)); c.Cnf != nil {
+		t.Fatalf("a bearer token with cnf: %+v", c.Cnf)
+	}
+	h := http.Header{"Authorization": {"Bearer " + tok["access_token"].(string)}}
+	if r := rawPost(t, tg.MCP, initBody, h); r.Status != http.StatusOK {
+		t.Fatalf("the bearer token at /mcp: %d %s", r.Status, r.Body)
+	}
+}
+
+// BenchmarkTokenRefresh measures the token endpoint: refresh_token grants
+// with a DPoP proof each (made in this process too), from 8 clients at
+// once, each rotating its own refresh token; req/s is the figure
+// BENCHMARKS.md reports.
+func BenchmarkTokenRefresh(b *testing.B) {
+	tg := asGateway(b, nil)
+	client := publicClient(b, tg)
+	const clients = 8
+	type chain struct {
+		key     *identity.DPoPKey
+		refresh string
+	}
+	chains := make(chan *chain, clients)
+	for range clients {
+		verifier, challenge := pkce()
+		got := newBrowser(b).signInAndApprove(tg, authorizeURL(tg, client, challenge, nil))
+		key, _ := identity.NewDPoPKey()
+		code, tok := redeem(b, tg, key, client, got.Get("code"), verifier)
+		if code != http.StatusOK {
+			b.Fatalf("token: %d %v", code, tok)
+		}
+		chains <- &chain{key: key, refresh: tok["refresh_token"].(string)}
+	}
+	b.SetParallelism((clients + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		c := <-chains
+		defer func() { chains <- c }()
+		for pb.Next() {
+			code, tok := refresh(b, tg, c.key, client, c.refresh)
+			if code != http.StatusOK {
+				b.Errorf("refresh: %d %v", code, tok)
+				return
+			}
+			c.refresh = tok["refresh_token"].(string)
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
 }
