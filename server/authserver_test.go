@@ -193,10 +193,17 @@ func publicClient(t testing.TB, tg *testGateway) string {
 // when key is not nil.
 func tokenRequest(t testing.TB, tg *testGateway, key *identity.DPoPKey, form url.Values) (int, map[string]any) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, tg.Base+identity.TokenPath, strings.NewReader(form.Encode()))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	return postProved(t, tg, identity.TokenPath, "application/x-www-form-urlencoded", form.Encode(), key)
+}
+
+// postProved posts body to the gateway's path with a DPoP proof of key (nil:
+// none) and returns the status and the JSON answer.
+func postProved(t testing.TB, tg *testGateway, path, contentType, body string, key *identity.DPoPKey) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, tg.Base+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", contentType)
 	if key != nil {
-		proof, err := key.Proof(http.MethodPost, tg.Base+identity.TokenPath, "", "")
+		proof, err := key.Proof(http.MethodPost, tg.Base+path, "", "")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -69,6 +69,20 @@ func browser(t *testing.T) context.Context {
 	return ctx
 }
 
+// stepper returns a function that runs actions in page, bounded by waitFor;
+// a failure ends the test with what the page shows.
+func stepper(t *testing.T, page context.Context) func(what string, actions ...chromedp.Action[chromedp.Void]) {
+	return func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		sctx, scancel := context.WithTimeout(page, waitFor)
+		defer scancel()
+		if err := chromedp.Do(sctx, actions...); err != nil {
+			html, _ := chromedp.Run(page, chromedp.OuterHTML(chromedp.CSS("body")))
+			t.Fatalf("%s: %v\n%s", what, err, html)
+		}
+	}
+}
+
 // countdown is how the console shows the time a request has left (the
 // consent_ttl is 5 minutes).
 var countdown = regexp.MustCompile(`^in [45]:[0-5][0-9]$`)
@@ -86,15 +100,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	page := browser(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
 	defer cancel()
-	step := func(what string, actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		sctx, scancel := context.WithTimeout(page, waitFor)
-		defer scancel()
-		if err := chromedp.Do(sctx, actions...); err != nil {
-			html, _ := chromedp.Run(page, chromedp.OuterHTML(chromedp.CSS("body")))
-			t.Fatalf("%s: %v\n%s", what, err, html)
-		}
-	}
+	step := stepper(t, page)
 	textOf := func(sel string) string {
 		t.Helper()
 		sctx, scancel := context.WithTimeout(page, waitFor)
@@ -205,15 +211,7 @@ func TestConsoleInBrowser(t *testing.T) {
 func TestConsoleSignInBrowser(t *testing.T) {
 	tg := asGateway(t, nil)
 	page := browser(t)
-	step := func(what string, actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		sctx, scancel := context.WithTimeout(page, waitFor)
-		defer scancel()
-		if err := chromedp.Do(sctx, actions...); err != nil {
-			html, _ := chromedp.Run(page, chromedp.OuterHTML(chromedp.CSS("body")))
-			t.Fatalf("%s: %v\n%s", what, err, html)
-		}
-	}
+	step := stepper(t, page)
 	text := func(sel string) string {
 		t.Helper()
 		s, err := chromedp.Run(page, chromedp.Text(chromedp.CSS(sel)))

@@ -76,23 +76,7 @@ func getJSON(t *testing.T, url string, v any) {
 // devLogin posts body to /console/login with a proof of key (nil: none).
 func devLogin(t *testing.T, tg *testGateway, key *identity.DPoPKey, body string) (int, map[string]any) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, tg.Base+"/console/login", strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	if key != nil {
-		proof, err := key.Proof(http.MethodPost, tg.Base+"/console/login", "", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("DPoP", proof)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out map[string]any
-	json.NewDecoder(resp.Body).Decode(&out)
-	return resp.StatusCode, out
+	return postProved(t, tg, "/console/login", "application/json", body, key)
 }
 
 func devLoginOn(c *config.Config) { c.Console.DevLogin = true }
