@@ -15,18 +15,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 	"github.com/lestrrat-go/jwx/v3/jws"
+
+	"github.com/sag-gateway/sag/internal/jsonscan"
 )
 
 // DPoP error codes (RFC 9449 §7.1, §9, §12.2).
@@ -145,6 +148,26 @@ type DPoPVerifier struct {
 	// and thumbprinted once. Only keys that passed every check are kept.
 	keysMu sync.Mutex
 	keys   map[string]proofKeyEntry
+	// targets caches normalizeHTU of request URIs (a gateway has few
+	// endpoints; past maxCachedTargets URIs are normalised every time).
+	targets sync.Map
+	ntarget atomic.Int32
+}
+
+// maxCachedTargets bounds DPoPVerifier.targets.
+const maxCachedTargets = 1024
+
+// target returns the normalised request URI.
+func (v *DPoPVerifier) target(u string) (string, error) {
+	if n, ok := v.targets.Load(u); ok {
+		return n.(string), nil
+	}
+	n, err := normalizeHTU(u)
+	if err == nil && v.ntarget.Load() < maxCachedTargets {
+		v.ntarget.Add(1)
+		v.targets.Store(u, n)
+	}
+	return n, err
 }
 
 type proofKeyEntry struct {
@@ -381,16 +404,20 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 	// after syntax- and scheme-based normalisation (RFC 3986 §6.2.2,
 	// §6.2.3). A query or fragment in htu (which §4.2 says htu should not
 	// have) is therefore ignored, as point 9 says, not refused.
-	want, err := normalizeHTU(r.URL)
+	want, err := v.target(r.URL)
 	if err != nil {
 		return nil, fmt.Errorf("identity: dpop: endpoint URL: %w", err)
 	}
-	htu, err := normalizeHTU(*c.HTU)
-	if err != nil {
-		return nil, invalidProof("malformed htu", err)
-	}
-	if htu != want {
-		return nil, invalidProof("htu does not match the request URI", nil)
+	// A proof whose htu is the request URI as the gateway writes it (what
+	// clients usually send) needs no normalisation.
+	htu := want
+	if *c.HTU != r.URL {
+		if htu, err = normalizeHTU(*c.HTU); err != nil {
+			return nil, invalidProof("malformed htu", err)
+		}
+		if htu != want {
+			return nil, invalidProof("htu does not match the request URI", nil)
+		}
 	}
 	// §4.3 point 11 and §11.1: iat is inside [now-Window, now+Skew].
 	iat, err := parseNumericDate(c.IAT)
@@ -540,39 +567,31 @@ func isCompactJWS(s string) bool {
 // uniqueMembers checks that data is one JSON object whose members have
 // distinct names, so that no two parsers can read different values.
 func uniqueMembers(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	tok, err := dec.Token()
-	if err != nil {
-		return err
+	// RFC 7515 §2 and RFC 8259 §8.1: the JSON is UTF-8. (encoding/json
+	// would read invalid bytes as U+FFFD, making distinct names equal.)
+	if !utf8.Valid(data) || !json.Valid(data) {
+		return errors.New("not UTF-8 JSON")
 	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	obj := bytes.TrimSpace(data)
+	if obj[0] != '{' {
 		return errors.New("not a JSON object")
 	}
-	seen := make(map[string]struct{})
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
+	// A proof or token has a handful of members: a list beats a map.
+	var seen [16]string
+	names, dup := seen[:0], false
+	jsonscan.Members(obj, func(key string, _, _ []byte) {
+		// encoding/json matches member names case-insensitively, so names
+		// that differ only in case ("typ", "Typ") are as ambiguous as
+		// exact duplicates: both are refused.
+		for _, n := range names {
+			if strings.EqualFold(n, key) {
+				dup = true
+			}
 		}
-		// encoding/json matches member names case-insensitively, so
-		// names that differ only in case ("typ", "Typ") are as ambiguous
-		// as exact duplicates: both are refused.
-		name, _ := tok.(string)
-		folded := strings.ToLower(name)
-		if _, dup := seen[folded]; dup {
-			return errors.New("duplicate member")
-		}
-		seen[folded] = struct{}{}
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
-			return err
-		}
-	}
-	if _, err := dec.Token(); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("trailing data")
+		names = append(names, key)
+	})
+	if dup {
+		return errors.New("duplicate member")
 	}
 	return nil
 }

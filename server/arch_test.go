@@ -17,7 +17,7 @@ var layers = [][]string{
 	{"policy", "consent", "upstreams"},
 	{"identity"},
 	{"store", "schemas"},
-	{"internal/lru", "internal/jcs"},
+	{"internal/lru", "internal/jcs", "internal/jsonscan"},
 }
 
 const module = "github.com/sag-gateway/sag/"

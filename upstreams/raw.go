@@ -16,6 +16,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sag-gateway/sag/internal/jsonscan"
 )
 
 // The raw path: a tools/call the gateway sends on a downstream session's
@@ -282,7 +284,7 @@ func cleanRaw(res json.RawMessage) (json.RawMessage, bool, error) {
 		isError, changed, bad bool
 		kept                  [][]byte
 	)
-	ok := members(res, func(key string, member, value []byte) {
+	ok := jsonscan.Members(res, func(key string, member, value []byte) {
 		switch key {
 		case "resultType":
 			if string(value) != `"complete"` {
@@ -348,87 +350,6 @@ func cleanMeta(value []byte) (json.RawMessage, bool) {
 	}
 	b, err := json.Marshal(meta)
 	return b, err == nil
-}
-
-// members calls fn with each member of the JSON object obj, in order: its
-// key (unescaped), the member's bytes (key through value) and its value's.
-// obj must be valid JSON; ok is false when it is not an object.
-func members(obj []byte, fn func(key string, member, value []byte)) (ok bool) {
-	i := skipSpace(obj, 1)
-	for i < len(obj) && obj[i] != '}' {
-		start := i
-		end := skipValue(obj, i)
-		if end < 0 || obj[i] != '"' {
-			return false
-		}
-		key := string(obj[i+1 : end-1])
-		if strings.IndexByte(key, '\\') >= 0 && json.Unmarshal(obj[i:end], &key) != nil {
-			return false
-		}
-		i = skipSpace(obj, end)
-		if i >= len(obj) || obj[i] != ':' {
-			return false
-		}
-		v := skipSpace(obj, i+1)
-		if i = skipValue(obj, v); i < 0 {
-			return false
-		}
-		fn(key, obj[start:i], obj[v:i])
-		if i = skipSpace(obj, i); i < len(obj) && obj[i] == ',' {
-			i = skipSpace(obj, i+1)
-		}
-	}
-	return i == len(obj)-1
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipValue returns the index just past the JSON value at b[i], -1 when
-// b ends first.
-func skipValue(b []byte, i int) int {
-	if i >= len(b) {
-		return -1
-	}
-	switch b[i] {
-	case '"':
-		for i++; i < len(b); i++ {
-			switch b[i] {
-			case '\\':
-				i++
-			case '"':
-				return i + 1
-			}
-		}
-		return -1
-	case '{', '[':
-		depth := 0
-		for i < len(b) {
-			switch b[i] {
-			case '"':
-				if i = skipValue(b, i); i < 0 {
-					return -1
-				}
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				if depth--; depth == 0 {
-					return i + 1
-				}
-			}
-			i++
-		}
-		return -1
-	}
-	for i < len(b) && !strings.ContainsRune(",}] \t\r\n", rune(b[i])) {
-		i++
-	}
-	return i
 }
 
 // readStream reads a response event stream until the answer to want,
