@@ -304,27 +304,38 @@ func (m *MetadataDocuments) fetch(ctx context.Context, id string) (*OAuthClient,
 	if len(body) > maxMetadataDocument {
 		return nil, 0, fmt.Errorf("the client's metadata document is larger than %d bytes", maxMetadataDocument)
 	}
+	c, err := parseMetadataDocument(id, body)
+	if err != nil {
+		return nil, 0, err
+	}
+	return c, cacheLifetime(resp.Header.Get("Cache-Control")), nil
+}
+
+// parseMetadataDocument checks a client ID metadata document fetched from
+// id: a JSON object describing the client id names, public, with valid
+// redirect URIs.
+func parseMetadataDocument(id string, body []byte) (*OAuthClient, error) {
 	var doc struct {
 		OAuthClient
 		Secret        string `json:"client_secret"`
 		SecretExpires *int64 `json:"client_secret_expires_at"`
 	}
 	if err := json.Unmarshal(body, &doc); err != nil {
-		return nil, 0, errors.New("the client's metadata document is not a JSON object")
+		return nil, errors.New("the client's metadata document is not a JSON object")
 	}
 	c := doc.OAuthClient
 	switch {
 	case c.ID != id:
-		return nil, 0, errors.New("the client's metadata document names another client_id")
+		return nil, errors.New("the client's metadata document names another client_id")
 	case doc.Secret != "" || doc.SecretExpires != nil || c.SecretHash != "":
-		return nil, 0, errors.New("a client metadata document must not carry a secret")
+		return nil, errors.New("a client metadata document must not carry a secret")
 	case c.AuthMethod != "" && c.AuthMethod != AuthMethodNone:
-		return nil, 0, errors.New("a client metadata document's client must use token_endpoint_auth_method none")
+		return nil, errors.New("a client metadata document's client must use token_endpoint_auth_method none")
 	}
 	if err := checkClient(&c); err != nil {
-		return nil, 0, fmt.Errorf("the client's metadata document: %w", err)
+		return nil, fmt.Errorf("the client's metadata document: %w", err)
 	}
-	return &c, cacheLifetime(resp.Header.Get("Cache-Control")), nil
+	return &c, nil
 }
 
 // cacheLifetime reads max-age from a Cache-Control value, kept between a

@@ -172,3 +172,32 @@ func TestPasswordHash(t *testing.T) {
 		}
 	}
 }
+
+// FuzzMetadataDocument: whatever a client's server sends, an accepted
+// document describes the client its URL names, public, with only redirect
+// URIs SAG allows; and any Cache-Control gives a lifetime of 0 or between a
+// minute and a day.
+func FuzzMetadataDocument(f *testing.F) {
+	const id = "https://app.example/client.json"
+	f.Add([]byte(`{"client_id":"`+id+`","redirect_uris":["http://127.0.0.1:3000/cb"]}`), "max-age=60")
+	f.Add([]byte(`{"client_id":"`+id+`","redirect_uris":["com.example.app:/cb"],"token_endpoint_auth_method":"none","grant_types":["refresh_token"]}`), "no-store")
+	f.Add([]byte(`{"client_id":"`+id+`","redirect_uris":["https://app.example/cb"],"secret_hash":"00"}`), "max-age=999999999999")
+	f.Add([]byte(`{"client_id":"`+id+`","client_id":"https://evil.example/c","redirect_uris":["javascript:x"]}`), "public, max-age=-1")
+	f.Fuzz(func(t *testing.T, body []byte, cc string) {
+		if ttl := cacheLifetime(cc); ttl != 0 && (ttl < minMetadataCache || ttl > maxMetadataCache) {
+			t.Fatalf("cacheLifetime(%q) = %v", cc, ttl)
+		}
+		c, err := parseMetadataDocument(id, body)
+		if err != nil {
+			return
+		}
+		if c.ID != id || !c.public() || c.SecretHash != "" || c.FirstParty || len(c.RedirectURIs) == 0 {
+			t.Fatalf("accepted %+v from %q", c, body)
+		}
+		for _, r := range c.RedirectURIs {
+			if checkRedirectURI(r) != nil {
+				t.Fatalf("accepted redirect URI %q", r)
+			}
+		}
+	})
+}
