@@ -160,6 +160,17 @@ type DPoPTransport struct {
 }
 
 // RoundTrip implements http.RoundTripper.
+// CloseIdleConnections closes the idle connections of the base transport.
+func (t *DPoPTransport) CloseIdleConnections() {
+	base := t.Base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	if c, ok := base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 func (t *DPoPTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	base := t.Base
 	if base == nil {

@@ -53,6 +53,9 @@ func cmdBench(args []string) error {
 	peer := fs.String("peer", "", "a peer proxy `BINARY` to measure too: TBXark/mcp-proxy (v2 JSON config)")
 	cpuProfile := fs.String("cpuprofile", "", "write the gateway process's CPU profile (its whole run) to `FILE`")
 	memProfile := fs.String("memprofile", "", "write the gateway process's allocation profile (its whole run) to `FILE`")
+	soak := fs.Duration("soak", 0, "instead of the measurements, load the gateway alone for `DURATION` and watch its goroutines, heap and open files")
+	soakConc := fs.Int("soak-concurrency", 32, "concurrent clients of the soak")
+	soakEvery := fs.Duration("soak-every", 30*time.Second, "how often the soak samples the gateway")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -145,6 +148,9 @@ func cmdBench(args []string) error {
 		if err := s.waitForTool(ctx, *protocol); err != nil {
 			return err
 		}
+	}
+	if *soak > 0 {
+		return soakRun(ctx, sides[2], gw, *protocol, *security, *soakConc, *soak, *soakEvery)
 	}
 	fmt.Printf("sag bench: echo tool, protocol %s, security %s, GOMAXPROCS=%d, one machine (clients, proxies, upstream share the cores)\n\n", *protocol, *security, runtime.GOMAXPROCS(0))
 
@@ -388,6 +394,8 @@ type child struct {
 	cmd  *exec.Cmd
 	url  string
 	data string
+	// admin is a gateway's admin token (its /metrics).
+	admin string
 }
 
 // freeLoopbackAddr returns a 127.0.0.1 address with a port that was free a
@@ -446,7 +454,8 @@ func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security strin
 		return nil, err
 	}
 	conf := filepath.Join(data, "bench.yaml")
-	yaml := fmt.Sprintf("upstreams:\n  - name: up\n    url: %q\n    protocol_version: %q\n", upstreamURL, upstreamProtocol)
+	admin := identity.NewID()
+	yaml := fmt.Sprintf("admin_token: %q\nupstreams:\n  - name: up\n    url: %q\n    protocol_version: %q\n", admin, upstreamURL, upstreamProtocol)
 	if security != "full" {
 		// Open mode is security off on both sides: the plain upstream
 		// takes no token, so none is minted for it.
@@ -483,7 +492,11 @@ func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security strin
 		}
 		cmd.Env = append(cmd.Env, env+"="+abs)
 	}
-	return startChild(cmd, "http://"+addr+"/mcp", data, addr, "http://"+addr+"/readyz")
+	c, err := startChild(cmd, "http://"+addr+"/mcp", data, addr, "http://"+addr+"/readyz")
+	if c != nil {
+		c.admin = admin
+	}
+	return c, err
 }
 
 // startFloor runs 'sag bench floor' in front of upstreamURL.

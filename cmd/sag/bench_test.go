@@ -26,3 +26,22 @@ func TestBenchRuns(t *testing.T) {
 		t.Errorf("a missing peer: ok=%v %s", ok, errOut)
 	}
 }
+
+// TestBenchSoak: a short soak through the full-security path samples the
+// gateway's goroutines, heap and open files and judges them.
+func TestBenchSoak(t *testing.T) {
+	out, errOut, ok := sag(t, "bench", "--soak", "3s", "--soak-every", "1s", "--soak-concurrency", "4", "--security", "full", "--idle-sessions", "0")
+	if !ok {
+		t.Fatalf("sag bench --soak failed:\n%s%s", out, errOut)
+	}
+	for _, want := range []string{
+		`(?m)^  \d+s +\d+ +\d+ +\d+\.\d +\d+$`,
+		`(?m)^calls: [1-9]\d* \(0 failed\)$`,
+		`(?m)^(flat|growing): `,
+		`(?m)^after the load: \d+ goroutines and \d+ open files, against \d+ and \d+ before: released$`,
+	} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("output lacks %s:\n%s", want, out)
+		}
+	}
+}
