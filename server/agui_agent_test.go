@@ -39,9 +39,11 @@ func startAGUIAgent(t *testing.T, tg *testGateway, tool string) *fixtures.AGUIAg
 	return ag
 }
 
-// interruptsOf returns the interrupt ids of a RUN_FINISHED event.
-func interruptsOf(t *testing.T, ev map[string]any) []string {
+// interruptsOf returns the interrupt ids of the RUN_FINISHED event that
+// ends seen.
+func interruptsOf(t *testing.T, seen []map[string]any) []string {
 	t.Helper()
+	ev := seen[len(seen)-1]
 	var fin struct {
 		Outcome struct {
 			Type       string
@@ -51,7 +53,8 @@ func interruptsOf(t *testing.T, ev map[string]any) []string {
 	b, _ := json.Marshal(ev)
 	json.Unmarshal(b, &fin)
 	if fin.Outcome.Type != "interrupt" {
-		t.Fatalf("RUN_FINISHED %s, want an interrupt", b)
+		all, _ := json.Marshal(seen) // the agent's messages say why
+		t.Fatalf("RUN_FINISHED %s, want an interrupt; the run's events: %s", b, all)
 	}
 	var ids []string
 	for _, in := range fin.Outcome.Interrupts {
@@ -96,7 +99,7 @@ func TestAGUIAgentProxy(t *testing.T) {
 	for _, ev := range seen {
 		types = append(types, ev["type"].(string))
 	}
-	ids := interruptsOf(t, seen[len(seen)-1])
+	ids := interruptsOf(t, seen)
 	if len(ids) != 1 {
 		t.Fatalf("interrupts %v, want the agent's call", ids)
 	}
@@ -182,7 +185,7 @@ func TestAGUIAgentProxyKill(t *testing.T) {
 	msgs := `[{"id":"u1","role":"user","content":"doomed"}]`
 	run := startRunAt(t, ctx, tg, alice, "/agui/agents/helper", runInput("wf-kill", "r1", msgs, ""))
 	seen := run.untilType(t, "RUN_FINISHED")
-	ids := interruptsOf(t, seen[len(seen)-1])
+	ids := interruptsOf(t, seen)
 	r, err := tg.GW.ConsentRequest(ctx, ids[0])
 	if err != nil {
 		t.Fatal(err)
