@@ -206,8 +206,10 @@ func (a *Authenticator) Authenticate(r *http.Request) (Principal, error) {
 	}
 	// A token the gateway exchanged for a legacy one (Legacy) stands for
 	// the user as their own issuer named them.
-	if iss, _ := p.Claims["sag_iss"].(string); iss != "" && p.Act == nil && p.Issuer == a.o.SelfIssuer && p.Method == MethodDPoP {
-		p.Issuer = iss
+	if p.Issuer == a.o.SelfIssuer && p.Act == nil && p.Method == MethodDPoP {
+		if iss, _ := p.Claims["sag_iss"].(string); iss != "" {
+			p.Issuer = iss
+		}
 	}
 	if p.Act != nil && p.Act.Sub != p.Agent {
 		if p.Agent == "" {

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -227,9 +228,9 @@ func NewAuthServer(o AuthServerOptions) (*AuthServer, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	s.o.AccessTTL = cmpDuration(o.AccessTTL, DefaultAccessTokenTTL)
-	s.o.RefreshTTL = cmpDuration(o.RefreshTTL, DefaultRefreshTokenTTL)
-	s.o.SignInTTL = cmpDuration(o.SignInTTL, DefaultSignInTTL)
+	s.o.AccessTTL = cmp.Or(o.AccessTTL, DefaultAccessTokenTTL)
+	s.o.RefreshTTL = cmp.Or(o.RefreshTTL, DefaultRefreshTokenTTL)
+	s.o.SignInTTL = cmp.Or(o.SignInTTL, DefaultSignInTTL)
 	for _, sc := range append(slices.Clone(o.Scopes), o.DefaultScopes...) {
 		if !validScopeToken(sc) {
 			return nil, fmt.Errorf("identity: %q is not a scope token (RFC 6749 §3.3)", sc)

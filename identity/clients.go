@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -197,7 +198,7 @@ type cachedDocument struct {
 
 // NewMetadataDocuments returns a fetcher.
 func NewMetadataDocuments(o MetadataDocumentOptions) *MetadataDocuments {
-	dialer := &net.Dialer{Timeout: cmpDuration(o.Timeout, metadataFetchTimeout)}
+	dialer := &net.Dialer{Timeout: cmp.Or(o.Timeout, metadataFetchTimeout)}
 	if !o.AllowPrivate {
 		dialer.Control = func(_, address string, _ syscall.RawConn) error {
 			ap, err := netip.ParseAddrPort(address)
@@ -221,7 +222,7 @@ func NewMetadataDocuments(o MetadataDocumentOptions) *MetadataDocuments {
 	return &MetadataDocuments{
 		http: &http.Client{
 			Transport: tr,
-			Timeout:   cmpDuration(o.Timeout, metadataFetchTimeout),
+			Timeout:   cmp.Or(o.Timeout, metadataFetchTimeout),
 			CheckRedirect: func(*http.Request, []*http.Request) error {
 				return errors.New("redirects are not followed")
 			},
@@ -229,13 +230,6 @@ func NewMetadataDocuments(o MetadataDocumentOptions) *MetadataDocuments {
 		cache: lru.New[string, cachedDocument](maxCachedMetadataDocs),
 		now:   time.Now,
 	}
-}
-
-func cmpDuration(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
 }
 
 // publicAddr reports whether a is a global unicast address outside the

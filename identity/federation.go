@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -43,6 +44,7 @@ type federation struct {
 	http     *http.Client
 
 	mu       sync.Mutex
+	provider *oidc.Provider
 	oauth    *oauth2.Config
 	verifier *oidc.IDTokenVerifier
 }
@@ -63,16 +65,9 @@ func newFederation(p FederatedProvider, redirect string) (*federation, error) {
 	if len(p.Scopes) == 0 {
 		p.Scopes = []string{oidc.ScopeOpenID, "profile", "email"}
 	}
-	p.SubjectClaim = cmpString(p.SubjectClaim, "sub")
-	p.GroupsClaim = cmpString(p.GroupsClaim, "groups")
+	p.SubjectClaim = cmp.Or(p.SubjectClaim, "sub")
+	p.GroupsClaim = cmp.Or(p.GroupsClaim, "groups")
 	return &federation{cfg: p, redirect: redirect, http: &http.Client{Timeout: federationTimeout}}, nil
-}
-
-func cmpString(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // discover fetches the provider's metadata once (a failure is retried on
@@ -87,6 +82,7 @@ func (f *federation) discover(ctx context.Context) (*oauth2.Config, *oidc.IDToke
 	if err != nil {
 		return nil, nil, fmt.Errorf("discovery of %s: %w", f.cfg.Issuer, err)
 	}
+	f.provider = p
 	f.oauth = &oauth2.Config{ClientID: f.cfg.ClientID, ClientSecret: f.cfg.ClientSecret, Endpoint: p.Endpoint(), RedirectURL: f.redirect, Scopes: f.cfg.Scopes}
 	// The verifier checks the signature (the provider's JWKS), iss, aud
 	// (our client_id) and exp (OpenID Connect Core §3.1.3.7).
@@ -157,10 +153,9 @@ func (f *federation) finish(ctx context.Context, code string, l *fedLogin) (stri
 
 // userInfo adds the UserInfo endpoint's claims that the ID token lacks.
 func (f *federation) userInfo(ctx context.Context, tok *oauth2.Token, subject string, claims map[string]any) error {
-	p, err := oidc.NewProvider(ctx, f.cfg.Issuer)
-	if err != nil {
-		return fmt.Errorf("discovery of %s: %w", f.cfg.Issuer, err)
-	}
+	f.mu.Lock()
+	p := f.provider // discovered by finish
+	f.mu.Unlock()
 	ui, err := p.UserInfo(ctx, oauth2.StaticTokenSource(tok))
 	if err != nil {
 		return fmt.Errorf("the provider's UserInfo endpoint: %w", err)

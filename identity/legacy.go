@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -80,7 +81,7 @@ func NewLegacy(o LegacyOptions) (*Legacy, error) {
 	case o.Introspection != nil && (o.Introspection.URL == "" || o.Introspection.Issuer == ""):
 		return nil, errors.New("identity: introspection needs a URL and an issuer name")
 	}
-	o.TTL = cmpDuration(o.TTL, DefaultExchangeTTL)
+	o.TTL = cmp.Or(o.TTL, DefaultExchangeTTL)
 	if o.HTTP == nil {
 		o.HTTP = &http.Client{Timeout: 5 * time.Second}
 	}

@@ -381,17 +381,17 @@ func (a *authn) close() error {
 // authorization server and token service.
 func (g *Gateway) authorizationServerMetadata(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Access-Control-Allow-Origin", "*")
-	if g.auth.server == nil {
-		if g.auth.exchange == nil {
-			writeJSON(w, http.StatusOK, g.auth.legacy.Metadata())
-			return
+	var m map[string]any
+	switch {
+	case g.auth.server != nil:
+		m = g.auth.server.Metadata()
+		if g.auth.exchange != nil || g.auth.legacy != nil {
+			m["grant_types_supported"] = append(m["grant_types_supported"].([]string), identity.GrantTypeTokenExchange)
 		}
-		writeJSON(w, http.StatusOK, g.auth.exchange.Metadata())
-		return
-	}
-	m := g.auth.server.Metadata()
-	if g.auth.exchange != nil || g.auth.legacy != nil {
-		m["grant_types_supported"] = append(m["grant_types_supported"].([]string), identity.GrantTypeTokenExchange)
+	case g.auth.exchange != nil:
+		m = g.auth.exchange.Metadata()
+	default:
+		m = g.auth.legacy.Metadata()
 	}
 	writeJSON(w, http.StatusOK, m)
 }

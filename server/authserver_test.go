@@ -170,14 +170,7 @@ func (b *webBrowser) signInAndApprove(tg *testGateway, authorize string) url.Val
 func register(t testing.TB, tg *testGateway, meta map[string]any) (int, map[string]any) {
 	t.Helper()
 	body, _ := json.Marshal(meta)
-	resp, err := http.Post(tg.Base+identity.RegisterPath, "application/json", strings.NewReader(string(body)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out map[string]any
-	json.NewDecoder(resp.Body).Decode(&out)
-	return resp.StatusCode, out
+	return postProved(t, tg, identity.RegisterPath, "application/json", string(body), nil)
 }
 
 func publicClient(t testing.TB, tg *testGateway) string {
