@@ -307,7 +307,13 @@ func (s side) call(ctx context.Context, cs *mcp.ClientSession) (time.Duration, e
 		return 0, fmt.Errorf("%s: %w", s.name, err)
 	}
 	if res.IsError {
-		return 0, fmt.Errorf("%s: tool error", s.name)
+		var text string
+		if len(res.Content) > 0 {
+			if tc, ok := res.Content[0].(*mcp.TextContent); ok {
+				text = tc.Text
+			}
+		}
+		return 0, fmt.Errorf("%s: tool error: %s", s.name, text)
 	}
 	return d, nil
 }

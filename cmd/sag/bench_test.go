@@ -2,7 +2,9 @@ package main
 
 import (
 	"regexp"
+	"strings"
 	"testing"
+	"time"
 )
 
 // TestBenchRuns: a short sag bench measures every side (the direct call,
@@ -38,10 +40,33 @@ func TestBenchSoak(t *testing.T) {
 		`(?m)^  \d+s +\d+ +\d+ +\d+\.\d +\d+$`,
 		`(?m)^calls: [1-9]\d* \(0 failed\)$`,
 		`(?m)^(flat|growing): `,
-		`(?m)^after the load: \d+ goroutines and \d+ open files, against \d+ and \d+ before: released$`,
+		`(?m)^after the load: \d+ goroutines and \d+ open files, against \d+ and \d+ before: released within \d+s$`,
 	} {
 		if !regexp.MustCompile(want).MatchString(out) {
 			t.Errorf("output lacks %s:\n%s", want, out)
+		}
+	}
+}
+
+// TestSoakVerdict: the warm-up is not judged; growth after it is.
+func TestSoakVerdict(t *testing.T) {
+	series := func(heap ...float64) []soakSample {
+		var out []soakSample
+		for i, h := range heap {
+			out = append(out, soakSample{at: time.Duration(i+1) * 30 * time.Second, goroutines: 300, heapMiB: h, fds: 100})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		heap []float64
+		want string
+	}{
+		{[]float64{5, 20, 30, 30, 31, 30, 30, 31, 30}, "flat: "},         // fills during the warm-up, flat after
+		{[]float64{5, 20, 30, 35, 40, 45, 50, 55, 60}, "growing: heap "}, // keeps growing
+		{[]float64{5, 20, 30}, "flat: too few samples"},
+	} {
+		if got := soakVerdict(series(tc.heap...)); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("soakVerdict(%v) = %q, want %q…", tc.heap, got, tc.want)
 		}
 	}
 }
