@@ -13,8 +13,11 @@ vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# The store's tests run twice: on SQLite, then on a throwaway PostgreSQL
+# (internal/pgtest; e2e/postgres.sh installs Debian's postgresql if missing).
 unit:
 	$(GO) test -race -count=1 ./...
+	SAG_TEST_POSTGRES=1 $(GO) test -race -count=1 ./store/
 
 # A short run of every fuzz target (300 inputs each beyond its seeds).
 fuzz-short:

@@ -17,7 +17,7 @@ import (
 	"github.com/sag-gateway/sag/store"
 )
 
-// TaskStore keeps tasks. *store.SQLite implements it.
+// TaskStore keeps tasks. *store.DB implements it.
 type TaskStore interface {
 	PutA2ATask(ctx context.Context, t store.A2ATask) error
 	UpdateA2ATask(ctx context.Context, t store.A2ATask, prev int64) error
@@ -27,7 +27,7 @@ type TaskStore interface {
 	LiveA2ATasks(ctx context.Context) ([]store.A2ATask, error)
 }
 
-var _ TaskStore = (*store.SQLite)(nil)
+var _ TaskStore = (*store.DB)(nil)
 
 // tasks is the SDK's task store over TaskStore. A task belongs to the
 // principal that created it: another principal's task is not found (A2A

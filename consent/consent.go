@@ -94,7 +94,7 @@ type Decision struct {
 	Channel string
 }
 
-// Store keeps requests and decisions. *store.SQLite implements it.
+// Store keeps requests and decisions. *store.DB implements it.
 type Store interface {
 	PutConsent(ctx context.Context, r store.ConsentRecord) error
 	GetConsent(ctx context.Context, id string) (store.ConsentRecord, error)
@@ -103,7 +103,7 @@ type Store interface {
 	UseConsent(ctx context.Context, id string) error
 }
 
-var _ Store = (*store.SQLite)(nil)
+var _ Store = (*store.DB)(nil)
 
 // Errors of Decide and Use, safe to show.
 var (

@@ -22,7 +22,7 @@ var (
 	bob   = identity.Principal{Issuer: iss, User: "bob"}
 )
 
-func openStore(t *testing.T, dir string) *store.SQLite {
+func openStore(t *testing.T, dir string) *store.DB {
 	t.Helper()
 	st, err := store.Open(context.Background(), dir, store.Options{})
 	if err != nil {

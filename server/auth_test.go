@@ -146,6 +146,9 @@ func auditRecords(t *testing.T, tg *testGateway, tool string) []store.AuditRecor
 	}
 	var out []store.AuditRecord
 	for line := range strings.SplitSeq(strings.TrimSpace(string(body)), "\n") {
+		if line == "" { // no records
+			continue
+		}
 		var r store.AuditRecord
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatalf("audit line %q: %v", line, err)

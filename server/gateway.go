@@ -32,7 +32,7 @@ import (
 	"github.com/sag-gateway/sag/upstreams"
 )
 
-// Store is what the gateway keeps in its database. *store.SQLite implements it.
+// Store is what the gateway keeps in its database. *store.DB implements it.
 type Store interface {
 	Append(ctx context.Context, rec store.AuditRecord) error
 	QueryAudit(ctx context.Context, q store.AuditQuery) ([]store.AuditRecord, error)
@@ -65,7 +65,7 @@ type Store interface {
 	Close() error
 }
 
-var _ Store = (*store.SQLite)(nil)
+var _ Store = (*store.DB)(nil)
 
 // Gateway is one running SAG: the MCP front, the upstreams, the store and the
 // HTTP routes, built from one config in New and torn down in Close.
@@ -154,8 +154,8 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 
 	st := deps.Store
 	if st == nil {
-		if st, err = store.Open(ctx, cfg.DataDir, store.Options{}); err != nil {
-			return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
+		if st, err = store.Open(ctx, cfg.DataDir, store.Options{Postgres: cfg.Store}); err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
 		}
 	}
 	g.store = st

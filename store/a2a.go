@@ -43,7 +43,7 @@ const terminalA2AStates = `('TASK_STATE_COMPLETED', 'TASK_STATE_FAILED', 'TASK_S
 const a2aTaskCols = `id, owner, context_id, state, status_time, version, updated, task`
 
 // PutA2ATask inserts a new task; ErrConflict when its id exists.
-func (s *SQLite) PutA2ATask(ctx context.Context, t A2ATask) error {
+func (s *DB) PutA2ATask(ctx context.Context, t A2ATask) error {
 	err := s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(`INSERT INTO a2a_tasks (`+a2aTaskCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
 			t.ID, t.Owner, t.ContextID, t.State, optNanos(t.StatusTime), t.Version, nanos(t.Updated), string(t.Task))
@@ -64,7 +64,7 @@ func (s *SQLite) PutA2ATask(ctx context.Context, t A2ATask) error {
 // UpdateA2ATask replaces the owner's task t.ID with t when it is still at
 // version prev (any version when prev is 0); ErrNotFound when the owner has
 // no such task, ErrConflict when it changed meanwhile.
-func (s *SQLite) UpdateA2ATask(ctx context.Context, t A2ATask, prev int64) error {
+func (s *DB) UpdateA2ATask(ctx context.Context, t A2ATask, prev int64) error {
 	err := s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(`UPDATE a2a_tasks SET state = ?, status_time = ?, version = ?, updated = ?, task = ?
 			WHERE id = ? AND owner = ? AND (version = ? OR ? = 0)`,
@@ -91,7 +91,7 @@ func (s *SQLite) UpdateA2ATask(ctx context.Context, t A2ATask, prev int64) error
 }
 
 // GetA2ATask returns one task; ErrNotFound for an unknown id.
-func (s *SQLite) GetA2ATask(ctx context.Context, id string) (A2ATask, error) {
+func (s *DB) GetA2ATask(ctx context.Context, id string) (A2ATask, error) {
 	t, err := scanA2ATask(s.r.QueryRowContext(ctx, `SELECT `+a2aTaskCols+` FROM a2a_tasks WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, ErrNotFound
@@ -101,7 +101,7 @@ func (s *SQLite) GetA2ATask(ctx context.Context, id string) (A2ATask, error) {
 
 // ListA2ATasks returns one page of q.Owner's tasks (newest update first)
 // and how many match in all.
-func (s *SQLite) ListA2ATasks(ctx context.Context, q A2ATaskQuery) ([]A2ATask, int, error) {
+func (s *DB) ListA2ATasks(ctx context.Context, q A2ATaskQuery) ([]A2ATask, int, error) {
 	where := []string{"owner = ?"}
 	args := []any{q.Owner}
 	if q.ContextID != "" {
@@ -139,14 +139,14 @@ func (s *SQLite) ListA2ATasks(ctx context.Context, q A2ATaskQuery) ([]A2ATask, i
 }
 
 // BindA2ATask records the session-graph nodes of a task's calls.
-func (s *SQLite) BindA2ATask(ctx context.Context, id string, nodes []string) error {
+func (s *DB) BindA2ATask(ctx context.Context, id string, nodes []string) error {
 	return s.exec(ctx, "bind a2a task", `INSERT INTO a2a_task_nodes (id, nodes) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET nodes = excluded.nodes`,
 		id, strings.Join(nodes, " "))
 }
 
 // LiveA2ATasks returns every task not yet in a terminal state that has
 // session-graph nodes, with them.
-func (s *SQLite) LiveA2ATasks(ctx context.Context) ([]A2ATask, error) {
+func (s *DB) LiveA2ATasks(ctx context.Context) ([]A2ATask, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT t.id, t.owner, t.context_id, t.state, t.status_time, t.version, t.updated, t.task, n.nodes
 		FROM a2a_tasks t JOIN a2a_task_nodes n ON n.id = t.id WHERE t.state NOT IN `+terminalA2AStates)
 	if err != nil {

@@ -18,19 +18,19 @@ type AllowList struct {
 
 // PutAllowList stores (or replaces) the allow-list of an upstream and returns
 // once it is committed.
-func (s *SQLite) PutAllowList(ctx context.Context, upstream string, doc []byte) error {
+func (s *DB) PutAllowList(ctx context.Context, upstream string, doc []byte) error {
 	return s.exec(ctx, "put allow-list", `INSERT INTO allowlists (upstream, document, updated) VALUES (?1, ?2, ?3)
 		ON CONFLICT (upstream) DO UPDATE SET document = excluded.document, updated = excluded.updated`, upstream, string(doc), nanos(s.now()))
 }
 
 // DeleteAllowList removes the allow-list of an upstream; ErrNotFound if it
 // has none.
-func (s *SQLite) DeleteAllowList(ctx context.Context, upstream string) error {
+func (s *DB) DeleteAllowList(ctx context.Context, upstream string) error {
 	return s.execOne(ctx, "delete allow-list", `DELETE FROM allowlists WHERE upstream = ?`, upstream)
 }
 
 // ListAllowLists returns every registered allow-list, by upstream name.
-func (s *SQLite) ListAllowLists(ctx context.Context) ([]AllowList, error) {
+func (s *DB) ListAllowLists(ctx context.Context) ([]AllowList, error) {
 	if err := s.acquire(); err != nil {
 		return nil, err
 	}

@@ -86,7 +86,7 @@ FROM audit`
 // any error means the record may not be stored and the caller must fail
 // closed. A zero Time is set from the store's clock; rec.ID is ignored (the
 // store assigns it).
-func (s *SQLite) Append(ctx context.Context, rec AuditRecord) error {
+func (s *DB) Append(ctx context.Context, rec AuditRecord) error {
 	if rec.Time.IsZero() {
 		rec.Time = s.now()
 	}
@@ -100,7 +100,7 @@ func (s *SQLite) Append(ctx context.Context, rec AuditRecord) error {
 }
 
 // QueryAudit returns the audit records q selects, newest first.
-func (s *SQLite) QueryAudit(ctx context.Context, q AuditQuery) ([]AuditRecord, error) {
+func (s *DB) QueryAudit(ctx context.Context, q AuditQuery) ([]AuditRecord, error) {
 	if err := s.journal.flush(ctx); err != nil {
 		return nil, fmt.Errorf("store: query audit: %w", err)
 	}

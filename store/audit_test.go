@@ -211,7 +211,7 @@ func BenchmarkAppendParallel(b *testing.B) {
 // must search audit_sessions by each session column, then the records by
 // their audit_sessions row, never scan either table.
 func TestQueryAuditUsesIndexes(t *testing.T) {
-	s := openTest(t, Options{})
+	s := openTestSQLite(t)
 	rows, err := s.r.Query(`EXPLAIN QUERY PLAN `+selectAudit+`
 		WHERE id < ?1 AND sessions IN (SELECT id FROM audit_sessions
 			WHERE usid = ?3 OR wsid = ?3 OR asid = ?3 OR msid = ?3)

@@ -23,13 +23,13 @@ type ConsentRecord struct {
 }
 
 // PutConsent inserts a new consent request.
-func (s *SQLite) PutConsent(ctx context.Context, r ConsentRecord) error {
+func (s *DB) PutConsent(ctx context.Context, r ConsentRecord) error {
 	return s.exec(ctx, "put consent", `INSERT INTO consent_requests (id, asid, nodes, state, expires, used, request) VALUES (?, ?, ?, ?, ?, 0, ?)`,
 		r.ID, r.ASID, strings.Join(r.Nodes, " "), r.State, nanos(r.Expires), string(r.Request))
 }
 
 // GetConsent returns one consent request; ErrNotFound for an unknown id.
-func (s *SQLite) GetConsent(ctx context.Context, id string) (ConsentRecord, error) {
+func (s *DB) GetConsent(ctx context.Context, id string) (ConsentRecord, error) {
 	row := s.r.QueryRowContext(ctx, `SELECT `+consentCols+` FROM consent_requests WHERE id = ?`, id)
 	r, err := scanConsent(row)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -39,7 +39,7 @@ func (s *SQLite) GetConsent(ctx context.Context, id string) (ConsentRecord, erro
 }
 
 // PendingConsents returns every pending consent request.
-func (s *SQLite) PendingConsents(ctx context.Context) ([]ConsentRecord, error) {
+func (s *DB) PendingConsents(ctx context.Context) ([]ConsentRecord, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT `+consentCols+` FROM consent_requests WHERE state = 'pending'`)
 	if err != nil {
 		return nil, fmt.Errorf("store: pending consents: %w", err)
@@ -59,7 +59,7 @@ func (s *SQLite) PendingConsents(ctx context.Context) ([]ConsentRecord, error) {
 // SettleConsent moves a pending request to state with the updated request
 // JSON, in one committed write; ErrConflict when it is no longer pending
 // (exactly one of two racing decisions wins), ErrNotFound when unknown.
-func (s *SQLite) SettleConsent(ctx context.Context, id, state string, request []byte) error {
+func (s *DB) SettleConsent(ctx context.Context, id, state string, request []byte) error {
 	err := s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(`UPDATE consent_requests SET state = ?, request = ? WHERE id = ? AND state = 'pending'`, state, string(request), id)
 		if err != nil {
@@ -85,7 +85,7 @@ func (s *SQLite) SettleConsent(ctx context.Context, id, state string, request []
 
 // UseConsent marks an approved request used; ErrConflict when it was used
 // already or is not approved (a decision is used once).
-func (s *SQLite) UseConsent(ctx context.Context, id string) error {
+func (s *DB) UseConsent(ctx context.Context, id string) error {
 	err := s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(`UPDATE consent_requests SET used = 1 WHERE id = ? AND used = 0 AND state IN ('approved', 'approved_with_edits')`, id)
 		if err != nil {

@@ -16,5 +16,5 @@
 // The store is the bottom of the import chain: it must not import any other
 // SAG package, make policy decisions, log or wrap token values or session ids
 // in its errors, or keep request contexts beyond the call that passed them.
-// Consumers declare the small interfaces they need; *SQLite implements them.
+// Consumers declare the small interfaces they need; *DB implements them.
 package store

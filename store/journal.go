@@ -45,7 +45,7 @@ type journaled struct {
 }
 
 type journal struct {
-	s *SQLite
+	s *DB
 
 	mu      sync.Mutex
 	f       *os.File
@@ -67,7 +67,7 @@ type journal struct {
 
 // openJournal moves what a previous process journaled but did not move
 // into the audit table, empties the journal and starts the mover.
-func (s *SQLite) openJournal(ctx context.Context, path string) (*journal, error) {
+func (s *DB) openJournal(ctx context.Context, path string) (*journal, error) {
 	j := &journal{s: s, changed: make(chan struct{}), kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
 	if err := s.w.QueryRowContext(ctx, `SELECT seq FROM audit_journal`).Scan(&j.moved); err != nil {
 		return nil, fmt.Errorf("store: open journal: %w", err)
@@ -236,7 +236,7 @@ func (j *journal) move() bool {
 
 // moveRecords inserts records into the audit table in tx and records the
 // last one's sequence as moved.
-func (s *SQLite) moveRecords(tx *sql.Tx, recs []journaled) error {
+func (s *DB) moveRecords(tx *sql.Tx, recs []journaled) error {
 	insSessions, ins := tx.Stmt(s.insertAuditSessions), tx.Stmt(s.insertAudit)
 	type nodes struct{ u, w, a, m string }
 	seen := map[nodes]bool{} // the calls of one session share a row

@@ -230,8 +230,10 @@ CREATE TABLE oauth_consents (
 
 // migrate brings the database up to len(migrations) in one transaction and
 // records each applied version once in schema_migrations. It is idempotent and
-// refuses a database written by a newer binary.
-func migrate(ctx context.Context, db *sql.DB, now int64) (err error) {
+// refuses a database written by a newer binary. On PostgreSQL the
+// migrations are translated (pgSchema), and gateways starting together
+// take turns (a transaction-scoped advisory lock).
+func migrate(ctx context.Context, db *sql.DB, postgres bool, now int64) (err error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("store: migrate: begin: %w", err)
@@ -242,10 +244,17 @@ func migrate(ctx context.Context, db *sql.DB, now int64) (err error) {
 		}
 	}()
 
-	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+	ddl := func(q string) string { return q }
+	if postgres {
+		ddl = pgSchema
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, migrationLock); err != nil {
+			return fmt.Errorf("store: migrate: lock: %w", err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, ddl(`CREATE TABLE IF NOT EXISTS schema_migrations (
 	version INTEGER PRIMARY KEY,
 	applied INTEGER NOT NULL -- Unix nanoseconds
-)`); err != nil {
+)`)); err != nil {
 		return fmt.Errorf("store: migrate: create schema_migrations: %w", err)
 	}
 	var current int
@@ -256,7 +265,7 @@ func migrate(ctx context.Context, db *sql.DB, now int64) (err error) {
 		return fmt.Errorf("store: migrate: database schema version %d is newer than this binary's %d", current, len(migrations))
 	}
 	for v := current + 1; v <= len(migrations); v++ {
-		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+		if _, err := tx.ExecContext(ctx, ddl(migrations[v-1])); err != nil {
 			return fmt.Errorf("store: migrate: version %d: %w", v, err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied) VALUES (?, ?)`, v, now); err != nil {

@@ -22,13 +22,13 @@ type OAuthClient struct {
 }
 
 // PutOAuthClient records a registered client.
-func (s *SQLite) PutOAuthClient(ctx context.Context, c OAuthClient) error {
+func (s *DB) PutOAuthClient(ctx context.Context, c OAuthClient) error {
 	return s.exec(ctx, "put oauth client", `INSERT INTO oauth_clients (id, metadata, created) VALUES (?, ?, ?)`,
 		c.ID, string(c.Metadata), nanos(c.Created))
 }
 
 // GetOAuthClient returns a registered client; ErrNotFound for an unknown id.
-func (s *SQLite) GetOAuthClient(ctx context.Context, id string) (OAuthClient, error) {
+func (s *DB) GetOAuthClient(ctx context.Context, id string) (OAuthClient, error) {
 	if err := s.acquire(); err != nil {
 		return OAuthClient{}, err
 	}
@@ -70,14 +70,14 @@ type RefreshToken struct {
 }
 
 // PutRefreshToken records a new, active refresh token.
-func (s *SQLite) PutRefreshToken(ctx context.Context, t RefreshToken) error {
-	return s.exec(ctx, "put refresh token", `INSERT INTO oauth_refresh_tokens (hash, family, client, subject, state, expires, grant) VALUES (?, ?, ?, ?, 'active', ?, ?)`,
+func (s *DB) PutRefreshToken(ctx context.Context, t RefreshToken) error {
+	return s.exec(ctx, "put refresh token", `INSERT INTO oauth_refresh_tokens (hash, family, client, subject, state, expires, "grant") VALUES (?, ?, ?, ?, 'active', ?, ?)`,
 		t.Hash, t.Family, t.Client, t.Subject, nanos(t.Expires), string(t.Grant))
 }
 
 // GetRefreshToken returns a refresh token by hash, whatever its state;
 // ErrNotFound for an unknown one.
-func (s *SQLite) GetRefreshToken(ctx context.Context, hash string) (RefreshToken, error) {
+func (s *DB) GetRefreshToken(ctx context.Context, hash string) (RefreshToken, error) {
 	if err := s.acquire(); err != nil {
 		return RefreshToken{}, err
 	}
@@ -87,7 +87,7 @@ func (s *SQLite) GetRefreshToken(ctx context.Context, hash string) (RefreshToken
 		expires int64
 		grant   string
 	)
-	err := s.r.QueryRowContext(ctx, `SELECT hash, family, client, subject, state, expires, grant FROM oauth_refresh_tokens WHERE hash = ?`, hash).
+	err := s.r.QueryRowContext(ctx, `SELECT hash, family, client, subject, state, expires, "grant" FROM oauth_refresh_tokens WHERE hash = ?`, hash).
 		Scan(&t.Hash, &t.Family, &t.Client, &t.Subject, &t.State, &expires, &grant)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
@@ -102,7 +102,7 @@ func (s *SQLite) GetRefreshToken(ctx context.Context, hash string) (RefreshToken
 // UseRefreshToken marks an active refresh token used, once: a token that
 // is not active any more (used by a concurrent request, or revoked) gets
 // ErrRefreshReused and its family is revoked in the same transaction.
-func (s *SQLite) UseRefreshToken(ctx context.Context, hash string) error {
+func (s *DB) UseRefreshToken(ctx context.Context, hash string) error {
 	err := s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(`UPDATE oauth_refresh_tokens SET state = 'used' WHERE hash = ? AND state = 'active'`, hash)
 		if err != nil {
@@ -126,13 +126,13 @@ func (s *SQLite) UseRefreshToken(ctx context.Context, hash string) error {
 }
 
 // RevokeRefreshFamily revokes every refresh token of a rotation family.
-func (s *SQLite) RevokeRefreshFamily(ctx context.Context, family string) error {
+func (s *DB) RevokeRefreshFamily(ctx context.Context, family string) error {
 	return s.exec(ctx, "revoke refresh family", `UPDATE oauth_refresh_tokens SET state = 'revoked' WHERE family = ?`, family)
 }
 
 // PutClientConsent remembers that subject allowed client to act for them
 // with scope (replacing what they allowed it before).
-func (s *SQLite) PutClientConsent(ctx context.Context, subject, client, scope string) error {
+func (s *DB) PutClientConsent(ctx context.Context, subject, client, scope string) error {
 	return s.exec(ctx, "put client consent", `INSERT INTO oauth_consents (subject, client, scope, granted) VALUES (?, ?, ?, ?)
 		ON CONFLICT (subject, client) DO UPDATE SET scope = excluded.scope, granted = excluded.granted`,
 		subject, client, scope, nanos(s.now()))
@@ -140,7 +140,7 @@ func (s *SQLite) PutClientConsent(ctx context.Context, subject, client, scope st
 
 // ClientConsent returns the scope subject allowed client, ErrNotFound when
 // they never did (or withdrew it).
-func (s *SQLite) ClientConsent(ctx context.Context, subject, client string) (string, error) {
+func (s *DB) ClientConsent(ctx context.Context, subject, client string) (string, error) {
 	if err := s.acquire(); err != nil {
 		return "", err
 	}
@@ -159,7 +159,7 @@ func (s *SQLite) ClientConsent(ctx context.Context, subject, client string) (str
 // DeleteClientConsent withdraws what subject allowed client and revokes the
 // refresh tokens client holds for subject, in one transaction; ErrNotFound
 // when there was nothing to withdraw.
-func (s *SQLite) DeleteClientConsent(ctx context.Context, subject, client string) error {
+func (s *DB) DeleteClientConsent(ctx context.Context, subject, client string) error {
 	err := s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(`DELETE FROM oauth_consents WHERE subject = ? AND client = ?`, subject, client)
 		if err != nil {

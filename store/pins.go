@@ -21,7 +21,7 @@ type ToolPin struct {
 }
 
 // PutToolPin stores (or replaces) a pin and returns once it is committed.
-func (s *SQLite) PutToolPin(ctx context.Context, p ToolPin) error {
+func (s *DB) PutToolPin(ctx context.Context, p ToolPin) error {
 	return s.exec(ctx, "put tool pin", `INSERT INTO tool_pins (upstream, tool, approved, pending, pending_def, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
 		ON CONFLICT (upstream, tool) DO UPDATE SET approved = excluded.approved, pending = excluded.pending,
 		pending_def = excluded.pending_def, updated = excluded.updated`,
@@ -29,7 +29,7 @@ func (s *SQLite) PutToolPin(ctx context.Context, p ToolPin) error {
 }
 
 // ListToolPins returns every pin, by upstream and tool.
-func (s *SQLite) ListToolPins(ctx context.Context) ([]ToolPin, error) {
+func (s *DB) ListToolPins(ctx context.Context) ([]ToolPin, error) {
 	if err := s.acquire(); err != nil {
 		return nil, err
 	}

@@ -9,9 +9,6 @@ import (
 	"fmt"
 	"slices"
 	"time"
-
-	"modernc.org/sqlite"
-	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // SessionKind is the level of a session in the session graph.
@@ -65,7 +62,7 @@ ON CONFLICT (id) DO UPDATE SET
 	risk     = excluded.risk,
 	counters = excluded.counters
 WHERE sessions.kind = excluded.kind
-	AND sessions.parent IS excluded.parent
+	AND sessions.parent IS NOT DISTINCT FROM excluded.parent
 	AND sessions.subject = excluded.subject`
 
 // PutSession inserts sess or updates the stored session with the same ID, and
@@ -77,7 +74,7 @@ WHERE sessions.kind = excluded.kind
 // never changes Created. Revocation is sticky: an update of a revoked session
 // keeps it revoked, and a session created under a revoked parent is created
 // revoked. The parent must already exist, else ErrNotFound.
-func (s *SQLite) PutSession(ctx context.Context, sess Session) error {
+func (s *DB) PutSession(ctx context.Context, sess Session) error {
 	if err := validSession(sess); err != nil {
 		return fmt.Errorf("store: put session: %w", err)
 	}
@@ -97,8 +94,7 @@ func (s *SQLite) PutSession(ctx context.Context, sess Session) error {
 	err = s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(putSessionSQL, sess.ID, string(sess.Kind), sess.Parent, sess.Subject, sess.Agent,
 			string(sess.State), nanos(sess.Created), nanos(sess.Updated), sess.Risk, string(counters), sess.Issuer)
-		var serr *sqlite.Error
-		if errors.As(err, &serr) && serr.Code() == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY {
+		if isForeignKeyViolation(err) {
 			return fmt.Errorf("parent: %w", ErrNotFound)
 		}
 		if err != nil {
@@ -145,7 +141,7 @@ func validState(st SessionState) error {
 const sessionCols = `id, kind, COALESCE(parent, ''), subject, agent, state, created, updated, risk, counters, issuer`
 
 // GetSession returns the session with the given id, or ErrNotFound.
-func (s *SQLite) GetSession(ctx context.Context, id string) (Session, error) {
+func (s *DB) GetSession(ctx context.Context, id string) (Session, error) {
 	if err := s.acquire(); err != nil {
 		return Session{}, err
 	}
@@ -162,7 +158,7 @@ func (s *SQLite) GetSession(ctx context.Context, id string) (Session, error) {
 
 // ListSessions returns up to limit sessions (100 if limit <= 0), newest
 // (by Created) first.
-func (s *SQLite) ListSessions(ctx context.Context, limit int) ([]Session, error) {
+func (s *DB) ListSessions(ctx context.Context, limit int) ([]Session, error) {
 	if limit <= 0 {
 		limit = 100
 	}
@@ -170,7 +166,7 @@ func (s *SQLite) ListSessions(ctx context.Context, limit int) ([]Session, error)
 		return nil, err
 	}
 	defer s.release()
-	out, err := s.querySessions(ctx, `SELECT `+sessionCols+` FROM sessions ORDER BY created DESC, rowid DESC LIMIT ?`, limit)
+	out, err := s.querySessions(ctx, `SELECT `+sessionCols+` FROM sessions ORDER BY created DESC, id DESC LIMIT ?`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: list sessions: %w", err)
 	}
@@ -180,7 +176,7 @@ func (s *SQLite) ListSessions(ctx context.Context, limit int) ([]Session, error)
 // UserSessions returns the session graphs of one user: every user session
 // of (issuer, subject) and all that hangs off them, at most limit nodes,
 // the most recently updated first.
-func (s *SQLite) UserSessions(ctx context.Context, issuer, subject string, limit int) ([]Session, error) {
+func (s *DB) UserSessions(ctx context.Context, issuer, subject string, limit int) ([]Session, error) {
 	if err := s.acquire(); err != nil {
 		return nil, err
 	}
@@ -189,7 +185,7 @@ func (s *SQLite) UserSessions(ctx context.Context, issuer, subject string, limit
 	SELECT id FROM sessions WHERE kind = 'user' AND subject = ?1 AND issuer = ?2
 	UNION
 	SELECT s.id FROM sessions s JOIN tree ON s.parent = tree.id
-) SELECT `+sessionCols+` FROM sessions WHERE id IN tree ORDER BY updated DESC, id LIMIT ?3`, subject, issuer, limit)
+) SELECT `+sessionCols+` FROM sessions WHERE id IN (SELECT id FROM tree) ORDER BY updated DESC, id LIMIT ?3`, subject, issuer, limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: user sessions: %w", err)
 	}
@@ -197,7 +193,7 @@ func (s *SQLite) UserSessions(ctx context.Context, issuer, subject string, limit
 }
 
 // querySessions runs a query selecting sessionCols and reads its rows.
-func (s *SQLite) querySessions(ctx context.Context, query string, args ...any) ([]Session, error) {
+func (s *DB) querySessions(ctx context.Context, query string, args ...any) ([]Session, error) {
 	rows, err := s.r.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
@@ -236,7 +232,7 @@ func scanSession(row interface{ Scan(...any) error }) (Session, error) {
 // RevokeTree) and returns once the change is committed. It returns
 // ErrNotFound for an unknown id and ErrConflict when asked to move a revoked
 // session to another state.
-func (s *SQLite) SetSessionState(ctx context.Context, id string, st SessionState) error {
+func (s *DB) SetSessionState(ctx context.Context, id string, st SessionState) error {
 	if err := validState(st); err != nil {
 		return fmt.Errorf("store: set session state: %w", err)
 	}
@@ -276,7 +272,7 @@ const subtreeCTE = `WITH RECURSIVE tree(id) AS (
 // transaction and returns the ids of that whole subtree, id first, the rest
 // sorted (sessions already revoked are included, their Updated unchanged).
 // It returns ErrNotFound if id is unknown.
-func (s *SQLite) RevokeTree(ctx context.Context, id string) ([]string, error) {
+func (s *DB) RevokeTree(ctx context.Context, id string) ([]string, error) {
 	now := nanos(s.now())
 	var ids []string
 	err := s.submit(ctx, func(tx *sql.Tx) error {
@@ -300,7 +296,7 @@ func (s *SQLite) RevokeTree(ctx context.Context, id string) ([]string, error) {
 			return ErrNotFound
 		}
 		if _, err := tx.Exec(subtreeCTE+` UPDATE sessions SET state = 'revoked', updated = ?2
-			WHERE state <> 'revoked' AND id IN tree`, id, now); err != nil {
+			WHERE state <> 'revoked' AND id IN (SELECT id FROM tree)`, id, now); err != nil {
 			return err
 		}
 		ids = found
@@ -325,7 +321,7 @@ func (s *SQLite) RevokeTree(ctx context.Context, id string) ([]string, error) {
 
 // SetSessionRisk records a session's risk score and counters and returns
 // once the change is committed; ErrNotFound for an unknown id.
-func (s *SQLite) SetSessionRisk(ctx context.Context, id string, risk float64, counters map[string]int64) error {
+func (s *DB) SetSessionRisk(ctx context.Context, id string, risk float64, counters map[string]int64) error {
 	b, err := json.Marshal(counters)
 	if err != nil {
 		return fmt.Errorf("store: set session risk: %w", err)
@@ -336,7 +332,7 @@ func (s *SQLite) SetSessionRisk(ctx context.Context, id string, risk float64, co
 
 // RevokedSessions returns the ids of every revoked session. Revocation is
 // terminal and kills are rare, so the gateway keeps them all in memory.
-func (s *SQLite) RevokedSessions(ctx context.Context) ([]string, error) {
+func (s *DB) RevokedSessions(ctx context.Context) ([]string, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT id FROM sessions WHERE state = 'revoked'`)
 	if err != nil {
 		return nil, fmt.Errorf("store: revoked sessions: %w", err)
@@ -362,13 +358,13 @@ type UserKill struct {
 
 // PutUserKill records a user kill (a later kill of the same user replaces
 // an earlier one) and returns once it is committed.
-func (s *SQLite) PutUserKill(ctx context.Context, k UserKill) error {
+func (s *DB) PutUserKill(ctx context.Context, k UserKill) error {
 	return s.exec(ctx, "put user kill", `INSERT INTO user_kills (issuer, subject, killed) VALUES (?1, ?2, ?3)
-		ON CONFLICT (issuer, subject) DO UPDATE SET killed = MAX(user_kills.killed, excluded.killed)`, k.Issuer, k.Subject, k.Killed.Unix())
+		ON CONFLICT (issuer, subject) DO UPDATE SET killed = CASE WHEN excluded.killed > user_kills.killed THEN excluded.killed ELSE user_kills.killed END`, k.Issuer, k.Subject, k.Killed.Unix())
 }
 
 // UserKills returns every user kill.
-func (s *SQLite) UserKills(ctx context.Context) ([]UserKill, error) {
+func (s *DB) UserKills(ctx context.Context) ([]UserKill, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT issuer, subject, killed FROM user_kills`)
 	if err != nil {
 		return nil, fmt.Errorf("store: user kills: %w", err)

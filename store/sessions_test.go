@@ -10,7 +10,7 @@ import (
 )
 
 // putAll stores sessions in order or fails the test.
-func putAll(t *testing.T, s *SQLite, sessions ...Session) {
+func putAll(t *testing.T, s *DB, sessions ...Session) {
 	t.Helper()
 	for _, sess := range sessions {
 		if err := s.PutSession(context.Background(), sess); err != nil {
@@ -19,7 +19,7 @@ func putAll(t *testing.T, s *SQLite, sessions ...Session) {
 	}
 }
 
-func mustGet(t *testing.T, s *SQLite, id string) Session {
+func mustGet(t *testing.T, s *DB, id string) Session {
 	t.Helper()
 	sess, err := s.GetSession(context.Background(), id)
 	if err != nil {

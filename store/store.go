@@ -43,13 +43,20 @@ type Options struct {
 	Now func() time.Time
 	// MaxBatch caps how many writes share one transaction. Default 256.
 	MaxBatch int
+	// Postgres, when set, is the URL of a PostgreSQL database
+	// (postgres://…) that holds the data instead of dir/sag.db; several
+	// gateways may share it. The audit journal stays in dir.
+	Postgres string
 }
 
-// SQLite is the embedded store. It is safe for concurrent use. Writes are
-// group-committed by one writer goroutine; reads go to a read-only pool.
-type SQLite struct {
+// DB is the store: SQLite in the data directory (the embedded default) or
+// a shared PostgreSQL database, with one schema and one set of queries. It
+// is safe for concurrent use. Writes are group-committed by one writer
+// goroutine; reads go to a read-only pool.
+type DB struct {
 	now      func() time.Time
 	maxBatch int
+	postgres bool
 
 	w *sql.DB // exactly one connection, used only by the writer goroutine (and migrations before it starts)
 	r *sql.DB // read-only pool
@@ -69,9 +76,10 @@ type SQLite struct {
 	commits atomic.Int64 // committed write transactions; read by tests
 }
 
-// Open creates dir (0700) and dir/sag.db if needed, applies pending schema
+// Open creates dir (0700) if needed and opens the store: dir/sag.db, or
+// the PostgreSQL database opts.Postgres names. It applies pending schema
 // migrations and starts the writer. The caller must Close the store.
-func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
+func Open(ctx context.Context, dir string, opts Options) (*DB, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -81,80 +89,37 @@ func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
-	path, err := filepath.Abs(filepath.Join(dir, dbFile))
+	s := &DB{now: opts.Now, maxBatch: opts.MaxBatch, postgres: opts.Postgres != ""}
+	var err error
+	if s.postgres {
+		s.w, s.r, err = openPostgres(ctx, opts.Postgres)
+	} else {
+		s.w, s.r, err = openSQLite(ctx, dir)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("store: open: %w", err)
-	}
-	// Create the file private: SQLite gives the -wal and -shm files the
-	// database file's mode, and dir may already exist with a looser one.
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("store: open: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("store: open: %w", err)
-	}
-
-	// The writer: one connection, WAL, no fsync per commit, BEGIN IMMEDIATE so
-	// that a lock held by another process is waited for at BEGIN.
-	w, err := sql.Open("sqlite", dsn(path, "_txlock=immediate",
-		"_pragma=busy_timeout(5000)",
-		"_pragma=journal_mode(WAL)",
-		"_pragma=synchronous(NORMAL)",
-		"_pragma=temp_store(MEMORY)", // savepoint journals stay off the disk
-		"_pragma=foreign_keys(ON)"))
-	if err != nil {
-		return nil, fmt.Errorf("store: open: %w", err)
-	}
-	w.SetMaxOpenConns(1)
-	w.SetMaxIdleConns(1)
-	w.SetConnMaxLifetime(0)
-	w.SetConnMaxIdleTime(0)
-
-	s := &SQLite{now: opts.Now, maxBatch: opts.MaxBatch, w: w}
-	if err := migrate(ctx, w, s.now().UnixNano()); err != nil {
-		_ = w.Close()
 		return nil, err
 	}
-	if s.insertAudit, err = w.PrepareContext(ctx, insertAuditSQL); err != nil {
-		_ = w.Close()
-		return nil, fmt.Errorf("store: open: prepare audit insert: %w", err)
+	fail := func(err error) (*DB, error) {
+		for _, st := range []*sql.Stmt{s.insertAudit, s.insertAuditSessions} {
+			if st != nil {
+				_ = st.Close()
+			}
+		}
+		_ = s.r.Close()
+		_ = s.w.Close()
+		return nil, err
 	}
-	if s.insertAuditSessions, err = w.PrepareContext(ctx, insertAuditSessionsSQL); err != nil {
-		_ = s.insertAudit.Close()
-		_ = w.Close()
-		return nil, fmt.Errorf("store: open: prepare audit sessions insert: %w", err)
+	if err := migrate(ctx, s.w, s.postgres, s.now().UnixNano()); err != nil {
+		return fail(err)
 	}
-
-	// The readers: query_only makes a stray write fail instead of contending
-	// with the writer. The journal mode is already WAL (it is persistent).
-	r, err := sql.Open("sqlite", dsn(path,
-		"_pragma=busy_timeout(5000)",
-		"_pragma=query_only(1)"))
-	if err != nil {
-		_ = s.insertAudit.Close()
-		_ = s.insertAuditSessions.Close()
-		_ = w.Close()
-		return nil, fmt.Errorf("store: open: %w", err)
+	if s.insertAudit, err = s.w.PrepareContext(ctx, insertAuditSQL); err != nil {
+		return fail(fmt.Errorf("store: open: prepare audit insert: %w", err))
 	}
-	readers := max(4, runtime.GOMAXPROCS(0))
-	r.SetMaxOpenConns(readers)
-	r.SetMaxIdleConns(readers)
-	if err := r.PingContext(ctx); err != nil {
-		_ = r.Close()
-		_ = s.insertAudit.Close()
-		_ = s.insertAuditSessions.Close()
-		_ = w.Close()
-		return nil, fmt.Errorf("store: open: readers: %w", err)
+	if s.insertAuditSessions, err = s.w.PrepareContext(ctx, insertAuditSessionsSQL); err != nil {
+		return fail(fmt.Errorf("store: open: prepare audit sessions insert: %w", err))
 	}
-	s.r = r
-
 	if s.journal, err = s.openJournal(ctx, filepath.Join(dir, journalFile)); err != nil {
-		_ = r.Close()
-		_ = s.insertAudit.Close()
-		_ = s.insertAuditSessions.Close()
-		_ = w.Close()
-		return nil, err
+		return fail(err)
 	}
 
 	s.ops = make(chan op, s.maxBatch)
@@ -162,6 +127,64 @@ func Open(ctx context.Context, dir string, opts Options) (*SQLite, error) {
 	go s.run()
 	go s.journal.run()
 	return s, nil
+}
+
+// openSQLite opens dir/sag.db: the writer's single connection and the
+// read-only pool.
+func openSQLite(ctx context.Context, dir string) (w, r *sql.DB, err error) {
+	path, err := filepath.Abs(filepath.Join(dir, dbFile))
+	if err != nil {
+		return nil, nil, fmt.Errorf("store: open: %w", err)
+	}
+	// Create the file private: SQLite gives the -wal and -shm files the
+	// database file's mode, and dir may already exist with a looser one.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("store: open: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, nil, fmt.Errorf("store: open: %w", err)
+	}
+
+	// The writer: one connection, WAL, no fsync per commit, BEGIN IMMEDIATE so
+	// that a lock held by another process is waited for at BEGIN.
+	w, err = sql.Open("sqlite", dsn(path, "_txlock=immediate",
+		"_pragma=busy_timeout(5000)",
+		"_pragma=journal_mode(WAL)",
+		"_pragma=synchronous(NORMAL)",
+		"_pragma=temp_store(MEMORY)", // savepoint journals stay off the disk
+		"_pragma=foreign_keys(ON)"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("store: open: %w", err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	// The journal mode is set (it is persistent) before the readers open.
+	if err := w.PingContext(ctx); err != nil {
+		_ = w.Close()
+		return nil, nil, fmt.Errorf("store: open: %w", err)
+	}
+
+	// The readers: query_only makes a stray write fail instead of contending
+	// with the writer.
+	r, err = sql.Open("sqlite", dsn(path,
+		"_pragma=busy_timeout(5000)",
+		"_pragma=query_only(1)"))
+	if err != nil {
+		_ = w.Close()
+		return nil, nil, fmt.Errorf("store: open: %w", err)
+	}
+	readers := max(4, runtime.GOMAXPROCS(0))
+	r.SetMaxOpenConns(readers)
+	r.SetMaxIdleConns(readers)
+	if err := r.PingContext(ctx); err != nil {
+		_ = r.Close()
+		_ = w.Close()
+		return nil, nil, fmt.Errorf("store: open: readers: %w", err)
+	}
+	return w, r, nil
 }
 
 // dsn builds a SQLite URI for path with the given query parameters.
@@ -173,7 +196,7 @@ func dsn(path string, params ...string) string {
 // Close stops accepting calls, waits until every queued write is committed
 // (or has failed), and closes the database. Calls after Close, including a
 // second Close, return ErrClosed.
-func (s *SQLite) Close() error {
+func (s *DB) Close() error {
 	// The journal's records are moved before the writer stops.
 	jerr := s.journal.close()
 	s.mu.Lock()
@@ -195,7 +218,7 @@ func (s *SQLite) Close() error {
 
 // acquire admits a call: it returns ErrClosed once Close has begun, and
 // otherwise holds Close off until the matching release.
-func (s *SQLite) acquire() error {
+func (s *DB) acquire() error {
 	s.mu.RLock()
 	if s.closed.Load() {
 		s.mu.RUnlock()
@@ -205,7 +228,7 @@ func (s *SQLite) acquire() error {
 }
 
 // release ends what acquire admitted.
-func (s *SQLite) release() { s.mu.RUnlock() }
+func (s *DB) release() { s.mu.RUnlock() }
 
 // nanos converts t to the stored representation, Unix nanoseconds.
 func nanos(t time.Time) int64 { return t.UnixNano() }
@@ -215,7 +238,7 @@ func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
 
 // exec runs one statement in the writer and returns once it is committed;
 // errors say what failed ("store: <what>: …").
-func (s *SQLite) exec(ctx context.Context, what, query string, args ...any) error {
+func (s *DB) exec(ctx context.Context, what, query string, args ...any) error {
 	err := s.submit(ctx, func(tx *sql.Tx) error {
 		_, err := tx.Exec(query, args...)
 		return err
@@ -228,7 +251,7 @@ func (s *SQLite) exec(ctx context.Context, what, query string, args ...any) erro
 
 // execOne is exec for a statement that must change a row: ErrNotFound when
 // it changes none.
-func (s *SQLite) execOne(ctx context.Context, what, query string, args ...any) error {
+func (s *DB) execOne(ctx context.Context, what, query string, args ...any) error {
 	err := s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(query, args...)
 		if err != nil {

@@ -19,9 +19,21 @@ func newTestClock() *testutil.Clock {
 	return testutil.NewClock(clockBase.Add(time.Second), time.Second)
 }
 
-// openTest opens a store in a fresh temporary directory and closes it when
-// the test ends.
-func openTest(t testing.TB, opts Options) *SQLite {
+// openTest opens a store in a fresh temporary directory (and a fresh
+// database on PostgreSQL) and closes it when the test ends.
+func openTest(t testing.TB, opts Options) *DB {
+	t.Helper()
+	return openTestIn(t, testOptions(t, opts))
+}
+
+// openTestSQLite is openTest on SQLite whatever the engine under test, for
+// tests of SQLite's own settings.
+func openTestSQLite(t testing.TB) *DB {
+	t.Helper()
+	return openTestIn(t, Options{})
+}
+
+func openTestIn(t testing.TB, opts Options) *DB {
 	t.Helper()
 	s, err := Open(context.Background(), t.TempDir(), opts)
 	if err != nil {
@@ -62,7 +74,7 @@ func TestOpenCreatesPrivateDir(t *testing.T) {
 }
 
 func TestPragmas(t *testing.T) {
-	s := openTest(t, Options{})
+	s := openTestSQLite(t)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		pragma string

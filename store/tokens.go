@@ -19,7 +19,7 @@ type MintedToken struct {
 }
 
 // PutMinted records a minted token and returns once it is committed.
-func (s *SQLite) PutMinted(ctx context.Context, m MintedToken) error {
+func (s *DB) PutMinted(ctx context.Context, m MintedToken) error {
 	if m.JTI == "" || m.Session == "" {
 		return errors.New("store: put minted token: jti and session are required")
 	}
@@ -30,7 +30,7 @@ func (s *SQLite) PutMinted(ctx context.Context, m MintedToken) error {
 // MintedStatus returns a minted token's lineage and whether it is active:
 // not expired, and its session not revoked. ErrNotFound means SAG never
 // minted it.
-func (s *SQLite) MintedStatus(ctx context.Context, jti string) (MintedToken, bool, error) {
+func (s *DB) MintedStatus(ctx context.Context, jti string) (MintedToken, bool, error) {
 	if err := s.acquire(); err != nil {
 		return MintedToken{}, false, err
 	}
@@ -41,7 +41,7 @@ func (s *SQLite) MintedStatus(ctx context.Context, jti string) (MintedToken, boo
 		revoked bool
 	)
 	err := s.r.QueryRowContext(ctx, `SELECT m.jti, m.session, m.upstream, m.subject, m.expiry,
-		COALESCE((SELECT state = 'revoked' FROM sessions WHERE id = m.session), 0)
+		EXISTS (SELECT 1 FROM sessions WHERE id = m.session AND state = 'revoked')
 		FROM minted_tokens m WHERE m.jti = ?`, jti).Scan(&m.JTI, &m.Session, &m.Upstream, &m.Subject, &exp, &revoked)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
@@ -55,7 +55,7 @@ func (s *SQLite) MintedStatus(ctx context.Context, jti string) (MintedToken, boo
 
 // RevokeToken records that the token (issuer, jti) is revoked until it
 // expires.
-func (s *SQLite) RevokeToken(ctx context.Context, issuer, jti string, expiry time.Time) error {
+func (s *DB) RevokeToken(ctx context.Context, issuer, jti string, expiry time.Time) error {
 	return s.exec(ctx, "revoke token", `INSERT INTO revoked_tokens (issuer, jti, expiry) VALUES (?, ?, ?)
 		ON CONFLICT (issuer, jti) DO NOTHING`, issuer, jti, nanos(expiry))
 }
@@ -67,7 +67,7 @@ type RevokedToken struct {
 }
 
 // RevokedTokens lists the revoked tokens that have not expired yet.
-func (s *SQLite) RevokedTokens(ctx context.Context) ([]RevokedToken, error) {
+func (s *DB) RevokedTokens(ctx context.Context) ([]RevokedToken, error) {
 	if err := s.acquire(); err != nil {
 		return nil, err
 	}
@@ -93,7 +93,7 @@ func (s *SQLite) RevokedTokens(ctx context.Context) ([]RevokedToken, error) {
 // FindSessions returns the ids of the sessions of one kind whose subject (or,
 // with byAgent, whose agent) is who: the roots a kill by user or by agent
 // revokes.
-func (s *SQLite) FindSessions(ctx context.Context, kind SessionKind, who string, byAgent bool) ([]string, error) {
+func (s *DB) FindSessions(ctx context.Context, kind SessionKind, who string, byAgent bool) ([]string, error) {
 	if err := s.acquire(); err != nil {
 		return nil, err
 	}

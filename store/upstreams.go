@@ -25,7 +25,7 @@ type Upstream struct {
 // upstream with the same name, and returns once the change is committed. A
 // replaced upstream keeps its original Created (its place in the registry);
 // a zero Created on insert is set from the store's clock.
-func (s *SQLite) PutUpstream(ctx context.Context, u Upstream) error {
+func (s *DB) PutUpstream(ctx context.Context, u Upstream) error {
 	if u.Name == "" {
 		return errors.New("store: put upstream: empty name")
 	}
@@ -55,7 +55,7 @@ func (s *SQLite) PutUpstream(ctx context.Context, u Upstream) error {
 
 // DeleteUpstream removes the upstream name and returns once the change is
 // committed, or ErrNotFound.
-func (s *SQLite) DeleteUpstream(ctx context.Context, name string) error {
+func (s *DB) DeleteUpstream(ctx context.Context, name string) error {
 	err := s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(`DELETE FROM upstreams WHERE name = ?`, name)
 		if err != nil {
@@ -76,7 +76,7 @@ func (s *SQLite) DeleteUpstream(ctx context.Context, name string) error {
 
 // ListUpstreams returns every registered upstream, in registration order
 // (Created, then Name).
-func (s *SQLite) ListUpstreams(ctx context.Context) ([]Upstream, error) {
+func (s *DB) ListUpstreams(ctx context.Context) ([]Upstream, error) {
 	if err := s.acquire(); err != nil {
 		return nil, err
 	}

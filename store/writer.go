@@ -23,7 +23,7 @@ type op struct {
 // be committed later. fn must do nothing but use the transaction: it runs on
 // the writer goroutine, between other callers' writes, and it may run twice
 // (see commit), so it must set, not accumulate, anything it reports.
-func (s *SQLite) submit(ctx context.Context, fn func(*sql.Tx) error) error {
+func (s *DB) submit(ctx context.Context, fn func(*sql.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -50,7 +50,7 @@ func (s *SQLite) submit(ctx context.Context, fn func(*sql.Tx) error) error {
 // else is already queued (up to maxBatch) without waiting for more, commits
 // them in one transaction and reports to each. It exits once ops is closed
 // and empty, so Close waits for every queued op.
-func (s *SQLite) run() {
+func (s *DB) run() {
 	defer close(s.stopped)
 	batch := make([]op, 0, s.maxBatch)
 	for first := range s.ops {
@@ -78,7 +78,7 @@ func (s *SQLite) run() {
 // back and, when the batch holds other ops, run again with each op inside its
 // own SAVEPOINT, rolled back alone if it fails again. Only a failure of the
 // transaction itself (BEGIN, SAVEPOINT, COMMIT) fails every op in the batch.
-func (s *SQLite) commit(batch []op) {
+func (s *DB) commit(batch []op) {
 	err := s.runBatch(batch, false)
 	if errors.Is(err, errOpFailed) && len(batch) > 1 {
 		err = s.runBatch(batch, true)
@@ -100,7 +100,7 @@ var errOpFailed = errors.New("op failed")
 // and commits. Without isolate it stops at the first failing op, rolls back
 // and returns errOpFailed. With isolate each op runs inside a savepoint that
 // is rolled back if the op fails, and the others are committed.
-func (s *SQLite) runBatch(batch []op, isolate bool) (err error) {
+func (s *DB) runBatch(batch []op, isolate bool) (err error) {
 	tx, err := s.w.Begin()
 	if err != nil {
 		return fmt.Errorf("begin write: %w", err)

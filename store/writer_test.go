@@ -13,7 +13,7 @@ import (
 // holdWriter submits an op that blocks the writer goroutine until the
 // returned release is called, so that the test can queue ops behind it.
 // release waits until the blocking op has finished.
-func holdWriter(t *testing.T, s *SQLite) (release func()) {
+func holdWriter(t *testing.T, s *DB) (release func()) {
 	t.Helper()
 	entered, unblock := make(chan struct{}), make(chan struct{})
 	errc := make(chan error, 1)
@@ -34,7 +34,7 @@ func holdWriter(t *testing.T, s *SQLite) (release func()) {
 }
 
 // waitQueued waits until n ops are queued for the writer.
-func waitQueued(t *testing.T, s *SQLite, n int) {
+func waitQueued(t *testing.T, s *DB, n int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for len(s.ops) < n {
@@ -45,7 +45,7 @@ func waitQueued(t *testing.T, s *SQLite, n int) {
 	}
 }
 
-func countAudit(t *testing.T, s *SQLite) int {
+func countAudit(t *testing.T, s *DB) int {
 	t.Helper()
 	var n int
 	if err := s.r.QueryRow(`SELECT COUNT(*) FROM audit`).Scan(&n); err != nil {
@@ -56,7 +56,7 @@ func countAudit(t *testing.T, s *SQLite) int {
 
 // insertRow is a write through the writer: one audit_sessions row named
 // key.
-func insertRow(ctx context.Context, s *SQLite, key string) error {
+func insertRow(ctx context.Context, s *DB, key string) error {
 	return s.submit(ctx, func(tx *sql.Tx) error {
 		_, err := tx.Exec(`INSERT INTO audit_sessions (usid, wsid, asid, msid) VALUES (?, 'w', '', '')`, key)
 		return err
@@ -64,7 +64,7 @@ func insertRow(ctx context.Context, s *SQLite, key string) error {
 }
 
 // countRows counts the rows insertRow wrote.
-func countRows(t *testing.T, s *SQLite) int {
+func countRows(t *testing.T, s *DB) int {
 	t.Helper()
 	var n int
 	if err := s.r.QueryRow(`SELECT COUNT(*) FROM audit_sessions WHERE wsid = 'w'`).Scan(&n); err != nil {

@@ -31,6 +31,7 @@ type serveFlags struct {
 	listen    string
 	publicURL string
 	data      string
+	store     string
 	auth      string
 	prefix    string
 	logLevel  string
@@ -50,6 +51,7 @@ func newServeFlags(name string) *serveFlags {
 	f.fs.StringVar(&f.listen, "listen", "", "`host:port` to listen on (default 127.0.0.1:8080)")
 	f.fs.StringVar(&f.publicURL, "public-url", "", "external base `URL` (default derived from --listen)")
 	f.fs.StringVar(&f.data, "data", "", "data `directory` (default ./sag-data)")
+	f.fs.StringVar(&f.store, "store", "", "PostgreSQL `URL` (postgres://…) shared by several gateways; default SQLite in the data directory")
 	f.fs.StringVar(&f.auth, "auth", "", "authentication: open (loopback only), bearer or dpop")
 	f.fs.StringVar(&f.prefix, "prefix", "", "tool naming: always (<upstream>__<tool>), conditional or none")
 	f.fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
@@ -79,6 +81,7 @@ func (f *serveFlags) load() (*config.Config, error) {
 	set(&cfg.Listen, f.listen)
 	set(&cfg.PublicURL, f.publicURL)
 	set(&cfg.DataDir, f.data)
+	set(&cfg.Store, f.store)
 	set(&cfg.Auth, f.auth)
 	set(&cfg.Prefix, f.prefix)
 	set(&cfg.Log.Level, f.logLevel)

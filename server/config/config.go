@@ -20,6 +20,12 @@ type Config struct {
 	PublicURL string `yaml:"public_url" json:"public_url"`
 	// DataDir holds the database and generated keys.
 	DataDir string `yaml:"data_dir" json:"data_dir"`
+	// Store, when set, is the URL of a PostgreSQL database
+	// (postgres://…) holding sessions, audit, kills, consent and the
+	// registry instead of DataDir's SQLite file, so that several gateways
+	// can share them. Its password belongs in PGPASSWORD or a .pgpass
+	// file, not in the URL.
+	Store string `yaml:"store" json:"store"`
 	// Auth is how agents authenticate: "open", "bearer" or "dpop".
 	Auth string `yaml:"auth" json:"auth"`
 	// AdminToken is the admin API bearer token. It is never printed: JSON

@@ -294,6 +294,9 @@ func TestValidate(t *testing.T) {
 		{name: "public_url not http", mutate: func(c *Config) { c.PublicURL = "mailto:x@example.com" },
 			want: `public_url: "mailto:x@example.com" is not an absolute http(s) URL`},
 		{name: "empty data_dir", mutate: func(c *Config) { c.DataDir = "" }, want: "data_dir: must not be empty"},
+		{name: "store not postgres", mutate: func(c *Config) { c.Store = "sqlite:///tmp/x.db" }, want: "store: want a PostgreSQL URL"},
+		{name: "store with a password", mutate: func(c *Config) { c.Store = "postgres://sag:hunter2@db/sag" }, want: "store: the URL carries a password"},
+		{name: "store with a password parameter", mutate: func(c *Config) { c.Store = "postgres://sag@db/sag?password=hunter2" }, want: "store: the URL carries a password"},
 		{name: "bad prefix", mutate: func(c *Config) { c.Prefix = "" }, want: `prefix: "" is not one of always, conditional, none`},
 		{name: "bad log level", mutate: func(c *Config) { c.Log.Level = "trace" }, want: `log.level: "trace" is not one of`},
 		{name: "bad log format", mutate: func(c *Config) { c.Log.Format = "" }, want: `log.format: "" is not one of`},
@@ -333,6 +336,8 @@ func TestValidate(t *testing.T) {
 				t.Errorf("Validate succeeded, want %q", tt.want)
 			case tt.want != "" && !strings.Contains(err.Error(), tt.want):
 				t.Errorf("Validate error\n%v\ndoes not contain %q", err, tt.want)
+			case err != nil && strings.Contains(err.Error(), "hunter2"):
+				t.Errorf("Validate error quotes a secret: %v", err)
 			}
 		})
 	}

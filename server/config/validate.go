@@ -89,6 +89,11 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		add("data_dir: must not be empty")
 	}
+	if c.Store != "" {
+		if err := checkStoreURL(c.Store); err != nil {
+			add("store: %v", err)
+		}
+	}
 	if c.AdminToken != "" && c.AdminTokenFile != "" {
 		add("admin_token and admin_token_file are mutually exclusive: set one")
 	}
@@ -309,4 +314,18 @@ func unjoin(err error) []error {
 		return j.Unwrap()
 	}
 	return []error{err}
+}
+
+// checkStoreURL accepts a PostgreSQL URL without a password: configs are
+// shown, logged and checked in, so the password comes from PGPASSWORD or a
+// .pgpass file. Errors never quote the URL.
+func checkStoreURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" && !u.Query().Has("host") {
+		return errors.New("want a PostgreSQL URL (postgres://user@host/database); leave it empty for SQLite in data_dir")
+	}
+	if _, set := u.User.Password(); set || u.Query().Has("password") {
+		return errors.New("the URL carries a password: set PGPASSWORD or use a .pgpass file instead")
+	}
+	return nil
 }

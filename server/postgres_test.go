@@ -1,0 +1,63 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"testing"
+
+	"github.com/sag-gateway/sag/internal/pgtest"
+	"github.com/sag-gateway/sag/server"
+	"github.com/sag-gateway/sag/server/config"
+	"github.com/sag-gateway/sag/store"
+)
+
+// TestGatewaysShareOnePostgres: two gateways on one PostgreSQL database,
+// each with its own data directory, see one registry, one audit trail and
+// one session graph: what one records and kills, the other finds.
+func TestGatewaysShareOnePostgres(t *testing.T) {
+	pg, err := pgtest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.Stop)
+	db, err := pg.NewDatabase(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	upURL, _ := httpFixture(t, "keep", false)
+	onPG := func(c *config.Config) { c.Store = db }
+
+	a := startGateway(t, onPG)
+	b := startGateway(t, onPG)
+	if a.DataDir == b.DataDir {
+		t.Fatal("the two gateways share a data directory")
+	}
+	a.addUpstream(t, server.UpstreamRequest{Name: "keep", URL: upURL, ProtocolVersion: legacy})
+
+	cs := connect(t, a.MCP, legacy, nil)
+	if res := callTool(t, cs, "keep__echo", map[string]any{"text": "shared"}); toolText(res) != "shared" {
+		t.Fatalf("keep__echo = %q", toolText(res))
+	}
+	if code, body := a.adminDo(t, http.MethodPost, "/admin/kill", server.KillRequest{Session: cs.ID()}); code != http.StatusOK {
+		t.Fatalf("kill on A: %d %s", code, body)
+	}
+
+	// B sees A's call in the audit trail and A's kill in the graph.
+	eventually(t, "A's call in B's audit trail", func() bool {
+		recs := auditRecords(t, b, "keep__echo")
+		return len(recs) == 1 && recs[0].MSID == cs.ID()
+	})
+	code, body := b.adminDo(t, http.MethodGet, "/admin/sessions/"+cs.ID(), nil)
+	var node store.Session
+	if code != http.StatusOK || json.Unmarshal(body, &node) != nil || node.State != store.StateRevoked {
+		t.Errorf("B's view of the session A killed: %d %s", code, body)
+	}
+	// A gateway started after the registration finds the upstream in the
+	// store and serves its tools.
+	c := startGateway(t, onPG)
+	cs2 := connect(t, c.MCP, legacy, nil)
+	if res := callTool(t, cs2, "keep__echo", map[string]any{"text": "from C"}); toolText(res) != "from C" {
+		t.Errorf("keep__echo through C = %q", toolText(res))
+	}
+}
