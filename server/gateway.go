@@ -58,6 +58,10 @@ type Store interface {
 	RevokedSessions(ctx context.Context) ([]string, error)
 	PutUserKill(ctx context.Context, k store.UserKill) error
 	UserKills(ctx context.Context) ([]store.UserKill, error)
+	// Listen calls fn with what other gateways sharing the store commit
+	// (returning at once when none can), Listening whether it hears them.
+	Listen(ctx context.Context, fn func(store.Event))
+	Listening() bool
 	consent.Store
 	a2a.TaskStore
 	identity.AuthStore
@@ -108,6 +112,8 @@ type Gateway struct {
 	registry   sync.Mutex      // serialises admin changes to the upstream registry
 	inflight   *tracker        // requests and calls in flight
 	handler    http.Handler
+	stopListen context.CancelFunc // ends listen (other gateways' events)
+	listening  chan struct{}      // closed when listen has returned
 	closeOnce  sync.Once
 	closeErr   error
 }
@@ -252,6 +258,12 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		Now: g.sessions.now, Log: log,
 	})
 	g.handler = g.tracing.headerContext(g.routes())
+	lctx, stop := context.WithCancel(context.Background())
+	g.stopListen, g.listening = stop, make(chan struct{})
+	go func() {
+		defer close(g.listening)
+		g.listen(lctx)
+	}()
 	return g, nil
 }
 
@@ -434,6 +446,10 @@ func (g *Gateway) closeSessions(limit time.Duration) {
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
 		var errs []error
+		if g.stopListen != nil {
+			g.stopListen()
+			<-g.listening
+		}
 		if g.upstreams != nil {
 			errs = append(errs, g.upstreams.Close())
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"time"
@@ -101,7 +102,20 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 	if req.User == "" && len(res.Revoked) == 0 {
 		return KillResult{}, &adminError{Status: http.StatusNotFound, Code: "not_found", Description: "no such session"}
 	}
-	g.sessions.revoke(res.Revoked...)
+	g.stopRevoked(ctx, revoked, &res)
+	slices.Sort(res.Revoked)
+	return res, nil
+}
+
+// stopRevoked applies a committed revocation of the nodes in revoked to
+// what this gateway holds in memory, for a kill here or one another
+// gateway sharing the store made: requests on them are refused from now,
+// their pending consents and A2A tasks are cancelled, their calls in
+// flight cancelled and their open MCP sessions closed; res counts what
+// stopped.
+func (g *Gateway) stopRevoked(ctx context.Context, revoked map[string]bool, res *KillResult) {
+	ids := slices.Collect(maps.Keys(revoked))
+	g.sessions.revoke(ids...)
 	// Pending consent requests on a killed path are cancelled (their
 	// waiting calls then end); revocation is already committed, so a
 	// failure here leaves them to expire, refused anyway.
@@ -110,7 +124,7 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 	} else {
 		res.CancelledConsents = n
 	}
-	g.auth.minter.Forget(res.Revoked...)
+	g.auth.minter.Forget(ids...)
 	if n, err := g.a2a.Killed(ctx, revoked); err != nil {
 		g.log.Error("kill: A2A tasks not all cancelled; their sessions refuse them anyway", "error", err)
 	} else {
@@ -139,8 +153,6 @@ func (g *Gateway) Kill(ctx context.Context, req KillRequest) (KillResult, error)
 		ss.Close()
 	}
 	res.ClosedSessions = len(open)
-	slices.Sort(res.Revoked)
-	return res, nil
 }
 
 // issuers are the token issuers the gateway trusts: its own, the

@@ -51,6 +51,12 @@ func (r *revocations) revoke(ctx context.Context, issuer, jti string, exp time.T
 	if err := r.st.RevokeToken(ctx, issuer, jti, exp); err != nil {
 		return err
 	}
+	r.note(issuer, jti, exp)
+	return nil
+}
+
+// note applies a committed revocation in memory.
+func (r *revocations) note(issuer, jti string, exp time.Time) {
 	r.mu.Lock()
 	now := time.Now()
 	for k, e := range r.m { // expired entries go as new ones come
@@ -60,7 +66,6 @@ func (r *revocations) revoke(ctx context.Context, issuer, jti string, exp time.T
 	}
 	r.m[[2]string{issuer, jti}] = exp
 	r.mu.Unlock()
-	return nil
 }
 
 func writeOAuthError(w http.ResponseWriter, status int, code, desc string) {

@@ -4,7 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/internal/pgtest"
 	"github.com/sag-gateway/sag/server"
@@ -25,7 +29,8 @@ func TestGatewaysShareOnePostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	upURL, _ := httpFixture(t, "keep", false)
+	upURL, f := httpFixture(t, "keep", false)
+	started, ended := blockTool(f)
 	onPG := func(c *config.Config) { c.Store = db }
 
 	a := startGateway(t, onPG)
@@ -53,6 +58,45 @@ func TestGatewaysShareOnePostgres(t *testing.T) {
 	if code != http.StatusOK || json.Unmarshal(body, &node) != nil || node.State != store.StateRevoked {
 		t.Errorf("B's view of the session A killed: %d %s", code, body)
 	}
+	// A kill on A stops a call in flight on B, and B's MCP session, within
+	// a second.
+	csB := connect(t, b.MCP, legacy, nil)
+	eventually(t, "keep__block in B's catalog", func() bool {
+		res, err := csB.ListTools(context.Background(), nil)
+		return err == nil && slices.ContainsFunc(res.Tools, func(tool *mcp.Tool) bool { return tool.Name == "keep__block" })
+	})
+	callDone := make(chan error, 1)
+	go func() {
+		_, err := csB.CallTool(context.Background(), &mcp.CallToolParams{Name: "keep__block", Arguments: map[string]any{}})
+		callDone <- err
+	}()
+	select {
+	case <-started:
+	case <-time.After(waitFor):
+		t.Fatal("B's call never reached the upstream")
+	}
+	start := time.Now()
+	if code, body := a.adminDo(t, http.MethodPost, "/admin/kill", server.KillRequest{Session: csB.ID()}); code != http.StatusOK {
+		t.Fatalf("kill on A of B's session: %d %s", code, body)
+	}
+	select {
+	case err := <-callDone:
+		if err == nil {
+			t.Error("B's killed call succeeded")
+		}
+	case <-time.After(time.Second):
+		t.Fatal("B's call still runs a second after the kill on A")
+	}
+	t.Logf("B's call ended %v after the kill on A", time.Since(start))
+	select {
+	case <-ended:
+	case <-time.After(waitFor):
+		t.Fatal("the upstream never saw B's call cancelled")
+	}
+	if _, err := csB.ListTools(context.Background(), nil); err == nil {
+		t.Error("B's killed session still answers")
+	}
+
 	// A gateway started after the registration finds the upstream in the
 	// store and serves its tools.
 	c := startGateway(t, onPG)

@@ -181,12 +181,30 @@ func (s *sessionGraph) killUser(ctx context.Context, issuer, subject string, now
 	if err := s.store.PutUserKill(ctx, store.UserKill{Issuer: issuer, Subject: subject, Killed: now}); err != nil {
 		return err
 	}
+	s.noteUserKill(issuer, subject, now)
+	return nil
+}
+
+// noteUserKill applies a committed user kill in memory (the latest wins).
+func (s *sessionGraph) noteUserKill(issuer, subject string, at time.Time) {
 	s.mu.Lock()
-	if now.After(s.kills[userKey{issuer, subject}]) {
-		s.kills[userKey{issuer, subject}] = now
+	if at.After(s.kills[userKey{issuer, subject}]) {
+		s.kills[userKey{issuer, subject}] = at
 	}
 	s.mu.Unlock()
-	return nil
+}
+
+// unknownRevoked returns the ids of ids not yet revoked in memory.
+func (s *sessionGraph) unknownRevoked(ids []string) map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]bool{}
+	for _, id := range ids {
+		if _, ok := s.revoked[id]; !ok {
+			out[id] = true
+		}
+	}
+	return out
 }
 
 // userSession is the USID: the token's sid, else derived from (iss, sub)

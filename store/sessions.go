@@ -300,7 +300,7 @@ func (s *DB) RevokeTree(ctx context.Context, id string) ([]string, error) {
 			return err
 		}
 		ids = found
-		return nil
+		return s.publish(tx, Event{Kind: EventRevoked, IDs: found})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: revoke tree: %w", err)
@@ -359,8 +359,17 @@ type UserKill struct {
 // PutUserKill records a user kill (a later kill of the same user replaces
 // an earlier one) and returns once it is committed.
 func (s *DB) PutUserKill(ctx context.Context, k UserKill) error {
-	return s.exec(ctx, "put user kill", `INSERT INTO user_kills (issuer, subject, killed) VALUES (?1, ?2, ?3)
-		ON CONFLICT (issuer, subject) DO UPDATE SET killed = CASE WHEN excluded.killed > user_kills.killed THEN excluded.killed ELSE user_kills.killed END`, k.Issuer, k.Subject, k.Killed.Unix())
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO user_kills (issuer, subject, killed) VALUES (?1, ?2, ?3)
+		ON CONFLICT (issuer, subject) DO UPDATE SET killed = CASE WHEN excluded.killed > user_kills.killed THEN excluded.killed ELSE user_kills.killed END`, k.Issuer, k.Subject, k.Killed.Unix()); err != nil {
+			return err
+		}
+		return s.publish(tx, Event{Kind: EventUserKill, Issuer: k.Issuer, Subject: k.Subject, Time: k.Killed.Unix()})
+	})
+	if err != nil {
+		return fmt.Errorf("store: put user kill: %w", err)
+	}
+	return nil
 }
 
 // UserKills returns every user kill.

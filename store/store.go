@@ -58,6 +58,10 @@ type DB struct {
 	maxBatch int
 	postgres bool
 
+	pgURL     string      // PostgreSQL: for Listen's own connection
+	origin    string      // PostgreSQL: names this store's events
+	listening atomic.Bool // PostgreSQL: Listen is connected
+
 	w *sql.DB // exactly one connection, used only by the writer goroutine (and migrations before it starts)
 	r *sql.DB // read-only pool
 
@@ -89,7 +93,7 @@ func Open(ctx context.Context, dir string, opts Options) (*DB, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
-	s := &DB{now: opts.Now, maxBatch: opts.MaxBatch, postgres: opts.Postgres != ""}
+	s := &DB{now: opts.Now, maxBatch: opts.MaxBatch, postgres: opts.Postgres != "", pgURL: opts.Postgres, origin: newOrigin()}
 	var err error
 	if s.postgres {
 		s.w, s.r, err = openPostgres(ctx, opts.Postgres)

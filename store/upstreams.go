@@ -45,7 +45,10 @@ func (s *DB) PutUpstream(ctx context.Context, u Upstream) error {
 		_, err := tx.Exec(`INSERT INTO upstreams (name, url, prefix, options, created) VALUES (?, ?, ?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET url = excluded.url, prefix = excluded.prefix, options = excluded.options`,
 			u.Name, u.URL, u.Prefix, options, nanos(u.Created))
-		return err
+		if err != nil {
+			return err
+		}
+		return s.publish(tx, Event{Kind: EventUpstreams, IDs: []string{u.Name}})
 	})
 	if err != nil {
 		return fmt.Errorf("store: put upstream %s: %w", u.Name, err)
@@ -66,7 +69,7 @@ func (s *DB) DeleteUpstream(ctx context.Context, name string) error {
 		} else if n == 0 {
 			return ErrNotFound
 		}
-		return nil
+		return s.publish(tx, Event{Kind: EventUpstreams, IDs: []string{name}})
 	})
 	if err != nil {
 		return fmt.Errorf("store: delete upstream %s: %w", name, err)

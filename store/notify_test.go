@@ -1,0 +1,102 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestEvents: what one gateway revokes reaches another sharing the store,
+// in commit order, once each; a gateway never hears its own events. On
+// SQLite there is nothing to hear: Listen returns at once.
+func TestEvents(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	opts := testOptions(t, Options{})
+	a := openTestIn(t, opts)
+	if pg == nil {
+		done := make(chan struct{})
+		go func() { a.Listen(ctx, func(Event) { t.Error("an event on SQLite") }); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Listen on SQLite did not return")
+		}
+		if !a.Listening() {
+			t.Error("SQLite store not Listening")
+		}
+		return
+	}
+	b := openTestIn(t, opts)
+	heard := func(s *DB) <-chan Event {
+		ch := make(chan Event, 1000)
+		go s.Listen(ctx, func(ev Event) { ch <- ev })
+		return ch
+	}
+	atB, atA := heard(b), heard(a)
+	next := func(ch <-chan Event, who string) Event {
+		t.Helper()
+		select {
+		case ev := <-ch:
+			return ev
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s heard nothing", who)
+			return Event{}
+		}
+	}
+	for _, ch := range []<-chan Event{atA, atB} {
+		if ev := next(ch, "a listener"); ev.Kind != EventResync {
+			t.Fatalf("first event %+v, want a resync", ev)
+		}
+	}
+	if !b.Listening() {
+		t.Error("b not Listening while connected")
+	}
+
+	// A kill of more nodes than one notification holds arrives whole.
+	root := Session{ID: "u1", Kind: KindUser, Subject: "alice", State: StateActive}
+	tree := []Session{root}
+	for i := range 2*maxEventIDs + 7 {
+		tree = append(tree, Session{ID: fmt.Sprintf("m%03d", i), Kind: KindMCP, Parent: "u1", Subject: "alice", State: StateActive})
+	}
+	putAll(t, a, tree...)
+	ids, err := a.RevokeTree(ctx, "u1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for len(got) < len(ids) {
+		ev := next(atB, "b")
+		if ev.Kind != EventRevoked {
+			t.Fatalf("event %+v, want revoked ids", ev)
+		}
+		got = append(got, ev.IDs...)
+	}
+	if !slices.Equal(got, ids) {
+		t.Errorf("b heard %d ids, want the %d revoked", len(got), len(ids))
+	}
+	kill := time.Unix(1_800_000_000, 0)
+	if err := a.PutUserKill(ctx, UserKill{Issuer: "https://idp", Subject: "bob", Killed: kill}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(atB, "b"); ev.Kind != EventUserKill || ev.Issuer != "https://idp" || ev.Subject != "bob" || ev.Time != kill.Unix() {
+		t.Errorf("user kill event %+v", ev)
+	}
+	exp := time.Unix(1_800_000_000, 5)
+	if err := b.RevokeToken(ctx, "https://idp", "j1", exp); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(atA, "a"); ev.Kind != EventTokenRevoked || ev.Issuer != "https://idp" || ev.JTI != "j1" || ev.Time != exp.UnixNano() {
+		t.Errorf("token revocation event %+v", ev)
+	}
+	// Neither heard its own events.
+	select {
+	case ev := <-atA:
+		t.Errorf("a heard %+v", ev)
+	case ev := <-atB:
+		t.Errorf("b heard %+v", ev)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
