@@ -144,9 +144,10 @@ func newAuthn(ctx context.Context, cfg *config.Config, log *slog.Logger, st Stor
 	}
 	a.tokens = tokens
 	window := time.Duration(cfg.Identity.DPoPWindow)
-	// One replay cache for every endpoint, sized for a busy node; when it
-	// is full new proofs are refused rather than replays let through.
-	dpop, err := identity.NewDPoPVerifier(identity.DPoPOptions{Window: window, Replay: store.NewMemoryReplay(1_000_000, nil),
+	// One replay cache for every endpoint, sized for a busy node and
+	// shared with the other gateways on a PostgreSQL store; when it is
+	// full new proofs are refused rather than replays let through.
+	dpop, err := identity.NewDPoPVerifier(identity.DPoPOptions{Window: window, Replay: st.Replay(1_000_000),
 		IssuedAfter: time.Now().Truncate(time.Second)})
 	if err != nil {
 		return nil, err

@@ -62,6 +62,8 @@ type Store interface {
 	// (returning at once when none can), Listening whether it hears them.
 	Listen(ctx context.Context, fn func(store.Event))
 	Listening() bool
+	// Replay is the DPoP replay cache (shared on PostgreSQL).
+	Replay(max int) store.ReplayCache
 	consent.Store
 	a2a.TaskStore
 	identity.AuthStore

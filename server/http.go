@@ -147,7 +147,8 @@ func (g *Gateway) healthz(w http.ResponseWriter, _ *http.Request) {
 	w.Write([]byte("ok\n"))
 }
 
-// readyz reports ready when the store answers; upstream health is listed but
+// readyz reports ready when the store answers (and, shared, this gateway
+// hears the others' events); upstream health is listed but
 // a down upstream does not make the gateway unready (its tools answer with a
 // clear error instead).
 func (g *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
@@ -162,8 +163,13 @@ func (g *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
 		Store     string           `json:"store"`
 		Upstreams []upstreamHealth `json:"upstreams"`
 	}{Ready: true, Store: "ok", Upstreams: []upstreamHealth{}}
-	if _, err := g.store.ListUpstreams(ctx); err != nil {
+	switch _, err := g.store.ListUpstreams(ctx); {
+	case err != nil:
 		body.Ready, body.Store = false, "unavailable"
+	case !g.store.Listening():
+		// On a shared store: deaf to the other gateways' kills until
+		// listening again (and reloaded).
+		body.Ready, body.Store = false, "not hearing other gateways"
 	}
 	for _, s := range g.upstreams.Statuses() {
 		body.Upstreams = append(body.Upstreams, upstreamHealth{Name: s.Name, Connected: s.Connected})

@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/internal/pgtest"
 	"github.com/sag-gateway/sag/server"
 	"github.com/sag-gateway/sag/server/config"
@@ -103,5 +107,74 @@ func TestGatewaysShareOnePostgres(t *testing.T) {
 	cs2 := connect(t, c.MCP, legacy, nil)
 	if res := callTool(t, cs2, "keep__echo", map[string]any{"text": "from C"}); toolText(res) != "from C" {
 		t.Errorf("keep__echo through C = %q", toolText(res))
+	}
+}
+
+// TestReplicasShareReplayCache: behind one public URL, a DPoP proof one
+// gateway accepted is refused as a replay by another sharing the store
+// (RFC 9449 §11.1), while a fresh proof is accepted there.
+func TestReplicasShareReplayCache(t *testing.T) {
+	pg, err := pgtest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.Stop)
+	db, err := pg.NewDatabase(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, _ := httpFixture(t, "fx", false)
+	const public = "http://sag.test"
+	replica := func(dir string) func(*config.Config) {
+		return func(c *config.Config) {
+			c.Auth, c.Store, c.PublicURL = config.AuthDPoP, db, public
+			c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+			allowAll(t, c)
+			if dir != "" {
+				c.DataDir = dir
+			}
+		}
+	}
+	a := startGateway(t, replica(""))
+	// Replicas share their signing keys, as they share the public URL.
+	bDir := t.TempDir()
+	if err := os.CopyFS(filepath.Join(bDir, server.KeysDir), os.DirFS(filepath.Join(a.DataDir, server.KeysDir))); err != nil {
+		t.Fatal(err)
+	}
+	b := startGateway(t, replica(bDir))
+
+	keys, err := identity.LoadKeys(filepath.Join(a.DataDir, server.KeysDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := identity.NewDPoPKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := (&identity.Issuer{URL: public, Keys: keys}).Mint(identity.Claims{
+		Subject: "alice", Audience: identity.Audience{public}, Cnf: &identity.Confirmation{JKT: key.Thumbprint()},
+	}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	headers := func() http.Header {
+		proof, err := key.Proof(http.MethodPost, public+"/mcp", tok, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return http.Header{"Authorization": {"DPoP " + tok}, "Dpop": {proof}}
+	}
+	// Both are reached on their own loopback ports, as a load balancer
+	// in front of sag.test would.
+	atA, atB := "http://"+a.Cfg.Listen+"/mcp", "http://"+b.Cfg.Listen+"/mcp"
+	h := headers()
+	if r := rawPost(t, atA, initBody, h); r.Status != http.StatusOK {
+		t.Fatalf("first use at A: %d %s", r.Status, r.Body)
+	}
+	if r := rawPost(t, atB, initBody, h); r.Status != http.StatusUnauthorized || !strings.Contains(string(r.Body)+r.Header.Get("WWW-Authenticate"), "replayed") {
+		t.Errorf("the same proof at B: %d %s %s, want 401 proof replayed", r.Status, r.Header.Get("WWW-Authenticate"), r.Body)
+	}
+	if r := rawPost(t, atB, initBody, headers()); r.Status != http.StatusOK {
+		t.Errorf("a fresh proof at B: %d %s", r.Status, r.Body)
 	}
 }

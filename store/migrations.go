@@ -226,6 +226,15 @@ CREATE TABLE oauth_consents (
 	PRIMARY KEY (subject, client)
 );
 `,
+	// 12: the DPoP replay cache gateways sharing a PostgreSQL store keep
+	// together (one gateway alone keeps it in memory).
+	`
+CREATE TABLE dpop_replay (
+	key     TEXT PRIMARY KEY, -- SHA-256 (hex) of the replay key
+	expires INTEGER NOT NULL  -- Unix nanoseconds
+);
+CREATE INDEX dpop_replay_expires ON dpop_replay (expires);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

@@ -100,3 +100,47 @@ func TestEvents(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
+
+// TestSharedReplay: on PostgreSQL a proof one gateway accepted is a replay
+// at another sharing the store, until it expires; on SQLite each gateway's
+// cache is its own memory.
+func TestSharedReplay(t *testing.T) {
+	ctx := context.Background()
+	clock := newTestClock()
+	opts := testOptions(t, Options{Now: clock.Now})
+	a := openTestIn(t, opts)
+	ra := a.Replay(1000)
+	exp := clockBase.Add(time.Hour)
+	if seen, err := ra.Seen(ctx, "proof-1", exp); err != nil || seen {
+		t.Fatalf("first sight at A: seen %v, %v", seen, err)
+	}
+	if seen, err := ra.Seen(ctx, "proof-1", exp); err != nil || !seen {
+		t.Fatalf("replay at A: seen %v, %v", seen, err)
+	}
+	if pg == nil {
+		if _, ok := ra.(*MemoryReplay); !ok {
+			t.Errorf("SQLite store's replay cache is %T, want its memory", ra)
+		}
+		return
+	}
+	rb := openTestIn(t, opts).Replay(1000)
+	if seen, err := rb.Seen(ctx, "proof-1", exp); err != nil || !seen {
+		t.Errorf("A's proof at B: seen %v, %v; want a replay", seen, err)
+	}
+	if seen, err := rb.Seen(ctx, "proof-2", exp); err != nil || seen {
+		t.Errorf("a new proof at B: seen %v, %v", seen, err)
+	}
+	if seen, err := ra.Seen(ctx, "proof-2", exp); err != nil || !seen {
+		t.Errorf("B's proof at A: seen %v, %v; want a replay", seen, err)
+	}
+	// An expired row is taken over by a proof of the same key, which is no
+	// replay (it cannot be accepted anyway: its own iat is checked first).
+	short := clock.Now().Add(2 * time.Second)
+	if seen, err := ra.Seen(ctx, "proof-3", short); err != nil || seen {
+		t.Fatalf("proof-3 at A: seen %v, %v", seen, err)
+	}
+	clock.Add(3 * time.Second)
+	if seen, err := rb.Seen(ctx, "proof-3", clock.Now().Add(time.Hour)); err != nil || seen {
+		t.Errorf("expired proof-3 at B: seen %v, %v", seen, err)
+	}
+}

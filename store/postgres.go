@@ -26,10 +26,11 @@ import (
 // take while migrating it.
 const migrationLock = 0x5a47_0001
 
-// openPostgres opens the writer's single connection and the read-only pool
-// on the PostgreSQL database at url.
-func openPostgres(ctx context.Context, url string) (w, r *sql.DB, err error) {
-	open := func(readOnly bool) (*sql.DB, error) {
+// openPostgres opens, on the PostgreSQL database at url, the writer's
+// single connection, the read-only pool and a small pool for writes that
+// cannot wait for a batch.
+func openPostgres(ctx context.Context, url string) (w, r, x *sql.DB, err error) {
+	open := func(readOnly bool, conns int) (*sql.DB, error) {
 		cfg, err := pgx.ParseConfig(url)
 		if err != nil {
 			// pgx's message may quote the URL, password included.
@@ -39,25 +40,28 @@ func openPostgres(ctx context.Context, url string) (w, r *sql.DB, err error) {
 			cfg.RuntimeParams["default_transaction_read_only"] = "on"
 		}
 		db := sql.OpenDB(pgConnector{stdlib.GetConnector(*cfg)})
+		db.SetMaxOpenConns(conns)
+		db.SetMaxIdleConns(conns)
 		if err := db.PingContext(ctx); err != nil {
 			_ = db.Close()
 			return nil, fmt.Errorf("store: open: postgres: %w", err)
 		}
 		return db, nil
 	}
-	if w, err = open(false); err != nil {
-		return nil, nil, err
-	}
-	w.SetMaxOpenConns(1)
-	w.SetMaxIdleConns(1)
-	if r, err = open(true); err != nil {
-		_ = w.Close()
-		return nil, nil, err
-	}
 	readers := max(4, runtime.GOMAXPROCS(0))
-	r.SetMaxOpenConns(readers)
-	r.SetMaxIdleConns(readers)
-	return w, r, nil
+	if w, err = open(false, 1); err != nil {
+		return nil, nil, nil, err
+	}
+	if r, err = open(true, readers); err != nil {
+		_ = w.Close()
+		return nil, nil, nil, err
+	}
+	if x, err = open(false, readers); err != nil {
+		_ = r.Close()
+		_ = w.Close()
+		return nil, nil, nil, err
+	}
+	return w, r, x, nil
 }
 
 // pgConnector hands out pgx connections that take SQLite's placeholders.

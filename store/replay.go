@@ -4,7 +4,9 @@ import (
 	"container/heap"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -102,4 +104,70 @@ func (h *expiryHeap) Pop() any {
 	e := old[n-1]
 	*h = old[:n-1]
 	return e
+}
+
+// ReplayCache is what a DPoP verifier asks whether a proof was seen
+// (identity.ReplayCache).
+type ReplayCache interface {
+	Seen(ctx context.Context, key string, expires time.Time) (bool, error)
+}
+
+// Replay returns the DPoP replay cache of this gateway, holding at most max
+// entries in memory. On SQLite that memory is the cache. On PostgreSQL the
+// memory answers for proofs this gateway saw, and a table every gateway
+// sharing the store writes answers for the rest: a proof accepted by one
+// is a replay at every other (RFC 9449 §11.1). A store that cannot answer
+// makes Seen fail, and the proof is refused.
+func (s *DB) Replay(max int) ReplayCache {
+	mem := NewMemoryReplay(max, s.now)
+	if !s.postgres {
+		return mem
+	}
+	return &sharedReplay{mem: mem, db: s}
+}
+
+type sharedReplay struct {
+	mem *MemoryReplay
+	db  *DB
+}
+
+func (r *sharedReplay) Seen(ctx context.Context, key string, expires time.Time) (bool, error) {
+	if seen, err := r.mem.Seen(ctx, key, expires); err != nil || seen {
+		return seen, err
+	}
+	if err := r.db.acquire(); err != nil {
+		return false, err
+	}
+	defer r.db.release()
+	h := sha256.Sum256([]byte(key))
+	// A row whose proof has expired is taken over; a live one stays, and
+	// then this proof is a replay.
+	res, err := r.db.x.ExecContext(ctx, `INSERT INTO dpop_replay (key, expires) VALUES (?1, ?2)
+		ON CONFLICT (key) DO UPDATE SET expires = excluded.expires WHERE dpop_replay.expires <= ?3`,
+		hex.EncodeToString(h[:]), nanos(expires), nanos(r.db.now()))
+	if err != nil {
+		return false, fmt.Errorf("store: replay: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("store: replay: %w", err)
+	}
+	return n == 0, nil
+}
+
+// purgeReplay deletes the shared replay cache's expired rows every
+// interval until stop is closed.
+func (s *DB) purgeReplay(stop <-chan struct{}, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), interval)
+			_, _ = s.x.ExecContext(ctx, `DELETE FROM dpop_replay WHERE expires < ?`, nanos(s.now()))
+			cancel()
+		}
+	}
 }

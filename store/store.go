@@ -64,6 +64,10 @@ type DB struct {
 
 	w *sql.DB // exactly one connection, used only by the writer goroutine (and migrations before it starts)
 	r *sql.DB // read-only pool
+	x *sql.DB // PostgreSQL: writes that cannot wait for a batch (the shared replay cache)
+
+	stopPurge chan struct{} // PostgreSQL: ends purgeReplay
+	purged    chan struct{} // closed when purgeReplay has returned
 
 	insertAudit         *sql.Stmt // prepared on w
 	insertAuditSessions *sql.Stmt // prepared on w
@@ -96,7 +100,7 @@ func Open(ctx context.Context, dir string, opts Options) (*DB, error) {
 	s := &DB{now: opts.Now, maxBatch: opts.MaxBatch, postgres: opts.Postgres != "", pgURL: opts.Postgres, origin: newOrigin()}
 	var err error
 	if s.postgres {
-		s.w, s.r, err = openPostgres(ctx, opts.Postgres)
+		s.w, s.r, s.x, err = openPostgres(ctx, opts.Postgres)
 	} else {
 		s.w, s.r, err = openSQLite(ctx, dir)
 	}
@@ -111,6 +115,9 @@ func Open(ctx context.Context, dir string, opts Options) (*DB, error) {
 		}
 		_ = s.r.Close()
 		_ = s.w.Close()
+		if s.x != nil {
+			_ = s.x.Close()
+		}
 		return nil, err
 	}
 	if err := migrate(ctx, s.w, s.postgres, s.now().UnixNano()); err != nil {
@@ -130,6 +137,13 @@ func Open(ctx context.Context, dir string, opts Options) (*DB, error) {
 	s.stopped = make(chan struct{})
 	go s.run()
 	go s.journal.run()
+	if s.postgres {
+		s.stopPurge, s.purged = make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(s.purged)
+			s.purgeReplay(s.stopPurge, time.Minute)
+		}()
+	}
 	return s, nil
 }
 
@@ -213,7 +227,13 @@ func (s *DB) Close() error {
 	s.mu.Unlock()
 
 	<-s.stopped
-	err := errors.Join(jerr, s.insertAudit.Close(), s.insertAuditSessions.Close(), s.r.Close(), s.w.Close())
+	var xerr error
+	if s.postgres {
+		close(s.stopPurge)
+		<-s.purged
+		xerr = s.x.Close()
+	}
+	err := errors.Join(jerr, s.insertAudit.Close(), s.insertAuditSessions.Close(), s.r.Close(), s.w.Close(), xerr)
 	if err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}
