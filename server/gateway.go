@@ -266,6 +266,13 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		defer close(g.listening)
 		g.listen(lctx)
 	}()
+	// On a shared store, calls are refused until this gateway hears the
+	// others (Admit): start serving once it does.
+	for deadline := time.Now().Add(10 * time.Second); !st.Listening(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return nil, errors.New("store: not listening to the other gateways' events after 10s")
+		}
+	}
 	return g, nil
 }
 

@@ -178,3 +178,57 @@ func TestReplicasShareReplayCache(t *testing.T) {
 		t.Errorf("a fresh proof at B: %d %s", r.Status, r.Body)
 	}
 }
+
+// TestPostgresRestart: while its PostgreSQL is down a gateway is not ready
+// and refuses calls with a clear error (it could not hear a kill, nor
+// write the session graph); once PostgreSQL is back it serves again, on
+// the same MCP session, without being restarted itself.
+func TestPostgresRestart(t *testing.T) {
+	pg, err := pgtest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.Stop)
+	db, err := pg.NewDatabase(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, _ := httpFixture(t, "fx", false)
+	g := startGateway(t, func(c *config.Config) {
+		c.Store = db
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+	})
+	ready := func() int {
+		resp, err := http.Get(g.Base + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	cs := connect(t, g.MCP, legacy, nil)
+	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "before"}); toolText(res) != "before" {
+		t.Fatalf("fx__echo = %q", toolText(res))
+	}
+
+	pg.Kill()
+	eventually(t, "not ready with PostgreSQL down", func() bool { return ready() == http.StatusServiceUnavailable })
+	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "during"}})
+	switch {
+	case err == nil && !res.IsError:
+		t.Fatalf("a call succeeded with PostgreSQL down: %q", toolText(res))
+	case err != nil && !strings.Contains(err.Error(), "cannot hear the other gateways"):
+		t.Errorf("call with PostgreSQL down: %v", err)
+	case err == nil && !strings.Contains(toolText(res), "cannot hear the other gateways"):
+		t.Errorf("call with PostgreSQL down: %q", toolText(res))
+	}
+
+	if err := pg.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ready once PostgreSQL is back", func() bool { return ready() == http.StatusOK })
+	eventually(t, "a call on the same session once PostgreSQL is back", func() bool {
+		res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "after"}})
+		return err == nil && !res.IsError && toolText(res) == "after"
+	})
+}

@@ -131,6 +131,11 @@ func (s *sessionGraph) Admit(ctx context.Context, c *pipeline.Call) (context.Con
 		return ctx, nil, err
 	}
 	ids := c.Sessions
+	if !s.store.Listening() {
+		// On a shared store, a kill another gateway commits now would go
+		// unheard: fail closed until listening again.
+		return ctx, nil, &pipeline.Error{Code: pipeline.CodeUnavailable, Message: "the gateway cannot hear the other gateways' kills right now; retry shortly"}
+	}
 	if err := s.check(c.Principal, ids.USID, ids.WSID, ids.ASID, ids.MSID); err != nil {
 		return ctx, nil, err
 	}

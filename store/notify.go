@@ -115,8 +115,9 @@ func (s *DB) Listen(ctx context.Context, fn func(Event)) {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		s.listening.Store(true)
+		// Listening from here: what fn reloads now misses nothing.
 		fn(Event{Kind: EventResync})
+		s.listening.Store(true)
 		for {
 			n, err := conn.WaitForNotification(ctx)
 			if err != nil {

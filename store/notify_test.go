@@ -51,8 +51,10 @@ func TestEvents(t *testing.T) {
 			t.Fatalf("first event %+v, want a resync", ev)
 		}
 	}
-	if !b.Listening() {
-		t.Error("b not Listening while connected")
+	for deadline := time.Now().Add(5 * time.Second); !b.Listening(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("b not Listening while connected")
+		}
 	}
 
 	// A kill of more nodes than one notification holds arrives whole.
