@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -457,6 +458,31 @@ func (e *Engine) settle(ctx context.Context, r Request, state State) error {
 		return err
 	}
 	e.release(r.ID)
+	e.notify()
+	return nil
+}
+
+// Refresh takes in what another gateway sharing the store changed: the
+// waiters of ids (of every request waited on here, when ids is nil) whose
+// requests are no longer pending are woken, and listeners told.
+func (e *Engine) Refresh(ctx context.Context, ids []string) error {
+	if ids == nil {
+		e.mu.Lock()
+		ids = slices.Collect(maps.Keys(e.waiters))
+		e.mu.Unlock()
+	}
+	for _, id := range ids {
+		r, err := e.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if r.State != Pending {
+			e.release(id)
+		}
+	}
 	e.notify()
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/consent"
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/internal/pgtest"
 	"github.com/sag-gateway/sag/server"
@@ -110,10 +111,19 @@ func TestGatewaysShareOnePostgres(t *testing.T) {
 	}
 }
 
-// TestReplicasShareReplayCache: behind one public URL, a DPoP proof one
-// gateway accepted is refused as a replay by another sharing the store
-// (RFC 9449 §11.1), while a fresh proof is accepted there.
-func TestReplicasShareReplayCache(t *testing.T) {
+// replicaURL is the public URL of test replicas, as a load balancer in
+// front of them would serve it.
+const replicaURL = "http://sag.test"
+
+// replicas are gateways sharing one PostgreSQL database, one public URL and
+// one set of signing keys, in --auth dpop in front of the fixture fx.
+type replicas struct {
+	gws  []*testGateway
+	keys *identity.Keys
+}
+
+func startReplicas(t *testing.T, n int, mutate func(*config.Config)) *replicas {
+	t.Helper()
 	pg, err := pgtest.Start()
 	if err != nil {
 		t.Fatal(err)
@@ -124,58 +134,124 @@ func TestReplicasShareReplayCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	up, _ := httpFixture(t, "fx", false)
-	const public = "http://sag.test"
-	replica := func(dir string) func(*config.Config) {
-		return func(c *config.Config) {
-			c.Auth, c.Store, c.PublicURL = config.AuthDPoP, db, public
-			c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
-			allowAll(t, c)
-			if dir != "" {
-				c.DataDir = dir
+	r := &replicas{}
+	for i := range n {
+		dir := t.TempDir()
+		if i > 0 { // replicas share their signing keys, as they share the public URL
+			if err := os.CopyFS(filepath.Join(dir, server.KeysDir), os.DirFS(filepath.Join(r.gws[0].DataDir, server.KeysDir))); err != nil {
+				t.Fatal(err)
 			}
 		}
+		r.gws = append(r.gws, startGateway(t, func(c *config.Config) {
+			c.Auth, c.Store, c.PublicURL, c.DataDir = config.AuthDPoP, db, replicaURL, dir
+			c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+			if mutate != nil {
+				mutate(c)
+			} else {
+				allowAll(t, c)
+			}
+		}))
 	}
-	a := startGateway(t, replica(""))
-	// Replicas share their signing keys, as they share the public URL.
-	bDir := t.TempDir()
-	if err := os.CopyFS(filepath.Join(bDir, server.KeysDir), os.DirFS(filepath.Join(a.DataDir, server.KeysDir))); err != nil {
+	if r.keys, err = identity.LoadKeys(filepath.Join(r.gws[0].DataDir, server.KeysDir)); err != nil {
 		t.Fatal(err)
 	}
-	b := startGateway(t, replica(bDir))
+	return r
+}
 
-	keys, err := identity.LoadKeys(filepath.Join(a.DataDir, server.KeysDir))
-	if err != nil {
-		t.Fatal(err)
-	}
+// agent returns an agent of the replicas' issuer.
+func (r *replicas) agent(t *testing.T, subject string) *agent {
+	t.Helper()
 	key, err := identity.NewDPoPKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, _, err := (&identity.Issuer{URL: public, Keys: keys}).Mint(identity.Claims{
-		Subject: "alice", Audience: identity.Audience{public}, Cnf: &identity.Confirmation{JKT: key.Thumbprint()},
+	tok, _, err := (&identity.Issuer{URL: replicaURL, Keys: r.keys}).Mint(identity.Claims{
+		Subject: subject, Audience: identity.Audience{replicaURL}, Cnf: &identity.Confirmation{JKT: key.Thumbprint()},
 	}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	headers := func() http.Header {
-		proof, err := key.Proof(http.MethodPost, public+"/mcp", tok, "")
+	return &agent{key: key, token: tok}
+}
+
+// via returns a's client for replicaURL whose requests go to replica i:
+// proofs name replicaURL, requests reach i's loopback port, as through the
+// load balancer.
+func (r *replicas) via(a *agent, i int) *http.Client {
+	addr := r.gws[i].Cfg.Listen
+	toReplica := roundTripper(func(req *http.Request) (*http.Response, error) {
+		req = req.Clone(req.Context())
+		req.URL.Host, req.Host = addr, ""
+		return http.DefaultTransport.RoundTrip(req)
+	})
+	return &http.Client{Transport: &identity.DPoPTransport{Base: toReplica, Key: a.key, Token: func(context.Context) (string, error) { return a.token, nil }}}
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestReplicasShareReplayCache: behind one public URL, a DPoP proof one
+// gateway accepted is refused as a replay by another sharing the store
+// (RFC 9449 §11.1), while a fresh proof is accepted there.
+func TestReplicasShareReplayCache(t *testing.T) {
+	r := startReplicas(t, 2, nil)
+	alice := r.agent(t, "alice")
+	// Each is reached on its own loopback port, as the load balancer would.
+	atA, atB := "http://"+r.gws[0].Cfg.Listen+"/mcp", "http://"+r.gws[1].Cfg.Listen+"/mcp"
+	h := alice.headers(t, http.MethodPost, replicaURL+"/mcp")
+	if resp := rawPost(t, atA, initBody, h); resp.Status != http.StatusOK {
+		t.Fatalf("first use at A: %d %s", resp.Status, resp.Body)
+	}
+	if resp := rawPost(t, atB, initBody, h); resp.Status != http.StatusUnauthorized || !strings.Contains(string(resp.Body)+resp.Header.Get("WWW-Authenticate"), "replayed") {
+		t.Errorf("the same proof at B: %d %s %s, want 401 proof replayed", resp.Status, resp.Header.Get("WWW-Authenticate"), resp.Body)
+	}
+	if resp := rawPost(t, atB, initBody, alice.headers(t, http.MethodPost, replicaURL+"/mcp")); resp.Status != http.StatusOK {
+		t.Errorf("a fresh proof at B: %d %s", resp.Status, resp.Body)
+	}
+}
+
+// TestReplicasShareConsent: a call waiting on A for its user's consent is
+// released by an approval given through B.
+func TestReplicasShareConsent(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "consent.yaml")
+	if err := os.WriteFile(file, []byte(consentPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := startReplicas(t, 2, func(c *config.Config) { c.Policy.Files = []string{file} })
+	user := identity.Principal{Issuer: replicaURL, User: "alice"}
+	// Alice follows her requests on both (which gateway her console
+	// reaches is the load balancer's choice); she decides through B.
+	server.ConsentChannel(t, r.gws[0].GW, user)
+	pending, decide := server.ConsentChannel(t, r.gws[1].GW, user)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	alice := r.agent(t, "alice")
+	c := mcp.NewClient(&mcp.Implementation{Name: "alice", Version: "1"}, nil)
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: replicaURL + "/mcp", HTTPClient: r.via(alice, 0)}, &mcp.ClientSessionOptions{ProtocolVersion: legacy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	done := make(chan *mcp.CallToolResult, 1)
+	go func() {
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "across"}})
 		if err != nil {
-			t.Fatal(err)
+			t.Error(err)
 		}
-		return http.Header{"Authorization": {"DPoP " + tok}, "Dpop": {proof}}
+		done <- res
+	}()
+	req := pendingFor(t, ctx, pending, "across")
+	if _, err := decide(ctx, req.ID, consent.Decision{Approved: true, By: user, Channel: "test"}); err != nil {
+		t.Fatal(err)
 	}
-	// Both are reached on their own loopback ports, as a load balancer
-	// in front of sag.test would.
-	atA, atB := "http://"+a.Cfg.Listen+"/mcp", "http://"+b.Cfg.Listen+"/mcp"
-	h := headers()
-	if r := rawPost(t, atA, initBody, h); r.Status != http.StatusOK {
-		t.Fatalf("first use at A: %d %s", r.Status, r.Body)
-	}
-	if r := rawPost(t, atB, initBody, h); r.Status != http.StatusUnauthorized || !strings.Contains(string(r.Body)+r.Header.Get("WWW-Authenticate"), "replayed") {
-		t.Errorf("the same proof at B: %d %s %s, want 401 proof replayed", r.Status, r.Header.Get("WWW-Authenticate"), r.Body)
-	}
-	if r := rawPost(t, atB, initBody, headers()); r.Status != http.StatusOK {
-		t.Errorf("a fresh proof at B: %d %s", r.Status, r.Body)
+	select {
+	case res := <-done:
+		if res == nil || res.IsError || toolText(res) != "across" {
+			t.Errorf("the call on A after approval through B: %+v", res)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the call on A still waits after its approval through B")
 	}
 }
 

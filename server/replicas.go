@@ -56,9 +56,16 @@ func (g *Gateway) applyEvent(ctx context.Context, ev store.Event) {
 		g.sessions.noteUserKill(ev.Issuer, ev.Subject, time.Unix(ev.Time, 0))
 	case store.EventTokenRevoked:
 		g.revoked.note(ev.Issuer, ev.JTI, time.Unix(0, ev.Time))
+	case store.EventConsent:
+		if err := g.consent.Refresh(ctx, ev.IDs); err != nil {
+			g.log.Error("replicas: consent requests not refreshed", "error", err)
+		}
 	case store.EventResync:
 		if err := g.resync(ctx); err != nil {
 			g.log.Error("replicas: revocations not reloaded after a gap in events", "error", err)
+		}
+		if err := g.consent.Refresh(ctx, nil); err != nil {
+			g.log.Error("replicas: consent requests not refreshed after a gap in events", "error", err)
 		}
 	}
 }

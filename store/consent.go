@@ -24,8 +24,17 @@ type ConsentRecord struct {
 
 // PutConsent inserts a new consent request.
 func (s *DB) PutConsent(ctx context.Context, r ConsentRecord) error {
-	return s.exec(ctx, "put consent", `INSERT INTO consent_requests (id, asid, nodes, state, expires, used, request) VALUES (?, ?, ?, ?, ?, 0, ?)`,
-		r.ID, r.ASID, strings.Join(r.Nodes, " "), r.State, nanos(r.Expires), string(r.Request))
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO consent_requests (id, asid, nodes, state, expires, used, request) VALUES (?, ?, ?, ?, ?, 0, ?)`,
+			r.ID, r.ASID, strings.Join(r.Nodes, " "), r.State, nanos(r.Expires), string(r.Request)); err != nil {
+			return err
+		}
+		return s.publish(tx, Event{Kind: EventConsent, IDs: []string{r.ID}})
+	})
+	if err != nil {
+		return fmt.Errorf("store: put consent: %w", err)
+	}
+	return nil
 }
 
 // GetConsent returns one consent request; ErrNotFound for an unknown id.
@@ -66,7 +75,7 @@ func (s *DB) SettleConsent(ctx context.Context, id, state string, request []byte
 			return err
 		}
 		if n, _ := res.RowsAffected(); n == 1 {
-			return nil
+			return s.publish(tx, Event{Kind: EventConsent, IDs: []string{id}})
 		}
 		var exists int
 		if err := tx.QueryRow(`SELECT COUNT(*) FROM consent_requests WHERE id = ?`, id).Scan(&exists); err != nil {

@@ -33,6 +33,8 @@ const (
 	// EventUpstreams: the registered upstreams IDs were added, changed
 	// or removed.
 	EventUpstreams EventKind = "upstreams"
+	// EventConsent: the consent requests IDs were created or settled.
+	EventConsent EventKind = "consent"
 	// EventResync: events may have been missed (the listening connection
 	// was lost and is back); reload what is kept in memory from the store.
 	EventResync EventKind = "resync"
