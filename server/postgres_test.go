@@ -6,8 +6,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -290,12 +292,15 @@ func TestPostgresRestart(t *testing.T) {
 	pg.Kill()
 	eventually(t, "not ready with PostgreSQL down", func() bool { return ready() == http.StatusServiceUnavailable })
 	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "during"}})
+	// Refused for whichever the gateway notices first: it cannot hear the
+	// others, or cannot write the audit record.
+	refused := regexp.MustCompile(`cannot hear the other gateways|audit unavailable`)
 	switch {
 	case err == nil && !res.IsError:
 		t.Fatalf("a call succeeded with PostgreSQL down: %q", toolText(res))
-	case err != nil && !strings.Contains(err.Error(), "cannot hear the other gateways"):
+	case err != nil && !refused.MatchString(err.Error()):
 		t.Errorf("call with PostgreSQL down: %v", err)
-	case err == nil && !strings.Contains(toolText(res), "cannot hear the other gateways"):
+	case err == nil && !refused.MatchString(toolText(res)):
 		t.Errorf("call with PostgreSQL down: %q", toolText(res))
 	}
 
@@ -307,4 +312,52 @@ func TestPostgresRestart(t *testing.T) {
 		res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "after"}})
 		return err == nil && !res.IsError && toolText(res) == "after"
 	})
+}
+
+// deafStore is the real store, deaf to other gateways on demand.
+type deafStore struct {
+	server.Store
+	deaf atomic.Bool
+}
+
+func (s *deafStore) Listening() bool { return !s.deaf.Load() && s.Store.Listening() }
+
+// TestDeafGatewayFailsClosed: a gateway that cannot hear the other
+// gateways' kills refuses calls with a clear error and is not ready, until
+// it hears them again.
+func TestDeafGatewayFailsClosed(t *testing.T) {
+	up, _ := httpFixture(t, "fx", false)
+	dir := t.TempDir()
+	st, err := store.Open(context.Background(), dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := &deafStore{Store: st}
+	g := startGatewayDeps(t, server.Deps{Store: ds}, func(c *config.Config) {
+		c.DataDir = dir
+		c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
+	})
+	cs := connect(t, g.MCP, legacy, nil)
+	ds.deaf.Store(true)
+	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "deaf"}})
+	switch {
+	case err == nil && !res.IsError:
+		t.Errorf("a call while deaf succeeded: %q", toolText(res))
+	case err != nil && !strings.Contains(err.Error(), "cannot hear the other gateways"):
+		t.Errorf("a call while deaf: %v", err)
+	case err == nil && !strings.Contains(toolText(res), "cannot hear the other gateways"):
+		t.Errorf("a call while deaf: %q", toolText(res))
+	}
+	resp, err := http.Get(g.Base + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while deaf: %d", resp.StatusCode)
+	}
+	ds.deaf.Store(false)
+	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "hearing"}); toolText(res) != "hearing" {
+		t.Errorf("a call once hearing again: %q", toolText(res))
+	}
 }
