@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -187,7 +189,12 @@ const listenGrace = 5 * time.Minute
 // streams of each user, and when the last one closed (on the gateway's
 // clock, now).
 type listeners struct {
-	now  func() time.Time
+	now func() time.Time
+	// announce, on a shared store, tells the other gateways that a user
+	// follows here (on a stream's start and end, and every minute while
+	// one is open): they count the user as following for listenGrace.
+	announce func(issuer, subject string)
+
 	mu   sync.Mutex
 	open map[userKey]int
 	seen map[userKey]time.Time
@@ -197,11 +204,10 @@ type listeners struct {
 func (l *listeners) listen(p identity.Principal) func() {
 	k := userKey{p.Issuer, p.User}
 	l.mu.Lock()
-	if l.open == nil {
-		l.open, l.seen = map[userKey]int{}, map[userKey]time.Time{}
-	}
+	l.init()
 	l.open[k]++
 	l.mu.Unlock()
+	l.tell(k)
 	return func() {
 		l.mu.Lock()
 		if l.open[k]--; l.open[k] <= 0 {
@@ -209,6 +215,40 @@ func (l *listeners) listen(p identity.Principal) func() {
 		}
 		l.seen[k] = l.now()
 		l.mu.Unlock()
+		l.tell(k)
+	}
+}
+
+func (l *listeners) init() {
+	if l.open == nil {
+		l.open, l.seen = map[userKey]int{}, map[userKey]time.Time{}
+	}
+}
+
+// tell announces k off the caller's path.
+func (l *listeners) tell(k userKey) {
+	if l.announce != nil {
+		go l.announce(k.issuer, k.subject)
+	}
+}
+
+// heard records that k follows on another gateway as of now.
+func (l *listeners) heard(k userKey) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.init()
+	if now := l.now(); now.After(l.seen[k]) {
+		l.seen[k] = now
+	}
+}
+
+// retell announces every user with a stream open here.
+func (l *listeners) retell() {
+	l.mu.Lock()
+	keys := slices.Collect(maps.Keys(l.open))
+	l.mu.Unlock()
+	for _, k := range keys {
+		l.tell(k)
 	}
 }
 

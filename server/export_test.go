@@ -49,3 +49,9 @@ func (g *Gateway) WorkflowSession(p identity.Principal, thread string) string {
 // UserSessionID is the USID of a token of (issuer, subject) without sid,
 // of a user never killed.
 func UserSessionID(issuer, subject string) string { return derive("u_", issuer, subject) }
+
+// Following reports whether g counts p as following their consent requests
+// (on g or, heard through a shared store, on another gateway).
+func Following(g *Gateway, p identity.Principal) bool {
+	return g.listeners.reachable(p, false, g.sessions.now())
+}

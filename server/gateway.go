@@ -62,6 +62,7 @@ type Store interface {
 	// (returning at once when none can), Listening whether it hears them.
 	Listen(ctx context.Context, fn func(store.Event))
 	Listening() bool
+	Announce(ctx context.Context, ev store.Event) error
 	// Replay is the DPoP replay cache (shared on PostgreSQL).
 	Replay(max int) store.ReplayCache
 	consent.Store
@@ -196,6 +197,13 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 	}
 	g.consent = consent.NewEngine(st, deps.Now, approves)
 	g.listeners.now = deps.Now
+	g.listeners.announce = func(issuer, subject string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := st.Announce(ctx, store.Event{Kind: store.EventFollowing, Issuer: issuer, Subject: subject}); err != nil {
+			log.Warn("replicas: could not tell the other gateways a user follows here", "error", err)
+		}
+	}
 	g.metrics = newMetrics()
 	g.front = newFront(g, deps.Version)
 	naming, err := upstreams.ParseNaming(cfg.Prefix)

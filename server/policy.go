@@ -217,6 +217,10 @@ func (g *Gateway) reloadPolicyHandler(w http.ResponseWriter, r *http.Request) er
 	if err := g.ReloadPolicy(r.Context()); err != nil {
 		return badRequest("%v", err)
 	}
+	// The other gateways sharing the store reload theirs too.
+	if err := g.store.Announce(r.Context(), store.Event{Kind: store.EventPolicy}); err != nil {
+		return fmt.Errorf("reloaded here, but the other gateways were not told: %w", err)
+	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

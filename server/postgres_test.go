@@ -144,7 +144,7 @@ func startReplicas(t *testing.T, n int, mutate func(*config.Config)) *replicas {
 				t.Fatal(err)
 			}
 		}
-		r.gws = append(r.gws, startGateway(t, func(c *config.Config) {
+		tg := startGateway(t, func(c *config.Config) {
 			c.Auth, c.Store, c.PublicURL, c.DataDir = config.AuthDPoP, db, replicaURL, dir
 			c.Upstreams = []config.Upstream{{Name: "fx", URL: up}}
 			if mutate != nil {
@@ -152,7 +152,11 @@ func startReplicas(t *testing.T, n int, mutate func(*config.Config)) *replicas {
 			} else {
 				allowAll(t, c)
 			}
-		}))
+		})
+		// The test reaches each on its own port (admin API, raw requests).
+		tg.Base = "http://" + tg.Cfg.Listen
+		tg.MCP = tg.Base + "/mcp"
+		r.gws = append(r.gws, tg)
 	}
 	if r.keys, err = identity.LoadKeys(filepath.Join(r.gws[0].DataDir, server.KeysDir)); err != nil {
 		t.Fatal(err)
@@ -200,7 +204,7 @@ func TestReplicasShareReplayCache(t *testing.T) {
 	r := startReplicas(t, 2, nil)
 	alice := r.agent(t, "alice")
 	// Each is reached on its own loopback port, as the load balancer would.
-	atA, atB := "http://"+r.gws[0].Cfg.Listen+"/mcp", "http://"+r.gws[1].Cfg.Listen+"/mcp"
+	atA, atB := r.gws[0].MCP, r.gws[1].MCP
 	h := alice.headers(t, http.MethodPost, replicaURL+"/mcp")
 	if resp := rawPost(t, atA, initBody, h); resp.Status != http.StatusOK {
 		t.Fatalf("first use at A: %d %s", resp.Status, resp.Body)
@@ -213,8 +217,8 @@ func TestReplicasShareReplayCache(t *testing.T) {
 	}
 }
 
-// TestReplicasShareConsent: a call waiting on A for its user's consent is
-// released by an approval given through B.
+// TestReplicasShareConsent: a user following her consent requests on B
+// is asked for a call made on A, and her approval through B releases it.
 func TestReplicasShareConsent(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "consent.yaml")
 	if err := os.WriteFile(file, []byte(consentPolicy), 0o600); err != nil {
@@ -222,10 +226,13 @@ func TestReplicasShareConsent(t *testing.T) {
 	}
 	r := startReplicas(t, 2, func(c *config.Config) { c.Policy.Files = []string{file} })
 	user := identity.Principal{Issuer: replicaURL, User: "alice"}
-	// Alice follows her requests on both (which gateway her console
-	// reaches is the load balancer's choice); she decides through B.
-	server.ConsentChannel(t, r.gws[0].GW, user)
+	// Alice follows her requests on B, where the load balancer sent her
+	// console: A hears it, and asks her.
+	if server.Following(r.gws[0].GW, user) {
+		t.Fatal("A counts alice as following before she does")
+	}
 	pending, decide := server.ConsentChannel(t, r.gws[1].GW, user)
+	eventually(t, "A hearing that alice follows on B", func() bool { return server.Following(r.gws[0].GW, user) })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
 	defer cancel()
 	alice := r.agent(t, "alice")
@@ -360,4 +367,40 @@ func TestDeafGatewayFailsClosed(t *testing.T) {
 	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "hearing"}); toolText(res) != "hearing" {
 		t.Errorf("a call once hearing again: %q", toolText(res))
 	}
+}
+
+// TestReplicasSharePolicy: an allow-list registered through A's admin API
+// decides calls on B, and its removal through B on A.
+func TestReplicasSharePolicy(t *testing.T) {
+	r := startReplicas(t, 2, func(*config.Config) {}) // no allow-list: everything denied
+	a, b := r.gws[0], r.gws[1]
+	alice := r.agent(t, "alice")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	connectVia := func(i int) *mcp.ClientSession {
+		c := mcp.NewClient(&mcp.Implementation{Name: "alice", Version: "1"}, nil)
+		cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: replicaURL + "/mcp", HTTPClient: r.via(alice, i)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cs.Close() })
+		return cs
+	}
+	onA, onB := connectVia(0), connectVia(1)
+	allowed := func(cs *mcp.ClientSession) bool {
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "hi"}})
+		return err == nil && !res.IsError && toolText(res) == "hi"
+	}
+	if allowed(onB) {
+		t.Fatal("B allowed a call before any allow-list")
+	}
+	doc := "id: fx-owner\nrules: [{id: alice-echo, tools: [echo], principals: {users: [alice]}}]\n"
+	if code, body := a.adminDo(t, http.MethodPut, "/admin/upstreams/fx/allowlist", doc); code != http.StatusOK {
+		t.Fatalf("register on A: %d %s", code, body)
+	}
+	eventually(t, "B allowing alice's echo under the allow-list registered on A", func() bool { return allowed(onB) })
+	if code, body := b.adminDo(t, http.MethodDelete, "/admin/upstreams/fx/allowlist", nil); code != http.StatusNoContent {
+		t.Fatalf("remove on B: %d %s", code, body)
+	}
+	eventually(t, "A denying alice's echo once B removed the allow-list", func() bool { return !allowed(onA) })
 }

@@ -18,29 +18,48 @@ import (
 
 // listen applies the other gateways' events until ctx ends. Registry
 // changes are applied on a goroutine of their own, so that an upstream
-// slow to connect never holds up a kill.
+// slow to connect never holds up a kill; it also announces the users
+// following here again every minute.
 func (g *Gateway) listen(ctx context.Context) {
-	registry := make(chan struct{}, 1)
+	registry, policy := make(chan struct{}, 1), make(chan struct{}, 1)
+	due := func(ch chan struct{}) {
+		select {
+		case ch <- struct{}{}:
+		default: // already due
+		}
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		// Users following here are announced again well within the
+		// others' listenGrace.
+		heartbeat := time.NewTicker(listenGrace / 5)
+		defer heartbeat.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
+			case <-heartbeat.C:
+				g.listeners.retell()
 			case <-registry:
 				if err := g.syncUpstreams(ctx); err != nil {
 					g.log.Error("replicas: upstream registry not synchronised", "error", err)
 				}
+			case <-policy:
+				_ = g.ReloadPolicy(ctx) // logs its own failure; the previous policy stays
+
 			}
 		}
 	}()
 	g.store.Listen(ctx, func(ev store.Event) {
-		if ev.Kind == store.EventUpstreams || ev.Kind == store.EventResync {
-			select {
-			case registry <- struct{}{}:
-			default: // a sync is already due
-			}
+		switch ev.Kind {
+		case store.EventUpstreams:
+			due(registry)
+		case store.EventPolicy:
+			due(policy)
+		case store.EventResync:
+			due(registry)
+			due(policy)
 		}
 		g.applyEvent(ctx, ev)
 	})
@@ -56,6 +75,8 @@ func (g *Gateway) applyEvent(ctx context.Context, ev store.Event) {
 		g.sessions.noteUserKill(ev.Issuer, ev.Subject, time.Unix(ev.Time, 0))
 	case store.EventTokenRevoked:
 		g.revoked.note(ev.Issuer, ev.JTI, time.Unix(0, ev.Time))
+	case store.EventFollowing:
+		g.listeners.heard(userKey{ev.Issuer, ev.Subject})
 	case store.EventConsent:
 		if err := g.consent.Refresh(ctx, ev.IDs); err != nil {
 			g.log.Error("replicas: consent requests not refreshed", "error", err)

@@ -19,14 +19,38 @@ type AllowList struct {
 // PutAllowList stores (or replaces) the allow-list of an upstream and returns
 // once it is committed.
 func (s *DB) PutAllowList(ctx context.Context, upstream string, doc []byte) error {
-	return s.exec(ctx, "put allow-list", `INSERT INTO allowlists (upstream, document, updated) VALUES (?1, ?2, ?3)
-		ON CONFLICT (upstream) DO UPDATE SET document = excluded.document, updated = excluded.updated`, upstream, string(doc), nanos(s.now()))
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO allowlists (upstream, document, updated) VALUES (?1, ?2, ?3)
+		ON CONFLICT (upstream) DO UPDATE SET document = excluded.document, updated = excluded.updated`, upstream, string(doc), nanos(s.now())); err != nil {
+			return err
+		}
+		return s.publish(tx, Event{Kind: EventPolicy, IDs: []string{upstream}})
+	})
+	if err != nil {
+		return fmt.Errorf("store: put allow-list: %w", err)
+	}
+	return nil
 }
 
 // DeleteAllowList removes the allow-list of an upstream; ErrNotFound if it
 // has none.
 func (s *DB) DeleteAllowList(ctx context.Context, upstream string) error {
-	return s.execOne(ctx, "delete allow-list", `DELETE FROM allowlists WHERE upstream = ?`, upstream)
+	err := s.submit(ctx, func(tx *sql.Tx) error {
+		res, err := tx.Exec(`DELETE FROM allowlists WHERE upstream = ?`, upstream)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return ErrNotFound
+		}
+		return s.publish(tx, Event{Kind: EventPolicy, IDs: []string{upstream}})
+	})
+	if err != nil {
+		return fmt.Errorf("store: delete allow-list: %w", err)
+	}
+	return nil
 }
 
 // ListAllowLists returns every registered allow-list, by upstream name.

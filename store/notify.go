@@ -35,6 +35,12 @@ const (
 	EventUpstreams EventKind = "upstreams"
 	// EventConsent: the consent requests IDs were created or settled.
 	EventConsent EventKind = "consent"
+	// EventFollowing: the user (Issuer, Subject) follows their consent
+	// requests on the gateway that says so, as of now.
+	EventFollowing EventKind = "following"
+	// EventPolicy: the policy changed (IDs: the upstreams whose
+	// allow-lists were registered or removed; none for a reload).
+	EventPolicy EventKind = "policy"
 	// EventResync: events may have been missed (the listening connection
 	// was lost and is back); reload what is kept in memory from the store.
 	EventResync EventKind = "resync"
@@ -88,6 +94,28 @@ func (s *DB) publish(tx *sql.Tx, ev Event) error {
 		}
 		ev.IDs = ev.IDs[maxEventIDs:]
 	}
+}
+
+// Announce publishes ev to the other gateways at once, outside any
+// transaction: for news that changes nothing in the store (EventFollowing).
+// On SQLite it does nothing.
+func (s *DB) Announce(ctx context.Context, ev Event) error {
+	if !s.postgres {
+		return nil
+	}
+	if err := s.acquire(); err != nil {
+		return err
+	}
+	defer s.release()
+	ev.Origin = s.origin
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	if _, err := s.x.ExecContext(ctx, `SELECT pg_notify(?, ?)`, eventChannel, string(b)); err != nil {
+		return fmt.Errorf("store: announce %s: %w", ev.Kind, err)
+	}
+	return nil
 }
 
 // Listen calls fn with every event other gateways publish, in commit

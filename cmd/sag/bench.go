@@ -26,6 +26,7 @@ import (
 
 	"github.com/sag-gateway/sag/fixtures"
 	"github.com/sag-gateway/sag/identity"
+	"github.com/sag-gateway/sag/internal/pgtest"
 )
 
 // cmdBench measures what the gateway adds to a tool call, side by side in
@@ -53,6 +54,7 @@ func cmdBench(args []string) error {
 	peer := fs.String("peer", "", "a peer proxy `BINARY` to measure too: TBXark/mcp-proxy (v2 JSON config)")
 	cpuProfile := fs.String("cpuprofile", "", "write the gateway process's CPU profile (its whole run) to `FILE`")
 	memProfile := fs.String("memprofile", "", "write the gateway process's allocation profile (its whole run) to `FILE`")
+	storeKind := fs.String("store", "sqlite", "the gateway's store: sqlite (its data directory), or postgres (a throwaway PostgreSQL, Debian's, started for the run as the tests start it)")
 	soak := fs.Duration("soak", 0, "instead of the measurements, load the gateway alone for `DURATION` and watch its goroutines, heap and open files")
 	soakConc := fs.Int("soak-concurrency", 32, "concurrent clients of the soak")
 	soakEvery := fs.Duration("soak-every", 30*time.Second, "how often the soak samples the gateway")
@@ -61,6 +63,21 @@ func cmdBench(args []string) error {
 	}
 	if *security != "none" && *security != "full" {
 		return fmt.Errorf("--security %q: want none or full", *security)
+	}
+	storeURL := ""
+	switch *storeKind {
+	case "sqlite":
+	case "postgres":
+		pg, err := pgtest.Start()
+		if err != nil {
+			return err
+		}
+		defer pg.Stop()
+		if storeURL, err = pg.NewDatabase(context.Background()); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("--store %q: want sqlite or postgres", *storeKind)
 	}
 	var concs []int
 	for _, s := range strings.Split(*conc, ",") {
@@ -96,7 +113,7 @@ func cmdBench(args []string) error {
 		defer stop()
 		gwUpURL = u
 	}
-	gw, err := startChildGateway(addr, gwUpURL, *upProtocol, *gogc, *security, map[string]string{cpuProfileEnv: *cpuProfile, memProfileEnv: *memProfile})
+	gw, err := startChildGateway(addr, gwUpURL, *upProtocol, *gogc, *security, storeURL, map[string]string{cpuProfileEnv: *cpuProfile, memProfileEnv: *memProfile})
 	if err != nil {
 		return err
 	}
@@ -152,7 +169,7 @@ func cmdBench(args []string) error {
 	if *soak > 0 {
 		return soakRun(ctx, sides[2], gw, *protocol, *security, *soakConc, *soak, *soakEvery)
 	}
-	fmt.Printf("sag bench: echo tool, protocol %s, security %s, GOMAXPROCS=%d, one machine (clients, proxies, upstream share the cores)\n\n", *protocol, *security, runtime.GOMAXPROCS(0))
+	fmt.Printf("sag bench: echo tool, protocol %s, security %s, store %s, GOMAXPROCS=%d, one machine (clients, proxies, upstream share the cores)\n\n", *protocol, *security, *storeKind, runtime.GOMAXPROCS(0))
 
 	// Latency at concurrency 1, interleaved in blocks of 100.
 	lat := make([][]time.Duration, len(sides))
@@ -450,7 +467,7 @@ func startChild(cmd *exec.Cmd, url, data, addr, ready string) (*child, error) {
 
 // startChildGateway starts 'sag serve' for the bench; profiles maps the
 // profile environment variables to the files they name ("" for none).
-func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security string, profiles map[string]string) (*child, error) {
+func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security, storeURL string, profiles map[string]string) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -461,7 +478,7 @@ func startChildGateway(addr, upstreamURL, upstreamProtocol, gogc, security strin
 	}
 	conf := filepath.Join(data, "bench.yaml")
 	admin := identity.NewID()
-	yaml := fmt.Sprintf("admin_token: %q\nupstreams:\n  - name: up\n    url: %q\n    protocol_version: %q\n", admin, upstreamURL, upstreamProtocol)
+	yaml := fmt.Sprintf("admin_token: %q\nstore: %q\nupstreams:\n  - name: up\n    url: %q\n    protocol_version: %q\n", admin, storeURL, upstreamURL, upstreamProtocol)
 	if security != "full" {
 		// Open mode is security off on both sides: the plain upstream
 		// takes no token, so none is minted for it.

@@ -29,6 +29,26 @@ func TestBenchRuns(t *testing.T) {
 	}
 }
 
+// TestBenchOnPostgres: sag bench --store postgres measures the
+// full-security path with the gateway's state in a throwaway PostgreSQL.
+func TestBenchOnPostgres(t *testing.T) {
+	out, errOut, ok := sag(t, "bench", "--store", "postgres", "--security", "full", "--calls", "100", "--duration", "200ms", "--rounds", "1", "--concurrency", "2", "--idle-sessions", "0")
+	if !ok {
+		t.Fatalf("sag bench --store postgres failed:\n%s%s", out, errOut)
+	}
+	for _, want := range []string{
+		`security full, store postgres,`,
+		`(?m)^    sag +\d+ +\d\.\d\d +\d+\.\d µs$`,
+	} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("output lacks %s:\n%s", want, out)
+		}
+	}
+	if _, errOut, ok := sag(t, "bench", "--store", "mysql", "--calls", "100", "--idle-sessions", "0"); ok || !strings.Contains(errOut, `--store "mysql": want sqlite or postgres`) {
+		t.Errorf("an unknown store: ok=%v %s", ok, errOut)
+	}
+}
+
 // TestBenchSoak: a short soak through the full-security path samples the
 // gateway's goroutines, heap and open files and judges them.
 func TestBenchSoak(t *testing.T) {
