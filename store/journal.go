@@ -69,7 +69,17 @@ type journal struct {
 // into the audit table, empties the journal and starts the mover.
 func (s *DB) openJournal(ctx context.Context, path string) (*journal, error) {
 	j := &journal{s: s, changed: make(chan struct{}), kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
-	if err := s.w.QueryRowContext(ctx, `SELECT seq FROM audit_journal`).Scan(&j.moved); err != nil {
+	if s.postgres {
+		id, err := journalID(path + ".id")
+		if err != nil {
+			return nil, fmt.Errorf("store: open journal: %w", err)
+		}
+		s.journalID = id
+	}
+	if _, err := s.w.ExecContext(ctx, `INSERT INTO audit_journals (journal, seq) VALUES (?, 0) ON CONFLICT (journal) DO NOTHING`, s.journalID); err != nil {
+		return nil, fmt.Errorf("store: open journal: %w", err)
+	}
+	if err := s.w.QueryRowContext(ctx, `SELECT seq FROM audit_journals WHERE journal = ?`, s.journalID).Scan(&j.moved); err != nil {
 		return nil, fmt.Errorf("store: open journal: %w", err)
 	}
 	j.seq = j.moved
@@ -264,8 +274,26 @@ func (s *DB) moveRecords(tx *sql.Tx, recs []journaled) error {
 			return err
 		}
 	}
-	_, err := tx.Exec(`UPDATE audit_journal SET seq = ?`, recs[len(recs)-1].Seq)
+	_, err := tx.Exec(`UPDATE audit_journals SET seq = ? WHERE journal = ?`, recs[len(recs)-1].Seq, s.journalID)
 	return err
+}
+
+// journalID reads the id of this data directory's journal from path,
+// creating it the first time: on a shared store, each gateway's journal
+// keeps its own moved sequence.
+func journalID(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil && len(b) > 0 {
+		return string(b), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	id := newOrigin()
+	if err := os.WriteFile(path, []byte(id), 0o600); err != nil {
+		return "", err
+	}
+	return id, nil
 }
 
 // errLocked is why records cannot be journaled now, nil when they can.

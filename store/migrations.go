@@ -235,6 +235,17 @@ CREATE TABLE dpop_replay (
 );
 CREATE INDEX dpop_replay_expires ON dpop_replay (expires);
 `,
+	// 13: one moved sequence per audit journal: gateways sharing a
+	// PostgreSQL store each move their own journal. SQLite's one journal
+	// is named ''.
+	`
+CREATE TABLE audit_journals (
+	journal TEXT PRIMARY KEY, -- the gateway's journal id ('' on SQLite)
+	seq     INTEGER NOT NULL
+);
+INSERT INTO audit_journals (journal, seq) SELECT '', seq FROM audit_journal;
+DROP TABLE audit_journal;
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

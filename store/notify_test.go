@@ -2,7 +2,10 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -144,5 +147,66 @@ func TestSharedReplay(t *testing.T) {
 	clock.Add(3 * time.Second)
 	if seen, err := rb.Seen(ctx, "proof-3", clock.Now().Add(time.Hour)); err != nil || seen {
 		t.Errorf("expired proof-3 at B: seen %v, %v", seen, err)
+	}
+}
+
+// TestAuditJournalPerGateway: gateways sharing a store each move their own
+// audit journal. Their sequences overlap: B's records, left unmoved by a
+// crash, are moved when B starts again even though A has moved records of
+// the same sequence numbers, and none is moved twice.
+func TestAuditJournalPerGateway(t *testing.T) {
+	ctx := context.Background()
+	opts := testOptions(t, Options{})
+	open := func(dir string) *DB {
+		t.Helper()
+		s, err := Open(ctx, dir, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	count := func(s *DB) int {
+		t.Helper()
+		recs, err := s.QueryAudit(ctx, AuditQuery{Limit: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(recs)
+	}
+	a := open(t.TempDir())
+	for i := range 3 {
+		if err := a.Append(ctx, AuditRecord{Time: clockBase, Method: "tools/call", Reason: fmt.Sprintf("a%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := count(a); n != 3 {
+		t.Fatalf("%d records from A, want 3", n)
+	}
+	if pg == nil {
+		return // one gateway per SQLite database
+	}
+	// B crashed with three journaled records not yet moved.
+	dirB := t.TempDir()
+	var journal []byte
+	for i := range 3 {
+		line, err := json.Marshal(journaled{Seq: uint64(i + 1), Rec: AuditRecord{Time: clockBase, Method: "tools/call", Reason: fmt.Sprintf("b%d", i)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		journal = append(append(journal, line...), '\n')
+	}
+	if err := os.WriteFile(filepath.Join(dirB, journalFile), journal, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := open(dirB)
+	if n := count(b); n != 6 {
+		t.Errorf("%d records after B's restart, want A's 3 and B's 3", n)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(open(dirB)); n != 6 {
+		t.Errorf("%d records after B's second start, want 6 (none moved twice)", n)
 	}
 }

@@ -58,6 +58,7 @@ type DB struct {
 	maxBatch int
 	postgres bool
 
+	journalID string      // names this gateway's audit journal in audit_journals ('' on SQLite)
 	pgURL     string      // PostgreSQL: for Listen's own connection
 	origin    string      // PostgreSQL: names this store's events
 	listening atomic.Bool // PostgreSQL: Listen is connected
