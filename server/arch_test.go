@@ -17,7 +17,7 @@ var layers = [][]string{
 	{"policy", "consent", "upstreams"},
 	{"identity"},
 	{"store", "schemas"},
-	{"internal/lru", "internal/jcs", "internal/jsonscan"},
+	{"internal/lru", "internal/jcs", "internal/jsonscan", "internal/pgtest"},
 }
 
 const module = "github.com/sag-gateway/sag/"
