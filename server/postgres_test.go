@@ -23,10 +23,10 @@ import (
 	"github.com/sag-gateway/sag/store"
 )
 
-// TestGatewaysShareOnePostgres: two gateways on one PostgreSQL database,
-// each with its own data directory, see one registry, one audit trail and
-// one session graph: what one records and kills, the other finds.
-func TestGatewaysShareOnePostgres(t *testing.T) {
+// startPostgres starts a throwaway PostgreSQL for the test and returns it
+// with the URL of a fresh database on it.
+func startPostgres(t *testing.T) (*pgtest.Server, string) {
+	t.Helper()
 	pg, err := pgtest.Start()
 	if err != nil {
 		t.Fatal(err)
@@ -36,6 +36,14 @@ func TestGatewaysShareOnePostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return pg, db
+}
+
+// TestGatewaysShareOnePostgres: two gateways on one PostgreSQL database,
+// each with its own data directory, see one registry, one audit trail and
+// one session graph: what one records and kills, the other finds.
+func TestGatewaysShareOnePostgres(t *testing.T) {
+	_, db := startPostgres(t)
 	upURL, f := httpFixture(t, "keep", false)
 	started, ended := blockTool(f)
 	onPG := func(c *config.Config) { c.Store = db }
@@ -126,15 +134,7 @@ type replicas struct {
 
 func startReplicas(t *testing.T, n int, mutate func(*config.Config)) *replicas {
 	t.Helper()
-	pg, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pg.Stop)
-	db, err := pg.NewDatabase(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, db := startPostgres(t)
 	up, _ := httpFixture(t, "fx", false)
 	r := &replicas{}
 	for i := range n {
@@ -158,9 +158,11 @@ func startReplicas(t *testing.T, n int, mutate func(*config.Config)) *replicas {
 		tg.MCP = tg.Base + "/mcp"
 		r.gws = append(r.gws, tg)
 	}
-	if r.keys, err = identity.LoadKeys(filepath.Join(r.gws[0].DataDir, server.KeysDir)); err != nil {
+	keys, err := identity.LoadKeys(filepath.Join(r.gws[0].DataDir, server.KeysDir))
+	if err != nil {
 		t.Fatal(err)
 	}
+	r.keys = keys
 	return r
 }
 
@@ -269,15 +271,7 @@ func TestReplicasShareConsent(t *testing.T) {
 // write the session graph); once PostgreSQL is back it serves again, on
 // the same MCP session, without being restarted itself.
 func TestPostgresRestart(t *testing.T) {
-	pg, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pg.Stop)
-	db, err := pg.NewDatabase(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pg, db := startPostgres(t)
 	up, _ := httpFixture(t, "fx", false)
 	g := startGateway(t, func(c *config.Config) {
 		c.Store = db

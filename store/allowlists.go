@@ -19,38 +19,16 @@ type AllowList struct {
 // PutAllowList stores (or replaces) the allow-list of an upstream and returns
 // once it is committed.
 func (s *DB) PutAllowList(ctx context.Context, upstream string, doc []byte) error {
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.Exec(`INSERT INTO allowlists (upstream, document, updated) VALUES (?1, ?2, ?3)
-		ON CONFLICT (upstream) DO UPDATE SET document = excluded.document, updated = excluded.updated`, upstream, string(doc), nanos(s.now())); err != nil {
-			return err
-		}
-		return s.publish(tx, Event{Kind: EventPolicy, IDs: []string{upstream}})
-	})
-	if err != nil {
-		return fmt.Errorf("store: put allow-list: %w", err)
-	}
-	return nil
+	return s.write(ctx, "put allow-list", false, &Event{Kind: EventPolicy, IDs: []string{upstream}},
+		`INSERT INTO allowlists (upstream, document, updated) VALUES (?1, ?2, ?3)
+		ON CONFLICT (upstream) DO UPDATE SET document = excluded.document, updated = excluded.updated`, upstream, string(doc), nanos(s.now()))
 }
 
 // DeleteAllowList removes the allow-list of an upstream; ErrNotFound if it
 // has none.
 func (s *DB) DeleteAllowList(ctx context.Context, upstream string) error {
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		res, err := tx.Exec(`DELETE FROM allowlists WHERE upstream = ?`, upstream)
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			return ErrNotFound
-		}
-		return s.publish(tx, Event{Kind: EventPolicy, IDs: []string{upstream}})
-	})
-	if err != nil {
-		return fmt.Errorf("store: delete allow-list: %w", err)
-	}
-	return nil
+	return s.write(ctx, "delete allow-list", true, &Event{Kind: EventPolicy, IDs: []string{upstream}},
+		`DELETE FROM allowlists WHERE upstream = ?`, upstream)
 }
 
 // ListAllowLists returns every registered allow-list, by upstream name.

@@ -24,17 +24,9 @@ type ConsentRecord struct {
 
 // PutConsent inserts a new consent request.
 func (s *DB) PutConsent(ctx context.Context, r ConsentRecord) error {
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.Exec(`INSERT INTO consent_requests (id, asid, nodes, state, expires, used, request) VALUES (?, ?, ?, ?, ?, 0, ?)`,
-			r.ID, r.ASID, strings.Join(r.Nodes, " "), r.State, nanos(r.Expires), string(r.Request)); err != nil {
-			return err
-		}
-		return s.publish(tx, Event{Kind: EventConsent, IDs: []string{r.ID}})
-	})
-	if err != nil {
-		return fmt.Errorf("store: put consent: %w", err)
-	}
-	return nil
+	return s.write(ctx, "put consent", false, &Event{Kind: EventConsent, IDs: []string{r.ID}},
+		`INSERT INTO consent_requests (id, asid, nodes, state, expires, used, request) VALUES (?, ?, ?, ?, ?, 0, ?)`,
+		r.ID, r.ASID, strings.Join(r.Nodes, " "), r.State, nanos(r.Expires), string(r.Request))
 }
 
 // GetConsent returns one consent request; ErrNotFound for an unknown id.

@@ -359,17 +359,9 @@ type UserKill struct {
 // PutUserKill records a user kill (a later kill of the same user replaces
 // an earlier one) and returns once it is committed.
 func (s *DB) PutUserKill(ctx context.Context, k UserKill) error {
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.Exec(`INSERT INTO user_kills (issuer, subject, killed) VALUES (?1, ?2, ?3)
-		ON CONFLICT (issuer, subject) DO UPDATE SET killed = CASE WHEN excluded.killed > user_kills.killed THEN excluded.killed ELSE user_kills.killed END`, k.Issuer, k.Subject, k.Killed.Unix()); err != nil {
-			return err
-		}
-		return s.publish(tx, Event{Kind: EventUserKill, Issuer: k.Issuer, Subject: k.Subject, Time: k.Killed.Unix()})
-	})
-	if err != nil {
-		return fmt.Errorf("store: put user kill: %w", err)
-	}
-	return nil
+	return s.write(ctx, "put user kill", false, &Event{Kind: EventUserKill, Issuer: k.Issuer, Subject: k.Subject, Time: k.Killed.Unix()},
+		`INSERT INTO user_kills (issuer, subject, killed) VALUES (?1, ?2, ?3)
+		ON CONFLICT (issuer, subject) DO UPDATE SET killed = CASE WHEN excluded.killed > user_kills.killed THEN excluded.killed ELSE user_kills.killed END`, k.Issuer, k.Subject, k.Killed.Unix())
 }
 
 // UserKills returns every user kill.

@@ -264,28 +264,34 @@ func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
 // exec runs one statement in the writer and returns once it is committed;
 // errors say what failed ("store: <what>: …").
 func (s *DB) exec(ctx context.Context, what, query string, args ...any) error {
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		_, err := tx.Exec(query, args...)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("store: %s: %w", what, err)
-	}
-	return nil
+	return s.write(ctx, what, false, nil, query, args...)
 }
 
 // execOne is exec for a statement that must change a row: ErrNotFound when
 // it changes none.
 func (s *DB) execOne(ctx context.Context, what, query string, args ...any) error {
+	return s.write(ctx, what, true, nil, query, args...)
+}
+
+// write runs one statement in the writer (ErrNotFound when mustChange and
+// it changes no row) and publishes ev, when given, in its transaction.
+func (s *DB) write(ctx context.Context, what string, mustChange bool, ev *Event, query string, args ...any) error {
 	err := s.submit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.Exec(query, args...)
 		if err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err == nil && n == 0 {
-			return ErrNotFound
+		if mustChange {
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				return ErrNotFound
+			}
 		}
-		return err
+		if ev != nil {
+			return s.publish(tx, *ev)
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("store: %s: %w", what, err)

@@ -56,17 +56,9 @@ func (s *DB) MintedStatus(ctx context.Context, jti string) (MintedToken, bool, e
 // RevokeToken records that the token (issuer, jti) is revoked until it
 // expires.
 func (s *DB) RevokeToken(ctx context.Context, issuer, jti string, expiry time.Time) error {
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.Exec(`INSERT INTO revoked_tokens (issuer, jti, expiry) VALUES (?, ?, ?)
-		ON CONFLICT (issuer, jti) DO NOTHING`, issuer, jti, nanos(expiry)); err != nil {
-			return err
-		}
-		return s.publish(tx, Event{Kind: EventTokenRevoked, Issuer: issuer, JTI: jti, Time: nanos(expiry)})
-	})
-	if err != nil {
-		return fmt.Errorf("store: revoke token: %w", err)
-	}
-	return nil
+	return s.write(ctx, "revoke token", false, &Event{Kind: EventTokenRevoked, Issuer: issuer, JTI: jti, Time: nanos(expiry)},
+		`INSERT INTO revoked_tokens (issuer, jti, expiry) VALUES (?, ?, ?)
+		ON CONFLICT (issuer, jti) DO NOTHING`, issuer, jti, nanos(expiry))
 }
 
 // RevokedToken is one entry of the revocation list.

@@ -59,22 +59,8 @@ func (s *DB) PutUpstream(ctx context.Context, u Upstream) error {
 // DeleteUpstream removes the upstream name and returns once the change is
 // committed, or ErrNotFound.
 func (s *DB) DeleteUpstream(ctx context.Context, name string) error {
-	err := s.submit(ctx, func(tx *sql.Tx) error {
-		res, err := tx.Exec(`DELETE FROM upstreams WHERE name = ?`, name)
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			return ErrNotFound
-		}
-		return s.publish(tx, Event{Kind: EventUpstreams, IDs: []string{name}})
-	})
-	if err != nil {
-		return fmt.Errorf("store: delete upstream %s: %w", name, err)
-	}
-	return nil
+	return s.write(ctx, "delete upstream "+name, true, &Event{Kind: EventUpstreams, IDs: []string{name}},
+		`DELETE FROM upstreams WHERE name = ?`, name)
 }
 
 // ListUpstreams returns every registered upstream, in registration order
