@@ -15,6 +15,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/upstreams"
 )
@@ -34,6 +35,14 @@ type front struct {
 
 	watched sync.Map     // id → *watched: the downstream sessions being watched (watch)
 	open    atomic.Int64 // how many (limits.max_sessions caps new ones)
+
+	// events keeps the session-based streams' events for resumption;
+	// continued holds the sessions this gateway continues from the store
+	// (continue.go), which its SDK handler does not know.
+	events     mcp.EventStore
+	continueMu sync.Mutex  // one continuation of a session at a time
+	continued  sync.Map    // id → *continuedSession
+	draining   atomic.Bool // the gateway is shutting down
 
 	// updateMu and updateFor restrict one resource-update broadcast to the
 	// downstream session whose upstream connection sent it.
@@ -74,8 +83,9 @@ func (f *front) handler() http.Handler {
 	get := func(*http.Request) *mcp.Server { return f.srv }
 	// Idle sessions are closed by the front (watched's timer), which sees
 	// the fast path's requests too; the SDK sees only its own.
+	f.events = mcp.NewMemoryEventStore(nil)
 	stateful := mcp.NewStreamableHTTPHandler(get, &mcp.StreamableHTTPOptions{
-		EventStore:          mcp.NewMemoryEventStore(nil),
+		EventStore:          f.events,
 		MaxRequestBodyBytes: maxBody,
 		Logger:              f.gw.log,
 	})
@@ -114,10 +124,16 @@ func (f *front) handler() http.Handler {
 			// The SDK closes a session only once its handlers return.
 			if id := r.Header.Get("Mcp-Session-Id"); id != "" {
 				f.gw.inflight.cancel(id, errSessionClosed)
+				if _, held := f.watched.Load(id); held { // and its caller's (admit)
+					f.forget(r.Context(), id)
+				}
 			}
 		}
 		if v := r.Header.Get("Mcp-Protocol-Version"); v >= statelessVersion {
 			statelessH.ServeHTTP(w, r)
+			return
+		}
+		if f.serveContinued(w, r) {
 			return
 		}
 		stateful.ServeHTTP(w, r)
@@ -358,18 +374,23 @@ func (f *front) watch(ctx context.Context, ss *mcp.ServerSession, extra *mcp.Req
 	if _, seen := f.watched.Load(ss.ID()); seen {
 		return
 	}
-	p, ok := f.gw.principal(extra)
-	if !ok {
-		return
+	if p, ok := f.gw.principal(extra); ok {
+		f.track(ctx, ss, p, header(extra).Get(WorkflowHeader), false)
 	}
+}
+
+// track records ss, opened by p, as open until it ends, with its idle
+// timer; logging tells whether its client set a log level.
+func (f *front) track(ctx context.Context, ss *mcp.ServerSession, p identity.Principal, workflow string, logging bool) {
 	w := &watched{ss: ss, owner: p.Key(), timeout: time.Duration(f.gw.cfg.Limits.SessionIdleTimeout)}
+	w.logging.Store(logging)
 	w.timer = time.AfterFunc(w.timeout, func() { _ = ss.Close() })
 	if _, seen := f.watched.LoadOrStore(ss.ID(), w); seen {
 		w.timer.Stop()
 		return
 	}
 	f.open.Add(1)
-	f.gw.sessionOpened(ctx, p, ss.ID(), header(extra).Get(WorkflowHeader))
+	f.gw.sessionOpened(ctx, p, ss.ID(), workflow)
 	go func() {
 		_ = ss.Wait()
 		w.mu.Lock()
@@ -418,9 +439,16 @@ func (f *front) receive(next mcp.MethodHandler) mcp.MethodHandler {
 			return f.getPrompt(ctx, r)
 		case *mcp.ReadResourceRequest:
 			return f.readResource(ctx, r)
+		case *mcp.ServerRequest[*mcp.InitializeParams]:
+			res, err := next(ctx, method, req)
+			if err == nil {
+				f.remember(ctx, ss, "")
+			}
+			return res, err
 		case *mcp.ServerRequest[*mcp.SetLoggingLevelParams]:
 			if w, ok := f.watched.Load(sessionID(ss)); ok {
 				w.(*watched).logging.Store(true)
+				f.remember(ctx, ss, r.Params.Level)
 			}
 			if p, ok := f.gw.principal(req.GetExtra()); ok {
 				f.gw.upstreams.SetLoggingLevel(upstreams.WithCaller(ctx, p, f.gw.sessions.protocolSession(p, ss), nil), ss, r.Params.Level)

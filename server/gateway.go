@@ -40,6 +40,9 @@ type Store interface {
 	GetSession(ctx context.Context, id string) (store.Session, error)
 	SetSessionState(ctx context.Context, id string, st store.SessionState) error
 	SetSessionRisk(ctx context.Context, id string, risk float64, counters map[string]int64) error
+	PutMCPClient(ctx context.Context, c store.MCPClient) error
+	GetMCPClient(ctx context.Context, id string) (store.MCPClient, error)
+	ForgetMCPClient(ctx context.Context, id string) error
 	PutUpstream(ctx context.Context, u store.Upstream) error
 	DeleteUpstream(ctx context.Context, name string) error
 	ListUpstreams(ctx context.Context) ([]store.Upstream, error)
@@ -437,6 +440,9 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener, grace time.Duratio
 		defer cancel()
 		_ = g.inflight.wait(answered)
 	}
+	// The sessions end here, not for their clients: they stay open in the
+	// store, for this gateway's next start or another gateway to continue.
+	g.front.draining.Store(true)
 	g.closeSessions(5 * time.Second)
 	srv.Close()
 	return g.Close()

@@ -398,3 +398,88 @@ func TestReplicasSharePolicy(t *testing.T) {
 	}
 	eventually(t, "A denying alice's echo once B removed the allow-list", func() bool { return !allowed(onA) })
 }
+
+// TestReplicasContinueSessions: a 2025 client's MCP session opened on A
+// goes on through B without affinity, with what the client established
+// (its elicitation capability, its log level); it stays its caller's (to
+// another it does not exist on either replica), and a kill on A ends it on
+// B.
+func TestReplicasContinueSessions(t *testing.T) {
+	r := startReplicas(t, 3, nil)
+	alice := r.agent(t, "alice")
+	var at atomic.Int32 // the replica the load balancer sends alice to
+	toReplica := roundTripper(func(req *http.Request) (*http.Response, error) {
+		req = req.Clone(req.Context())
+		req.URL.Host, req.Host = r.gws[at.Load()].Cfg.Listen, ""
+		return http.DefaultTransport.RoundTrip(req)
+	})
+	logs := make(chan string, 8)
+	c := mcp.NewClient(&mcp.Implementation{Name: "alice", Version: "1"}, &mcp.ClientOptions{
+		ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+			return &mcp.ElicitResult{Action: "accept", Content: map[string]any{"answer": "from alice"}}, nil
+		},
+		LoggingMessageHandler: func(_ context.Context, req *mcp.LoggingMessageRequest) {
+			b, _ := json.Marshal(req.Params.Data)
+			logs <- string(b)
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: replicaURL + "/mcp", MaxRetries: -1,
+		HTTPClient: &http.Client{Transport: &identity.DPoPTransport{Base: toReplica, Key: alice.key, Token: func(context.Context) (string, error) { return alice.token, nil }}}},
+		&mcp.ClientSessionOptions{ProtocolVersion: legacy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if err := cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: "info"}); err != nil {
+		t.Fatal(err)
+	}
+	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "on A"}); toolText(res) != "on A" {
+		t.Fatalf("echo on A = %q", toolText(res))
+	}
+
+	at.Store(1)
+	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "on B"}); toolText(res) != "on B" {
+		t.Fatalf("echo on B, the session opened on A = %q", toolText(res))
+	}
+	if recs := auditRecords(t, r.gws[1], "fx__echo"); len(recs) != 2 || recs[0].MSID != cs.ID() || recs[1].MSID != cs.ID() {
+		t.Errorf("the calls in the audit trail: %+v, want both in MCP session %s", recs, cs.ID())
+	}
+	if res := callTool(t, cs, "fx__ask", map[string]any{"question": "name?"}); toolText(res) != "answer: from alice" {
+		t.Errorf("elicitation on B = %q, want the answer of alice's client", toolText(res))
+	}
+	if res := callTool(t, cs, "fx__log", map[string]any{"message": "logged on B"}); toolText(res) != "logged" {
+		t.Errorf("log on B = %q", toolText(res))
+	}
+	select {
+	case l := <-logs:
+		if !strings.Contains(l, "logged on B") {
+			t.Errorf("log message on B = %s", l)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the log level alice set on A did not hold on B: no log message")
+	}
+
+	// To another caller the session does not exist: on A which opened
+	// it, on B which now serves it, and on C which has not seen it.
+	bob := r.agent(t, "bob")
+	for i, g := range r.gws {
+		h := bob.headers(t, http.MethodPost, replicaURL+"/mcp")
+		h.Set("Mcp-Session-Id", cs.ID())
+		h.Set("Mcp-Protocol-Version", legacy)
+		if resp := rawPost(t, g.MCP, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, h); resp.Status != http.StatusNotFound {
+			t.Errorf("bob using alice's session on replica %d: %d %s, want 404", i, resp.Status, resp.Body)
+		}
+	}
+
+	if code, body := r.gws[0].adminDo(t, http.MethodPost, "/admin/kill", server.KillRequest{Session: cs.ID()}); code != http.StatusOK {
+		t.Fatalf("kill on A: %d %s", code, body)
+	}
+	eventually(t, "the killed session refused on B", func() bool {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := cs.CallTool(cctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "after the kill"}})
+		return err != nil
+	})
+}

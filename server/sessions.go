@@ -456,12 +456,13 @@ func (g *Gateway) sessionOpened(ctx context.Context, p identity.Principal, id, w
 	g.metrics.sessions.Inc()
 }
 
-// sessionClosed marks an MCP session closed and releases its upstream
-// connections.
+// sessionClosed releases an MCP session's upstream connections and marks
+// it closed, unless the gateway is shutting down (draining): then it stays
+// open in the store, for a client to continue (continue.go).
 func (g *Gateway) sessionClosed(id string) {
 	g.metrics.sessions.Dec()
 	g.upstreams.Release(id)
-	if id != "" {
+	if id != "" && !g.front.draining.Load() {
 		g.sessions.closed(id)
 	}
 }

@@ -3,7 +3,9 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -150,5 +152,54 @@ func TestShutdownGrace(t *testing.T) {
 	}
 	if n != 2 {
 		t.Errorf("%d audit records of the calls cut at shutdown, want 2", n)
+	}
+}
+
+// TestSessionSurvivesRestart: a 2025 client's MCP session goes on after its
+// gateway restarts on the same data directory (a rolling restart): the
+// new process finds the session in the store.
+func TestSessionSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	url, _ := httpFixture(t, "up", false)
+	dir := t.TempDir()
+	first := startGateway(t, func(c *config.Config) { c.DataDir = dir })
+	first.addUpstream(t, server.UpstreamRequest{Name: "up", URL: url, ProtocolVersion: legacy})
+	var addr atomic.Pointer[string]
+	addr.Store(&first.Cfg.Listen)
+	hc := &http.Client{Transport: roundTripper(func(req *http.Request) (*http.Response, error) {
+		req = req.Clone(req.Context())
+		req.URL.Host, req.Host = *addr.Load(), ""
+		return http.DefaultTransport.RoundTrip(req)
+	})}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	c := mcp.NewClient(&mcp.Implementation{Name: "restart", Version: "1"}, nil)
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: "http://sag.test/mcp", HTTPClient: hc}, &mcp.ClientSessionOptions{ProtocolVersion: legacy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if res := callTool(t, cs, "up__echo", map[string]any{"text": "before"}); toolText(res) != "before" {
+		t.Fatalf("echo before the restart = %q", toolText(res))
+	}
+	if err := first.stop(); err != nil {
+		t.Fatal(err)
+	}
+	second := startGateway(t, func(c *config.Config) { c.DataDir = dir })
+	addr.Store(&second.Cfg.Listen)
+	if res := callTool(t, cs, "up__echo", map[string]any{"text": "after"}); toolText(res) != "after" {
+		t.Errorf("echo after the restart = %q", toolText(res))
+	}
+	recs := auditRecords(t, second, "up__echo")
+	if len(recs) != 2 || recs[0].MSID != cs.ID() || recs[1].MSID != cs.ID() {
+		t.Errorf("audit: %+v, want both calls in MCP session %s", recs, cs.ID())
+	}
+	// A session its client ended (DELETE) is not continued.
+	if err := cs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h := http.Header{"Mcp-Session-Id": {cs.ID()}, "Mcp-Protocol-Version": {legacy}}
+	if resp := rawPost(t, second.MCP, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, h); resp.Status != http.StatusNotFound {
+		t.Errorf("the ended session: %d %s, want 404", resp.Status, resp.Body)
 	}
 }

@@ -246,6 +246,16 @@ CREATE TABLE audit_journals (
 INSERT INTO audit_journals (journal, seq) SELECT '', seq FROM audit_journal;
 DROP TABLE audit_journal;
 `,
+	// 14: what a 2025 MCP client said when it opened its session, so that
+	// any gateway sharing the store (or this one after a restart) can go on
+	// serving the session.
+	`
+CREATE TABLE mcp_clients (
+	session    TEXT PRIMARY KEY REFERENCES sessions (id),
+	initialize TEXT NOT NULL, -- the initialize request's params (JSON)
+	log_level  TEXT NOT NULL  -- set by logging/setLevel ('' until then)
+);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

@@ -356,3 +356,42 @@ func TestUserSessions(t *testing.T) {
 		t.Errorf("carol: %v", got)
 	}
 }
+
+func TestMCPClient(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	if _, err := s.GetMCPClient(ctx, "m1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetMCPClient of an unknown session: %v, want ErrNotFound", err)
+	}
+	c := MCPClient{Session: "m1", Initialize: []byte(`{"protocolVersion":"2025-11-25","clientInfo":{"name":"c","version":"1"}}`)}
+	if err := s.PutMCPClient(ctx, c); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("PutMCPClient before its session exists: %v, want ErrNotFound", err)
+	}
+	putAll(t, s,
+		Session{ID: "u1", Kind: KindUser, Subject: "alice", State: StateActive},
+		Session{ID: "a1", Kind: KindAgent, Parent: "u1", Subject: "alice", State: StateActive},
+		Session{ID: "m1", Kind: KindMCP, Parent: "a1", Subject: "alice", State: StateActive})
+	if err := s.PutMCPClient(ctx, MCPClient{Session: "m1", Initialize: []byte(`{`)}); err == nil {
+		t.Error("PutMCPClient accepted initialize params that are not JSON")
+	}
+	if err := s.PutMCPClient(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetMCPClient(ctx, "m1")
+	if err != nil || string(got.Initialize) != string(c.Initialize) || got.LogLevel != "" {
+		t.Fatalf("GetMCPClient = %+v, %v; want %s", got, err, c.Initialize)
+	}
+	c.LogLevel = "debug"
+	if err := s.PutMCPClient(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetMCPClient(ctx, "m1"); err != nil || got.LogLevel != "debug" {
+		t.Errorf("after setting the level: %+v, %v", got, err)
+	}
+	if err := s.ForgetMCPClient(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetMCPClient(ctx, "m1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetMCPClient after ForgetMCPClient: %v, want ErrNotFound", err)
+	}
+}
