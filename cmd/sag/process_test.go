@@ -61,10 +61,16 @@ func freeAddr(t *testing.T) string {
 // and waits until it is ready.
 func startSag(t *testing.T, upstreamURL string, extra ...string) *gatewayProcess {
 	t.Helper()
+	return startSagAt(t, freeAddr(t), t.TempDir(), append([]string{"--auth", "open", "--upstream", "fx=" + upstreamURL}, extra...)...)
+}
+
+// startSagAt runs `sag serve` on addr with its data in data and the flags
+// in extra, and waits until it is ready.
+func startSagAt(t *testing.T, addr, data string, extra ...string) *gatewayProcess {
+	t.Helper()
 	bin := sagBinary(t)
-	addr := freeAddr(t)
-	p := &gatewayProcess{base: "http://" + addr, data: t.TempDir(), stderr: &bytes.Buffer{}, exited: make(chan struct{})}
-	args := append([]string{"serve", "--listen", addr, "--data", p.data, "--auth", "open", "--log-level", "warn", "--upstream", "fx=" + upstreamURL}, extra...)
+	p := &gatewayProcess{base: "http://" + addr, data: data, stderr: &bytes.Buffer{}, exited: make(chan struct{})}
+	args := append([]string{"serve", "--listen", addr, "--data", p.data, "--log-level", "warn"}, extra...)
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -103,17 +109,30 @@ func startSag(t *testing.T, upstreamURL string, extra ...string) *gatewayProcess
 // audit records.
 func storedAudit(t *testing.T, dir string) []store.AuditRecord {
 	t.Helper()
+	return allAudit(t, openStored(t, dir, store.Options{}))
+}
+
+// openStored opens the store of a stopped gateway (its data directory and
+// opts) until the test ends.
+func openStored(t *testing.T, dir string, opts store.Options) *store.DB {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	st, err := store.Open(ctx, dir, store.Options{})
+	st, err := store.Open(ctx, dir, opts)
 	if err != nil {
-		t.Fatalf("open the store of the killed gateway: %v", err)
+		t.Fatalf("open the store of the stopped gateway: %v", err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// allAudit returns every audit record in st.
+func allAudit(t *testing.T, st *store.DB) []store.AuditRecord {
+	t.Helper()
 	var out []store.AuditRecord
 	var before int64
 	for {
-		page, err := st.QueryAudit(ctx, store.AuditQuery{Limit: 10000, BeforeID: before})
+		page, err := st.QueryAudit(context.Background(), store.AuditQuery{Limit: 10000, BeforeID: before})
 		if err != nil {
 			t.Fatal(err)
 		}
