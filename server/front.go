@@ -160,6 +160,8 @@ func checkJSONRPC(w http.ResponseWriter, r *http.Request, maxBody int64) (*envel
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+		} else if bodyTimedOut(err) {
+			http.Error(w, "request body not received in time", http.StatusRequestTimeout)
 		} else {
 			http.Error(w, "cannot read request body", http.StatusBadRequest)
 		}

@@ -270,7 +270,7 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		Auth: cfg.Auth, MTLS: g.auth.serverTLS() != nil,
 		Now: g.sessions.now, Log: log,
 	})
-	g.handler = g.tracing.headerContext(g.routes())
+	g.handler = bodyDeadline(time.Duration(cfg.Limits.RequestReadTimeout), g.tracing.headerContext(g.routes()))
 	lctx, stop := context.WithCancel(context.Background())
 	g.stopListen, g.listening = stop, make(chan struct{})
 	go func() {
@@ -404,7 +404,7 @@ func (g *Gateway) Handler() http.Handler { return g.handler }
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
 	srv := &http.Server{
 		Handler:           g.handler,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: time.Duration(g.cfg.Limits.RequestReadTimeout),
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
 	}
 	if tc := g.auth.serverTLS(); tc != nil {

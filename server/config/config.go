@@ -91,6 +91,10 @@ type Limits struct {
 	CallTimeout Duration `yaml:"call_timeout" json:"call_timeout"`
 	// SessionIdleTimeout expires idle downstream sessions.
 	SessionIdleTimeout Duration `yaml:"session_idle_timeout" json:"session_idle_timeout"`
+	// RequestReadTimeout bounds how long a client may take to send a
+	// request's headers, and then its body (slow clients hold no
+	// connection longer).
+	RequestReadTimeout Duration `yaml:"request_read_timeout" json:"request_read_timeout"`
 	// UpstreamIdleTimeout closes idle upstream sessions.
 	UpstreamIdleTimeout Duration `yaml:"upstream_idle_timeout" json:"upstream_idle_timeout"`
 	// MaxUpstreamSessions caps concurrent sessions per upstream.
@@ -373,6 +377,7 @@ func Default() *Config {
 			MaxRequestBytes:     4 << 20,
 			CallTimeout:         Duration(60 * time.Second),
 			SessionIdleTimeout:  Duration(10 * time.Minute),
+			RequestReadTimeout:  Duration(10 * time.Second),
 			UpstreamIdleTimeout: Duration(5 * time.Minute),
 			MaxUpstreamSessions: 256,
 			MaxSessions:         10000,

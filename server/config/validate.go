@@ -123,6 +123,7 @@ func (c *Config) Validate() error {
 	}{
 		{"limits.call_timeout", l.CallTimeout},
 		{"limits.session_idle_timeout", l.SessionIdleTimeout},
+		{"limits.request_read_timeout", l.RequestReadTimeout},
 		{"limits.upstream_idle_timeout", l.UpstreamIdleTimeout},
 		{"limits.workflow_idle_timeout", l.WorkflowIdleTimeout},
 	} {
