@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -38,6 +39,14 @@ const journalRetry = time.Second
 // them, unless a read waits for them: one transaction then carries many.
 const journalGather = 20 * time.Millisecond
 
+// journalWriter is the open journal: an *os.File (a fake in tests).
+type journalWriter interface {
+	io.Writer
+	Truncate(size int64) error
+	Seek(offset int64, whence int) (int64, error)
+	Close() error
+}
+
 // journaled is one line of the journal.
 type journaled struct {
 	Seq uint64      `json:"seq"`
@@ -48,7 +57,7 @@ type journal struct {
 	s *DB
 
 	mu      sync.Mutex
-	f       *os.File
+	f       journalWriter
 	size    int64
 	seq     uint64      // the last sequence written
 	moved   uint64      // the last sequence in the audit table
@@ -147,16 +156,25 @@ func (j *journal) append(rec AuditRecord) error {
 		return err
 	}
 	line = append(line, '\n')
+	end := j.size
 	n, err := j.f.Write(line)
-	j.size += int64(n)
 	if err != nil {
-		// A line cut short is skipped (and ends the replay) at the next
-		// Open: its record was never acknowledged, and none after it can
-		// be written until the journal is replayed.
+		// The record is not written (a full disk, say): take back what
+		// was, and the next record is written once the disk has room.
+		if j.f.Truncate(end) == nil {
+			if _, serr := j.f.Seek(end, io.SeekStart); serr == nil {
+				return fmt.Errorf("audit journal: %w", err)
+			}
+		}
+		// Cannot: a line cut short is skipped (and ends the replay) at
+		// the next Open. Its record was never acknowledged, and none
+		// after it can be written until the journal is replayed.
+		j.size += int64(n)
 		j.broken = fmt.Errorf("audit journal: %w", err)
 		j.broadcastLocked()
 		return j.broken
 	}
+	j.size += int64(n)
 	j.seq = e.Seq
 	j.pending = append(j.pending, e)
 	select {

@@ -2,9 +2,12 @@ package store
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -49,6 +52,82 @@ func TestJournalWriteFailure(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// fullDisk is a journal file on a disk that fills: while full, a write
+// writes half of its bytes and fails.
+type fullDisk struct {
+	*os.File
+	full bool
+}
+
+func (f *fullDisk) Write(p []byte) (int, error) {
+	if f.full {
+		n, _ := f.File.Write(p[:len(p)/2])
+		return n, syscall.ENOSPC
+	}
+	return f.File.Write(p)
+}
+
+// TestJournalDiskFull: a record the full disk cut short is taken back, so
+// that once the disk has room Append goes on, and a later Open replays
+// every acknowledged record and nothing else.
+func TestJournalDiskFull(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(ctx, dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := &fullDisk{File: s.journal.f.(*os.File)}
+	s.journal.mu.Lock()
+	s.journal.f = disk
+	s.journal.mu.Unlock()
+	if err := s.Append(ctx, AuditRecord{Decision: "allow", Reason: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	s.journal.mu.Lock()
+	disk.full = true
+	s.journal.mu.Unlock()
+	if err := s.Append(ctx, AuditRecord{Decision: "allow", Reason: "lost"}); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Append on a full disk = %v, want ENOSPC", err)
+	}
+	s.journal.mu.Lock()
+	disk.full = false
+	s.journal.mu.Unlock()
+	if err := s.Append(ctx, AuditRecord{Decision: "allow", Reason: "after"}); err != nil {
+		t.Fatalf("Append once the disk has room: %v", err)
+	}
+	reasons := func(s *DB) []string {
+		recs, err := s.QueryAudit(ctx, AuditQuery{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range recs {
+			out = append(out, r.Reason)
+		}
+		slices.Sort(out)
+		return out
+	}
+	b, err := os.ReadFile(filepath.Join(dir, journalFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "lost") || !strings.Contains(string(b), "after") {
+		t.Fatalf("the journal after the full disk:\n%s\nwant the record after it, and nothing of the one refused", b)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(ctx, dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := reasons(s); !slices.Equal(got, []string{"after", "before"}) {
+		t.Errorf("records after reopening: %v, want after and before", got)
 	}
 }
 
