@@ -140,6 +140,19 @@ func (k *Keys) Rotate() (string, error) {
 	return kid, k.load(names)
 }
 
+// Reload reads the keys in the directory again: another process sharing
+// it (a replica of the gateway) rotated them.
+func (k *Keys) Reload() error {
+	names, err := k.files()
+	if err != nil {
+		return err
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("identity: keys: no key in %s", k.dir)
+	}
+	return k.load(names)
+}
+
 // JWKS returns the published public keys as a JWK Set document.
 func (k *Keys) JWKS() ([]byte, error) {
 	k.mu.RLock()

@@ -308,7 +308,7 @@ type KeysResponse struct {
 
 // rotateKeys makes a new signing key active. Tokens signed with the previous
 // keys keep verifying: those keys stay in the JWKS (identity.KeepKeys).
-func (g *Gateway) rotateKeys(w http.ResponseWriter, _ *http.Request) error {
+func (g *Gateway) rotateKeys(w http.ResponseWriter, r *http.Request) error {
 	kid, err := g.auth.keys.Rotate()
 	if err != nil {
 		return err
@@ -322,6 +322,11 @@ func (g *Gateway) rotateKeys(w http.ResponseWriter, _ *http.Request) error {
 		}
 	}
 	g.log.Info("signing key rotated", "kid", kid)
+	// The other gateways sharing the store (and the keys directory) load
+	// it too.
+	if err := g.store.Announce(r.Context(), store.Event{Kind: store.EventKeys, IDs: []string{kid}}); err != nil {
+		return fmt.Errorf("rotated here (active key %s), but the other gateways were not told: %w", kid, err)
+	}
 	writeJSON(w, http.StatusOK, res)
 	return nil
 }

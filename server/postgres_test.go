@@ -139,8 +139,8 @@ func startReplicas(t *testing.T, n int, mutate func(*config.Config)) *replicas {
 	r := &replicas{}
 	for i := range n {
 		dir := t.TempDir()
-		if i > 0 { // replicas share their signing keys, as they share the public URL
-			if err := os.CopyFS(filepath.Join(dir, server.KeysDir), os.DirFS(filepath.Join(r.gws[0].DataDir, server.KeysDir))); err != nil {
+		if i > 0 { // replicas share their signing keys' directory, as they share the public URL
+			if err := os.Symlink(filepath.Join(r.gws[0].DataDir, server.KeysDir), filepath.Join(dir, server.KeysDir)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -481,5 +481,26 @@ func TestReplicasContinueSessions(t *testing.T) {
 		defer cancel()
 		_, err := cs.CallTool(cctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "after the kill"}})
 		return err != nil
+	})
+}
+
+// TestReplicasShareKeys: a key rotation on A is loaded by B (they share the
+// keys directory): B accepts a token signed with the new key at once.
+func TestReplicasShareKeys(t *testing.T) {
+	r := startReplicas(t, 2, nil)
+	var rotated server.KeysResponse
+	code, body := r.gws[0].adminDo(t, http.MethodPost, "/admin/keys/rotate", nil)
+	if code != http.StatusOK || json.Unmarshal(body, &rotated) != nil {
+		t.Fatalf("rotate on A: %d %s", code, body)
+	}
+	keys, err := identity.LoadKeys(filepath.Join(r.gws[0].DataDir, server.KeysDir))
+	if err != nil || keys.KeyID() != rotated.Active {
+		t.Fatalf("the keys after the rotation: %v, active %s, want %s", err, keys.KeyID(), rotated.Active)
+	}
+	r.keys = keys
+	alice := r.agent(t, "alice") // her token is signed with the new key
+	eventually(t, "B accepting a token signed with the key A rotated to", func() bool {
+		h := alice.headers(t, http.MethodPost, replicaURL+"/mcp")
+		return rawPost(t, r.gws[1].MCP, initBody, h).Status == http.StatusOK
 	})
 }

@@ -81,7 +81,10 @@ func (g *Gateway) applyEvent(ctx context.Context, ev store.Event) {
 		if err := g.consent.Refresh(ctx, ev.IDs); err != nil {
 			g.log.Error("replicas: consent requests not refreshed", "error", err)
 		}
+	case store.EventKeys:
+		g.reloadKeys(ev.IDs)
 	case store.EventResync:
+		g.reloadKeys(nil)
 		if err := g.resync(ctx); err != nil {
 			g.log.Error("replicas: revocations not reloaded after a gap in events", "error", err)
 		}
@@ -89,6 +92,22 @@ func (g *Gateway) applyEvent(ctx context.Context, ev store.Event) {
 			g.log.Error("replicas: consent requests not refreshed after a gap in events", "error", err)
 		}
 	}
+}
+
+// reloadKeys loads the signing keys another gateway rotated in the keys
+// directory they share; active, when given, is the key it made active.
+func (g *Gateway) reloadKeys(active []string) {
+	if err := g.auth.keys.Reload(); err != nil {
+		g.log.Error("replicas: signing keys not reloaded", "error", err)
+		return
+	}
+	if len(active) == 1 && g.auth.keys.KeyID() != active[0] {
+		// Tokens the other gateway signs now do not verify here.
+		g.log.Error("replicas: another gateway rotated to a signing key this gateway's keys directory lacks; replicas must share DATA/keys",
+			"kid", active[0], "active_here", g.auth.keys.KeyID())
+		return
+	}
+	g.log.Info("replicas: signing keys reloaded", "kid", g.auth.keys.KeyID())
 }
 
 // resync reloads every revocation from the store after events may have

@@ -41,6 +41,9 @@ const (
 	// EventPolicy: the policy changed (IDs: the upstreams whose
 	// allow-lists were registered or removed; none for a reload).
 	EventPolicy EventKind = "policy"
+	// EventKeys: the gateway signing keys were rotated (IDs: the new
+	// active key id) in the keys directory the gateways share.
+	EventKeys EventKind = "keys"
 	// EventResync: events may have been missed (the listening connection
 	// was lost and is back); reload what is kept in memory from the store.
 	EventResync EventKind = "resync"
