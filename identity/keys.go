@@ -44,12 +44,17 @@ func LoadKeys(dir string) (*Keys, error) {
 		return nil, fmt.Errorf("identity: keys: %w", err)
 	}
 	k := &Keys{dir: dir}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("identity: keys: lock: %w", err)
+	}
+	defer unlock()
 	names, err := k.files()
 	if err != nil {
 		return nil, err
 	}
 	if len(names) == 0 {
-		if _, err := k.Rotate(); err != nil {
+		if _, err := k.rotateLocked(); err != nil {
 			return nil, err
 		}
 		return k, nil
@@ -102,6 +107,16 @@ func (k *Keys) load(names []string) error {
 // Rotate generates a new key and makes it the active one; keys older than
 // the KeepKeys newest are deleted. It returns the new key id.
 func (k *Keys) Rotate() (string, error) {
+	unlock, err := lockDir(k.dir)
+	if err != nil {
+		return "", fmt.Errorf("identity: keys: lock: %w", err)
+	}
+	defer unlock()
+	return k.rotateLocked()
+}
+
+// rotateLocked is Rotate under the directory's lock.
+func (k *Keys) rotateLocked() (string, error) {
 	raw, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return "", fmt.Errorf("identity: keys: %w", err)

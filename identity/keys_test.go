@@ -91,10 +91,10 @@ func TestLoadKeysCreatesKey(t *testing.T) {
 	if tp, err := JWKThumbprint(k); err != nil || tp != kid {
 		t.Errorf("thumbprint = %q (%v), kid %q", tp, err, kid)
 	}
-	// No temporary files are left behind.
+	// No temporary files are left behind (the lock file stays).
 	all, _ := os.ReadDir(dir)
-	if len(all) != 1 {
-		t.Errorf("dir holds %d entries", len(all))
+	if len(all) != 2 || all[0].Name() != ".lock" {
+		t.Errorf("dir holds %v, want the key and the lock file", all)
 	}
 
 	again, err := LoadKeys(dir)
@@ -522,5 +522,42 @@ func TestRemoteKeysUnavailable(t *testing.T) {
 	var te *OAuthError
 	if err == nil || errors.As(err, &te) {
 		t.Fatalf("err = %v, want a key-source failure (not invalid_token)", err)
+	}
+}
+
+// TestLoadKeysShared: processes starting together on one empty keys
+// directory (replicas on a shared volume) end with one key, all of them
+// active on it; one rotating is seen by another's Reload.
+func TestLoadKeysShared(t *testing.T) {
+	dir := t.TempDir()
+	const n = 8
+	loaded := make([]*Keys, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			k, err := LoadKeys(dir)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			loaded[i] = k
+		})
+	}
+	wg.Wait()
+	files, _ := filepath.Glob(filepath.Join(dir, "*.jwk"))
+	if len(files) != 1 {
+		t.Fatalf("%d key files after %d concurrent starts, want 1", len(files), n)
+	}
+	for _, k := range loaded {
+		if k == nil || k.KeyID() != loaded[0].KeyID() {
+			t.Fatal("the starts disagree on the active key")
+		}
+	}
+	kid, err := loaded[0].Rotate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := loaded[1].Reload(); err != nil || loaded[1].KeyID() != kid {
+		t.Errorf("Reload after another's rotation: %v, active %s, want %s", err, loaded[1].KeyID(), kid)
 	}
 }
