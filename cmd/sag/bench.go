@@ -58,8 +58,12 @@ func cmdBench(args []string) error {
 	soak := fs.Duration("soak", 0, "instead of the measurements, load the gateway alone for `DURATION` and watch its goroutines, heap and open files")
 	soakConc := fs.Int("soak-concurrency", 32, "concurrent clients of the soak")
 	soakEvery := fs.Duration("soak-every", 30*time.Second, "how often the soak samples the gateway")
+	killFanout := fs.Int("kill-fanout", 0, "instead of the measurements, send `N` kills to one gateway for sessions with a call in flight on another (--store postgres) and report how long the calls took to end")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *killFanout > 0 && *storeKind != "postgres" {
+		return errors.New("--kill-fanout needs --store postgres: gateways share a store only on PostgreSQL")
 	}
 	if *security != "none" && *security != "full" {
 		return fmt.Errorf("--security %q: want none or full", *security)
@@ -97,6 +101,9 @@ func cmdBench(args []string) error {
 		return err
 	}
 	defer stopUp()
+	if *killFanout > 0 {
+		return benchKillFanout(context.Background(), *killFanout, upURL, storeURL)
+	}
 	addr, err := freeLoopbackAddr()
 	if err != nil {
 		return err
@@ -580,6 +587,9 @@ func startPeer(bin, upstreamURL string) (*child, error) {
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard // it logs every tool it adds
 	return startChild(cmd, "http://"+addr+"/up/mcp", data, addr, "")
 }
+
+// base is the child's base URL (its MCP endpoint without /mcp).
+func (g *child) base() string { return strings.TrimSuffix(g.url, "/mcp") }
 
 func (g *child) stop() {
 	g.cmd.Process.Signal(syscall.SIGTERM)

@@ -90,3 +90,19 @@ func TestSoakVerdict(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchKillFanout: kills sent to one gateway end calls on another
+// sharing the PostgreSQL store, and the bench reports how long that took.
+func TestBenchKillFanout(t *testing.T) {
+	out, errOut, ok := sag(t, "bench", "--store", "postgres", "--kill-fanout", "5")
+	if !ok {
+		t.Fatalf("sag bench --kill-fanout failed:\n%s%s", out, errOut)
+	}
+	if !regexp.MustCompile(`(?m)^until the call on B ends \(ms\) +p50 \d+\.\d +p90 \d+\.\d +p99 \d+\.\d +max \d+\.\d$`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^target: p99 ≤ 1000 ms: (met|missed)$`).MatchString(out) {
+		t.Errorf("output lacks the fan-out figures:\n%s", out)
+	}
+	if _, errOut, ok := sag(t, "bench", "--kill-fanout", "5"); ok || !strings.Contains(errOut, "--kill-fanout needs --store postgres") {
+		t.Errorf("--kill-fanout on SQLite: ok=%v %s", ok, errOut)
+	}
+}

@@ -178,7 +178,7 @@ func soakVerdict(samples []soakSample) string {
 // sample reads the gateway's goroutines, live heap and open files from
 // its /metrics (the Go and process collectors).
 func (g *child) sample(ctx context.Context) (soakSample, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(g.url, "/mcp")+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.base()+"/metrics", nil)
 	if err != nil {
 		return soakSample{}, err
 	}
