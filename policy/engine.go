@@ -13,8 +13,6 @@ import (
 
 	"cel.dev/cel-go/cel"
 
-	"github.com/sag-gateway/sag/internal/lru"
-
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/schemas"
 )
@@ -136,6 +134,9 @@ type Options struct {
 	// Risk scores a session's counters; the zero value never steps up or
 	// blocks.
 	Risk Risk
+	// Limiter keeps the rate limits' buckets; nil means a MemoryLimiter
+	// of the engine's own (reset by a reload).
+	Limiter Limiter
 }
 
 // Engine decides calls. It is immutable once built (a policy reload builds
@@ -156,7 +157,7 @@ type Engine struct {
 	// upstream; the first document to name one for an upstream wins.
 	content map[string]*Redactor
 
-	limiters *lru.Cache[limiterKey, *Bucket]
+	limiter Limiter
 }
 
 type exactKey struct {
@@ -192,8 +193,7 @@ type rule struct {
 // nothing.
 const DefaultConsentTTL = 5 * time.Minute
 
-// maxLimiters bounds the rate-limit buckets; past it the least recently
-// used one is dropped (a flood of new callers cannot reset the others'). A
+// maxLimiters bounds the rate-limit buckets of an engine's own limiter. A
 // variable for tests.
 var maxLimiters = 200_000
 
@@ -201,9 +201,12 @@ var maxLimiters = 200_000
 // profiles are checked and compiled once, here. Errors name the document and
 // the rule.
 func NewEngine(o Options) (*Engine, error) {
-	e := &Engine{mode: o.Mode, risk: o.Risk, exact: map[exactKey][]*rule{}, byUpstream: map[upstreamKey][]*rule{}, now: o.Now, content: map[string]*Redactor{}, limiters: lru.New[limiterKey, *Bucket](maxLimiters)}
+	e := &Engine{mode: o.Mode, risk: o.Risk, exact: map[exactKey][]*rule{}, byUpstream: map[upstreamKey][]*rule{}, now: o.Now, content: map[string]*Redactor{}, limiter: o.Limiter}
 	if e.now == nil {
 		e.now = time.Now
+	}
+	if e.limiter == nil {
+		e.limiter = NewMemoryLimiter(maxLimiters)
 	}
 	env, err := conditionEnv()
 	if err != nil {
@@ -507,7 +510,12 @@ func (e *Engine) decide(ctx context.Context, req Request) Decision {
 			}
 		}
 		if r.limit != nil {
-			if wait := e.take(r, req); wait > 0 {
+			switch wait, err := e.take(ctx, r, req); {
+			case err != nil:
+				// Fail closed: a limit that cannot be checked holds.
+				d.Reason = fmt.Sprintf("rate limit of rule %s cannot be checked", r.id)
+				return d
+			case wait > 0:
 				d.Reason = fmt.Sprintf("rate limit of rule %s exceeded", r.id)
 				d.RetryAfter = wait
 				return d
@@ -523,14 +531,11 @@ func (e *Engine) decide(ctx context.Context, req Request) Decision {
 	return Decision{PolicyID: "default-deny", Reason: "no rule allows this call"}
 }
 
-type limiterKey struct{ rule, principal, target string }
-
 // take spends a token of the (rule, principal, target) bucket and returns 0,
 // or how long until a token is available.
-func (e *Engine) take(r *rule, req Request) time.Duration {
-	k := limiterKey{rule: r.policyID + "/" + r.id, principal: req.Principal.Key(), target: req.Target.Kind.String() + ":" + req.Target.Upstream + "/" + req.Target.Name}
-	b := e.limiters.GetOrAdd(k, func() *Bucket { return NewBucket(r.limit.PerMinute, r.limit.Burst) })
-	return b.Take(e.now())
+func (e *Engine) take(ctx context.Context, r *rule, req Request) (time.Duration, error) {
+	key := "rule\x00" + r.policyID + "/" + r.id + "\x00" + req.Principal.Key() + "\x00" + req.Target.Kind.String() + ":" + req.Target.Upstream + "/" + req.Target.Name
+	return e.limiter.Take(ctx, key, r.limit.PerMinute, Burst(r.limit.PerMinute, r.limit.Burst), e.now())
 }
 
 // contentDLP returns the content_dlp profile that covers a prompt or

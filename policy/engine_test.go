@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -185,6 +186,31 @@ func TestRateLimit(t *testing.T) {
 	c.Add(time.Second) // 60/min refills one token a second
 	if d := e.Authorize(context.Background(), req); !d.Allow {
 		t.Errorf("after the refill: %+v", d)
+	}
+}
+
+// brokenLimiter cannot check any limit (a shared store that is down).
+type brokenLimiter struct{}
+
+func (brokenLimiter) Take(context.Context, string, int, int, time.Time) (time.Duration, error) {
+	return 0, errors.New("store down")
+}
+
+// TestRateLimitUnchecked: a rate limit that cannot be checked refuses the
+// call (fail closed).
+func TestRateLimitUnchecked(t *testing.T) {
+	d, err := Parse("doc", []byte(testDoc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(Options{Documents: []*Document{d}, Limiter: brokenLimiter{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := identity.Principal{User: "carol", Agent: "spiffe://example.org/agents/builder", Scopes: []string{"files.write"}}
+	got := e.Authorize(context.Background(), Request{Principal: agent, Target: Target{Upstream: "files", Name: "write_file"}})
+	if got.Allow || got.RuleID != "agents-write" || !strings.Contains(got.Reason, "rate limit of rule agents-write cannot be checked") {
+		t.Errorf("a call under a limit that cannot be checked: %+v", got)
 	}
 }
 

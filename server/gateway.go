@@ -42,6 +42,9 @@ type Store interface {
 	SetSessionRisk(ctx context.Context, id string, risk float64, counters map[string]int64) error
 	PutMCPClient(ctx context.Context, c store.MCPClient) error
 	GetMCPClient(ctx context.Context, id string) (store.MCPClient, error)
+	// SharedLimiter is the rate limits gateways sharing the store share
+	// (false: none, SQLite).
+	SharedLimiter() (*store.RateLimits, bool)
 	ForgetMCPClient(ctx context.Context, id string) error
 	PutUpstream(ctx context.Context, u store.Upstream) error
 	DeleteUpstream(ctx context.Context, name string) error
@@ -77,6 +80,11 @@ type Store interface {
 
 var _ Store = (*store.DB)(nil)
 
+// maxRateBuckets bounds the rate-limit buckets one gateway keeps in memory;
+// past it the least recently used is dropped (a flood of new callers
+// cannot reset the others').
+const maxRateBuckets = 200_000
+
 // Gateway is one running SAG: the MCP front, the upstreams, the store and the
 // HTTP routes, built from one config in New and torn down in Close.
 type Gateway struct {
@@ -109,7 +117,7 @@ type Gateway struct {
 	policy   atomic.Pointer[loadedPolicy] // swapped whole on reload
 	policyMu sync.Mutex                   // serialises reloads
 	pins     *policy.Pins                 // tool pinning
-	upLimits sync.Map                     // upstream rate limits: upstreamLimitKey → *policy.Bucket
+	limiter  policy.Limiter               // rate limits: the rules' and the upstreams'
 	// toolSchemas holds the compiled input schema of each catalog tool
 	// definition (*mcp.Tool → *schemas.Schema).
 	toolSchemas *lru.Cache[toolSchemaKey, *schemas.Schema]
@@ -171,6 +179,12 @@ func New(ctx context.Context, cfg *config.Config, deps Deps) (g *Gateway, err er
 		}
 	}
 	g.store = st
+	// Rate limits: the gateways sharing a store share them; one alone
+	// keeps them here, across policy reloads.
+	g.limiter = policy.NewMemoryLimiter(maxRateBuckets)
+	if shared, ok := st.SharedLimiter(); ok {
+		g.limiter = shared
+	}
 
 	if g.admin, err = adminToken(cfg); err != nil {
 		return nil, err

@@ -241,7 +241,7 @@ var _ pipeline.Forwarder = mcpForwarder{}
 // Forward implements pipeline.Forwarder.
 func (fw mcpForwarder) Forward(ctx context.Context, c *pipeline.Call, t pipeline.Target, args json.RawMessage, cred *identity.Credential) (pipeline.Result, error) {
 	g := fw.g
-	if err := g.upstreamLimited(t.Upstream); err != nil {
+	if err := g.upstreamLimited(ctx, t.Upstream); err != nil {
 		return pipeline.Result{}, err
 	}
 	ctx = upstreams.WithCaller(ctx, c.Principal, c.Sessions.MSID, cred)

@@ -49,7 +49,7 @@ func (g *Gateway) loadPolicy(ctx context.Context) (*loadedPolicy, error) {
 	if g.cfg.Auth == config.AuthOpen {
 		mode, lp.Mode = policy.AllowWithoutRules, "allow without allow-lists (loopback --auth open trial)"
 	}
-	if lp.engine, err = policy.NewEngine(policy.Options{Documents: docs, Mode: mode, Risk: riskModel(g.cfg)}); err != nil {
+	if lp.engine, err = policy.NewEngine(policy.Options{Documents: docs, Mode: mode, Risk: riskModel(g.cfg), Limiter: g.limiter}); err != nil {
 		return nil, err
 	}
 	lp.Loaded = time.Now().UTC()

@@ -504,3 +504,35 @@ func TestReplicasShareKeys(t *testing.T) {
 		return rawPost(t, r.gws[1].MCP, initBody, h).Status == http.StatusOK
 	})
 }
+
+// TestReplicasShareRateLimits: a rule's rate limit holds across replicas:
+// the one call a minute alice may make on A leaves her none on B.
+func TestReplicasShareRateLimits(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "limit.yaml")
+	if err := os.WriteFile(file, []byte("id: limit\nrules: [{id: one-a-minute, tools: [echo], rate_limit: {per_minute: 1, burst: 1}, consent: never}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := startReplicas(t, 2, func(c *config.Config) { c.Policy.Files = []string{file} })
+	alice := r.agent(t, "alice")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	call := func(i int) *mcp.CallToolResult {
+		c := mcp.NewClient(&mcp.Implementation{Name: "alice", Version: "1"}, nil)
+		cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: replicaURL + "/mcp", HTTPClient: r.via(alice, i)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cs.Close()
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "hi"}})
+		if err != nil {
+			return toolError(err.Error())
+		}
+		return res
+	}
+	if res := call(0); res.IsError || toolText(res) != "hi" {
+		t.Fatalf("the first call, on A: %s", toolText(res))
+	}
+	if res := call(1); !res.IsError || !strings.Contains(toolText(res), "rate limit of rule one-a-minute exceeded") {
+		t.Errorf("the second call, on B: %s; want the limit A's call spent", toolText(res))
+	}
+}

@@ -205,25 +205,21 @@ type toolSchemaKey struct {
 // maxToolSchemas bounds the compiled input schemas kept.
 const maxToolSchemas = 10_000
 
-type upstreamLimitKey struct {
-	name string
-	rate upstreams.RateLimit
-}
-
 // upstreamLimited spends a token of the upstream's own rate limit (all
 // callers together; a refusal is not the caller's fault). An upstream
 // without a limit is never held back; a changed limit starts a new bucket.
-func (g *Gateway) upstreamLimited(name string) error {
+func (g *Gateway) upstreamLimited(ctx context.Context, name string) error {
 	spec, ok := g.upstreams.Spec(name)
 	if !ok || spec.RateLimit == nil {
 		return nil
 	}
-	k := upstreamLimitKey{name, *spec.RateLimit}
-	v, ok := g.upLimits.Load(k)
-	if !ok {
-		v, _ = g.upLimits.LoadOrStore(k, policy.NewBucket(spec.RateLimit.PerMinute, spec.RateLimit.Burst))
-	}
-	if wait := v.(*policy.Bucket).Take(time.Now()); wait > 0 {
+	l := spec.RateLimit
+	wait, err := g.limiter.Take(ctx, "upstream\x00"+name, l.PerMinute, policy.Burst(l.PerMinute, l.Burst), time.Now())
+	switch {
+	case err != nil:
+		g.log.Error("rate limit not checked; call refused", "upstream", name, "error", err)
+		return &pipeline.Error{Code: pipeline.CodeUnavailable, Message: fmt.Sprintf("upstream %s: its rate limit cannot be checked right now; retry shortly", name)}
+	case wait > 0:
 		return &pipeline.Error{Code: pipeline.CodeRateLimited,
 			Message: fmt.Sprintf("upstream %s is at its rate limit; retry after %d s", name, int(math.Ceil(wait.Seconds())))}
 	}

@@ -256,6 +256,18 @@ CREATE TABLE mcp_clients (
 	log_level  TEXT NOT NULL  -- set by logging/setLevel ('' until then)
 );
 `,
+	// 15: the rate limits' token buckets gateways sharing a PostgreSQL
+	// store keep together (one gateway alone keeps them in memory). A
+	// bucket full again is the same as none: its row is purged.
+	`
+CREATE TABLE rate_buckets (
+	key     TEXT PRIMARY KEY, -- SHA-256 (hex) of the bucket's key and limit
+	tokens  REAL NOT NULL,    -- tokens left at at
+	at      INTEGER NOT NULL, -- Unix nanoseconds, the database's clock
+	full_at INTEGER NOT NULL  -- when the bucket is full again
+);
+CREATE INDEX rate_buckets_full_at ON rate_buckets (full_at);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and

@@ -155,8 +155,8 @@ func (r *sharedReplay) Seen(ctx context.Context, key string, expires time.Time) 
 	return n == 0, nil
 }
 
-// purgeReplay deletes the shared replay cache's expired rows every
-// interval until stop is closed.
+// purgeReplay deletes the shared replay cache's expired rows, and the
+// rate buckets full again, every interval until stop is closed.
 func (s *DB) purgeReplay(stop <-chan struct{}, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -167,6 +167,7 @@ func (s *DB) purgeReplay(stop <-chan struct{}, interval time.Duration) {
 		case <-t.C:
 			ctx, cancel := context.WithTimeout(context.Background(), interval)
 			_, _ = s.x.ExecContext(ctx, `DELETE FROM dpop_replay WHERE expires < ?`, nanos(s.now()))
+			_, _ = s.x.ExecContext(ctx, `DELETE FROM rate_buckets WHERE full_at < `+pgNow)
 			cancel()
 		}
 	}
