@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -186,7 +187,14 @@ func (s *Stream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var in runInput
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxInput))
-	if err := dec.Decode(&in); err != nil || in.ThreadID == "" || in.RunID == "" || in.Messages == nil {
+	err := dec.Decode(&in)
+	if err == nil {
+		// One JSON value, nothing after it.
+		if _, extra := dec.Token(); extra != io.EOF {
+			err = errors.New("data after the RunAgentInput")
+		}
+	}
+	if err != nil || in.ThreadID == "" || in.RunID == "" || in.Messages == nil {
 		httpError(w, http.StatusBadRequest, "the body must be a RunAgentInput with threadId, runId and messages")
 		return
 	}
