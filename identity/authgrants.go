@@ -160,26 +160,26 @@ func (s *AuthServer) codeGrant(ctx context.Context, client *OAuthClient, form to
 	if code == "" {
 		return nil, invalidRequest("code is required")
 	}
-	s.mu.Lock()
-	ac, ok := s.codes[code]
+	var rec pendingRecord
+	f, err := s.getFlow(ctx, flowCode, code, &rec)
 	switch {
-	case ok && s.now().After(ac.expires):
-		delete(s.codes, code)
-		ok = false
-	case ok && ac.redeemed != nil:
+	case errors.Is(err, errFlowGone):
+		return nil, badRequest(ErrCodeInvalidGrant, "unknown or expired code")
+	case err != nil:
+		return nil, serverError(http.StatusServiceUnavailable, ErrCodeTemporarilyUnavailable, "the code could not be checked", err)
+	case f.Spent != nil:
 		// RFC 6749 §4.1.2: a code used twice is refused, and what it
 		// issued is revoked.
-		spent := *ac.redeemed
-		s.mu.Unlock()
-		s.log.Warn("authorization code replayed: its tokens are revoked", "client", client.ID, "sub", ac.signIn.subject)
-		s.revokeIssued(ctx, spent)
+		s.replayedCode(ctx, client, rec, f.Spent)
 		return nil, badRequest(ErrCodeInvalidGrant, "the code was already used")
-	}
-	s.mu.Unlock()
-	if !ok {
+	case rec.SignIn == nil:
 		return nil, badRequest(ErrCodeInvalidGrant, "unknown or expired code")
 	}
-	p := ac.p
+	p, err := s.pendingOf(ctx, rec)
+	if err != nil {
+		return nil, badRequest(ErrCodeInvalidGrant, "the code's client is no longer known")
+	}
+	si := p.signIn
 	switch {
 	case p.client.ID != client.ID:
 		return nil, badRequest(ErrCodeInvalidGrant, "the code was issued to another client")
@@ -209,25 +209,33 @@ func (s *AuthServer) codeGrant(ctx context.Context, client *OAuthClient, form to
 	if proof == nil && !s.o.AllowBearer {
 		return nil, invalidRequest("this server issues DPoP-bound tokens only: send a DPoP proof (RFC 9449)")
 	}
-	if s.revoked(ctx, ac.signIn.subject, ac.signIn.sid, ac.signIn.at) {
+	if s.revoked(ctx, si.subject, si.sid, si.at) {
 		return nil, badRequest(ErrCodeInvalidGrant, "the sign-in this code came from was ended")
 	}
-	// The code is spent from here on, whatever happens next.
+	// The code is spent from here on, whatever happens next: one
+	// redemption wins, on whichever gateway.
 	spent := &issued{family: randomToken()}
-	s.mu.Lock()
-	if ac.redeemed != nil {
-		s.mu.Unlock()
+	mark, _ := json.Marshal(spent.record())
+	switch prior, err := s.o.Store.SpendFlow(ctx, flowCode, code, mark); {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, badRequest(ErrCodeInvalidGrant, "unknown or expired code")
+	case err != nil:
+		return nil, serverError(http.StatusServiceUnavailable, ErrCodeTemporarilyUnavailable, "the code could not be redeemed", err)
+	case prior != nil:
 		return nil, badRequest(ErrCodeInvalidGrant, "the code was already used")
 	}
-	ac.redeemed = spent
-	s.mu.Unlock()
-	g := tokenGrant{Subject: ac.signIn.subject, Groups: ac.signIn.groups, SID: ac.signIn.sid, SignedIn: ac.signIn.at.Unix(), Scope: p.scope, Resource: p.resource}
+	g := tokenGrant{Subject: si.subject, Groups: si.groups, SID: si.sid, SignedIn: si.at.Unix(), Scope: p.scope, Resource: p.resource}
 	if proof != nil && client.public() {
 		g.JKT = proof.JKT
 	}
 	resp, err := s.issue(ctx, client, g, proof, spent, s.now().Add(s.o.RefreshTTL))
 	if err != nil {
 		return nil, err
+	}
+	// What the code issued, for a replay to revoke.
+	mark, _ = json.Marshal(spent.record())
+	if err := s.o.Store.SetFlowSpent(ctx, flowCode, code, mark); err != nil {
+		s.log.Error("redeemed code: its access token is not recorded for a replay to revoke", "error", err)
 	}
 	s.log.Info("tokens issued", "grant", GrantTypeAuthorizationCode, "sub", g.Subject, "client", client.ID, "token_type", resp.TokenType)
 	return resp, nil
@@ -325,6 +333,22 @@ func (s *AuthServer) issue(ctx context.Context, client *OAuthClient, g tokenGran
 	}
 	resp.RefreshToken = refresh
 	return resp, nil
+}
+
+// replayedCode revokes what the first redemption of a code issued (spent,
+// as kept).
+func (s *AuthServer) replayedCode(ctx context.Context, client *OAuthClient, rec pendingRecord, spent []byte) {
+	sub := ""
+	if rec.SignIn != nil {
+		sub = rec.SignIn.Subject
+	}
+	s.log.Warn("authorization code replayed: its tokens are revoked", "client", client.ID, "sub", sub)
+	var i issuedRecord
+	if err := json.Unmarshal(spent, &i); err != nil {
+		s.log.Error("replayed code: what it issued is unreadable", "error", err)
+		return
+	}
+	s.revokeIssued(ctx, issued{family: i.Family, accessJTI: i.AccessJTI, accessExp: i.AccessExp})
 }
 
 // revokeIssued revokes what a replayed code issued: its refresh token

@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -57,17 +56,18 @@ const (
 	codeTTL = time.Minute
 	// pendingTTL is how long a person has to sign in and decide.
 	pendingTTL = 10 * time.Minute
-	// maxPending bounds each of the in-memory tables (pending requests,
-	// codes, sign-ins): past it new entries are refused, not old ones
-	// forgotten.
+	// maxPending bounds each kind of sign-in in progress (pending
+	// requests, codes, sign-ins, sign-ins at providers): past it new ones
+	// are refused, not old ones forgotten.
 	maxPending = 10_000
 	// maxSignInFailures ends a pending request after this many wrong
 	// passwords.
 	maxSignInFailures = 5
 )
 
-// AuthStore is what the authorization server keeps across restarts:
-// registered clients, refresh tokens and the consent users gave clients.
+// AuthStore is what the authorization server keeps across restarts (and
+// shares with the gateways sharing the store): registered clients, refresh
+// tokens, the consent users gave clients, and the sign-ins in progress.
 type AuthStore interface {
 	PutOAuthClient(ctx context.Context, c store.OAuthClient) error
 	GetOAuthClient(ctx context.Context, id string) (store.OAuthClient, error)
@@ -77,6 +77,7 @@ type AuthStore interface {
 	RevokeRefreshFamily(ctx context.Context, family string) error
 	PutClientConsent(ctx context.Context, subject, client, scope string) error
 	ClientConsent(ctx context.Context, subject, client string) (string, error)
+	FlowStore
 }
 
 // AuthServerOptions configure an AuthServer.
@@ -141,13 +142,6 @@ type AuthServer struct {
 
 	// federations are the external providers, in configuration order.
 	federations []*federation
-
-	mu      sync.Mutex
-	pending map[string]*pendingAuthz
-	// fedLogins are sign-ins at providers in progress, by their state.
-	fedLogins map[string]*fedLogin
-	codes     map[string]*authCode
-	signins   map[string]*signIn
 }
 
 // pendingAuthz is an authorization request waiting for its person: it was
@@ -166,18 +160,7 @@ type pendingAuthz struct {
 	// csrf is the token its forms carry.
 	browser, csrf string
 	signIn        *signIn
-	failures      int
 	expires       time.Time
-}
-
-// authCode is an issued authorization code.
-type authCode struct {
-	p       *pendingAuthz
-	signIn  *signIn
-	expires time.Time
-	// redeemed is set once the code was exchanged: what it issued, to
-	// revoke on a replay (RFC 6749 §4.1.2).
-	redeemed *issued
 }
 
 // issued is what one grant issued.
@@ -214,11 +197,6 @@ func NewAuthServer(o AuthServerOptions) (*AuthServer, error) {
 		scopes:  map[string]bool{},
 		clients: map[string]*OAuthClient{},
 		secure:  strings.HasPrefix(o.Issuer.URL, "https://"),
-		pending: map[string]*pendingAuthz{},
-		codes:   map[string]*authCode{},
-		signins: map[string]*signIn{},
-
-		fedLogins: map[string]*fedLogin{},
 
 		registrations: rate.NewLimiter(registrationRate, 20),
 	}
@@ -344,25 +322,6 @@ func tokenHash(t string) string {
 	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
-// put adds v under a fresh random key to m, sweeping expired entries when
-// the table fills; false when it is full of live ones.
-func put[V any](s *AuthServer, m map[string]V, v V, expires func(V) time.Time) (string, bool) {
-	now := s.now()
-	if len(m) >= maxPending/2 {
-		for k, e := range m {
-			if now.After(expires(e)) {
-				delete(m, k)
-			}
-		}
-	}
-	if len(m) >= maxPending {
-		return "", false
-	}
-	k := randomToken()
-	m[k] = v
-	return k, true
-}
-
 // ---- the authorization endpoint (RFC 6749 §4.1.1, OAuth 2.1 §4.1.1) ----
 
 // authzParams are the parameters the authorization endpoint reads; each may
@@ -405,11 +364,9 @@ func (s *AuthServer) ServeAuthorize(w http.ResponseWriter, r *http.Request) {
 	if si := s.currentSignIn(r); si != nil {
 		p.signIn = si
 	}
-	s.mu.Lock()
-	id, ok := put(s, s.pending, p, func(p *pendingAuthz) time.Time { return p.expires })
-	s.mu.Unlock()
-	if !ok {
-		s.errorPage(w, http.StatusServiceUnavailable, "Too many sign-ins are in progress; try again in a few minutes.")
+	id, err := s.putFlow(r.Context(), flowPending, p.record(), p.expires)
+	if err != nil {
+		s.flowFailed(w, "authorization request", err)
 		return
 	}
 	s.next(w, r, id, p, "")
@@ -516,6 +473,16 @@ func (s *AuthServer) next(w http.ResponseWriter, r *http.Request, id string, p *
 		User: p.signIn.subject, Scopes: p.scope, Redirect: redirectHost(p.redirect)})
 }
 
+// flowFailed answers a sign-in step that could not be kept in the store.
+func (s *AuthServer) flowFailed(w http.ResponseWriter, what string, err error) {
+	if errors.Is(err, store.ErrFull) {
+		s.errorPage(w, http.StatusServiceUnavailable, "Too many sign-ins are in progress; try again in a few minutes.")
+		return
+	}
+	s.log.Error("authorization: "+what+" not recorded", "error", err)
+	s.errorPage(w, http.StatusServiceUnavailable, "The sign-in could not be recorded; try again.")
+}
+
 // covers reports whether the remembered scope includes every wanted one.
 func covers(allowed string, want []string) bool {
 	have := strings.Fields(allowed)
@@ -541,15 +508,14 @@ func (s *AuthServer) ServeAuthorizeForm(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	id := r.PostForm.Get("request")
-	s.mu.Lock()
-	p, ok := s.pending[id]
-	if ok && s.now().After(p.expires) {
-		delete(s.pending, id)
-		ok = false
+	p, err := s.getPending(r.Context(), id)
+	if err != nil && !errors.Is(err, errFlowGone) {
+		s.log.Error("authorization: pending request unreadable", "error", err)
+		s.errorPage(w, http.StatusServiceUnavailable, "The sign-in could not be read; try again.")
+		return
 	}
-	s.mu.Unlock()
 	browser, _ := r.Cookie(browserCookie)
-	if !ok || browser == nil || subtle.ConstantTimeCompare([]byte(browser.Value), []byte(p.browser)) != 1 ||
+	if err != nil || browser == nil || subtle.ConstantTimeCompare([]byte(browser.Value), []byte(p.browser)) != 1 ||
 		subtle.ConstantTimeCompare([]byte(r.PostForm.Get("csrf")), []byte(p.csrf)) != 1 {
 		s.log.Info("authorization form refused", "reason", "unknown request, other browser or bad CSRF token")
 		s.errorPage(w, http.StatusForbidden, "This sign-in expired or was not started in this browser. Go back to the application and start again.")
@@ -573,18 +539,12 @@ func (s *AuthServer) ServeAuthorizeForm(w http.ResponseWriter, r *http.Request) 
 		s.log.Info("client allowed", "sub", p.signIn.subject, "client", p.client.ID, "scope", strings.Join(p.scope, " "))
 		s.finish(w, r, id, p)
 	case "deny":
-		s.drop(id)
+		s.drop(r.Context(), id)
 		s.log.Info("authorization denied by the user", "client", p.client.ID)
 		s.redirectError(w, r, p, ErrCodeAccessDenied, "the user denied the request")
 	default:
 		s.errorPage(w, http.StatusBadRequest, "Unknown action.")
 	}
-}
-
-func (s *AuthServer) drop(id string) {
-	s.mu.Lock()
-	delete(s.pending, id)
-	s.mu.Unlock()
 }
 
 // signInForm checks a name and password against the local user store.
@@ -596,13 +556,13 @@ func (s *AuthServer) signInForm(w http.ResponseWriter, r *http.Request, id strin
 		groups, ok = s.o.Users.Check(name, password)
 	}
 	if !ok {
-		s.mu.Lock()
-		p.failures++
-		failures := p.failures
-		if failures >= maxSignInFailures {
-			delete(s.pending, id)
+		failures, err := s.o.Store.BumpFlow(r.Context(), flowPending, id)
+		if err != nil {
+			failures = maxSignInFailures // cannot count: no more tries
 		}
-		s.mu.Unlock()
+		if failures >= maxSignInFailures {
+			s.drop(r.Context(), id)
+		}
 		s.log.Info("sign-in refused", "reason", "wrong name or password", "failures", failures)
 		if failures >= maxSignInFailures {
 			s.redirectError(w, r, p, ErrCodeAccessDenied, "too many failed sign-ins")
@@ -619,15 +579,13 @@ func (s *AuthServer) signInForm(w http.ResponseWriter, r *http.Request, id strin
 func (s *AuthServer) signedIn(w http.ResponseWriter, r *http.Request, id string, p *pendingAuthz, subject string, groups []string) {
 	now := s.now()
 	si := &signIn{sid: randomToken(), subject: subject, groups: groups, at: now, expires: now.Add(s.o.SignInTTL)}
-	s.mu.Lock()
-	key, stored := put(s, s.signins, si, func(si *signIn) time.Time { return si.expires })
-	if stored {
-		si.id = key
-		p.signIn = si
+	key, err := s.putFlow(r.Context(), flowSignIn, signInRecord{SID: si.sid, Subject: subject, Groups: groups, At: si.at, Expires: si.expires}, si.expires)
+	if err == nil {
+		si.id, p.signIn = key, si
+		err = s.savePending(r.Context(), id, p)
 	}
-	s.mu.Unlock()
-	if !stored {
-		s.errorPage(w, http.StatusServiceUnavailable, "Too many people are signed in; try again later.")
+	if err != nil {
+		s.flowFailed(w, "sign-in", err)
 		return
 	}
 	http.SetCookie(w, &http.Cookie{Name: signInCookie, Value: key, Path: "/oauth/", Expires: si.expires,
@@ -642,14 +600,16 @@ func (s *AuthServer) currentSignIn(r *http.Request) *signIn {
 	if err != nil {
 		return nil
 	}
-	s.mu.Lock()
-	si, ok := s.signins[c.Value]
-	if ok && s.now().After(si.expires) {
-		delete(s.signins, c.Value)
-		ok = false
+	var rec signInRecord
+	if _, err := s.getFlow(r.Context(), flowSignIn, c.Value, &rec); err != nil {
+		if !errors.Is(err, errFlowGone) {
+			s.log.Error("authorization: sign-in unreadable", "error", err)
+		}
+		return nil
 	}
-	s.mu.Unlock()
-	if !ok || s.revoked(r.Context(), si.subject, si.sid, si.at) {
+	rec.ID = c.Value
+	si := rec.signIn()
+	if s.revoked(r.Context(), si.subject, si.sid, si.at) {
 		return nil
 	}
 	return si
@@ -689,12 +649,15 @@ func (s *AuthServer) browserID(w http.ResponseWriter, r *http.Request) string {
 // finish issues the code and redirects to the client (RFC 6749 §4.1.2,
 // with iss per RFC 9207).
 func (s *AuthServer) finish(w http.ResponseWriter, r *http.Request, id string, p *pendingAuthz) {
-	s.mu.Lock()
-	delete(s.pending, id)
-	code, ok := put(s, s.codes, &authCode{p: p, signIn: p.signIn, expires: s.now().Add(codeTTL)}, func(c *authCode) time.Time { return c.expires })
-	s.mu.Unlock()
-	if !ok {
-		s.redirectError(w, r, p, ErrCodeTemporarilyUnavailable, "too many codes outstanding")
+	// One code per request: whoever takes the request issues it.
+	if _, err := s.o.Store.TakeFlow(r.Context(), flowPending, id); err != nil {
+		s.errorPage(w, http.StatusForbidden, "This sign-in expired or was already completed. Go back to the application and start again.")
+		return
+	}
+	code, err := s.putFlow(r.Context(), flowCode, p.record(), s.now().Add(codeTTL))
+	if err != nil {
+		s.log.Error("authorization code not issued", "error", err)
+		s.redirectError(w, r, p, ErrCodeTemporarilyUnavailable, "the code could not be issued")
 		return
 	}
 	s.log.Info("authorization code issued", "sub", p.signIn.subject, "client", p.client.ID)

@@ -218,11 +218,9 @@ func (s *AuthServer) federate(w http.ResponseWriter, r *http.Request, id string,
 		return
 	}
 	l := &fedLogin{provider: f, pending: id, nonce: randomToken(), verifier: oauth2.GenerateVerifier(), expires: s.now().Add(fedLoginTTL)}
-	s.mu.Lock()
-	state, ok := put(s, s.fedLogins, l, func(l *fedLogin) time.Time { return l.expires })
-	s.mu.Unlock()
-	if !ok {
-		s.errorPage(w, http.StatusServiceUnavailable, "Too many sign-ins are in progress; try again in a few minutes.")
+	state, err := s.putFlow(r.Context(), flowFedLogin, fedLoginRecord{Provider: f.cfg.Name, Pending: id, Nonce: l.nonce, Verifier: l.verifier, Expires: l.expires}, l.expires)
+	if err != nil {
+		s.flowFailed(w, "sign-in at "+f.cfg.Name, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), federationTimeout)
@@ -243,18 +241,14 @@ func (s *AuthServer) federate(w http.ResponseWriter, r *http.Request, id string,
 // is good once, in the browser that started the sign-in.
 func (s *AuthServer) ServeCallback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	state := q.Get("state")
-	s.mu.Lock()
-	l, ok := s.fedLogins[state]
-	delete(s.fedLogins, state)
-	var p *pendingAuthz
-	if ok {
-		p, ok = s.pending[l.pending]
-		ok = ok && s.now().Before(l.expires) && s.now().Before(p.expires)
+	l, p, err := s.takeFedLogin(r.Context(), q.Get("state"))
+	if err != nil && !errors.Is(err, errFlowGone) {
+		s.log.Error("federated sign-in: state unreadable", "error", err)
+		s.errorPage(w, http.StatusServiceUnavailable, "The sign-in could not be read; try again.")
+		return
 	}
-	s.mu.Unlock()
 	browser, _ := r.Cookie(browserCookie)
-	if !ok || browser == nil || browser.Value != p.browser {
+	if err != nil || browser == nil || browser.Value != p.browser {
 		s.log.Info("federated sign-in refused", "reason", "unknown or used state, or another browser")
 		s.errorPage(w, http.StatusForbidden, "This sign-in expired or was not started in this browser. Go back to the application and start again.")
 		return
@@ -274,4 +268,27 @@ func (s *AuthServer) ServeCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.signedIn(w, r, l.pending, p, subject, groups)
+}
+
+// takeFedLogin takes the sign-in at a provider that state names (good
+// once) and returns it with its pending request.
+func (s *AuthServer) takeFedLogin(ctx context.Context, state string) (*fedLogin, *pendingAuthz, error) {
+	var rec fedLoginRecord
+	if _, err := s.takeFlow(ctx, flowFedLogin, state, &rec); err != nil {
+		return nil, nil, err
+	}
+	l := &fedLogin{pending: rec.Pending, nonce: rec.Nonce, verifier: rec.Verifier, expires: rec.Expires}
+	for _, f := range s.federations {
+		if f.cfg.Name == rec.Provider {
+			l.provider = f
+		}
+	}
+	if l.provider == nil {
+		return nil, nil, errFlowGone // the provider is no longer configured
+	}
+	p, err := s.getPending(ctx, rec.Pending)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, p, nil
 }

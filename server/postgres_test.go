@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -535,4 +537,99 @@ func TestReplicasShareRateLimits(t *testing.T) {
 	if res := call(1); !res.IsError || !strings.Contains(toolText(res), "rate limit of rule one-a-minute exceeded") {
 		t.Errorf("the second call, on B: %s; want the limit A's call spent", toolText(res))
 	}
+}
+
+// TestReplicasShareSignIns: a person's sign-in goes from replica to replica
+// (the authorization request on A, the password on B, the consent on C),
+// the code is redeemed on A, and a replay of it on B is refused and revokes
+// what it issued, on C too.
+func TestReplicasShareSignIns(t *testing.T) {
+	const base = "http://127.0.0.1:9" // the load balancer's address
+	hash, err := identity.HashPassword(signInPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startReplicas(t, 3, func(c *config.Config) {
+		allowAll(t, c)
+		c.Identity.AuthorizationServer.Enabled = true
+		c.Identity.AuthorizationServer.Users = []config.LocalUser{{Name: signInUser, PasswordHash: hash}}
+		// Sign-in needs an https public URL, or a loopback one.
+		c.PublicURL = base
+	})
+	var at atomic.Int32 // the replica the load balancer sends the next request to
+	route := roundTripper(func(req *http.Request) (*http.Response, error) {
+		req = req.Clone(req.Context())
+		req.URL.Host, req.Host = r.gws[at.Load()].Cfg.Listen, ""
+		return http.DefaultTransport.RoundTrip(req)
+	})
+	jar, _ := cookiejar.New(nil)
+	b := &webBrowser{t: t, c: &http.Client{Jar: jar, Transport: route, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	post := func(path, contentType, body string, key *identity.DPoPKey) (int, map[string]any) {
+		req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", contentType)
+		if key != nil {
+			proof, err := key.Proof(http.MethodPost, base+path, "", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("DPoP", proof)
+		}
+		resp, body2 := b.do(req)
+		var out map[string]any
+		_ = json.Unmarshal([]byte(body2), &out)
+		return resp.StatusCode, out
+	}
+
+	at.Store(2)
+	code, out := post(identity.RegisterPath, "application/json", `{"redirect_uris":["`+testRedirect+`"],"client_name":"Test Client","grant_types":["authorization_code","refresh_token"]}`, nil)
+	if code != http.StatusCreated {
+		t.Fatalf("register on C: %d %v", code, out)
+	}
+	client := out["client_id"].(string)
+	verifier, challenge := pkce()
+	q := url.Values{"response_type": {"code"}, "client_id": {client}, "redirect_uri": {testRedirect}, "code_challenge": {challenge},
+		"code_challenge_method": {"S256"}, "resource": {base}, "state": {"st"}}
+	at.Store(0)
+	resp, page := b.get(base + identity.AuthorizePath + "?" + q.Encode())
+	if resp.StatusCode != http.StatusOK || !strings.Contains(page, `name="password"`) {
+		t.Fatalf("authorize on A: %d, want the sign-in page:\n%s", resp.StatusCode, page)
+	}
+	f := formFields(t, page)
+	f.Set("action", "signin")
+	f.Set("username", signInUser)
+	f.Set("password", signInPassword)
+	at.Store(1)
+	resp, page = b.post(base+identity.AuthorizePath, f)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(page, `value="approve"`) {
+		t.Fatalf("sign-in on B: %d, want the consent page:\n%s", resp.StatusCode, page)
+	}
+	f = formFields(t, page)
+	f.Set("action", "approve")
+	at.Store(2)
+	resp, _ = b.post(base+identity.AuthorizePath, f)
+	got := redirectParams(t, resp)
+	if got.Get("code") == "" || got.Get("state") != "st" {
+		t.Fatalf("approval on C: %v", got)
+	}
+
+	key, _ := identity.NewDPoPKey()
+	redeemAt := func(i int) (int, map[string]any) {
+		at.Store(int32(i))
+		form := url.Values{"grant_type": {"authorization_code"}, "client_id": {client}, "code": {got.Get("code")},
+			"redirect_uri": {testRedirect}, "code_verifier": {verifier}}
+		return post(identity.TokenPath, "application/x-www-form-urlencoded", form.Encode(), key)
+	}
+	code, tok := redeemAt(0)
+	if code != http.StatusOK || tok["access_token"] == nil {
+		t.Fatalf("the code redeemed on A: %d %v", code, tok)
+	}
+	a := &agent{key: key, token: tok["access_token"].(string)}
+	if resp := rawPost(t, r.gws[2].MCP, initBody, a.headers(t, http.MethodPost, base+"/mcp")); resp.Status != http.StatusOK {
+		t.Fatalf("the token on C: %d %s", resp.Status, resp.Body)
+	}
+	code, out = redeemAt(1)
+	wantTokenError(t, code, out, http.StatusBadRequest, "invalid_grant")
+	eventually(t, "the replayed code's token refused on C", func() bool {
+		return rawPost(t, r.gws[2].MCP, initBody, a.headers(t, http.MethodPost, base+"/mcp")).Status == http.StatusUnauthorized
+	})
 }

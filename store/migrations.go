@@ -268,6 +268,22 @@ CREATE TABLE rate_buckets (
 );
 CREATE INDEX rate_buckets_full_at ON rate_buckets (full_at);
 `,
+	// 16: the authorization server's sign-ins in progress (requests
+	// waiting for their person, browser sign-ins, sign-ins at identity
+	// providers, codes), so that any gateway sharing the store serves the
+	// next step, and a restart loses none.
+	`
+CREATE TABLE oauth_flows (
+	kind    TEXT NOT NULL,
+	id      TEXT NOT NULL,           -- SHA-256 (hex) of the flow's id (a bearer secret)
+	data    TEXT NOT NULL,           -- JSON, the authorization server's
+	count   INTEGER NOT NULL,        -- failed sign-ins
+	spent   TEXT,                    -- JSON: what a redeemed code issued
+	expires INTEGER NOT NULL,        -- Unix nanoseconds
+	PRIMARY KEY (kind, id)
+);
+CREATE INDEX oauth_flows_expires ON oauth_flows (kind, expires);
+`,
 }
 
 // migrate brings the database up to len(migrations) in one transaction and
