@@ -146,6 +146,23 @@ func (p *Pins) Approve(ctx context.Context, upstream, tool, hash string) error {
 	return nil
 }
 
+// Reload reads the pins from the store again: another gateway sharing it
+// approved a definition.
+func (p *Pins) Reload(ctx context.Context) error {
+	list, err := p.st.ListToolPins(ctx)
+	if err != nil {
+		return err
+	}
+	pins := make(map[[2]string]store.ToolPin, len(list))
+	for _, pin := range list {
+		pins[[2]string{pin.Upstream, pin.Tool}] = pin
+	}
+	p.mu.Lock()
+	p.pins = pins
+	p.mu.Unlock()
+	return nil
+}
+
 // List returns the pins of one upstream.
 func (p *Pins) List(upstream string) []store.ToolPin {
 	p.mu.Lock()

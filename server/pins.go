@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -91,6 +92,10 @@ func (g *Gateway) approvePin(w http.ResponseWriter, r *http.Request) error {
 		Reason: "changed tool definition approved"}
 	_ = g.audit(r.Context(), &rec, time.Now())
 	g.front.sync(nil)
+	// The other gateways sharing the store offer the tool again too.
+	if err := g.store.Announce(r.Context(), store.Event{Kind: store.EventPins, IDs: []string{upstream, tool}}); err != nil {
+		return fmt.Errorf("approved here, but the other gateways were not told: %w", err)
+	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

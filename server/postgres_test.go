@@ -15,9 +15,11 @@ import (
 	"testing"
 	"time"
 
+	mcpgo "github.com/mark3labs/mcp-go/mcp"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sag-gateway/sag/consent"
+	"github.com/sag-gateway/sag/fixtures"
 	"github.com/sag-gateway/sag/identity"
 	"github.com/sag-gateway/sag/internal/pgtest"
 	"github.com/sag-gateway/sag/server"
@@ -132,13 +134,14 @@ const replicaURL = "http://sag.test"
 type replicas struct {
 	gws  []*testGateway
 	keys *identity.Keys
+	fx   *fixtures.Fixture // the upstream fx
 }
 
 func startReplicas(t *testing.T, n int, mutate func(*config.Config)) *replicas {
 	t.Helper()
 	_, db := startPostgres(t)
-	up, _ := httpFixture(t, "fx", false)
-	r := &replicas{}
+	up, fx := httpFixture(t, "fx", false)
+	r := &replicas{fx: fx}
 	for i := range n {
 		dir := t.TempDir()
 		if i > 0 { // replicas share their signing keys' directory, as they share the public URL
@@ -197,6 +200,19 @@ func (r *replicas) via(a *agent, i int) *http.Client {
 	return &http.Client{Transport: &identity.DPoPTransport{Base: toReplica, Key: a.key, Token: func(context.Context) (string, error) { return a.token, nil }}}
 }
 
+// connect opens a's MCP session (version "" for the newest) through
+// replica i, closed when the test ends.
+func (r *replicas) connect(t *testing.T, ctx context.Context, a *agent, i int, version string) *mcp.ClientSession {
+	t.Helper()
+	c := mcp.NewClient(&mcp.Implementation{Name: "sag-replica-test", Version: "1"}, nil)
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: replicaURL + "/mcp", HTTPClient: r.via(a, i)}, &mcp.ClientSessionOptions{ProtocolVersion: version})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs
+}
+
 type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
@@ -239,13 +255,7 @@ func TestReplicasShareConsent(t *testing.T) {
 	eventually(t, "A hearing that alice follows on B", func() bool { return server.Following(r.gws[0].GW, user) })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
 	defer cancel()
-	alice := r.agent(t, "alice")
-	c := mcp.NewClient(&mcp.Implementation{Name: "alice", Version: "1"}, nil)
-	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: replicaURL + "/mcp", HTTPClient: r.via(alice, 0)}, &mcp.ClientSessionOptions{ProtocolVersion: legacy})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cs.Close()
+	cs := r.connect(t, ctx, r.agent(t, "alice"), 0, legacy)
 	done := make(chan *mcp.CallToolResult, 1)
 	go func() {
 		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "across"}})
@@ -373,16 +383,7 @@ func TestReplicasSharePolicy(t *testing.T) {
 	alice := r.agent(t, "alice")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
 	defer cancel()
-	connectVia := func(i int) *mcp.ClientSession {
-		c := mcp.NewClient(&mcp.Implementation{Name: "alice", Version: "1"}, nil)
-		cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: replicaURL + "/mcp", HTTPClient: r.via(alice, i)}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cs.Close() })
-		return cs
-	}
-	onA, onB := connectVia(0), connectVia(1)
+	onA, onB := r.connect(t, ctx, alice, 0, ""), r.connect(t, ctx, alice, 1, "")
 	allowed := func(cs *mcp.ClientSession) bool {
 		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "hi"}})
 		return err == nil && !res.IsError && toolText(res) == "hi"
@@ -445,9 +446,11 @@ func TestReplicasContinueSessions(t *testing.T) {
 	if res := callTool(t, cs, "fx__echo", map[string]any{"text": "on B"}); toolText(res) != "on B" {
 		t.Fatalf("echo on B, the session opened on A = %q", toolText(res))
 	}
-	if recs := auditRecords(t, r.gws[1], "fx__echo"); len(recs) != 2 || recs[0].MSID != cs.ID() || recs[1].MSID != cs.ID() {
-		t.Errorf("the calls in the audit trail: %+v, want both in MCP session %s", recs, cs.ID())
-	}
+	// A's record reaches the shared audit table when A moves its journal.
+	eventually(t, "both calls in the audit trail, in one MCP session", func() bool {
+		recs := auditRecords(t, r.gws[1], "fx__echo")
+		return len(recs) == 2 && recs[0].MSID == cs.ID() && recs[1].MSID == cs.ID()
+	})
 	if res := callTool(t, cs, "fx__ask", map[string]any{"question": "name?"}); toolText(res) != "answer: from alice" {
 		t.Errorf("elicitation on B = %q, want the answer of alice's client", toolText(res))
 	}
@@ -519,13 +522,7 @@ func TestReplicasShareRateLimits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
 	defer cancel()
 	call := func(i int) *mcp.CallToolResult {
-		c := mcp.NewClient(&mcp.Implementation{Name: "alice", Version: "1"}, nil)
-		cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: replicaURL + "/mcp", HTTPClient: r.via(alice, i)}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cs.Close()
-		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "hi"}})
+		res, err := r.connect(t, ctx, alice, i, "").CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": "hi"}})
 		if err != nil {
 			return toolError(err.Error())
 		}
@@ -632,4 +629,42 @@ func TestReplicasShareSignIns(t *testing.T) {
 	eventually(t, "the replayed code's token refused on C", func() bool {
 		return rawPost(t, r.gws[2].MCP, initBody, a.headers(t, http.MethodPost, base+"/mcp")).Status == http.StatusUnauthorized
 	})
+}
+
+// TestReplicasSharePinApprovals: a tool whose definition changed is
+// quarantined on every replica; its owner's approval through A brings it
+// back on B.
+func TestReplicasSharePinApprovals(t *testing.T) {
+	r := startReplicas(t, 2, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitFor)
+	defer cancel()
+	onB := r.connect(t, ctx, r.agent(t, "alice"), 1, legacy)
+	offered := func() bool { _, ok := toolNames(t, onB)["fx__echo"]; return ok }
+	if !offered() {
+		t.Fatal("fx__echo not offered on B before the change")
+	}
+	changed := mcpgo.NewToolWithRawSchema("echo", "Echoes, and now also something else.",
+		json.RawMessage(`{"type":"object","properties":{"text":{"type":"string"}},"required":["text"]}`))
+	r.fx.MCPServer().AddTool(changed, func(context.Context, mcpgo.CallToolRequest) (*mcpgo.CallToolResult, error) {
+		return mcpgo.NewToolResultText("changed"), nil
+	})
+	eventually(t, "fx__echo quarantined on B", func() bool { return !offered() })
+	var pending string
+	eventually(t, "the change pending on A", func() bool {
+		code, body := r.gws[0].adminDo(t, http.MethodGet, "/admin/upstreams/fx/tools", nil)
+		var pins []server.ToolPinResponse
+		if code != http.StatusOK || json.Unmarshal(body, &pins) != nil {
+			return false
+		}
+		for _, p := range pins {
+			if p.Tool == "echo" && p.State == "quarantined" {
+				pending = p.Pending
+			}
+		}
+		return pending != ""
+	})
+	if code, body := r.gws[0].adminDo(t, http.MethodPost, "/admin/upstreams/fx/tools/echo/approve", map[string]string{"hash": pending}); code != http.StatusNoContent {
+		t.Fatalf("approve on A: %d %s", code, body)
+	}
+	eventually(t, "fx__echo offered again on B", offered)
 }

@@ -21,7 +21,7 @@ import (
 // slow to connect never holds up a kill; it also announces the users
 // following here again every minute.
 func (g *Gateway) listen(ctx context.Context) {
-	registry, policy := make(chan struct{}, 1), make(chan struct{}, 1)
+	registry, policy, pins := make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{}, 1)
 	due := func(ch chan struct{}) {
 		select {
 		case ch <- struct{}{}:
@@ -47,6 +47,12 @@ func (g *Gateway) listen(ctx context.Context) {
 				}
 			case <-policy:
 				_ = g.ReloadPolicy(ctx) // logs its own failure; the previous policy stays
+			case <-pins:
+				if err := g.pins.Reload(ctx); err != nil {
+					g.log.Error("replicas: tool pins not reloaded", "error", err)
+					continue
+				}
+				g.front.sync(nil)
 
 			}
 		}
@@ -57,9 +63,12 @@ func (g *Gateway) listen(ctx context.Context) {
 			due(registry)
 		case store.EventPolicy:
 			due(policy)
+		case store.EventPins:
+			due(pins)
 		case store.EventResync:
 			due(registry)
 			due(policy)
+			due(pins)
 		}
 		g.applyEvent(ctx, ev)
 	})

@@ -41,6 +41,9 @@ const (
 	// EventPolicy: the policy changed (IDs: the upstreams whose
 	// allow-lists were registered or removed; none for a reload).
 	EventPolicy EventKind = "policy"
+	// EventPins: a changed tool definition was approved (IDs: upstream,
+	// tool).
+	EventPins EventKind = "pins"
 	// EventKeys: the gateway signing keys were rotated (IDs: the new
 	// active key id) in the keys directory the gateways share.
 	EventKeys EventKind = "keys"

@@ -99,23 +99,11 @@ func crashUnderLoad(t *testing.T, db string) {
 	for i := range 4 {
 		cs := dial(t, mcpURL, hc, []string{"2025-11-25", "2026-07-28"}[i%2], nil)
 		wg.Go(func() {
-			for n := 0; ; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				text := fmt.Sprintf("client %d call %d", i, n)
-				res, err := callOnce(cs, "fx__echo", map[string]any{"text": text})
-				if err != nil {
-					return // the gateway is gone
-				}
-				if tc, ok := res.Content[0].(*mcp.TextContent); ok && !res.IsError && tc.Text == text {
-					mu.Lock()
-					acked[text] = true
-					mu.Unlock()
-				}
-			}
+			echoLoad(cs, i, stop, func(text string) {
+				mu.Lock()
+				acked[text] = true
+				mu.Unlock()
+			})
 		})
 	}
 	// A 2026-07-28 client that can send its user to a page is answered at

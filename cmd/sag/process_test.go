@@ -167,6 +167,27 @@ func connectTo(t *testing.T, url, version string) *mcp.ClientSession {
 	return cs
 }
 
+// echoLoad has cs call fx__echo, each time with another text, until stop
+// is closed or a call fails (the gateway is gone), and tells acked each
+// text that came back as sent.
+func echoLoad(cs *mcp.ClientSession, client int, stop <-chan struct{}, acked func(text string)) {
+	for n := 0; ; n++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		text := fmt.Sprintf("client %d call %d", client, n)
+		res, err := callOnce(cs, "fx__echo", map[string]any{"text": text})
+		if err != nil {
+			return
+		}
+		if tc, ok := res.Content[0].(*mcp.TextContent); ok && !res.IsError && tc.Text == text {
+			acked(text)
+		}
+	}
+}
+
 // TestKillKeepsAcknowledgedAudit drives load from four clients, kills the
 // gateway with SIGKILL in the middle of it and checks that every call a
 // client saw succeed has its audit record in the store: a call is not
@@ -184,25 +205,7 @@ func TestKillKeepsAcknowledgedAudit(t *testing.T) {
 			version = "2026-07-28"
 		}
 		cs := connectTo(t, p.base+"/mcp", version)
-		wg.Go(func() {
-			for n := 0; ; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				text := fmt.Sprintf("client %d call %d", i, n)
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "fx__echo", Arguments: map[string]any{"text": text}})
-				cancel()
-				if err != nil {
-					return // the gateway is gone
-				}
-				if tc, ok := res.Content[0].(*mcp.TextContent); ok && !res.IsError && tc.Text == text {
-					acked.Add(1)
-				}
-			}
-		})
+		wg.Go(func() { echoLoad(cs, i, stop, func(string) { acked.Add(1) }) })
 	}
 
 	deadline := time.Now().Add(20 * time.Second)
