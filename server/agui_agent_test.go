@@ -66,11 +66,19 @@ func interruptsOf(t *testing.T, seen []map[string]any) []string {
 // untilType reads a run's events up to the first of type typ.
 func (r *aguiRun) untilType(t *testing.T, typ string) (seen []map[string]any) {
 	t.Helper()
+	var types []any
 	for {
-		ev := r.next(t)
-		seen = append(seen, ev)
-		if ev["type"] == typ {
-			return seen
+		select {
+		case ev, ok := <-r.events:
+			if !ok {
+				t.Fatalf("the run ended before %s, after %v", typ, types)
+			}
+			seen, types = append(seen, ev), append(types, ev["type"])
+			if ev["type"] == typ {
+				return seen
+			}
+		case <-time.After(waitFor):
+			t.Fatalf("no %s within %s; the run sent %v", typ, waitFor, types)
 		}
 	}
 }

@@ -58,12 +58,13 @@ func cmdBench(args []string) error {
 	soak := fs.Duration("soak", 0, "instead of the measurements, load the gateway alone for `DURATION` and watch its goroutines, heap and open files")
 	soakConc := fs.Int("soak-concurrency", 32, "concurrent clients of the soak")
 	soakEvery := fs.Duration("soak-every", 30*time.Second, "how often the soak samples the gateway")
+	replicas := fs.Int("replicas", 0, "instead of the measurements, compare the throughput of `N` gateways sharing one PostgreSQL (--store postgres), the clients' requests spread round robin, with one's")
 	killFanout := fs.Int("kill-fanout", 0, "instead of the measurements, send `N` kills to one gateway for sessions with a call in flight on another (--store postgres) and report how long the calls took to end")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *killFanout > 0 && *storeKind != "postgres" {
-		return errors.New("--kill-fanout needs --store postgres: gateways share a store only on PostgreSQL")
+	if (*killFanout > 0 || *replicas > 0) && *storeKind != "postgres" {
+		return errors.New("--kill-fanout and --replicas need --store postgres: gateways share a store only on PostgreSQL")
 	}
 	if *security != "none" && *security != "full" {
 		return fmt.Errorf("--security %q: want none or full", *security)
@@ -103,6 +104,9 @@ func cmdBench(args []string) error {
 	defer stopUp()
 	if *killFanout > 0 {
 		return benchKillFanout(context.Background(), *killFanout, upURL, storeURL)
+	}
+	if *replicas > 0 {
+		return benchReplicas(context.Background(), *replicas, upURL, storeURL, *protocol, concs, *rounds, *dur)
 	}
 	addr, err := freeLoopbackAddr()
 	if err != nil {

@@ -102,7 +102,20 @@ func TestBenchKillFanout(t *testing.T) {
 		!regexp.MustCompile(`(?m)^target: p99 ≤ 1000 ms: (met|missed)$`).MatchString(out) {
 		t.Errorf("output lacks the fan-out figures:\n%s", out)
 	}
-	if _, errOut, ok := sag(t, "bench", "--kill-fanout", "5"); ok || !strings.Contains(errOut, "--kill-fanout needs --store postgres") {
+	if _, errOut, ok := sag(t, "bench", "--kill-fanout", "5"); ok || !strings.Contains(errOut, "--kill-fanout and --replicas need --store postgres") {
 		t.Errorf("--kill-fanout on SQLite: ok=%v %s", ok, errOut)
+	}
+}
+
+// TestBenchReplicas: the bench compares gateways sharing PostgreSQL with
+// one, the requests spread round robin.
+func TestBenchReplicas(t *testing.T) {
+	out, errOut, ok := sag(t, "bench", "--store", "postgres", "--replicas", "2", "--concurrency", "2", "--rounds", "1", "--duration", "300ms")
+	if !ok {
+		t.Fatalf("sag bench --replicas failed:\n%s%s", out, errOut)
+	}
+	if !regexp.MustCompile(`(?m)^  concurrency 2 +\d+ +\d+ +\d+ +\d+\.\d\d×$`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^target: 2 gateways ≥ 2\.5 × one: best \d+\.\d\d×, (met|missed)$`).MatchString(out) {
+		t.Errorf("output lacks the replicas' figures:\n%s", out)
 	}
 }
