@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"go.opentelemetry.io/otel/propagation"
 
+	"github.com/sag-gateway/sag/internal/jsonscan"
 	"github.com/sag-gateway/sag/pipeline"
 	"github.com/sag-gateway/sag/upstreams"
 )
@@ -137,17 +139,39 @@ func quiet(ss *mcp.ServerSession) bool {
 // and nothing else (a retry's requestState or inputResponses, a task, go
 // the SDK's way). ok is false for anything the fast path leaves alone.
 func fastParams(raw json.RawMessage) (name string, args json.RawMessage, meta upstreams.RawMeta, ok bool) {
-	var params map[string]json.RawMessage
-	if json.Unmarshal(raw, &params) != nil || json.Unmarshal(params["name"], &name) != nil {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '{' || !json.Valid(raw) {
 		return "", nil, nil, false
 	}
-	for k := range params {
-		if k != "name" && k != "arguments" && k != "_meta" {
-			return "", nil, nil, false
+	// The members are read in place: name, arguments and _meta, each once,
+	// and nothing else.
+	var rawName, rawMeta []byte
+	seen, good := 0, true
+	jsonscan.Members(raw, func(key string, _, value []byte) {
+		var bit int
+		switch key {
+		case "name":
+			bit, rawName = 1, value
+		case "arguments":
+			bit, args = 2, value
+		case "_meta":
+			bit, rawMeta = 4, value
+		default:
+			good = false
 		}
+		good = good && seen&bit == 0
+		seen |= bit
+	})
+	if !good || len(rawName) < 2 || rawName[0] != '"' {
+		return "", nil, nil, false
 	}
-	if m, has := params["_meta"]; has {
-		if json.Unmarshal(m, &meta) != nil {
+	if bytes.IndexByte(rawName, '\\') < 0 {
+		name = string(rawName[1 : len(rawName)-1])
+	} else if json.Unmarshal(rawName, &name) != nil {
+		return "", nil, nil, false
+	}
+	if rawMeta != nil {
+		if json.Unmarshal(rawMeta, &meta) != nil {
 			return "", nil, nil, false
 		}
 		if _, has := meta["progressToken"]; has {
@@ -157,7 +181,7 @@ func fastParams(raw json.RawMessage) (name string, args json.RawMessage, meta up
 			return "", nil, nil, false
 		}
 	}
-	return name, params["arguments"], meta, true
+	return name, args, meta, true
 }
 
 // rawContext is mcpContext for a fast-path call: the trace context in its
