@@ -396,7 +396,9 @@ func (s *sessionGraph) Count(ctx context.Context, c *pipeline.Call, counter stri
 // closed marks an MCP session closed.
 func (s *sessionGraph) closed(id string) {
 	s.known.Remove(id)
-	if err := s.store.SetSessionState(context.Background(), id, store.StateClosed); err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrClosed) {
+	// A killed session stays revoked (ErrConflict): nothing to record.
+	if err := s.store.SetSessionState(context.Background(), id, store.StateClosed); err != nil &&
+		!errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrClosed) && !errors.Is(err, store.ErrConflict) {
 		s.log.Warn("session close not recorded", "msid", id, "error", err)
 	}
 }
