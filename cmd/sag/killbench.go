@@ -18,16 +18,10 @@ import (
 // kill of its session goes to A, and the time until the call on B ends is
 // taken. The target (issue 14) is a p99 of at most one second.
 func benchKillFanout(ctx context.Context, n int, upURL, storeURL string) error {
-	var gws [2]*child
-	for i := range gws {
-		addr, err := freeLoopbackAddr()
-		if err != nil {
-			return err
-		}
-		if gws[i], err = startChildGateway(addr, upURL, "", "", "none", storeURL, nil); err != nil {
-			return err
-		}
-		defer gws[i].stop()
+	gws, stop, err := startSharingGateways(2, upURL, storeURL)
+	defer stop()
+	if err != nil {
+		return err
 	}
 	a, b := gws[0], gws[1]
 	fmt.Printf("sag bench: kill fan-out, %d kills: each sent to gateway A for a session on gateway B with a call in flight, both on one PostgreSQL\n\n", n)

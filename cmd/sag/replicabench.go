@@ -15,16 +15,10 @@ import (
 // the plain upstream; the clients' requests go round robin to them, as
 // through a load balancer without session affinity.
 func benchReplicas(ctx context.Context, n int, upURL, storeURL, protocol string, concs []int, rounds int, d time.Duration) error {
-	gws := make([]*child, n)
-	for i := range gws {
-		addr, err := freeLoopbackAddr()
-		if err != nil {
-			return err
-		}
-		if gws[i], err = startChildGateway(addr, upURL, "", "", "none", storeURL, nil); err != nil {
-			return err
-		}
-		defer gws[i].stop()
+	gws, stop, err := startSharingGateways(n, upURL, storeURL)
+	defer stop()
+	if err != nil {
+		return err
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 512
@@ -74,3 +68,25 @@ func benchReplicas(ctx context.Context, n int, upURL, storeURL, protocol string,
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// startSharingGateways starts n gateways in open mode in front of upURL,
+// sharing the PostgreSQL database storeURL; stop stops those started.
+func startSharingGateways(n int, upURL, storeURL string) (gws []*child, stop func(), err error) {
+	stop = func() {
+		for _, g := range gws {
+			g.stop()
+		}
+	}
+	for range n {
+		addr, err := freeLoopbackAddr()
+		if err != nil {
+			return gws, stop, err
+		}
+		g, err := startChildGateway(addr, upURL, "", "", "none", storeURL, nil)
+		if err != nil {
+			return gws, stop, err
+		}
+		gws = append(gws, g)
+	}
+	return gws, stop, nil
+}
