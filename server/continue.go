@@ -60,16 +60,15 @@ func (f *front) serveContinued(w http.ResponseWriter, r *http.Request) bool {
 	if id == "" {
 		return false
 	}
-	c, ok := f.continued.Load(id)
-	if !ok {
-		if _, held := f.watched.Load(id); held {
-			return false // the SDK's own session
-		}
-		if c = f.continueSession(r, id); c == nil {
-			return false
-		}
+	var cs *continuedSession
+	if c, ok := f.continued.Load(id); ok {
+		cs = c.(*continuedSession)
+	} else if _, held := f.watched.Load(id); !held { // else the SDK's own
+		cs = f.continueSession(r, id)
 	}
-	cs := c.(*continuedSession)
+	if cs == nil {
+		return false
+	}
 	if r.Method == http.MethodDelete {
 		f.forget(r.Context(), id)
 		f.continued.Delete(id)
@@ -84,7 +83,7 @@ func (f *front) serveContinued(w http.ResponseWriter, r *http.Request) bool {
 // continueSession opens, on this gateway's MCP server, the session id the
 // store knows for r's caller, in the state its client established, or
 // returns nil.
-func (f *front) continueSession(r *http.Request, id string) any {
+func (f *front) continueSession(r *http.Request, id string) *continuedSession {
 	p, ok := principalOf(r)
 	if !ok {
 		return nil
@@ -92,7 +91,7 @@ func (f *front) continueSession(r *http.Request, id string) any {
 	f.continueMu.Lock()
 	defer f.continueMu.Unlock()
 	if c, ok := f.continued.Load(id); ok {
-		return c
+		return c.(*continuedSession)
 	}
 	ctx := r.Context()
 	node, err := f.gw.store.GetSession(ctx, id)
