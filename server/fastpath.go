@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -165,8 +166,10 @@ func fastParams(raw json.RawMessage) (name string, args json.RawMessage, meta up
 	if !good || len(rawName) < 2 || rawName[0] != '"' {
 		return "", nil, nil, false
 	}
-	if bytes.IndexByte(rawName, '\\') < 0 {
-		name = string(rawName[1 : len(rawName)-1])
+	// A plain name is taken as it is; one with escapes or bytes that are
+	// not UTF-8 is decoded as encoding/json (and the SDK) would.
+	if inner := rawName[1 : len(rawName)-1]; bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
+		name = string(inner)
 	} else if json.Unmarshal(rawName, &name) != nil {
 		return "", nil, nil, false
 	}
