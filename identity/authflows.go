@@ -54,9 +54,9 @@ type pendingRecord struct {
 	Expires   time.Time     `json:"expires"`
 }
 
-// signInRecord is a signIn as kept.
+// signInRecord is a signIn as kept (without its id: the cookie, a bearer
+// secret, is kept only as the hash its flow is stored under).
 type signInRecord struct {
-	ID      string    `json:"id"`
 	SID     string    `json:"sid"`
 	Subject string    `json:"sub"`
 	Groups  []string  `json:"groups,omitempty"`
@@ -84,13 +84,13 @@ func (p *pendingAuthz) record() pendingRecord {
 	r := pendingRecord{Client: p.client.ID, Redirect: p.redirect, State: p.state, Scope: p.scope, Resource: p.resource,
 		Challenge: p.challenge, JKT: p.jkt, Browser: p.browser, CSRF: p.csrf, Expires: p.expires}
 	if si := p.signIn; si != nil {
-		r.SignIn = &signInRecord{ID: si.id, SID: si.sid, Subject: si.subject, Groups: si.groups, At: si.at, Expires: si.expires}
+		r.SignIn = &signInRecord{SID: si.sid, Subject: si.subject, Groups: si.groups, At: si.at, Expires: si.expires}
 	}
 	return r
 }
 
 func (r *signInRecord) signIn() *signIn {
-	return &signIn{id: r.ID, sid: r.SID, subject: r.Subject, groups: r.Groups, at: r.At, expires: r.Expires}
+	return &signIn{sid: r.SID, subject: r.Subject, groups: r.Groups, at: r.At, expires: r.Expires}
 }
 
 func (i *issued) record() issuedRecord {

@@ -173,7 +173,7 @@ type issued struct {
 // signIn is a person's sign-in at the authorization server: the browser
 // cookie names it, and every token it leads to carries its sid.
 type signIn struct {
-	id, sid string
+	sid     string
 	subject string
 	groups  []string
 	at      time.Time
@@ -581,7 +581,7 @@ func (s *AuthServer) signedIn(w http.ResponseWriter, r *http.Request, id string,
 	si := &signIn{sid: randomToken(), subject: subject, groups: groups, at: now, expires: now.Add(s.o.SignInTTL)}
 	key, err := s.putFlow(r.Context(), flowSignIn, signInRecord{SID: si.sid, Subject: subject, Groups: groups, At: si.at, Expires: si.expires}, si.expires)
 	if err == nil {
-		si.id, p.signIn = key, si
+		p.signIn = si
 		err = s.savePending(r.Context(), id, p)
 	}
 	if err != nil {
@@ -607,7 +607,6 @@ func (s *AuthServer) currentSignIn(r *http.Request) *signIn {
 		}
 		return nil
 	}
-	rec.ID = c.Value
 	si := rec.signIn()
 	if s.revoked(r.Context(), si.subject, si.sid, si.at) {
 		return nil
