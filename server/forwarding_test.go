@@ -180,7 +180,7 @@ func exercise(t *testing.T, uc upstreamCase, cs *mcp.ClientSession, ev *clientEv
 		}
 		// The message is sent before the result; allow for delivery by
 		// another goroutine, not for a lost message.
-		eventuallyWithin(t, 5*time.Second, "the log message", func() bool {
+		eventually(t, "the log message", func() bool {
 			for _, l := range ev.logSnapshot() {
 				if b, _ := json.Marshal(l.Data); strings.Contains(string(b), msg) {
 					return true
