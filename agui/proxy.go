@@ -321,13 +321,16 @@ func (s *Stream) relay(ctx context.Context, out emitter, p identity.Principal, t
 	defer beat.Stop()
 	last := time.Now() // when the agent last sent an event
 	check := true      // the consent requests may have changed since read
+	var changed <-chan struct{}
 	for {
-		changed := s.o.Consents.Changed()
 		// An interrupt comes between the agent's events: after those it
 		// sent before its call (the agent is quiet while the call waits),
 		// outside any message or tool call.
 		var settle <-chan time.Time
 		if check && len(pr.open) == 0 && len(pr.events) == 0 {
+			// A change after this read closes changed, which is kept
+			// until the next read: none is missed while events flow.
+			changed = s.o.Consents.Changed()
 			open, err := s.open(ctx, p, th)
 			if err != nil {
 				s.sendError(out, err)
@@ -344,6 +347,10 @@ func (s *Stream) relay(ctx context.Context, out emitter, p identity.Principal, t
 				}
 			}
 		}
+		var wake <-chan struct{} // nil (never) while a read is due anyway
+		if !check {
+			wake = changed
+		}
 		select {
 		case ev, ok := <-pr.events:
 			switch {
@@ -359,7 +366,7 @@ func (s *Stream) relay(ctx context.Context, out emitter, p identity.Principal, t
 				return false
 			}
 		case <-settle:
-		case <-changed:
+		case <-wake:
 			check = true
 		case <-beat.C:
 			if out.comment() != nil {

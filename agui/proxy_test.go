@@ -1,6 +1,7 @@
 package agui
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -56,9 +57,11 @@ func (r *fakeRuns) Start(ctx context.Context, p identity.Principal, name, thread
 		End: func() { once.Do(func() { r.ended.Add(1); cancel() }) }}, nil
 }
 
-func fakeRunStream(runs Runs) *Stream {
+func fakeRunStream(runs Runs) *Stream { return fakeRunStreamOf(runs, fakeRunConsents{}) }
+
+func fakeRunStreamOf(runs Runs, consents Consents) *Stream {
 	return NewStream(Options{
-		Consents: fakeRunConsents{},
+		Consents: consents,
 		Activity: noActivity{},
 		Principal: func(*http.Request) (identity.Principal, bool) {
 			return identity.Principal{Issuer: "https://idp", User: "alice"}, true
@@ -241,5 +244,121 @@ func TestAgentRunsPerUser(t *testing.T) {
 	a.release("alice-0", nil)
 	if err := a.claim("alice-x", "alice"); err != nil {
 		t.Errorf("after one ended: %v", err)
+	}
+}
+
+// lateConsents has no pending request until create; each Pending read is
+// signalled on reads.
+type lateConsents struct {
+	fakeRunConsents
+	mu      sync.Mutex
+	created bool
+	changed chan struct{}
+	reads   chan struct{}
+}
+
+func (c *lateConsents) Pending(ctx context.Context) ([]consent.Request, error) {
+	c.mu.Lock()
+	created := c.created
+	c.mu.Unlock()
+	select {
+	case c.reads <- struct{}{}:
+	default:
+	}
+	if !created {
+		return nil, nil
+	}
+	return c.fakeRunConsents.Pending(ctx)
+}
+
+func (c *lateConsents) Changed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.changed
+}
+
+func (c *lateConsents) create() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.created = true
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// stallWriter is a user's stream whose writes, once stall is set, wait
+// until released (a slow user), saying so on stalled.
+type stallWriter struct {
+	h       http.Header
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	stall   atomic.Bool
+	stalled chan struct{}
+	release chan struct{}
+}
+
+func (w *stallWriter) Header() http.Header { return w.h }
+func (w *stallWriter) WriteHeader(int)     {}
+func (w *stallWriter) Flush()              {}
+func (w *stallWriter) Write(b []byte) (int, error) {
+	if w.stall.CompareAndSwap(true, false) {
+		w.stalled <- struct{}{}
+		<-w.release
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(b)
+}
+
+func (w *stallWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// TestAgentRunHearsConsentWhileRelaying: the agent's call asks for consent
+// while the proxy is busy relaying the agent's last event to a slow user;
+// the run still ends with the interrupt (the change is not lost).
+func TestAgentRunHearsConsentWhileRelaying(t *testing.T) {
+	gate, quit := make(chan struct{}), make(chan struct{})
+	agent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: {\"type\":\"RUN_STARTED\",\"threadId\":\"wf\",\"runId\":\"x\"}\n\n")
+		w.(http.Flusher).Flush()
+		<-gate
+		fmt.Fprint(w, "data: {\"type\":\"CUSTOM\",\"name\":\"calling\",\"value\":1}\n\n")
+		w.(http.Flusher).Flush()
+		select { // the agent's call waits for consent
+		case <-r.Context().Done():
+		case <-quit:
+		}
+	}))
+	t.Cleanup(agent.Close)
+	var opened sync.Once
+	openGate := func() { opened.Do(func() { close(gate) }) }
+	t.Cleanup(func() { openGate(); close(quit) }) // before agent.Close, which waits for the handler
+	cs := &lateConsents{changed: make(chan struct{}), reads: make(chan struct{}, 1)}
+	s := fakeRunStreamOf(&fakeRuns{url: agent.URL}, cs)
+	w := &stallWriter{h: http.Header{}, stalled: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		postRun(s, w)
+	}()
+	wait := func(ch <-chan struct{}, what string) {
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no %s within 5s; the user got:\n%s", what, w)
+		}
+	}
+	wait(cs.reads, "read of the open requests") // none yet
+	w.stall.Store(true)
+	openGate()
+	wait(w.stalled, "relay of the agent's event")
+	cs.create() // the agent's call asks, while the proxy writes
+	close(w.release)
+	wait(done, "end of the run")
+	if out := w.String(); !strings.Contains(out, `"interrupts":[{"id":"c_1"`) {
+		t.Errorf("the run did not end with the interrupt:\n%s", out)
 	}
 }
