@@ -134,16 +134,7 @@ func crashUnderLoad(t *testing.T, db string) {
 		}
 	})
 
-	deadline := time.Now().Add(30 * time.Second)
-	for n, m := count(); (n < 200 || m < 5) && time.Now().Before(deadline); n, m = count() {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-p.exited
-	close(stop)
-	wg.Wait()
+	p.killUnderLoad(t, 30*time.Second, func() bool { n, m := count(); return n >= 200 && m >= 5 }, stop, &wg)
 	n, m := count()
 	if n < 200 || m < 5 {
 		t.Fatalf("before the kill: %d calls answered and %d consent requests pending, want 200 and 5\n%s", n, m, p.stderr)

@@ -167,6 +167,21 @@ func connectTo(t *testing.T, url, version string) *mcp.ClientSession {
 	return cs
 }
 
+// killUnderLoad waits until ready (within at most), kills the gateway with
+// SIGKILL, and then stops the load (stop) and waits for it (wg).
+func (p *gatewayProcess) killUnderLoad(t *testing.T, within time.Duration, ready func() bool, stop chan struct{}, wg *sync.WaitGroup) {
+	t.Helper()
+	for deadline := time.Now().Add(within); !ready() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+	close(stop)
+	wg.Wait()
+}
+
 // echoLoad has cs call fx__echo, each time with another text, until stop
 // is closed or a call fails (the gateway is gone), and tells acked each
 // text that came back as sent.
@@ -208,16 +223,7 @@ func TestKillKeepsAcknowledgedAudit(t *testing.T) {
 		wg.Go(func() { echoLoad(cs, i, stop, func(string) { acked.Add(1) }) })
 	}
 
-	deadline := time.Now().Add(20 * time.Second)
-	for acked.Load() < 300 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-p.exited
-	close(stop)
-	wg.Wait()
+	p.killUnderLoad(t, 20*time.Second, func() bool { return acked.Load() >= 300 }, stop, &wg)
 	n := acked.Load()
 	if n == 0 {
 		t.Fatalf("no call succeeded before the kill\n%s", p.stderr)
