@@ -57,21 +57,23 @@ type AuditQuery struct {
 }
 
 // insertAuditSessionsSQL makes sure audit_sessions has the row of a
-// record's session ids (?1-?4: usid, wsid, asid, msid; empty when absent).
-const insertAuditSessionsSQL = `INSERT INTO audit_sessions (usid, wsid, asid, msid) VALUES (?1, ?2, ?3, ?4)
+// record's session ids (usid, wsid, asid, msid; empty when absent), and
+// selectAuditSessionSQL reads its id. Plain ? placeholders throughout: the
+// SQLite driver looks up the name of every numbered one on every
+// execution.
+const (
+	insertAuditSessionsSQL = `INSERT INTO audit_sessions (usid, wsid, asid, msid) VALUES (?, ?, ?, ?)
 ON CONFLICT DO NOTHING`
+	selectAuditSessionSQL = `SELECT id FROM audit_sessions WHERE usid = ? AND wsid = ? AND asid = ? AND msid = ?`
+)
 
-// insertAuditSQL stores a record, pointing it to its audit_sessions row.
-// Empty session ids are stored as NULL, as schema version 1 did.
+// insertAuditSQL stores a record with the id of its audit_sessions row.
+// Absent session ids are stored as NULL, as schema version 1 did.
 const insertAuditSQL = `INSERT INTO audit (time, method, usid, wsid, asid, msid, sub, spiffe_id, act, aud,
 	dpop_jti, dpop_htu, dpop_htm, dpop_ath, mtls_thumbprint,
 	tool, upstream, schema_version, allow_list_match, dlp_actions,
 	policy_id, decision, reason, latency_us, consent_id, sessions)
-VALUES (?1, ?2, NULLIF(?3, ''), NULLIF(?4, ''), NULLIF(?5, ''), NULLIF(?6, ''), ?7, ?8, ?9, ?10,
-	?11, ?12, ?13, ?14, ?15,
-	?16, ?17, ?18, ?19, ?20,
-	?21, ?22, ?23, ?24, ?25,
-	(SELECT id FROM audit_sessions WHERE usid = ?3 AND wsid = ?4 AND asid = ?5 AND msid = ?6))`
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // selectAudit is the column list QueryAudit scans.
 const selectAudit = `SELECT id, time, method,

@@ -307,3 +307,21 @@ func TestAuditSessionsMigration(t *testing.T) {
 		t.Errorf("migrated record read back as %+v (%v)", old, err)
 	}
 }
+
+// BenchmarkMoveRecords measures the journal's mover alone: one
+// transaction moving 40 records (about what 20 ms gather at 2,000 calls
+// a second), reported per record.
+func BenchmarkMoveRecords(b *testing.B) {
+	s := openTest(b, Options{})
+	recs := make([]journaled, 40)
+	for i := range recs {
+		recs[i] = journaled{Seq: uint64(i + 1), Rec: fullRecord()}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := s.submit(context.Background(), func(tx *sql.Tx) error { return s.moveRecords(tx, recs) }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(recs))/1000, "µs/record")
+}

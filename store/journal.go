@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -142,6 +143,13 @@ func (s *DB) openJournal(ctx context.Context, path string) (*journal, error) {
 
 // append writes rec to the journal and returns once the write returned.
 func (j *journal) append(rec AuditRecord) error {
+	// The record is encoded before the lock is taken, so that concurrent
+	// callers wait for each other's writes only; the line is a journaled
+	// value: {"seq":N,"rec":RECORD}.
+	body, err := json.Marshal(&rec)
+	if err != nil {
+		return err
+	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {
@@ -151,11 +159,12 @@ func (j *journal) append(rec AuditRecord) error {
 		return err
 	}
 	e := journaled{Seq: j.seq + 1, Rec: rec}
-	line, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	line = append(line, '\n')
+	line := make([]byte, 0, len(body)+40)
+	line = append(line, `{"seq":`...)
+	line = strconv.AppendUint(line, e.Seq, 10)
+	line = append(line, `,"rec":`...)
+	line = append(line, body...)
+	line = append(line, "}\n"...)
 	end := j.size
 	n, err := j.f.Write(line)
 	if err != nil {
@@ -265,9 +274,9 @@ func (j *journal) move() bool {
 // moveRecords inserts records into the audit table in tx and records the
 // last one's sequence as moved.
 func (s *DB) moveRecords(tx *sql.Tx, recs []journaled) error {
-	insSessions, ins := tx.Stmt(s.insertAuditSessions), tx.Stmt(s.insertAudit)
+	insSessions, selSession, ins := tx.Stmt(s.insertAuditSessions), tx.Stmt(s.selectAuditSession), tx.Stmt(s.insertAudit)
 	type nodes struct{ u, w, a, m string }
-	seen := map[nodes]bool{} // the calls of one session share a row
+	rows := map[nodes]int64{} // the calls of one session share a row
 	for i := range recs {
 		rec := &recs[i].Rec
 		var dlp any // NULL when empty
@@ -278,22 +287,36 @@ func (s *DB) moveRecords(tx *sql.Tx, recs []journaled) error {
 			}
 			dlp = string(b)
 		}
-		if n := (nodes{rec.USID, rec.WSID, rec.ASID, rec.MSID}); !seen[n] {
-			if _, err := insSessions.Exec(rec.USID, rec.WSID, rec.ASID, rec.MSID); err != nil {
+		n := nodes{rec.USID, rec.WSID, rec.ASID, rec.MSID}
+		row, ok := rows[n]
+		if !ok {
+			if _, err := insSessions.Exec(n.u, n.w, n.a, n.m); err != nil {
 				return err
 			}
-			seen[n] = true
+			if err := selSession.QueryRow(n.u, n.w, n.a, n.m).Scan(&row); err != nil {
+				return err
+			}
+			rows[n] = row
 		}
 		if _, err := ins.Exec(nanos(rec.Time), rec.Method,
-			rec.USID, rec.WSID, rec.ASID, rec.MSID, rec.Sub, rec.SpiffeID, rec.Act, rec.Aud,
+			nullIfEmpty(rec.USID), nullIfEmpty(rec.WSID), nullIfEmpty(rec.ASID), nullIfEmpty(rec.MSID),
+			rec.Sub, rec.SpiffeID, rec.Act, rec.Aud,
 			rec.DPoPJTI, rec.DPoPHTU, rec.DPoPHTM, rec.DPoPATH, rec.MTLSThumbprint,
 			rec.Tool, rec.Upstream, rec.SchemaVersion, rec.AllowListMatch, dlp,
-			rec.PolicyID, rec.Decision, rec.Reason, rec.LatencyUS, rec.ConsentID); err != nil {
+			rec.PolicyID, rec.Decision, rec.Reason, rec.LatencyUS, rec.ConsentID, row); err != nil {
 			return err
 		}
 	}
 	_, err := tx.Exec(`UPDATE audit_journals SET seq = ? WHERE journal = ?`, recs[len(recs)-1].Seq, s.journalID)
 	return err
+}
+
+// nullIfEmpty is s, or NULL when s is empty.
+func nullIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }
 
 // journalID reads the id of this data directory's journal from path,

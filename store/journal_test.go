@@ -2,9 +2,11 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
@@ -178,6 +180,45 @@ func TestJournalReplay(t *testing.T) {
 		}
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestJournalLine: a journal line is one journaled value, read back as the
+// record that was appended (Open replays exactly these lines).
+func TestJournalLine(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(ctx, dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want := fullRecord()
+	for range 2 {
+		if err := s.Append(ctx, want); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, journalFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("journal has %d lines, want 2:\n%s", len(lines), b)
+	}
+	for i, line := range lines {
+		var e journaled
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("line %d: %v", i+1, err)
+		}
+		if !e.Rec.Time.Equal(want.Time) {
+			t.Errorf("line %d: time %v, want %v", i+1, e.Rec.Time, want.Time)
+		}
+		e.Rec.Time = want.Time
+		if e.Seq != uint64(i+1) || !reflect.DeepEqual(e.Rec, want) {
+			t.Errorf("line %d: seq %d, record %+v; want seq %d, %+v", i+1, e.Seq, e.Rec, i+1, want)
 		}
 	}
 }

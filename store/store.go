@@ -72,6 +72,7 @@ type DB struct {
 
 	insertAudit         *sql.Stmt // prepared on w
 	insertAuditSessions *sql.Stmt // prepared on w
+	selectAuditSession  *sql.Stmt // prepared on w
 	journal             *journal  // audit records on their way to the audit table
 
 	// mu orders calls against Close: readers hold it shared while they query
@@ -109,7 +110,7 @@ func Open(ctx context.Context, dir string, opts Options) (*DB, error) {
 		return nil, err
 	}
 	fail := func(err error) (*DB, error) {
-		for _, st := range []*sql.Stmt{s.insertAudit, s.insertAuditSessions} {
+		for _, st := range []*sql.Stmt{s.insertAudit, s.insertAuditSessions, s.selectAuditSession} {
 			if st != nil {
 				_ = st.Close()
 			}
@@ -129,6 +130,9 @@ func Open(ctx context.Context, dir string, opts Options) (*DB, error) {
 	}
 	if s.insertAuditSessions, err = s.w.PrepareContext(ctx, insertAuditSessionsSQL); err != nil {
 		return fail(fmt.Errorf("store: open: prepare audit sessions insert: %w", err))
+	}
+	if s.selectAuditSession, err = s.w.PrepareContext(ctx, selectAuditSessionSQL); err != nil {
+		return fail(fmt.Errorf("store: open: prepare audit sessions select: %w", err))
 	}
 	if s.journal, err = s.openJournal(ctx, filepath.Join(dir, journalFile)); err != nil {
 		return fail(err)
@@ -234,7 +238,7 @@ func (s *DB) Close() error {
 		<-s.purged
 		xerr = s.x.Close()
 	}
-	err := errors.Join(jerr, s.insertAudit.Close(), s.insertAuditSessions.Close(), s.r.Close(), s.w.Close(), xerr)
+	err := errors.Join(jerr, s.insertAudit.Close(), s.insertAuditSessions.Close(), s.selectAuditSession.Close(), s.r.Close(), s.w.Close(), xerr)
 	if err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}
