@@ -130,6 +130,9 @@ func (s *Stream) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	key := p.Key() + "\x00" + name + "\x00" + in.ThreadID
 	ctx := r.Context()
+	// The user follows their consent requests while the run is open, from
+	// before the agent starts: its first call may need consent at once.
+	defer s.o.Listening(p)()
 	var pr *proxied
 	if len(in.Resume) == 0 {
 		// One run of an agent per user and thread: the key is taken before
@@ -315,8 +318,6 @@ func (s *Stream) read(pr *proxied, body io.Reader) {
 // needs the user's consent; it reports whether the run was parked for a
 // resume.
 func (s *Stream) relay(ctx context.Context, out emitter, p identity.Principal, th thread, in runInput, pr *proxied) (parked bool) {
-	// The user follows their consent requests while the run is open.
-	defer s.o.Listening(p)()
 	beat := time.NewTicker(s.o.Heartbeat)
 	defer beat.Stop()
 	last := time.Now() // when the agent last sent an event

@@ -362,3 +362,31 @@ func TestAgentRunHearsConsentWhileRelaying(t *testing.T) {
 		t.Errorf("the run did not end with the interrupt:\n%s", out)
 	}
 }
+
+// TestAgentRunListensFromStart: the user follows their consent requests
+// from before the agent receives the run, since the agent's first tool
+// call may need their consent at once (a call made while nobody listens
+// is refused as unanswerable).
+func TestAgentRunListensFromStart(t *testing.T) {
+	var listening atomic.Int32
+	heard := make(chan int32, 1)
+	agent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		heard <- listening.Load() // what a call made now would find
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: {\"type\":\"RUN_STARTED\",\"threadId\":\"wf\",\"runId\":\"x\"}\n\n")
+		fmt.Fprint(w, "data: {\"type\":\"RUN_FINISHED\",\"threadId\":\"wf\",\"runId\":\"x\"}\n\n")
+	}))
+	t.Cleanup(agent.Close)
+	s := fakeRunStream(&fakeRuns{url: agent.URL})
+	s.o.Listening = func(identity.Principal) func() {
+		listening.Add(1)
+		return func() { listening.Add(-1) }
+	}
+	postRun(s, httptest.NewRecorder())
+	if n := <-heard; n != 1 {
+		t.Fatalf("the agent received the run while the user followed %d consent streams, want 1", n)
+	}
+	if n := listening.Load(); n != 0 {
+		t.Errorf("after the run the user still follows %d consent streams", n)
+	}
+}
