@@ -20,23 +20,30 @@ import (
 	"github.com/sag-gateway/sag/upstreams"
 )
 
-// The fast path: a tools/call on an open session-based MCP session that
-// needs nothing of the session's stream is served here, from the HTTP
-// request to the upstream's answer, without the go-sdk server or client.
-// It reads the envelope and the few params the pipeline needs, runs the
-// same pipeline, and answers with one JSON body; the upstream's result
-// goes back as the upstream wrote it (upstreams.CallToolRaw).
+// The fast path: a tools/call that needs nothing of a stream is served
+// here, from the HTTP request to the upstream's answer, without the go-sdk
+// server or client. It reads the envelope and the few params the pipeline
+// needs, runs the same pipeline, and answers with one JSON body; the
+// upstream's result goes back as the upstream wrote it
+// (upstreams.CallToolRaw).
 //
-// A call needs the session's stream, and goes the go-sdk way, when
-// something may have to reach the client while it runs: progress it asked
-// for, elicitation or sampling it declared (an upstream's questions, and
-// consent asked with URL-mode elicitation), or log messages at a level it
-// set. Anything else unusual (other params, a missing or 2026-07-28
-// protocol header, another media type) goes that way too, so the SDK
-// answers it as before.
+// Two kinds of calls come this way: a call on an open session-based
+// session (2025-11-25 and before), sent on that session's own upstream
+// session; and a stateless 2026-07-28 request, sent on a pooled upstream
+// connection, and answered as the SDK's stateless handler would (the
+// result type, and the server's identity in _meta).
+//
+// A call needs a stream, and goes the go-sdk way, when something may have
+// to reach the client while it runs: progress it asked for, elicitation or
+// sampling it declared (an upstream's questions, and consent asked with
+// URL-mode elicitation), or log messages at a level it set. Anything else
+// unusual (other params, a missing protocol header, another media type, a
+// 2026-07-28 request whose headers or _meta the SDK would refuse, a tool
+// with parameter headers) goes that way too, so the SDK answers it as
+// before.
 
-// rawCall is the Origin of a fast-path call: the downstream session and
-// the caller's _meta.
+// rawCall is the Origin of a fast-path call: the downstream session (nil
+// for a stateless request) and the caller's _meta.
 type rawCall struct {
 	down *mcp.ServerSession
 	meta upstreams.RawMeta
@@ -52,25 +59,47 @@ type envelope struct {
 // serveFast serves msg if it is a tools/call the fast path can carry, and
 // reports whether it did.
 func (f *front) serveFast(w http.ResponseWriter, r *http.Request, msg *envelope) bool {
-	sid, v := r.Header.Get("Mcp-Session-Id"), r.Header.Get("Mcp-Protocol-Version")
-	if *msg.Method != "tools/call" || sid == "" || v == "" || v >= statelessVersion || !sdkAccepts(r) {
+	if *msg.Method != "tools/call" || !sdkAccepts(r) {
 		return false
 	}
-	wv, ok := f.watched.Load(sid)
-	if !ok {
-		return false
-	}
-	ws := wv.(*watched)
 	p, ok := principalOf(r)
-	if !ok || p.Key() != ws.owner || ws.logging.Load() || !quiet(ws.ss) {
+	if !ok {
 		return false
 	}
 	name, args, meta, ok := fastParams(msg.Params)
 	if !ok {
 		return false
 	}
+	var origin *rawCall
+	sid, v := r.Header.Get("Mcp-Session-Id"), r.Header.Get("Mcp-Protocol-Version")
+	switch {
+	case v == statelessVersion && sid == "":
+		if !f.quietStateless(r.Header, name, meta) {
+			return false
+		}
+		// The request's own protocol keys describe it, not the upstream
+		// connection's (which has its own).
+		for k := range meta {
+			if strings.HasPrefix(k, reservedMeta) {
+				delete(meta, k)
+			}
+		}
+		origin = &rawCall{meta: meta}
+	case v != "" && v < statelessVersion && sid != "":
+		wv, ok := f.watched.Load(sid)
+		if !ok {
+			return false
+		}
+		ws := wv.(*watched)
+		if p.Key() != ws.owner || ws.logging.Load() || !quiet(ws.ss) {
+			return false
+		}
+		origin = &rawCall{down: ws.ss, meta: meta}
+	default:
+		return false
+	}
 	start := time.Now()
-	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Origin: &rawCall{down: ws.ss, meta: meta},
+	c := &pipeline.Call{Principal: p, Channel: pipeline.MCP, Origin: origin,
 		Workflow: r.Header.Get(WorkflowHeader), ProtocolSession: sid, Kind: pipeline.ToolCall, Name: name, Args: args}
 	ctx := f.gw.tracing.rawContext(r.Context(), meta, r.Header)
 	out := f.gw.pipeline.Run(ctx, c)
@@ -95,6 +124,9 @@ func (f *front) serveFast(w http.ResponseWriter, r *http.Request, msg *envelope)
 	default: // the raw forwarder answers with JSON; encode anything else
 		res, err = json.Marshal(out.Value)
 	}
+	if err == nil && out.Err == nil && origin.down == nil {
+		res, err = f.statelessResult(res)
+	}
 	f.gw.metrics.toolCall(out.Record.Upstream, name, out.Record.Decision, isError, time.Since(start))
 	if err != nil {
 		writeRPCError(w, http.StatusOK, msg.ID, jsonrpc.CodeInternalError, "the result could not be encoded")
@@ -112,6 +144,107 @@ func (f *front) serveFast(w http.ResponseWriter, r *http.Request, msg *envelope)
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(res)
 	return true
+}
+
+// quietStateless reports whether a 2026-07-28 tools/call (no session id,
+// its params read by fastParams) is one the SDK's stateless handler would
+// take and that needs no stream: its Mcp-Method and Mcp-Name headers match
+// its body (SEP-2243; compared as the SDK compares them), its tool asks
+// for no parameter headers, its _meta names this revision as its header
+// does and carries client capabilities, and valid client info if any
+// (SEP-2575, decoded as the SDK decodes them), and the client declared
+// neither elicitation nor sampling. Anything else the SDK answers, with
+// its own errors.
+func (f *front) quietStateless(h http.Header, name string, meta upstreams.RawMeta) bool {
+	if h.Get("Mcp-Method") != "tools/call" || h.Get("Mcp-Name") != name {
+		return false
+	}
+	if t, known := f.gw.upstreams.Catalog().Tool(name); known && t.ParamHeaders {
+		return false
+	}
+	var version string
+	if json.Unmarshal(meta[mcp.MetaKeyProtocolVersion], &version) != nil || version != statelessVersion {
+		return false
+	}
+	var caps struct {
+		mcp.ClientCapabilities
+		Roots *mcp.RootCapabilities `json:"roots,omitempty"`
+	}
+	if raw := meta[mcp.MetaKeyClientCapabilities]; isNull(raw) || json.Unmarshal(raw, &caps) != nil ||
+		caps.Elicitation != nil || caps.Sampling != nil {
+		return false
+	}
+	if raw, ok := meta[mcp.MetaKeyClientInfo]; ok {
+		var info mcp.Implementation
+		if isNull(raw) || json.Unmarshal(raw, &info) != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// hasMember reports whether the JSON object obj has a member named key.
+func hasMember(obj []byte, key string) bool {
+	found := false
+	jsonscan.Members(obj, func(k string, _, _ []byte) { found = found || k == key })
+	return found
+}
+
+// reservedMeta prefixes the _meta keys the MCP specification reserves.
+const reservedMeta = "io.modelcontextprotocol/"
+
+// isNull reports whether a _meta value is absent or JSON null.
+func isNull(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) == 0 || string(raw) == "null"
+}
+
+// statelessResult turns a tools/call result object into what the SDK
+// answers a 2026-07-28 client: its result type set to complete, and the
+// server's identity in its _meta (SEP-2575), unless the result names one.
+func (f *front) statelessResult(res []byte) ([]byte, error) {
+	res = bytes.TrimSpace(res)
+	if len(res) < 2 || res[0] != '{' {
+		return nil, errors.New("not a result object")
+	}
+	var meta []byte // the result's _meta value, if it has one
+	var others [][]byte
+	if !jsonscan.Members(res, func(key string, member, value []byte) {
+		switch key {
+		case "_meta":
+			meta = value
+		case "resultType":
+		default:
+			others = append(others, member)
+		}
+	}) {
+		return nil, errors.New("not a result object")
+	}
+	out := make([]byte, 0, len(res)+len(f.serverInfo)+64)
+	out = append(out, `{"resultType":"complete","_meta":`...)
+	switch {
+	case meta == nil || isNull(meta):
+		out = append(out, `{"`+mcp.MetaKeyServerInfo+`":`...)
+		out = append(out, f.serverInfo...)
+		out = append(out, '}')
+	case meta[0] != '{':
+		return nil, errors.New("the result's _meta is not an object")
+	case hasMember(meta, mcp.MetaKeyServerInfo):
+		out = append(out, meta...)
+	default:
+		inner := bytes.TrimSpace(meta[1:])
+		out = append(out, `{"`+mcp.MetaKeyServerInfo+`":`...)
+		out = append(out, f.serverInfo...)
+		if inner[0] != '}' {
+			out = append(out, ',')
+		}
+		out = append(out, inner...)
+	}
+	for _, m := range others {
+		out = append(out, ',')
+		out = append(out, m...)
+	}
+	return append(out, '}'), nil
 }
 
 // sdkAccepts reports whether the SDK would take r's media types: a JSON

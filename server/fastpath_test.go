@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +18,8 @@ import (
 // chattyUpstream is a go-sdk upstream whose tool "chatty" logs to its
 // caller, pings it and waits for the answer, then returns a result with
 // reserved and unreserved _meta keys and a field the go-sdk does not know;
-// "block" runs until its call is cancelled, reporting on cancelled.
+// "block" runs until its call is cancelled, reporting on cancelled;
+// "regional" names a parameter header (x-mcp-header).
 func chattyUpstream(t *testing.T) (url string, cancelled chan struct{}) {
 	t.Helper()
 	cancelled = make(chan struct{}, 1)
@@ -42,6 +44,10 @@ func chattyUpstream(t *testing.T) (url string, cancelled chan struct{}) {
 			case <-time.After(time.Minute):
 				return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "not cancelled"}}}, nil
 			}
+		})
+	srv.AddTool(&mcp.Tool{Name: "regional", InputSchema: json.RawMessage(`{"type":"object","properties":{"region":{"type":"string","x-mcp-header":"Region"}}}`)},
+		func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "regional"}}}, nil
 		})
 	hs := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil))
 	t.Cleanup(hs.Close)
@@ -167,6 +173,158 @@ func TestFastPath(t *testing.T) {
 		}
 		if n == 0 {
 			t.Fatalf("no audit record of the fast-path calls: %+v", recs)
+		}
+	})
+}
+
+// TestFastPathStateless drives tools/call with raw 2026-07-28 requests: a
+// call that needs no stream is answered by the front with one JSON body
+// (on a pooled upstream connection) that says what the SDK's stateless
+// handler says; anything the SDK would refuse, or that needs a stream,
+// goes the SDK's way and gets the SDK's answer.
+func TestFastPathStateless(t *testing.T) {
+	t.Parallel()
+	fixtureURL, _ := httpFixture(t, "up", false)
+	chattyURL, cancelled := chattyUpstream(t)
+	tg := startGateway(t, func(c *config.Config) {
+		c.Upstreams = []config.Upstream{{Name: "up", URL: fixtureURL}, {Name: "sdk", URL: chattyURL}}
+	})
+	// meta is a request's _meta: the protocol triple and extra members.
+	meta := func(caps, extra string) string {
+		return `"_meta":{"` + mcp.MetaKeyProtocolVersion + `":"` + modern + `","` + mcp.MetaKeyClientCapabilities + `":` + caps +
+			`,"` + mcp.MetaKeyClientInfo + `":{"name":"raw","version":"1"}` + extra + `}`
+	}
+	call := func(t *testing.T, name, args, meta string, h http.Header) rawResponse {
+		t.Helper()
+		body := `{"jsonrpc":"2.0","id":"s-1","method":"tools/call","params":{"name":"` + name + `","arguments":` + args + `,` + meta + `}}`
+		return rawPost(t, tg.MCP, body, merge(modernHeader("tools/call", name), h))
+	}
+	contentType := func(r rawResponse) string { return strings.Split(r.Header.Get("Content-Type"), ";")[0] }
+	decode := func(t *testing.T, r rawResponse) map[string]any {
+		t.Helper()
+		var m map[string]any
+		if err := json.Unmarshal(r.RPC.Result, &m); err != nil {
+			t.Fatalf("no result: %s %s", r.Header.Get("Content-Type"), r.Body)
+		}
+		return m
+	}
+
+	t.Run("answers as the SDK", func(t *testing.T) {
+		fast := call(t, "up__echo", `{"text":"fast"}`, meta(`{}`, ""), nil)
+		if contentType(fast) != "application/json" || string(fast.RPC.ID) != `"s-1"` {
+			t.Fatalf("want one JSON answer to s-1; got %s %s", fast.Header.Get("Content-Type"), fast.Body)
+		}
+		// A client that declared elicitation goes the SDK's way.
+		sdk := call(t, "up__echo", `{"text":"fast"}`, meta(`{"elicitation":{}}`, ""), nil)
+		if contentType(sdk) != "text/event-stream" {
+			t.Fatalf("a client that can be asked: want the SDK's event stream; got %s %s", sdk.Header.Get("Content-Type"), sdk.Body)
+		}
+		f, s := decode(t, fast), decode(t, sdk)
+		if !reflect.DeepEqual(f, s) {
+			t.Errorf("the fast path answered\n%s\nthe SDK\n%s", fast.RPC.Result, sdk.RPC.Result)
+		}
+		if f["resultType"] != "complete" {
+			t.Errorf("want resultType complete; got %s", fast.RPC.Result)
+		}
+		if m, _ := f["_meta"].(map[string]any); m == nil || m[mcp.MetaKeyServerInfo] == nil {
+			t.Errorf("want the server's identity in _meta; got %s", fast.RPC.Result)
+		}
+	})
+	t.Run("upstream talks mid-call", func(t *testing.T) {
+		r := call(t, "sdk__chatty", `{}`, meta(`{}`, `,"kept":"caller"`), nil)
+		if contentType(r) != "application/json" {
+			t.Fatalf("want a JSON answer; got %s %s", r.Header.Get("Content-Type"), r.Body)
+		}
+		res := decode(t, r)
+		m, _ := res["_meta"].(map[string]any)
+		if _, ok := m["io.modelcontextprotocol/related-task"]; ok || m["kept"] != "yes" || m[mcp.MetaKeyServerInfo] == nil {
+			t.Errorf("want the upstream's reserved _meta key removed, its other kept, and the server's identity; got %s", r.RPC.Result)
+		}
+		if !strings.Contains(string(r.RPC.Result), "pinged") {
+			t.Errorf("want the tool's text after its ping; got %s", r.RPC.Result)
+		}
+	})
+	t.Run("errors", func(t *testing.T) {
+		r := call(t, "up__nope", `{}`, meta(`{}`, ""), nil)
+		if contentType(r) != "application/json" || r.RPC.Error == nil || r.RPC.Error.Code != -32602 {
+			t.Fatalf("an unknown tool: want -32602 in JSON; got %s", r.Body)
+		}
+		r = call(t, "up__echo", `{"text":7}`, meta(`{}`, ""), nil)
+		if res := decode(t, r); res["isError"] != true || res["resultType"] != "complete" {
+			t.Fatalf("invalid arguments: want a complete tool error; got %s", r.Body)
+		}
+	})
+	t.Run("the SDK refuses", func(t *testing.T) {
+		for name, c := range map[string]struct {
+			meta string
+			h    http.Header
+			code int
+		}{
+			"Mcp-Name differs":         {meta(`{}`, ""), http.Header{"Mcp-Name": {"up__other"}}, -32020},
+			"no Mcp-Method":            {meta(`{}`, ""), http.Header{"Mcp-Method": nil}, -32020},
+			"no client capabilities":   {`"_meta":{"` + mcp.MetaKeyProtocolVersion + `":"` + modern + `"}`, nil, -32602},
+			"_meta names another rev.": {`"_meta":{"` + mcp.MetaKeyProtocolVersion + `":"2025-11-25","` + mcp.MetaKeyClientCapabilities + `":{}}`, nil, -32020},
+			"client info not an object": {`"_meta":{"` + mcp.MetaKeyProtocolVersion + `":"` + modern + `","` + mcp.MetaKeyClientCapabilities +
+				`":{},"` + mcp.MetaKeyClientInfo + `":"raw"}`, nil, -32602},
+		} {
+			r := call(t, "up__echo", `{"text":"x"}`, c.meta, c.h)
+			if r.RPC.Error == nil || r.RPC.Error.Code != c.code {
+				t.Errorf("%s: want the SDK's %d; got %d %s", name, c.code, r.Status, r.Body)
+			}
+		}
+		// A tool with a parameter header: the SDK checks the header.
+		if r := call(t, "sdk__regional", `{"region":"eu"}`, meta(`{}`, ""), nil); r.RPC.Error == nil || r.RPC.Error.Code != -32020 {
+			t.Errorf("no parameter header: want the SDK's -32020; got %d %s", r.Status, r.Body)
+		}
+		r := call(t, "sdk__regional", `{"region":"eu"}`, meta(`{}`, ""), http.Header{"Mcp-Param-Region": {"eu"}})
+		if contentType(r) != "text/event-stream" || !strings.Contains(string(r.RPC.Result), "regional") {
+			t.Errorf("with its parameter header: want the SDK's event stream; got %s %s", r.Header.Get("Content-Type"), r.Body)
+		}
+	})
+	t.Run("needs the stream", func(t *testing.T) {
+		for name, m := range map[string]string{
+			"a log level": meta(`{}`, `,"`+mcp.MetaKeyLogLevel+`":"debug"`),
+			"progress":    meta(`{}`, `,"progressToken":"p"`),
+			"sampling":    meta(`{"sampling":{}}`, ""),
+		} {
+			if r := call(t, "up__echo", `{"text":"x"}`, m, nil); contentType(r) != "text/event-stream" || !strings.Contains(string(r.RPC.Result), `"x"`) {
+				t.Errorf("%s: want the SDK's event stream with the result; got %s %s", name, r.Header.Get("Content-Type"), r.Body)
+			}
+		}
+	})
+	t.Run("cancel", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		body := `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"sdk__block","arguments":{},` + meta(`{}`, "") + `}}`
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, tg.MCP, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header = modernHeader("tools/call", "sdk__block")
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		go func() {
+			time.Sleep(200 * time.Millisecond)
+			cancel()
+		}()
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("want the request cancelled; got %s", resp.Status)
+		}
+		select {
+		case <-cancelled:
+		case <-time.After(waitFor):
+			t.Fatal("the upstream's handler was not cancelled")
+		}
+	})
+	t.Run("audited", func(t *testing.T) {
+		n := 0
+		for _, r := range tg.audit(t, "") {
+			if r.Tool == "up__echo" && r.Decision == "allow" {
+				n++
+			}
+		}
+		if n < 2 {
+			t.Fatalf("want the fast and the SDK's call audited; got %d records", n)
 		}
 	})
 }

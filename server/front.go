@@ -26,6 +26,9 @@ import (
 type front struct {
 	srv *mcp.Server
 	gw  *Gateway
+	// serverInfo is the server's implementation as JSON, which stateless
+	// fast-path results carry (statelessResult).
+	serverInfo []byte
 
 	mu        sync.Mutex // serialises catalog syncs
 	tools     map[string][]byte
@@ -58,7 +61,9 @@ func newFront(gw *Gateway, version string) *front {
 		resources: map[string][]byte{},
 		templates: map[string][]byte{},
 	}
-	f.srv = mcp.NewServer(&mcp.Implementation{Name: "sag", Title: "SAG — Session-Aware Agent Gateway", Version: version}, &mcp.ServerOptions{
+	impl := &mcp.Implementation{Name: "sag", Title: "SAG — Session-Aware Agent Gateway", Version: version}
+	f.serverInfo, _ = json.Marshal(impl) // strings: always encodes
+	f.srv = mcp.NewServer(impl, &mcp.ServerOptions{
 		HasTools:           true,
 		HasPrompts:         true,
 		HasResources:       true,

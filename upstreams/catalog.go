@@ -1,6 +1,7 @@
 package upstreams
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -22,6 +23,10 @@ type Tool struct {
 	Upstream, Original string
 	// Def is the definition clients see (Name rewritten); never mutate it.
 	Def *mcp.Tool
+	// ParamHeaders is set when the input schema may name x-mcp-header
+	// parameters, which a 2026-07-28 request mirrors in Mcp-Param-*
+	// headers that the go-sdk server checks.
+	ParamHeaders bool
 }
 
 // Prompt is one prompt in the aggregated catalog.
@@ -131,7 +136,8 @@ func buildCatalog(ls []listing, def Naming) *Catalog {
 		}
 		for _, t := range l.tools {
 			name := exposedName(naming, l.upstream, t.Name, toolCount[t.Name])
-			if err := checkTool(name, t); err != nil {
+			schema, err := checkTool(name, t)
+			if err != nil {
 				c.Conflicts = append(c.Conflicts, fmt.Sprintf("tool %s from upstream %s left out: %v", t.Name, l.upstream, err))
 				continue
 			}
@@ -141,7 +147,8 @@ func buildCatalog(ls []listing, def Naming) *Catalog {
 			}
 			def := *t
 			def.Name = name
-			c.Tools = append(c.Tools, Tool{Name: name, Upstream: l.upstream, Original: t.Name, Def: &def})
+			c.Tools = append(c.Tools, Tool{Name: name, Upstream: l.upstream, Original: t.Name, Def: &def,
+				ParamHeaders: bytes.Contains(schema, []byte("x-mcp-header"))})
 			c.tools[name] = &c.Tools[len(c.Tools)-1]
 		}
 		for _, p := range l.prompts {
@@ -200,20 +207,21 @@ func exposedName(n Naming, upstream, name string, offeredBy int) string {
 }
 
 // checkTool refuses definitions the gateway cannot serve faithfully: names
-// outside the MCP tool-name alphabet and input schemas that are not objects.
-func checkTool(name string, t *mcp.Tool) error {
+// outside the MCP tool-name alphabet and input schemas that are not
+// objects. It returns the input schema's JSON.
+func checkTool(name string, t *mcp.Tool) (json.RawMessage, error) {
 	if !toolNameRE.MatchString(name) {
-		return fmt.Errorf("name %q is not 1-128 characters of [A-Za-z0-9_.-]", name)
+		return nil, fmt.Errorf("name %q is not 1-128 characters of [A-Za-z0-9_.-]", name)
 	}
 	raw, err := json.Marshal(t.InputSchema)
 	if err != nil {
-		return fmt.Errorf("inputSchema: %v", err)
+		return nil, fmt.Errorf("inputSchema: %v", err)
 	}
 	var s struct {
 		Type any `json:"type"`
 	}
 	if err := json.Unmarshal(raw, &s); err != nil || s.Type != "object" {
-		return fmt.Errorf("inputSchema must be a JSON Schema of type \"object\"")
+		return nil, fmt.Errorf("inputSchema must be a JSON Schema of type \"object\"")
 	}
-	return nil
+	return raw, nil
 }

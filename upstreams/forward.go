@@ -371,7 +371,7 @@ func (c *conn) bindHandlers(opts *mcp.ClientOptions) {
 func (c *conn) bindPooled(opts *mcp.ClientOptions) {
 	opts.Capabilities = &mcp.ClientCapabilities{Elicitation: &mcp.ElicitationCapabilities{}, Sampling: &mcp.SamplingCapabilities{}}
 	opts.LoggingMessageHandler = func(_ context.Context, req *mcp.LoggingMessageRequest) {
-		if h := c.holder.Load(); h != nil && h.ctx.Err() == nil {
+		if h := c.holder.Load(); h != nil && h.down != nil && h.ctx.Err() == nil {
 			_ = h.down.Log(h.ctx, req.Params)
 		}
 	}

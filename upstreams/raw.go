@@ -38,13 +38,14 @@ const maxRawResponse = 64 << 20
 type RawMeta map[string]json.RawMessage
 
 // CallToolRaw forwards a tools/call for a catalog tool made on down's
-// session and returns the upstream's result object as JSON, and whether it
-// is a tool error. Calls the raw path cannot carry (stdio, legacy SSE and
-// 2026-07-28 upstreams, agents, a downstream session that is not
-// session-based) go through CallTool and come back encoded.
+// session, or with down nil for a stateless (2026-07-28) client's request
+// on a pooled connection, and returns the upstream's result object as
+// JSON, and whether it is a tool error. Calls the raw path cannot carry
+// (stdio and legacy SSE upstreams, agents, a go-sdk stateless session) go
+// through CallTool and come back encoded.
 func (m *Manager) CallToolRaw(ctx context.Context, down *mcp.ServerSession, t *Tool, args json.RawMessage, meta RawMeta) (json.RawMessage, bool, error) {
 	u, ok := m.lookup(t.Upstream)
-	if !ok || u.spec.Kind == KindA2A || u.tgt.transport != TransportHTTP || sessionID(down) == "" {
+	if !ok || u.spec.Kind == KindA2A || u.tgt.transport != TransportHTTP || down != nil && down.ID() == "" {
 		return m.callToolEncoded(ctx, down, t, args, meta)
 	}
 	type answer struct {
