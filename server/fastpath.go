@@ -91,7 +91,7 @@ func (f *front) serveFast(w http.ResponseWriter, r *http.Request, msg *envelope)
 			return false
 		}
 		ws := wv.(*watched)
-		if p.Key() != ws.owner || ws.logging.Load() || !quiet(ws.ss) {
+		if p.Key() != ws.owner || ws.logging.Load() || ws.ended.Load() || !quiet(ws.ss) {
 			return false
 		}
 		origin = &rawCall{down: ws.ss, meta: meta}

@@ -339,8 +339,10 @@ func (f *front) policyChanged() {
 type watched struct {
 	ss    *mcp.ServerSession
 	owner string // identity.Principal.Key
-	// logging is set once the client set a log level (logging/setLevel).
-	logging atomic.Bool
+	// logging is set once the client set a log level (logging/setLevel);
+	// ended once the session has ended (the fast path leaves it to the
+	// SDK, which answers 404).
+	logging, ended atomic.Bool
 
 	// The idle timer closes the session once no request of it has run
 	// for the idle timeout; it is paused while any runs (the SDK's own
@@ -400,12 +402,16 @@ func (f *front) track(ctx context.Context, ss *mcp.ServerSession, p identity.Pri
 	f.gw.sessionOpened(ctx, p, ss.ID(), workflow)
 	go func() {
 		_ = ss.Wait()
+		w.ended.Store(true)
 		w.mu.Lock()
 		w.timer.Stop()
 		w.mu.Unlock()
+		// The session is recorded closed before it leaves watched: a
+		// request that no longer finds it here must not continue it from
+		// the store (continue.go) as if it were open.
+		f.gw.sessionClosed(ss.ID())
 		f.watched.Delete(ss.ID())
 		f.open.Add(-1)
-		f.gw.sessionClosed(ss.ID())
 	}()
 }
 

@@ -39,6 +39,7 @@ func TestBenchOnPostgres(t *testing.T) {
 	for _, want := range []string{
 		`security full, store postgres,`,
 		`(?m)^    sag +\d+ +\d\.\d\d +\d+\.\d µs$`,
+		`\(\d+\.\d µs each to make\),\n +verified by the gateway and by the upstream \(\d+\.\d µs each\): \d+ µs a call`,
 	} {
 		if !regexp.MustCompile(want).MatchString(out) {
 			t.Errorf("output lacks %s:\n%s", want, out)
