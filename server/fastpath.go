@@ -149,7 +149,7 @@ func (f *front) serveFast(w http.ResponseWriter, r *http.Request, msg *envelope)
 // quietStateless reports whether a 2026-07-28 tools/call (no session id,
 // its params read by fastParams) is one the SDK's stateless handler would
 // take and that needs no stream: its Mcp-Method and Mcp-Name headers match
-// its body (SEP-2243; compared as the SDK compares them), its tool asks
+// its body (compared as the SDK compares them), its tool asks
 // for no parameter headers, its _meta names this revision as its header
 // does and carries client capabilities, and valid client info if any
 // (SEP-2575, decoded as the SDK decodes them), and the client declared

@@ -140,28 +140,7 @@ func TestFastPath(t *testing.T) {
 	})
 	t.Run("cancel", func(t *testing.T) {
 		// A caller that gives up cancels the upstream's work.
-		ctx, cancel := context.WithCancel(context.Background())
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, tg.MCP,
-			strings.NewReader(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"sdk__block","arguments":{}}}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header = sessionHeader(sid)
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		go func() {
-			time.Sleep(200 * time.Millisecond)
-			cancel()
-		}()
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
-			t.Fatalf("want the request cancelled; got %s", resp.Status)
-		}
-		select {
-		case <-cancelled:
-		case <-time.After(waitFor):
-			t.Fatal("the upstream's handler was not cancelled")
-		}
+		giveUp(t, tg.MCP, `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"sdk__block","arguments":{}}}`, sessionHeader(sid), cancelled)
 	})
 	t.Run("audited", func(t *testing.T) {
 		recs := tg.audit(t, "")
@@ -293,28 +272,8 @@ func TestFastPathStateless(t *testing.T) {
 		}
 	})
 	t.Run("cancel", func(t *testing.T) {
-		ctx, cancel := context.WithCancel(context.Background())
 		body := `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"sdk__block","arguments":{},` + meta(`{}`, "") + `}}`
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, tg.MCP, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header = modernHeader("tools/call", "sdk__block")
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		go func() {
-			time.Sleep(200 * time.Millisecond)
-			cancel()
-		}()
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
-			t.Fatalf("want the request cancelled; got %s", resp.Status)
-		}
-		select {
-		case <-cancelled:
-		case <-time.After(waitFor):
-			t.Fatal("the upstream's handler was not cancelled")
-		}
+		giveUp(t, tg.MCP, body, modernHeader("tools/call", "sdk__block"), cancelled)
 	})
 	t.Run("audited", func(t *testing.T) {
 		n := 0
@@ -327,4 +286,31 @@ func TestFastPathStateless(t *testing.T) {
 			t.Fatalf("want the fast and the SDK's call audited; got %d records", n)
 		}
 	})
+}
+
+// giveUp POSTs body with header h and gives up on it after 200 ms; the
+// upstream's handler must then report on cancelled.
+func giveUp(t *testing.T, url, body string, h http.Header, cancelled <-chan struct{}) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header = h
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		cancel()
+	}()
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("want the request cancelled; got %s", resp.Status)
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(waitFor):
+		t.Fatal("the upstream's handler was not cancelled")
+	}
 }
