@@ -290,7 +290,10 @@ func cmdBench(args []string) error {
 			"    verified by the gateway and by the upstream (%.1f µs each): %.0f µs a call, against the target's %.0f µs over the floor\n", sign, verify, 2*sign+2*verify, margin)
 	}
 
-	if *idle > 0 {
+	switch {
+	case *idle > 0 && *protocol >= "2026-07-28":
+		fmt.Printf("\nmemory: not measured: %s clients open no sessions (the figure is for session-based revisions)\n", *protocol)
+	case *idle > 0:
 		per, err := gw.idleSessionCost(ctx, *protocol, *idle, gwc)
 		if err != nil {
 			return err

@@ -29,6 +29,24 @@ func TestBenchRuns(t *testing.T) {
 	}
 }
 
+// TestBenchStateless: sag bench with 2026-07-28 clients measures their
+// stateless calls, and says the memory per session does not apply.
+func TestBenchStateless(t *testing.T) {
+	out, errOut, ok := sag(t, "bench", "--protocol", "2026-07-28", "--calls", "100", "--duration", "200ms", "--rounds", "1", "--concurrency", "2", "--idle-sessions", "10")
+	if !ok {
+		t.Fatalf("sag bench --protocol 2026-07-28 failed:\n%s%s", out, errOut)
+	}
+	for _, want := range []string{
+		`protocol 2026-07-28, security none`,
+		`(?m)^    sag +\d+ +\d\.\d\d +\d+\.\d µs$`,
+		`(?m)^memory: not measured: 2026-07-28 clients open no sessions`,
+	} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("output lacks %s:\n%s", want, out)
+		}
+	}
+}
+
 // TestBenchOnPostgres: sag bench --store postgres measures the
 // full-security path with the gateway's state in a throwaway PostgreSQL.
 func TestBenchOnPostgres(t *testing.T) {
