@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"testing"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -166,6 +167,58 @@ func FuzzFastParams(f *testing.F) {
 		}
 		if _, has := meta["progressToken"]; has {
 			t.Fatalf("taken with a progress token: %q", raw)
+		}
+	})
+}
+
+// FuzzStatelessResult: the member-level rewrite of a result for a
+// 2026-07-28 client says what decoding it, setting its result type and
+// adding the server's identity to its _meta (unless named there), then
+// encoding it, says; a _meta that is not an object is refused.
+func FuzzStatelessResult(f *testing.F) {
+	for _, s := range []string{
+		`{"content":[]}`, `{"content":[],"_meta":{"k":1}}`, `{"_meta":{}}`, `{"_meta":null,"isError":true}`,
+		`{"resultType":"input_required","content":[]}`, `{"_meta":{"` + mcp.MetaKeyServerInfo + `":{"name":"x"}}}`,
+		`{"_meta":"x"}`, `{"_meta":{"a":1},"_meta":{"b":2}}`, ` { "content" : [ ] , "_meta" : { } } `, `[]`,
+	} {
+		f.Add([]byte(s))
+	}
+	fr := &front{serverInfo: []byte(`{"name":"sag","version":"test"}`)}
+	decode := func(b []byte) (map[string]any, error) {
+		d := json.NewDecoder(bytes.NewReader(b))
+		d.UseNumber()
+		var m map[string]any
+		return m, d.Decode(&m)
+	}
+	f.Fuzz(func(t *testing.T, res []byte) {
+		in, err := decode(res)
+		if err != nil || in == nil || !json.Valid(res) {
+			return // the forwarder hands over valid result objects only
+		}
+		out, err := fr.statelessResult(res)
+		meta, isObject := in["_meta"].(map[string]any)
+		if in["_meta"] != nil && !isObject {
+			if err == nil {
+				t.Fatalf("a _meta that is not an object was taken: %s → %s", res, out)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", res, err)
+		}
+		if meta == nil {
+			meta = map[string]any{}
+		}
+		if _, named := meta[mcp.MetaKeyServerInfo]; !named {
+			meta[mcp.MetaKeyServerInfo] = map[string]any{"name": "sag", "version": "test"}
+		}
+		in["_meta"], in["resultType"] = meta, "complete"
+		got, err := decode(out)
+		if err != nil || !json.Valid(out) {
+			t.Fatalf("%s → invalid %s", res, out)
+		}
+		if !reflect.DeepEqual(got, in) {
+			t.Fatalf("%s\n→ %s\nwant the same as %v", res, out, in)
 		}
 	})
 }
