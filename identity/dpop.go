@@ -27,7 +27,7 @@ import (
 
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
-	"github.com/lestrrat-go/jwx/v3/jws"
+	"github.com/lestrrat-go/jwx/v3/jws/jwsbb"
 
 	"github.com/sag-gateway/sag/internal/jsonscan"
 )
@@ -277,6 +277,7 @@ type dpopHeader struct {
 	Alg  *string         `json:"alg"`
 	JWK  json.RawMessage `json:"jwk"`
 	Crit json.RawMessage `json:"crit"`
+	B64  json.RawMessage `json:"b64"`
 }
 
 // dpopClaims are the proof claims (RFC 9449 §4.2).
@@ -325,11 +326,12 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 	}
 	// One spelling per signed proof (RFC 7515 §2): a proof re-encoded with
 	// non-zero unused bits is not a new proof.
-	if _, err := b64.DecodeString(proof[strings.LastIndexByte(proof, '.')+1:]); err != nil {
+	dot1, dot2 := strings.IndexByte(proof, '.'), strings.LastIndexByte(proof, '.')
+	sig, err := b64.DecodeString(proof[dot2+1:])
+	if err != nil {
 		return nil, invalidProof("malformed proof signature", err)
 	}
-	hdrPart := proof[:strings.IndexByte(proof, '.')]
-	hdrJSON, err := b64.DecodeString(hdrPart)
+	hdrJSON, err := b64.DecodeString(proof[:dot1])
 	if err != nil {
 		return nil, invalidProof("malformed proof header", err)
 	}
@@ -355,9 +357,13 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 	if !ok {
 		return nil, invalidProof("unsupported alg", nil)
 	}
-	// RFC 7515 §4.1.11: no extension is understood here, so crit is refused.
+	// RFC 7515 §4.1.11: no extension is understood here, so crit is refused;
+	// so is b64 (RFC 7797 §3): a proof's payload is always encoded.
 	if hdr.Crit != nil {
 		return nil, invalidProof("crit not supported", nil)
+	}
+	if hdr.B64 != nil {
+		return nil, invalidProof("b64 not supported", nil)
 	}
 	// §4.2: the jwk header carries the public key.
 	if len(hdr.JWK) == 0 || bytes.Equal(hdr.JWK, []byte("null")) {
@@ -367,11 +373,16 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 	if derr != nil {
 		return nil, derr
 	}
-	// §4.3 point 6: the signature verifies with the jwk of the header.
-	// VerifyCompactFast also checks that the header alg equals alg.
-	payload, err := jws.VerifyCompactFast(pub, []byte(proof), alg)
-	if err != nil {
+	// §4.3 point 6: the signature verifies with the jwk of the header, over
+	// the JWS signing input (RFC 7515 §5.2 steps 7-8). The header is the one
+	// read above, so its alg is the alg verified with, and the key suits it
+	// (proofKey).
+	if err := jwsbb.Verify(pub, alg.String(), []byte(proof[:dot2]), sig); err != nil {
 		return nil, invalidProof("invalid signature", err)
+	}
+	payload, err := b64.DecodeString(proof[dot1+1 : dot2])
+	if err != nil {
+		return nil, invalidProof("malformed proof claims", err)
 	}
 	if err := uniqueMembers(payload); err != nil {
 		return nil, invalidProof("malformed proof claims", err)

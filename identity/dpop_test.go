@@ -422,6 +422,7 @@ func attacks() []attack {
 		{name: "typ at+jwt", req: headerReq("typ", "at+jwt"), code: bad, desc: "typ must be dpop+jwt"},
 		{name: "missing typ", req: headerReq("typ", nil), code: bad, desc: "typ must be dpop+jwt"},
 		{name: "crit header", req: headerReq("crit", []string{"exp"}), code: bad, desc: "crit not supported"},
+		{name: "b64 header", req: headerReq("b64", true), code: bad, desc: "b64 not supported"},
 		{name: "two DPoP headers", req: func(t *testing.T, s *testSigner, _ DPoPRequest) DPoPRequest {
 			r := validRequest(s.sign(t, nil, validClaims(t)))
 			r.Proofs = append(r.Proofs, s.sign(t, nil, validClaims(t)))
