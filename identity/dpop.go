@@ -280,6 +280,15 @@ type dpopHeader struct {
 	B64  json.RawMessage `json:"b64"`
 }
 
+// dpopHeaderMembers and dpopClaimMembers are the member names the
+// decoders below read. encoding/json matches names case-insensitively, but
+// JOSE names are case-sensitive (RFC 7515 §4, RFC 7519 §4): a member
+// spelled otherwise is refused (uniqueMembers), not read.
+var (
+	dpopHeaderMembers = []string{"typ", "alg", "jwk", "crit", "b64"}
+	dpopClaimMembers  = []string{"jti", "htm", "htu", "iat", "ath", "nonce"}
+)
+
 // dpopClaims are the proof claims (RFC 9449 §4.2).
 type dpopClaims struct {
 	JTI   *string         `json:"jti"`
@@ -335,7 +344,7 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 	if err != nil {
 		return nil, invalidProof("malformed proof header", err)
 	}
-	if err := uniqueMembers(hdrJSON); err != nil {
+	if err := uniqueMembers(hdrJSON, dpopHeaderMembers...); err != nil {
 		return nil, invalidProof("malformed proof header", err)
 	}
 	var hdr dpopHeader
@@ -384,7 +393,7 @@ func (v *DPoPVerifier) Verify(ctx context.Context, r DPoPRequest) (*DPoPProof, e
 	if err != nil {
 		return nil, invalidProof("malformed proof claims", err)
 	}
-	if err := uniqueMembers(payload); err != nil {
+	if err := uniqueMembers(payload, dpopClaimMembers...); err != nil {
 		return nil, invalidProof("malformed proof claims", err)
 	}
 	var c dpopClaims
@@ -576,8 +585,9 @@ func isCompactJWS(s string) bool {
 }
 
 // uniqueMembers checks that data is one JSON object whose members have
-// distinct names, so that no two parsers can read different values.
-func uniqueMembers(data []byte) error {
+// distinct names, so that no two parsers can read different values, and
+// that none is a known name spelled in another case.
+func uniqueMembers(data []byte, known ...string) error {
 	// RFC 7515 §2 and RFC 8259 §8.1: the JSON is UTF-8. (encoding/json
 	// would read invalid bytes as U+FFFD, making distinct names equal.)
 	if !utf8.Valid(data) || !json.Valid(data) {
@@ -589,7 +599,7 @@ func uniqueMembers(data []byte) error {
 	}
 	// A proof or token has a handful of members: a list beats a map.
 	var seen [16]string
-	names, dup := seen[:0], false
+	names, dup, miscased := seen[:0], false, false
 	jsonscan.Members(obj, func(key string, _, _ []byte) {
 		// encoding/json matches member names case-insensitively, so names
 		// that differ only in case ("typ", "Typ") are as ambiguous as
@@ -599,10 +609,18 @@ func uniqueMembers(data []byte) error {
 				dup = true
 			}
 		}
+		for _, k := range known {
+			if key != k && strings.EqualFold(key, k) {
+				miscased = true
+			}
+		}
 		names = append(names, key)
 	})
-	if dup {
+	switch {
+	case dup:
 		return errors.New("duplicate member")
+	case miscased:
+		return errors.New("member name in another case")
 	}
 	return nil
 }

@@ -423,6 +423,10 @@ func attacks() []attack {
 		{name: "missing typ", req: headerReq("typ", nil), code: bad, desc: "typ must be dpop+jwt"},
 		{name: "crit header", req: headerReq("crit", []string{"exp"}), code: bad, desc: "crit not supported"},
 		{name: "b64 header", req: headerReq("b64", true), code: bad, desc: "b64 not supported"},
+		// JOSE names are case-sensitive: a proof without "alg" has no alg,
+		// whatever encoding/json would make of "ALG".
+		{name: "alg spelled ALG", req: headerReq("alg", nil, "ALG", "ES256"), code: bad, desc: "malformed proof header"},
+		{name: "htm spelled HTM", req: claimsReq("htm", nil, "HTM", "POST"), code: bad, desc: "malformed proof claims"},
 		{name: "two DPoP headers", req: func(t *testing.T, s *testSigner, _ DPoPRequest) DPoPRequest {
 			r := validRequest(s.sign(t, nil, validClaims(t)))
 			r.Proofs = append(r.Proofs, s.sign(t, nil, validClaims(t)))
