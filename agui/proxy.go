@@ -131,8 +131,14 @@ func (s *Stream) ServeAgent(w http.ResponseWriter, r *http.Request) {
 	key := p.Key() + "\x00" + name + "\x00" + in.ThreadID
 	ctx := r.Context()
 	// The user follows their consent requests while the run is open, from
-	// before the agent starts: its first call may need consent at once.
-	defer s.o.Listening(p)()
+	// before the agent starts (its first call may need consent at once);
+	// a start refused before that is not listening.
+	var stopListening func()
+	defer func() {
+		if stopListening != nil {
+			stopListening()
+		}
+	}()
 	var pr *proxied
 	if len(in.Resume) == 0 {
 		// One run of an agent per user and thread: the key is taken before
@@ -145,6 +151,7 @@ func (s *Stream) ServeAgent(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusTooManyRequests, fmt.Sprintf("at most %d agent runs of one user are open at once", maxUserRuns))
 			return
 		}
+		stopListening = s.o.Listening(p)
 		if pr, err = s.startAgent(ctx, p, name, in.ThreadID, body); err != nil {
 			s.runs.release(key, nil)
 			var he *httpErr
@@ -192,6 +199,9 @@ func (s *Stream) ServeAgent(w http.ResponseWriter, r *http.Request) {
 			s.sendError(out, err)
 			return
 		}
+	}
+	if stopListening == nil {
+		stopListening = s.o.Listening(p)
 	}
 	parked = s.relay(ctx, out, p, th, in, pr)
 }

@@ -111,6 +111,11 @@ func TestAgentRunsOnePerThread(t *testing.T) {
 	runs := &fakeRuns{}
 	runs.url = holdingAgent(t, gate, 0).URL
 	s := fakeRunStream(runs)
+	var listens atomic.Int32 // how many times the user began to listen
+	s.o.Listening = func(identity.Principal) func() {
+		listens.Add(1)
+		return func() {}
+	}
 	codes := make(chan int, 2)
 	for range 2 {
 		go func() {
@@ -127,9 +132,13 @@ func TestAgentRunsOnePerThread(t *testing.T) {
 			}
 		}
 	}
-	// The refused start returns while the other waits for the agent.
+	// The refused start returns while the other waits for the agent; it
+	// never listened for the user's consent requests.
 	if code := <-codes; code != http.StatusConflict {
 		t.Fatalf("the second start: %d, want 409", code)
+	}
+	if n := listens.Load(); n != 1 {
+		t.Errorf("the user began to listen %d times, want once (the run that started)", n)
 	}
 	close(gate)
 	if code := <-codes; code != http.StatusOK {

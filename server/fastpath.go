@@ -49,17 +49,47 @@ type rawCall struct {
 	meta upstreams.RawMeta
 }
 
-// envelope is what the front reads of every POSTed JSON-RPC request.
+// envelope is what the front reads of every POSTed JSON-RPC request, and
+// the request's body.
 type envelope struct {
 	ID     json.RawMessage `json:"id"`
 	Method *string         `json:"method"`
 	Params json.RawMessage `json:"params"`
+	body   []byte
+}
+
+// exact reports whether the request is a JSON-RPC 2.0 request as the SDK
+// reads it: encoding/json matched its member names regardless of case, the
+// SDK reads them exactly, and refuses a version other than "2.0" and an id
+// that is neither a string nor an integer. The fast path takes only
+// requests both read alike.
+func (e *envelope) exact() bool {
+	seen, good := 0, true
+	ok := jsonscan.Members(e.body, func(key string, _, value []byte) {
+		var bit int
+		switch key {
+		case "jsonrpc":
+			bit, good = 1, good && string(value) == `"2.0"`
+		case "id":
+			integer := (value[0] == '-' || '0' <= value[0] && value[0] <= '9') && bytes.IndexAny(value, ".eE") < 0
+			bit, good = 2, good && (value[0] == '"' || integer)
+		case "method":
+			bit = 4
+		case "params":
+			bit = 8
+		default:
+			good = false
+		}
+		good = good && seen&bit == 0
+		seen |= bit
+	})
+	return ok && good && seen&7 == 7
 }
 
 // serveFast serves msg if it is a tools/call the fast path can carry, and
 // reports whether it did.
 func (f *front) serveFast(w http.ResponseWriter, r *http.Request, msg *envelope) bool {
-	if *msg.Method != "tools/call" || !sdkAccepts(r) {
+	if *msg.Method != "tools/call" || !sdkAccepts(r) || !msg.exact() {
 		return false
 	}
 	p, ok := principalOf(r)
@@ -156,7 +186,7 @@ func (f *front) serveFast(w http.ResponseWriter, r *http.Request, msg *envelope)
 // neither elicitation nor sampling. Anything else the SDK answers, with
 // its own errors.
 func (f *front) quietStateless(h http.Header, name string, meta upstreams.RawMeta) bool {
-	if h.Get("Mcp-Method") != "tools/call" || h.Get("Mcp-Name") != name {
+	if h.Get("Mcp-Method") != "tools/call" || name == "" || h.Get("Mcp-Name") != name {
 		return false
 	}
 	if t, known := f.gw.upstreams.Catalog().Tool(name); known && t.ParamHeaders {
@@ -170,8 +200,17 @@ func (f *front) quietStateless(h http.Header, name string, meta upstreams.RawMet
 		mcp.ClientCapabilities
 		Roots *mcp.RootCapabilities `json:"roots,omitempty"`
 	}
-	if raw := meta[mcp.MetaKeyClientCapabilities]; isNull(raw) || json.Unmarshal(raw, &caps) != nil ||
-		caps.Elicitation != nil || caps.Sampling != nil {
+	raw := meta[mcp.MetaKeyClientCapabilities]
+	if isNull(raw) || json.Unmarshal(raw, &caps) != nil || caps.Elicitation != nil || caps.Sampling != nil {
+		return false
+	}
+	// The SDK reads member names exactly, encoding/json in any case: a
+	// client that names either capability in any spelling is left to it.
+	asks := false
+	jsonscan.Members(bytes.TrimSpace(raw), func(key string, _, _ []byte) {
+		asks = asks || strings.EqualFold(key, "elicitation") || strings.EqualFold(key, "sampling")
+	})
+	if asks {
 		return false
 	}
 	if raw, ok := meta[mcp.MetaKeyClientInfo]; ok {
@@ -248,14 +287,27 @@ func (f *front) statelessResult(res []byte) ([]byte, error) {
 }
 
 // sdkAccepts reports whether the SDK would take r's media types: a JSON
-// body, and an Accept that names both JSON and event streams.
+// body, and an Accept that names both JSON and event streams, read as the
+// SDK reads it (media ranges, parameters ignored).
 func sdkAccepts(r *http.Request) bool {
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
 		return false
 	}
-	accept := strings.Join(r.Header.Values("Accept"), ",")
-	return strings.Contains(accept, "application/json") && strings.Contains(accept, "text/event-stream") ||
-		strings.Contains(accept, "*/*")
+	jsonOK, streamOK := false, false
+	for _, value := range r.Header.Values("Accept") {
+		for _, token := range strings.Split(value, ",") {
+			base, _, _ := strings.Cut(token, ";")
+			switch strings.ToLower(strings.TrimSpace(base)) {
+			case "application/json", "application/*":
+				jsonOK = true
+			case "text/event-stream", "text/*":
+				streamOK = true
+			case "*/*":
+				jsonOK, streamOK = true, true
+			}
+		}
+	}
+	return jsonOK && streamOK
 }
 
 // quiet reports whether a session's client declared nothing that could

@@ -260,6 +260,35 @@ func TestFastPathStateless(t *testing.T) {
 			t.Errorf("with its parameter header: want the SDK's event stream; got %s %s", r.Header.Get("Content-Type"), r.Body)
 		}
 	})
+	t.Run("the SDK reads it otherwise", func(t *testing.T) {
+		// Requests encoding/json reads more loosely than the SDK: the
+		// fast path leaves them to the SDK, which refuses them (400), or
+		// takes one without "method" for a response (202).
+		params := `{"name":"up__echo","arguments":{"text":"x"},` + meta(`{}`, "") + `}`
+		for name, c := range map[string]struct {
+			body   string
+			h      http.Header
+			status int
+		}{
+			"no version":      {`{"id":1,"method":"tools/call","params":` + params + `}`, nil, 400},
+			"version 1.0":     {`{"jsonrpc":"1.0","id":1,"method":"tools/call","params":` + params + `}`, nil, 400},
+			"id null":         {`{"jsonrpc":"2.0","id":null,"method":"tools/call","params":` + params + `}`, nil, 400},
+			"id true":         {`{"jsonrpc":"2.0","id":true,"method":"tools/call","params":` + params + `}`, nil, 400},
+			"method in caps":  {`{"jsonrpc":"2.0","id":1,"METHOD":"tools/call","params":` + params + `}`, nil, 202},
+			"Accept json-seq": {`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":` + params + `}`, http.Header{"Accept": {"application/json-seq, text/event-stream"}}, 400},
+			"no name": {`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"","arguments":{},` + meta(`{}`, "") + `}}`,
+				http.Header{"Mcp-Name": nil}, 400},
+		} {
+			if r := rawPost(t, tg.MCP, c.body, merge(modernHeader("tools/call", "up__echo"), c.h)); r.Status != c.status {
+				t.Errorf("%s: want the SDK's %d; got %d %s %s", name, c.status, r.Status, r.Header.Get("Content-Type"), r.Body)
+			}
+		}
+		// Capabilities named in another case: the SDK reads "elicitation"
+		// and serves the call itself.
+		if r := call(t, "up__echo", `{"text":"x"}`, meta(`{"elicitation":{},"Elicitation":null}`, ""), nil); contentType(r) != "text/event-stream" {
+			t.Errorf("elicitation in two spellings: want the SDK's event stream; got %s %s", r.Header.Get("Content-Type"), r.Body)
+		}
+	})
 	t.Run("needs the stream", func(t *testing.T) {
 		for name, m := range map[string]string{
 			"a log level": meta(`{}`, `,"`+mcp.MetaKeyLogLevel+`":"debug"`),

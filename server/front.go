@@ -173,7 +173,7 @@ func checkJSONRPC(w http.ResponseWriter, r *http.Request, maxBody int64) (*envel
 		return nil, false
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	msg := new(envelope)
+	msg := &envelope{body: body}
 	if err := json.Unmarshal(body, msg); err != nil {
 		var syntax *json.SyntaxError
 		if errors.As(err, &syntax) {
@@ -364,7 +364,7 @@ func (w *watched) busy() func() {
 	w.mu.Unlock()
 	return func() {
 		w.mu.Lock()
-		if w.requests--; w.requests == 0 {
+		if w.requests--; w.requests == 0 && !w.ended.Load() {
 			w.timer.Reset(w.timeout)
 		}
 		w.mu.Unlock()
