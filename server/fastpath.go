@@ -107,14 +107,7 @@ func (f *front) serveFast(w http.ResponseWriter, r *http.Request, msg *envelope)
 		if !f.quietStateless(r.Header, name, meta) {
 			return false
 		}
-		// The request's own protocol keys describe it, not the upstream
-		// connection's (which has its own).
-		for k := range meta {
-			if strings.HasPrefix(k, reservedMeta) {
-				delete(meta, k)
-			}
-		}
-		origin = &rawCall{meta: meta}
+		origin = &rawCall{meta: meta} // its protocol keys stay behind (rawMeta)
 	case v != "" && v < statelessVersion && sid != "":
 		wv, ok := f.watched.Load(sid)
 		if !ok {
@@ -228,9 +221,6 @@ func hasMember(obj []byte, key string) bool {
 	jsonscan.Members(obj, func(k string, _, _ []byte) { found = found || k == key })
 	return found
 }
-
-// reservedMeta prefixes the _meta keys the MCP specification reserves.
-const reservedMeta = "io.modelcontextprotocol/"
 
 // isNull reports whether a _meta value is absent or JSON null.
 func isNull(raw json.RawMessage) bool {

@@ -124,9 +124,13 @@ func (m *Manager) rawToolCall(id uint64, version, name string, args json.RawMess
 // rawMeta is the _meta of a raw call, nil for none: the caller's keys but
 // the reserved ones, the gateway's own (own: the trace context begin put
 // there) and a 2026-07-28 session's triple. The usual one (nothing of the
-// caller's or the gateway's) is encoded once per revision.
+// caller's but reserved keys, nothing of the gateway's) is encoded once
+// per revision.
 func (m *Manager) rawMeta(version string, meta RawMeta, own mcp.Meta) (json.RawMessage, error) {
-	usual := len(meta) == 0 && len(own) == 0
+	usual := len(own) == 0
+	for k := range meta {
+		usual = usual && strings.HasPrefix(k, reservedMeta)
+	}
 	if usual {
 		if version < stateless {
 			return nil, nil
